@@ -1,0 +1,213 @@
+"""What the actors and the HTTP layer need from the outside systems, as small protocols.
+
+One module per backend implements them (`postgres.py`, `redis.py`, `rabbitmq.py`; the embedded
+backends later). Every method is one unit of work: it crosses the asyncio bridge once. All of them
+are trio-callable (`async def`, cancellable; a cancelled call leaves the backend usable).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from scoreboard.model import (
+    ActionEnvelope,
+    ActionRecord,
+    BoardEntry,
+    CommitResult,
+    Decision,
+    RankChange,
+    RankedEntry,
+    RecentAction,
+    SigningKeyRecord,
+    UserRecord,
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend did not answer, or answered with a transport error; the caller may retry."""
+
+
+class UsernameTaken(ValueError):
+    pass
+
+
+class EmailTaken(ValueError):
+    pass
+
+
+class PublishFailed(RuntimeError):
+    """The broker did not confirm the publish (nack, returned as unroutable, or timeout)."""
+
+
+class Store(Protocol):
+    """PostgreSQL: the source of truth."""
+
+    async def ping(self) -> None: ...
+
+    async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
+        """One transaction for the whole batch. Inserts each action with ON CONFLICT DO NOTHING
+        (on `action_id` and on `(user_id, nonce)`) and adds its delta to the user's score only if
+        the row was new; `score_reached_at` moves when the score does. An action that was already
+        stored comes back as it was stored, with `duplicate=True`. Results are in input order."""
+        ...
+
+    async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
+        """The user's stored actions received at or after `since_ms`, oldest first."""
+        ...
+
+    async def get_action(self, action_id: uuid.UUID) -> ActionRecord | None: ...
+
+    async def find_action_by_nonce(self, user_id: int, nonce: str) -> ActionRecord | None: ...
+
+    async def board_entries(self, user_ids: Sequence[int] | None = None) -> list[BoardEntry]:
+        """Absolute scores of the given users (all users with score > 0 when None)."""
+        ...
+
+    async def score_discrepancies(self) -> list[tuple[int, int, int]]:
+        """(user_id, score, sum of completed deltas) for every user where the two differ."""
+        ...
+
+    async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
+        """Record an action that exhausted its attempts as `failed` (no score change)."""
+        ...
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> int: ...
+
+    async def get_user(self, user_id: int) -> UserRecord | None: ...
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None: ...
+
+    async def signing_keys(self) -> list[SigningKeyRecord]: ...
+
+    async def add_signing_key(self, key: SigningKeyRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The nonce was claimed and the limits admit the action."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    action_id: uuid.UUID
+    first_status_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    retry_after_s: int
+
+
+Claim = Accepted | Replayed | Limited
+
+
+@dataclass(frozen=True, slots=True)
+class MeView:
+    me: RankedEntry
+    above: tuple[RankedEntry, ...]
+    below: tuple[RankedEntry, ...]
+
+
+class Board(Protocol):
+    """Redis: the leaderboard cache (rebuildable from the store at any time)."""
+
+    async def ping(self) -> None: ...
+
+    async def apply(self, entries: Sequence[BoardEntry], top_n: int) -> tuple[list[RankChange], list[RankedEntry]] | None:
+        """Set each user's absolute score (never an increment; an older score never overwrites a
+        newer one), then read the top `top_n`. None if the board key is missing: rebuild first."""
+        ...
+
+    async def rebuild(self, entries: Sequence[BoardEntry]) -> None:
+        """Replace the whole board atomically."""
+        ...
+
+    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        """The top `limit` entries and the last update time (ms)."""
+        ...
+
+    async def around(self, user_id: int, radius: int) -> MeView | None: ...
+
+    async def scores(self) -> dict[int, int]:
+        """Every user's score on the board (for `scoreboard verify`)."""
+        ...
+
+
+class EdgeGuard(Protocol):
+    """Redis: the API's atomic first check (nonce idempotency, then rate limits)."""
+
+    async def claim(
+        self,
+        *,
+        user_id: int,
+        nonce: str,
+        action_id: uuid.UUID,
+        action_type: str,
+        ip: str,
+        now_ms: int,
+        cooldown_ms: int,
+        user_limit_per_minute: int,
+        ip_limit_per_minute: int,
+        limits_enabled: bool,
+    ) -> Claim:
+        """Atomically: a known nonce answers `Replayed` (before any limit); otherwise, if every
+        limit admits the action, record it in the limits, claim the nonce and answer `Accepted`;
+        otherwise `Limited` and nothing is recorded."""
+        ...
+
+    async def release(self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str) -> None:
+        """Undo a claim whose publish failed: the client may retry with the same nonce."""
+        ...
+
+    async def set_first_status(self, *, user_id: int, nonce: str, status_code: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message from the actions queue, handed from the asyncio side to trio."""
+
+    delivery_tag: int
+    channel_id: int
+    body: bytes
+    message_id: str | None
+    redelivered: bool
+
+
+class Broker(Protocol):
+    """RabbitMQ: durable action queue, dead letters, and the events fanout."""
+
+    async def declare_topology(self) -> None: ...
+
+    async def publish_action(self, envelope: ActionEnvelope) -> None:
+        """Persistent, mandatory, message id = action id; returns once the broker confirmed.
+        Raises `PublishFailed` on nack, return, or channel error."""
+        ...
+
+    async def consume_actions(self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int) -> None:
+        """Run until cancelled: subscribe to the actions queue(s) with manual acks and `prefetch`,
+        and hand each delivery to `deliveries` without blocking (the channel holds >= prefetch)."""
+        ...
+
+    async def settle(
+        self, *, ack: Sequence[Delivery] = (), retry: Sequence[tuple[Delivery, ActionEnvelope]] = (),
+        dead: Sequence[tuple[Delivery, str]] = (),
+    ) -> None:
+        """In one crossing: ack these; republish these with attempts+1 then ack the originals;
+        publish these to the dead-letter exchange with the reason, then ack the originals."""
+        ...
+
+    async def publish_events(self, bodies: Sequence[bytes]) -> None: ...
+
+    async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
+        """Run until cancelled: an exclusive auto-delete queue bound to the events exchange;
+        each event handed to `events` without blocking (dropped, and counted, when full)."""
+        ...
+
+    async def list_failed(self, limit: int) -> list[tuple[bytes, str]]: ...
+
+    async def replay_failed(self, limit: int) -> int: ...

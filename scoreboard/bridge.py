@@ -1,0 +1,138 @@
+"""The one door between trio and the asyncio-only clients (asyncpg, redis.asyncio, aio-pika).
+
+An asyncio event loop (uvloop where installed) runs in a thread of its own. Trio code calls
+`await bridge.run(coro_fn, *args)`: the coroutine runs as an asyncio task on that loop and its
+result or exception comes back to trio. A trio cancellation cancels the asyncio task and waits,
+shielded, until the task has unwound, so a pool is never left holding a half-used connection.
+
+Only adapter modules use this; see design §4 for why a thread beats trio-asyncio here. Cross it
+once per unit of work: write each multi-step job as one coroutine inside the adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import outcome
+import trio
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+LOOP_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class BridgeClosed(RuntimeError):
+    """The asyncio loop is gone, or it cancelled the task itself while shutting down."""
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+class Bridge:
+    """Runs asyncio coroutines on the bridge loop on behalf of trio tasks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, trio_token: trio.lowlevel.TrioToken):
+        self._loop = loop
+        self.trio_token = trio_token
+        self._closed = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(*args)` on the asyncio loop and return its result to the calling trio task."""
+        if self._closed:
+            raise BridgeClosed("the asyncio bridge is closed")
+        done = trio.Event()
+        result: list[outcome.Outcome[T]] = []
+        tasks: list[asyncio.Future[T]] = []
+        token = self.trio_token
+
+        def deliver(value: outcome.Outcome[T]) -> None:
+            result.append(value)
+            done.set()
+
+        def on_task_done(task: asyncio.Future[T]) -> None:
+            value: outcome.Outcome[T]
+            if task.cancelled():
+                value = outcome.Error(BridgeClosed("the asyncio task was cancelled"))
+            elif (error := task.exception()) is not None:
+                value = outcome.Error(error)
+            else:
+                value = outcome.Value(task.result())
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(deliver, value)
+
+        def start() -> None:
+            task = asyncio.ensure_future(fn(*args), loop=self._loop)
+            tasks.append(task)
+            task.add_done_callback(on_task_done)
+
+        def cancel() -> None:
+            if tasks:
+                tasks[0].cancel()
+
+        try:
+            self._loop.call_soon_threadsafe(start)
+        except RuntimeError as exc:
+            raise BridgeClosed("the asyncio bridge is closed") from exc
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            self._loop.call_soon_threadsafe(cancel)
+            with trio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        return result[0].unwrap()
+
+    def to_trio_nowait(self, fn: Callable[..., object], *args: Any) -> None:
+        """From the asyncio thread: run a quick synchronous `fn(*args)` in trio, never blocking."""
+        self.trio_token.run_sync_soon(fn, *args)
+
+
+async def _cancel_leftovers() -> None:
+    current = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    try:
+        asyncio.run_coroutine_threadsafe(_cancel_leftovers(), loop).result(LOOP_SHUTDOWN_TIMEOUT_S)
+    except Exception:
+        log.exception("asyncio bridge: tasks did not unwind cleanly")
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(LOOP_SHUTDOWN_TIMEOUT_S)
+    if not thread.is_alive():
+        loop.close()
+
+
+@contextlib.asynccontextmanager
+async def open_bridge() -> AsyncIterator[Bridge]:
+    """Start the asyncio loop thread; on exit cancel what is left on it and stop it."""
+    loop = _new_loop()
+    thread = threading.Thread(target=loop.run_forever, name="asyncio-bridge", daemon=True)
+    thread.start()
+    bridge = Bridge(loop, trio.lowlevel.current_trio_token())
+    try:
+        yield bridge
+    finally:
+        bridge._closed = True
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_stop_loop, loop, thread)

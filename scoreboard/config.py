@@ -1,0 +1,246 @@
+"""One frozen configuration object, built at start from `config/*.toml` and the environment.
+
+Every key of `config/default.toml` can be overridden by `SCOREBOARD_<SECTION>_<KEY>` (contract §6).
+The object is passed explicitly to whatever needs it; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "SCOREBOARD_"
+Role = Literal["all", "api", "worker"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    role: Role = "all"
+    trusted_proxies: tuple[str, ...] = ()
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublicConfig:
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = "postgresql://postgres@127.0.0.1:5432/scoreboard"
+    pool_min: int = 2
+    pool_max: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "sb:"
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpConfig:
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    queue: str = "user-actions"
+    failed_queue: str = "user-actions.failed"
+    dead_letter_exchange: str = "dlx"
+    events_exchange: str = "scoreboard.events"
+    message_ttl_ms: int = 3_600_000
+    max_priority: int = 10
+    prefetch: int = 256
+    max_attempts: int = 3
+    publish_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    enabled: bool = True
+    ip_requests_per_minute: int = 100
+    user_actions_per_minute: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    issuer: str = ""
+    audience: str = "scoreboard-api"
+    access_token_ttl_s: int = 900
+    leeway_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerConfig:
+    max_batch: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderboardConfig:
+    size: int = 10
+    max_limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class WebsocketConfig:
+    auth_timeout_s: float = 5.0
+    max_message_bytes: int = 4096
+    ping_interval_s: float = 20.0
+    idle_timeout_s: float = 60.0
+    send_timeout_s: float = 10.0
+    min_update_interval_s: float = 0.1
+    max_connections_per_user: int = 10
+    max_connections_per_ip: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    public: PublicConfig = field(default_factory=PublicConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
+    config_dir: Path = field(default_factory=lambda: default_config_dir())
+
+    @property
+    def public_origin(self) -> str:
+        """The origin of the web page, the `scoreboard-web` redirect URI and the WS allow-list."""
+        if self.public.origin:
+            return self.public.origin.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def issuer(self) -> str:
+        return self.auth.issuer or self.public_origin
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys of some sections changed: `cfg.replace(server={"port": 0})`."""
+        changes: dict[str, Any] = {}
+        for name, values in sections.items():
+            current = getattr(self, name)
+            changes[name] = dataclasses.replace(current, **_coerce_section(type(current), values))
+        return dataclasses.replace(self, **changes)
+
+
+def default_config_dir() -> Path:
+    """`SCOREBOARD_CONFIG_DIR`, else `./config` if it exists, else the checkout's `config/`."""
+    explicit = os.environ.get(f"{ENV_PREFIX}CONFIG_DIR")
+    if explicit:
+        return Path(explicit)
+    local = Path.cwd() / "config"
+    if (local / "default.toml").is_file():
+        return local
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def _section_types() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "config_dir"}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip()
+            items = json.loads(text) if text.startswith("[") else [
+                part.strip() for part in text.split(",") if part.strip()
+            ]
+        else:
+            items = list(value)
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        return tuple(_coerce(item, item_type, where) for item in items)
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{where}: unsupported union type")
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")
+
+
+def _coerce_section(section_type: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_type)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown setting {section_type.__name__}.{key}")
+        out[key] = _coerce(value, hints[key], f"{section_type.__name__}.{key}")
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str], sections: Mapping[str, type[Any]]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG_DIR":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            if key not in typing.get_type_hints(sections[section]):
+                raise ConfigError(f"{name}: no setting {section}.{key}")
+            overrides.setdefault(section, {})[key] = raw
+    return overrides
+
+
+def load_config(
+    config_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Defaults from `<config_dir>/default.toml`, then `SCOREBOARD_*` from the environment."""
+    directory = config_dir or default_config_dir()
+    env = os.environ if environ is None else environ
+    sections = _section_types()
+    merged: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    default_file = directory / "default.toml"
+    if default_file.is_file():
+        with default_file.open("rb") as fh:
+            data = tomllib.load(fh)
+        for name, values in data.items():
+            if name not in sections or not isinstance(values, dict):
+                raise ConfigError(f"{default_file}: unknown section [{name}]")
+            merged[name].update(values)
+    for name, values in _env_overrides(env, sections).items():
+        merged[name].update(values)
+    built = {name: sections[name](**_coerce_section(sections[name], merged[name])) for name in sections}
+    return Config(config_dir=directory, **built)

@@ -1,0 +1,328 @@
+"""Values that cross process boundaries, and their codecs.
+
+`ActionEnvelope` is what the API publishes to RabbitMQ and the worker consumes. `Event`s travel
+from the worker to every API process over the fanout exchange. Records are what the store
+returns. Each codec is strict: a message that does not decode raises `MalformedMessage`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ActionStatus = Literal["accepted", "completed", "rejected", "failed"]
+ActionError = Literal["rate_limit_exceeded", "invalid_action"]
+SCHEMA_VERSION = 1
+
+
+class MalformedMessage(ValueError):
+    """Bytes from the broker that are not a message of ours."""
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise MalformedMessage(f"field {key!r} missing or not {kind}")
+    return value
+
+
+def _optional(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise MalformedMessage(f"field {key!r} not {kind}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEnvelope:
+    """An accepted action on its way from the API to the scorer (the AMQP message body)."""
+
+    action_id: uuid.UUID
+    user_id: int
+    action_type: str
+    action_data: Mapping[str, Any]
+    nonce: str
+    received_at_ms: int
+    ip: str = ""
+    user_agent: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    attempts: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "action_id": str(self.action_id),
+                "user_id": self.user_id,
+                "action_type": self.action_type,
+                "action_data": dict(self.action_data),
+                "nonce": self.nonce,
+                "received_at_ms": self.received_at_ms,
+                "ip": self.ip,
+                "user_agent": self.user_agent,
+                "headers": dict(self.headers),
+                "attempts": self.attempts,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> ActionEnvelope:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedMessage(f"not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
+            raise MalformedMessage("not an action envelope of this schema version")
+        try:
+            action_id = uuid.UUID(_require(data, "action_id", str))
+        except ValueError:
+            raise MalformedMessage("action_id is not a UUID") from None
+        headers = _require(data, "headers", dict)
+        return cls(
+            action_id=action_id,
+            user_id=_require(data, "user_id", int),
+            action_type=_require(data, "action_type", str),
+            action_data=_require(data, "action_data", dict),
+            nonce=_require(data, "nonce", str),
+            received_at_ms=_require(data, "received_at_ms", int),
+            ip=_require(data, "ip", str),
+            user_agent=_require(data, "user_agent", str),
+            headers={str(k): str(v) for k, v in headers.items()},
+            attempts=_require(data, "attempts", int),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the user actor decided about one action; the scorer commits it."""
+
+    envelope: ActionEnvelope
+    status: Literal["completed", "rejected"]
+    score_delta: int
+    error: ActionError | None = None
+    message: str | None = None
+    retry_after_s: int | None = None
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One row of `action_logs`, as the API reports it."""
+
+    action_id: uuid.UUID
+    user_id: int
+    action_type: str
+    nonce: str
+    status: ActionStatus
+    score_delta: int
+    new_score: int | None
+    error: str | None
+    message: str | None
+    created_at_ms: int
+    processed_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """The outcome of one action after the scorer's transaction (or of a redelivered one)."""
+
+    action_id: uuid.UUID
+    user_id: int
+    username: str
+    nonce: str
+    status: Literal["completed", "rejected", "failed"]
+    score_delta: int
+    old_score: int
+    new_score: int
+    score_reached_at_ms: int
+    error: str | None
+    message: str | None
+    retry_after_s: int | None
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecentAction:
+    """An action the user actor must remember to keep its limits exact across restarts."""
+
+    action_id: uuid.UUID
+    action_type: str
+    received_at_ms: int
+    status: ActionStatus
+
+
+@dataclass(frozen=True, slots=True)
+class BoardEntry:
+    """A user's absolute score, from Postgres; what the keeper writes to Redis."""
+
+    user_id: int
+    username: str
+    score: int
+    score_reached_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RankedEntry:
+    rank: int
+    user_id: int
+    username: str
+    score: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "user_id": self.user_id, "username": self.username, "score": self.score}
+
+
+@dataclass(frozen=True, slots=True)
+class RankChange:
+    """A user's rank before and after the keeper applied their new score (1-based)."""
+
+    user_id: int
+    old_rank: int | None
+    new_rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    user_id: int
+    username: str
+    email: str
+    password_hash: str
+    score: int
+    disabled: bool
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    kid: str
+    private_pem: str
+    public_jwk: Mapping[str, Any]
+    created_at_ms: int
+    retired_at_ms: int | None
+
+
+# Events: worker → every API process, over the fanout exchange `scoreboard.events`.
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderboardChanged:
+    entries: tuple[RankedEntry, ...]
+    updated_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreChanged:
+    user_id: int
+    username: str
+    old_score: int
+    new_score: int
+    rank: int
+    rank_change: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFinished:
+    user_id: int
+    action_id: uuid.UUID
+    nonce: str
+    status: Literal["completed", "rejected", "failed"]
+    score_delta: int
+    new_score: int | None
+    error: str | None
+    message: str | None
+    retry_after_s: int | None
+
+
+Event = LeaderboardChanged | ScoreChanged | ActionFinished
+
+
+def encode_event(event: Event) -> bytes:
+    match event:
+        case LeaderboardChanged(entries, updated_at_ms):
+            body: dict[str, Any] = {
+                "kind": "leaderboard",
+                "entries": [e.as_json() for e in entries],
+                "updated_at_ms": updated_at_ms,
+            }
+        case ScoreChanged():
+            body = {
+                "kind": "score",
+                "user_id": event.user_id,
+                "username": event.username,
+                "old_score": event.old_score,
+                "new_score": event.new_score,
+                "rank": event.rank,
+                "rank_change": event.rank_change,
+            }
+        case ActionFinished():
+            body = {
+                "kind": "action",
+                "user_id": event.user_id,
+                "action_id": str(event.action_id),
+                "nonce": event.nonce,
+                "status": event.status,
+                "score_delta": event.score_delta,
+                "new_score": event.new_score,
+                "error": event.error,
+                "message": event.message,
+                "retry_after_s": event.retry_after_s,
+            }
+    body["v"] = SCHEMA_VERSION
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_event(raw: bytes) -> Event:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
+        raise MalformedMessage("not an event of this schema version")
+    kind = data.get("kind")
+    if kind == "leaderboard":
+        entries = []
+        for item in _require(data, "entries", list):
+            if not isinstance(item, dict):
+                raise MalformedMessage("leaderboard entry is not an object")
+            entries.append(
+                RankedEntry(
+                    rank=_require(item, "rank", int),
+                    user_id=_require(item, "user_id", int),
+                    username=_require(item, "username", str),
+                    score=_require(item, "score", int),
+                )
+            )
+        return LeaderboardChanged(tuple(entries), _require(data, "updated_at_ms", int))
+    if kind == "score":
+        return ScoreChanged(
+            user_id=_require(data, "user_id", int),
+            username=_require(data, "username", str),
+            old_score=_require(data, "old_score", int),
+            new_score=_require(data, "new_score", int),
+            rank=_require(data, "rank", int),
+            rank_change=_require(data, "rank_change", int),
+        )
+    if kind == "action":
+        status = _require(data, "status", str)
+        if status not in ("completed", "rejected", "failed"):
+            raise MalformedMessage(f"unknown action status {status!r}")
+        try:
+            action_id = uuid.UUID(_require(data, "action_id", str))
+        except ValueError:
+            raise MalformedMessage("action_id is not a UUID") from None
+        return ActionFinished(
+            user_id=_require(data, "user_id", int),
+            action_id=action_id,
+            nonce=_require(data, "nonce", str),
+            status=status,  # type: ignore[arg-type]
+            score_delta=_require(data, "score_delta", int),
+            new_score=_optional(data, "new_score", int),
+            error=_optional(data, "error", str),
+            message=_optional(data, "message", str),
+            retry_after_s=_optional(data, "retry_after_s", int),
+        )
+    raise MalformedMessage(f"unknown event kind {kind!r}")
