@@ -107,6 +107,14 @@ Claim = Accepted | Replayed | Limited
 
 
 @dataclass(frozen=True, slots=True)
+class PendingAction:
+    user_id: int
+    action_type: str
+    nonce: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class MeView:
     me: RankedEntry
     above: tuple[RankedEntry, ...]
@@ -165,6 +173,11 @@ class EdgeGuard(Protocol):
         ...
 
     async def set_first_status(self, *, user_id: int, nonce: str, status_code: int) -> None: ...
+
+    async def pending_action(self, action_id: uuid.UUID) -> PendingAction | None:
+        """An action claimed by `claim` (kept as long as its nonce), for `GET /actions/<id>`
+        before the scorer has stored it."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
