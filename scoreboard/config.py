@@ -202,11 +202,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def _coerce_section(section_type: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(section_type)
+    section = section_type.__name__.removesuffix("Config").lower()
     out: dict[str, Any] = {}
     for key, value in values.items():
+        where = f"{section}.{key} ({ENV_PREFIX}{section.upper()}_{key.upper()})"
         if key not in hints:
-            raise ConfigError(f"unknown setting {section_type.__name__}.{key}")
-        out[key] = _coerce(value, hints[key], f"{section_type.__name__}.{key}")
+            raise ConfigError(f"unknown setting {where}")
+        out[key] = _coerce(value, hints[key], where)
     return out
 
 

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from scoreboard.config import ConfigError, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def test_defaults_come_from_the_toml_file() -> None:
+    config = load_config(CONFIG_DIR, environ={})
+    assert config.amqp.queue == "user-actions"
+    assert config.amqp.message_ttl_ms == 3_600_000
+    assert config.limits.enabled is True
+    assert config.limits.user_actions_per_minute == 10
+    assert config.auth.access_token_ttl_s == 900
+    assert config.public_origin == "http://127.0.0.1:8000"
+    assert config.issuer == config.public_origin
+
+
+def test_environment_overrides_every_section_key() -> None:
+    config = load_config(
+        CONFIG_DIR,
+        environ={
+            "SCOREBOARD_DATABASE_URL": "postgresql://u@db:5432/x",
+            "SCOREBOARD_REDIS_URL": "redis://cache:6379/3",
+            "SCOREBOARD_AMQP_URL": "amqp://guest:guest@mq:5672/",
+            "SCOREBOARD_LIMITS_ENABLED": "false",
+            "SCOREBOARD_SERVER_PORT": "9001",
+            "SCOREBOARD_PUBLIC_ORIGIN": "https://scores.example.com/",
+            "SCOREBOARD_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+            "SCOREBOARD_WEBSOCKET_SEND_TIMEOUT_S": "2.5",
+        },
+    )
+    assert config.database.url == "postgresql://u@db:5432/x"
+    assert config.redis.url == "redis://cache:6379/3"
+    assert config.amqp.url == "amqp://guest:guest@mq:5672/"
+    assert config.limits.enabled is False
+    assert config.server.port == 9001
+    assert config.public_origin == "https://scores.example.com"
+    assert config.server.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+    assert config.websocket.send_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SCOREBOARD_SERVER_PORT", "eighty"),
+        ("SCOREBOARD_LIMITS_ENABLED", "maybe"),
+        ("SCOREBOARD_SERVER_ROLE", "janitor"),
+        ("SCOREBOARD_DATABASE_NOPE", "x"),
+    ],
+)
+def test_bad_settings_are_clear_errors(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config(CONFIG_DIR, environ={name: value})
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    config = load_config(CONFIG_DIR, environ={"SCOREBOARD_CONFIG_DIR": "/elsewhere", "PATH": "/bin"})
+    assert config.server.port == 8000
