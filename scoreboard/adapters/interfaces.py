@@ -8,7 +8,7 @@ are trio-callable (`async def`, cancellable; a cancelled call leaves the backend
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,14 @@ class EmailTaken(ValueError):
     pass
 
 
+class UnknownUser(LookupError):
+    """A batch to commit holds actions of users that do not exist; nothing of it was written."""
+
+    def __init__(self, user_ids: Collection[int]):
+        super().__init__(f"no such users: {sorted(user_ids)}")
+        self.user_ids = frozenset(user_ids)
+
+
 class PublishFailed(RuntimeError):
     """The broker did not confirm the publish (nack, returned as unroutable, or timeout)."""
 
@@ -53,7 +61,8 @@ class Store(Protocol):
         """One transaction for the whole batch. Inserts each action with ON CONFLICT DO NOTHING
         (on `action_id` and on `(user_id, nonce)`) and adds its delta to the user's score only if
         the row was new; `score_reached_at` moves when the score does. An action that was already
-        stored comes back as it was stored, with `duplicate=True`. Results are in input order."""
+        stored comes back as it was stored, with `duplicate=True`. Results are in input order.
+        Raises `UnknownUser` (and writes nothing) if any action's user does not exist."""
         ...
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
@@ -73,7 +82,8 @@ class Store(Protocol):
         ...
 
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
-        """Record an action that exhausted its attempts as `failed` (no score change)."""
+        """Record an action that exhausted its attempts as `failed` (no score change). Nothing is
+        recorded if the action is already stored or its user does not exist."""
         ...
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int: ...
