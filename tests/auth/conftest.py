@@ -1,0 +1,78 @@
+"""Scaffolding for the pure parts of auth: the few `Store` methods they call, kept in memory.
+
+`MemoryStore` is not a stand-in for PostgreSQL's behaviour in general; it implements exactly the
+contract auth relies on (unique username and email, signing keys inserted with ON CONFLICT (kid)
+DO NOTHING) and yields to the scheduler in each call so that concurrent callers interleave.
+The same tests run against the real store in `test_postgres_store.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import argon2
+import pytest
+import trio
+
+from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
+from scoreboard.auth.passwords import Passwords
+from scoreboard.config import Config
+from scoreboard.model import SigningKeyRecord, UserRecord
+
+# The smallest argon2id cost, so tests that only need *a* hash stay fast.
+FAST_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.users: dict[int, UserRecord] = {}
+        self.keys: dict[str, SigningKeyRecord] = {}
+        self._ids = itertools.count(1)
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> int:
+        await trio.lowlevel.checkpoint()
+        if any(u.username == username for u in self.users.values()):
+            raise UsernameTaken(username)
+        if any(u.email == email for u in self.users.values()):
+            raise EmailTaken(email)
+        user_id = next(self._ids)
+        self.users[user_id] = UserRecord(user_id, username, email, password_hash, 0, False, 0)
+        return user_id
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        await trio.lowlevel.checkpoint()
+        return self.users.get(user_id)
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None:
+        await trio.lowlevel.checkpoint()
+        return next((u for u in self.users.values() if u.username == username), None)
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        await trio.lowlevel.checkpoint()
+        return list(self.keys.values())
+
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        await trio.lowlevel.checkpoint()
+        self.keys.setdefault(key.kid, key)
+
+    def retire(self, kid: str, at_ms: int) -> None:
+        self.keys[kid] = dataclasses.replace(self.keys[kid], retired_at_ms=at_ms)
+
+    def disable(self, user_id: int) -> None:
+        self.users[user_id] = dataclasses.replace(self.users[user_id], disabled=True)
+
+
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def fast_passwords() -> Passwords:
+    return Passwords(FAST_HASHER)
+
+
+@pytest.fixture
+def auth_config() -> Config:
+    return Config().replace(auth={"issuer": "https://scoreboard.test", "leeway_s": 30})
