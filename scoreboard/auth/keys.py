@@ -1,0 +1,117 @@
+"""The RS256 signing keys, kept in the database so that every process signs and verifies alike.
+
+Keys are named by generation: `key-1`, `key-2`, … Two processes starting at once on an empty
+database both generate a key named `key-1`; the store keeps whichever is inserted first (a kid
+is unique, a second insert of it does nothing), and both then reload and use that one. Rotation
+(a later issue) adds the next generation the same way, so concurrent rotators cannot fork the
+ring either.
+
+The newest key that is not retired signs; every key that is not retired verifies and is
+published in the JWKS. Other processes' new keys appear after `KeyRing.refresh`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import trio
+from joserfc.jwk import RSAKey
+
+from scoreboard.adapters.interfaces import Store
+from scoreboard.model import SigningKeyRecord
+
+SIGNING_ALGORITHM = "RS256"
+# 2048 bits is RFC 7518's floor for RS256 and what verification on every request can afford.
+RSA_KEY_BITS = 2048
+KID_PATTERN = re.compile(r"key-([1-9][0-9]{0,8})")
+
+
+class NoSigningKey(RuntimeError):
+    """The store holds no key that is not retired."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    signing_kid: str
+    signing_key: RSAKey
+    verifying: Mapping[str, RSAKey]
+    public_jwks: tuple[dict[str, Any], ...]
+
+
+class KeyRing:
+    """The active keys of this process. Swapped whole on refresh, so a reader never sees half."""
+
+    def __init__(self, records: Sequence[SigningKeyRecord]) -> None:
+        self._keys = _build(records)
+
+    def signer(self) -> tuple[str, RSAKey]:
+        """The kid and private key that sign new tokens."""
+        return self._keys.signing_kid, self._keys.signing_key
+
+    def verifying_key(self, kid: str) -> RSAKey | None:
+        return self._keys.verifying.get(kid)
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWK set, as served at `/.well-known/jwks.json`."""
+        return {"keys": [dict(jwk) for jwk in self._keys.public_jwks]}
+
+    async def refresh(self, store: Store) -> None:
+        """Pick up keys added or retired by other processes. Raises `NoSigningKey` (and keeps
+        the current keys) if the store has no active key."""
+        self._keys = _build(await store.signing_keys())
+
+
+async def load_or_create_keyring(store: Store) -> KeyRing:
+    """The ring from the store, creating the first key if there is none."""
+    records = await store.signing_keys()
+    if not any(record.retired_at_ms is None for record in records):
+        key = await trio.to_thread.run_sync(generate_signing_key, next_kid(records))
+        await store.add_signing_key(key)
+        records = await store.signing_keys()
+    return KeyRing(records)
+
+
+def next_kid(records: Sequence[SigningKeyRecord]) -> str:
+    """The kid of the next generation, counting retired keys too so that no kid is reused."""
+    generations = [int(match[1]) for r in records if (match := KID_PATTERN.fullmatch(r.kid))]
+    return f"key-{max(generations, default=0) + 1}"
+
+
+def generate_signing_key(kid: str) -> SigningKeyRecord:
+    """A new RSA key as the store keeps it. CPU-bound: call it from a worker thread."""
+    key = RSAKey.generate_key(RSA_KEY_BITS)
+    return SigningKeyRecord(
+        kid=kid,
+        private_pem=key.as_pem(private=True).decode("ascii"),
+        public_jwk=_public_jwk(key.as_dict(private=False), kid),
+        created_at_ms=time.time_ns() // 1_000_000,
+        retired_at_ms=None,
+    )
+
+
+def _public_jwk(jwk: Mapping[str, Any], kid: str) -> dict[str, Any]:
+    """Only the public members, whatever else the source holds."""
+    return {"kty": "RSA", "n": jwk["n"], "e": jwk["e"], "kid": kid, "alg": SIGNING_ALGORITHM,
+            "use": "sig"}
+
+
+def _build(records: Sequence[SigningKeyRecord]) -> _Keys:
+    active = sorted(
+        (r for r in records if r.retired_at_ms is None), key=lambda r: (r.created_at_ms, r.kid)
+    )
+    if not active:
+        raise NoSigningKey("no signing key that is not retired")
+    newest = active[-1]
+    public_jwks = tuple(_public_jwk(r.public_jwk, r.kid) for r in active)
+    return _Keys(
+        signing_kid=newest.kid,
+        signing_key=RSAKey.import_key(newest.private_pem),
+        # Verify with exactly what is published, so we accept what outside verifiers would.
+        verifying=MappingProxyType({jwk["kid"]: RSAKey.import_key(jwk) for jwk in public_jwks}),
+        public_jwks=public_jwks,
+    )
