@@ -17,12 +17,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from joserfc.jwk import RSAKey
 
-from scoreboard.adapters.interfaces import Store
 from scoreboard.model import SigningKeyRecord
 
 SIGNING_ALGORITHM = "RS256"
@@ -33,6 +32,16 @@ KID_PATTERN = re.compile(r"key-([1-9][0-9]{0,8})")
 
 class NoSigningKey(RuntimeError):
     """The store holds no key that is not retired."""
+
+
+class KeyStore(Protocol):
+    """The part of `scoreboard.adapters.interfaces.Store` the key ring uses."""
+
+    async def signing_keys(self) -> list[SigningKeyRecord]: ...
+
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        """Insert, or do nothing if a key with this kid exists (ON CONFLICT (kid) DO NOTHING)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +69,13 @@ class KeyRing:
         """The public JWK set, as served at `/.well-known/jwks.json`."""
         return {"keys": [dict(jwk) for jwk in self._keys.public_jwks]}
 
-    async def refresh(self, store: Store) -> None:
+    async def refresh(self, store: KeyStore) -> None:
         """Pick up keys added or retired by other processes. Raises `NoSigningKey` (and keeps
         the current keys) if the store has no active key."""
         self._keys = _build(await store.signing_keys())
 
 
-async def load_or_create_keyring(store: Store) -> KeyRing:
+async def load_or_create_keyring(store: KeyStore) -> KeyRing:
     """The ring from the store, creating the first key if there is none."""
     records = await store.signing_keys()
     if not any(record.retired_at_ms is None for record in records):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
-from scoreboard.adapters.interfaces import Store
 from scoreboard.auth.passwords import Passwords
 from scoreboard.model import UserRecord
 
@@ -27,6 +27,16 @@ EMAIL_LOCAL_PATTERN = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 EMAIL_DOMAIN_PATTERN = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 )
+
+
+class UserStore(Protocol):
+    """The part of `scoreboard.adapters.interfaces.Store` registration and login use."""
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> int:
+        """Raises `UsernameTaken` or `EmailTaken` if either is in use."""
+        ...
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None: ...
 
 
 class RegistrationError(ValueError):
@@ -57,7 +67,7 @@ def validate_registration(username: object, email: object, password: object) -> 
 
 
 async def register_user(
-    store: Store, passwords: Passwords, username: object, email: object, password: object
+    store: UserStore, passwords: Passwords, username: object, email: object, password: object
 ) -> int:
     """Validate, hash and store a new account; return its user id. Raises `RegistrationError`,
     or the store's `UsernameTaken` / `EmailTaken`."""
@@ -67,7 +77,7 @@ async def register_user(
 
 
 async def authenticate_user(
-    store: Store, passwords: Passwords, username: str, password: str
+    store: UserStore, passwords: Passwords, username: str, password: str
 ) -> UserRecord | None:
     """The account if the password is right and the account is enabled, else None. Takes the
     same time whether or not the username exists (and whether or not the account is disabled)."""

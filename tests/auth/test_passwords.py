@@ -3,6 +3,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from typing import Literal
 
 import argon2
 import trio
@@ -22,7 +23,7 @@ class CountingHasher(argon2.PasswordHasher):
         self.calls.append("hash")
         return super().hash(password, salt=salt)
 
-    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
         self.calls.append("verify")
         return super().verify(hash, password)
 
@@ -95,7 +96,7 @@ class OverlapHasher(argon2.PasswordHasher):
         self._running = 0
         self.most_at_once = 0
 
-    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
         with self._lock:
             self._running += 1
             self.most_at_once = max(self.most_at_once, self._running)
