@@ -1,0 +1,467 @@
+"""Redis behind the `Board` and `EdgeGuard` protocols (redis.asyncio on the bridge loop).
+
+Every protocol method is one bridge crossing and, where it reads or writes more than one key,
+one Lua script, so that several API and worker processes see each step as atomic.
+
+Key layout, all under `RedisConfig.prefix` (`P`):
+
+- `P board`            sorted set: score, member `"{MAX_MS - reached_ms:013d}:{user_id}"`
+- `P board:member`     hash user_id -> that member (to find and replace a user's entry)
+- `P board:name`       hash user_id -> username
+- `P board:meta`       hash `updated_at` -> ms; its presence says "the board was built"
+- `P nonce:{user}:{nonce}`        "{action_id} {first_status_code}", 24 h
+- `P limit:ip:{ip}`               sorted set of action ids by claim time (60 s sliding window)
+- `P limit:user:{user}`           the same per user
+- `P cooldown:{user}:{type}`      "{until_ms} {action_id}"
+
+Equal scores must rank by who reached the score first, and Redis orders equal scores by member
+bytes; ZREVRANGE reverses that order too, so the member starts with the reach time subtracted
+from a constant, fixed width: the earlier reach gives the larger prefix and ranks higher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import redis.asyncio
+import redis.exceptions
+import trio
+from redis.typing import EncodableT
+
+from scoreboard.adapters.interfaces import (
+    Accepted,
+    BackendUnavailable,
+    Claim,
+    Limited,
+    MeView,
+    Replayed,
+)
+from scoreboard.bridge import Bridge
+from scoreboard.config import RedisConfig
+from scoreboard.model import BoardEntry, RankChange, RankedEntry
+
+T = TypeVar("T")
+
+MAX_MS = 10**13 - 1  # 13 digits of milliseconds last until the year 2286
+REACH_DIGITS = 13
+LIMIT_WINDOW_MS = 60_000
+NONCE_TTL_MS = 24 * 3600 * 1000
+# The status a replay reports until `set_first_status` says otherwise: the first answer is 202
+# unless the API waited for the outcome (`Prefer: wait`).
+DEFAULT_FIRST_STATUS = 202
+REBUILD_CHUNK = 1000
+# Temporary rebuild keys expire on their own if the process dies before the final RENAME.
+REBUILD_TTL_MS = 3600 * 1000
+CONNECT_TIMEOUT_S = 5.0
+TRANSPORT_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def board_member(entry: BoardEntry) -> str:
+    """The sorted-set member of an entry: reversed reach time, then the user id."""
+    return f"{MAX_MS - entry.score_reached_at_ms:0{REACH_DIGITS}d}:{entry.user_id}"
+
+
+def _user_of_member(member: str) -> int:
+    return int(member[REACH_DIGITS + 1:])
+
+
+# Shared Lua: the entries of ranks [start, stop] (0-based) as {member, score, name, ...}.
+_RANGE_WITH_NAMES = """
+local function range_with_names(board, names, start, stop)
+  local flat = redis.call('ZREVRANGE', board, start, stop, 'WITHSCORES')
+  local out = {}
+  for i = 1, #flat, 2 do
+    local user = string.match(flat[i], ':(.*)$')
+    out[#out + 1] = flat[i]
+    out[#out + 1] = flat[i + 1]
+    out[#out + 1] = redis.call('HGET', names, user) or ''
+  end
+  return out
+end
+"""
+
+# KEYS: board, member hash, name hash, meta. ARGV: top_n, then per entry: user_id, score,
+# member, username. Answers nil when the board was never built (or lost part of itself), else
+# {{user, old rank or -1, new rank}..., top entries}. Ranks are 0-based here.
+_APPLY = _RANGE_WITH_NAMES + """
+if redis.call('EXISTS', KEYS[4]) == 0
+   or redis.call('ZCARD', KEYS[1]) ~= redis.call('HLEN', KEYS[2]) then
+  return false
+end
+local users, old_ranks = {}, {}
+for i = 2, #ARGV, 4 do
+  local user = ARGV[i]
+  if old_ranks[user] == nil then
+    users[#users + 1] = user
+    local member = redis.call('HGET', KEYS[2], user)
+    old_ranks[user] = member and redis.call('ZREVRANK', KEYS[1], member) or -1
+  end
+end
+local changed = false
+for i = 2, #ARGV, 4 do
+  local user, score, member = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local old_member = redis.call('HGET', KEYS[2], user)
+  local old_score = old_member and redis.call('ZSCORE', KEYS[1], old_member)
+  local stale = false
+  if old_score then
+    -- Postgres scores only grow; a lower score, or the same one reached no earlier, is old news.
+    old_score = tonumber(old_score)
+    local reach_key = tonumber(string.match(member, '^%d+'))
+    local old_reach_key = tonumber(string.match(old_member, '^%d+'))
+    stale = score < old_score or (score == old_score and reach_key <= old_reach_key)
+  end
+  if not stale then
+    if old_member then redis.call('ZREM', KEYS[1], old_member) end
+    -- The score as sent: a Lua number would be formatted with 14 significant digits.
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], member)
+    redis.call('HSET', KEYS[2], user, member)
+    redis.call('HSET', KEYS[3], user, ARGV[i + 3])
+    changed = true
+  end
+end
+if changed then
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[4], 'updated_at', now[1] * 1000 + math.floor(now[2] / 1000))
+end
+local changes = {}
+for _, user in ipairs(users) do
+  local rank = redis.call('ZREVRANK', KEYS[1], redis.call('HGET', KEYS[2], user))
+  changes[#changes + 1] = {user, old_ranks[user], rank}
+end
+local top_n = tonumber(ARGV[1])
+local top = {}
+if top_n > 0 then top = range_with_names(KEYS[1], KEYS[3], 0, top_n - 1) end
+return {changes, top}
+"""
+
+# KEYS: temporary board, member hash, name hash; board, member hash, name hash, meta.
+# ARGV: "1" when the temporary keys hold entries. Swaps the new board in as one step.
+_SWAP_IN = """
+for i = 1, 3 do
+  if ARGV[1] == '1' then
+    redis.call('RENAME', KEYS[i], KEYS[i + 3])
+    redis.call('PERSIST', KEYS[i + 3])
+  else
+    redis.call('DEL', KEYS[i + 3])
+  end
+end
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[7], 'updated_at', now[1] * 1000 + math.floor(now[2] / 1000))
+return true
+"""
+
+# KEYS: board, name hash, meta. ARGV: limit. Answers {updated_at or 0, entries}.
+_TOP = _RANGE_WITH_NAMES + """
+local updated_at = tonumber(redis.call('HGET', KEYS[3], 'updated_at') or '0')
+local limit = tonumber(ARGV[1])
+if limit <= 0 then return {updated_at, {}} end
+return {updated_at, range_with_names(KEYS[1], KEYS[2], 0, limit - 1)}
+"""
+
+# KEYS: board, member hash, name hash. ARGV: user_id, radius.
+# Answers nil when the user is not on the board, else {first rank, user's rank, entries}.
+_AROUND = _RANGE_WITH_NAMES + """
+local member = redis.call('HGET', KEYS[2], ARGV[1])
+local rank = member and redis.call('ZREVRANK', KEYS[1], member)
+if not rank then return false end
+local first = math.max(0, rank - tonumber(ARGV[2]))
+return {first, rank, range_with_names(KEYS[1], KEYS[3], first, rank + tonumber(ARGV[2]))}
+"""
+
+# KEYS: nonce, IP window, user window, cooldown.
+# ARGV: action_id, now_ms, cooldown_ms, user limit, IP limit, limits enabled ("1"/"0"),
+# window ms, the nonce's value, the nonce's lifetime ms.
+# Answers {"replayed", stored value}, {"limited", wait ms} or {"accepted"}.
+_CLAIM = """
+local known = redis.call('GET', KEYS[1])
+if known then return {'replayed', known} end
+local action_id, now = ARGV[1], tonumber(ARGV[2])
+if ARGV[6] == '1' then
+  local window, wait = tonumber(ARGV[7]), 0
+  -- How long until `key`'s sliding window has room for one more, 0 when it has room now.
+  local function window_wait(key, limit)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local count = redis.call('ZCARD', key)
+    if count < limit then return 0 end
+    local leaving = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    return tonumber(leaving[2]) + window - now
+  end
+  wait = math.max(window_wait(KEYS[2], tonumber(ARGV[5])),
+                  window_wait(KEYS[3], tonumber(ARGV[4])))
+  local cooldown = redis.call('GET', KEYS[4])
+  if cooldown then
+    wait = math.max(wait, tonumber(string.match(cooldown, '^%d+')) - now)
+  end
+  if wait > 0 then return {'limited', wait} end
+  for key = 2, 3 do
+    redis.call('ZADD', KEYS[key], now, action_id)
+    redis.call('PEXPIRE', KEYS[key], window)
+  end
+  local cooldown_ms = tonumber(ARGV[3])
+  if cooldown_ms > 0 then
+    redis.call('SET', KEYS[4], (now + cooldown_ms) .. ' ' .. action_id, 'PX', cooldown_ms)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[9])
+return {'accepted'}
+"""
+
+# KEYS: nonce, user window, cooldown. ARGV: action_id.
+# Undoes what the claim of this action recorded, and nothing that a later claim did.
+# The IP window keeps the entry: the request was made, and the IP limit counts requests.
+_RELEASE = """
+local action_id = ARGV[1]
+local nonce = redis.call('GET', KEYS[1])
+if nonce and string.sub(nonce, 1, #action_id) == action_id then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], action_id)
+local cooldown = redis.call('GET', KEYS[3])
+if cooldown and string.sub(cooldown, -#action_id) == action_id then redis.call('DEL', KEYS[3]) end
+return true
+"""
+
+# KEYS: nonce. ARGV: status code. Keeps the action id and the nonce's remaining lifetime.
+_SET_FIRST_STATUS = """
+local known = redis.call('GET', KEYS[1])
+if not known then return false end
+redis.call('SET', KEYS[1], string.match(known, '^%S+') .. ' ' .. ARGV[1], 'KEEPTTL')
+return true
+"""
+
+
+def _ranked(flat: Sequence[Any], first_rank: int) -> list[RankedEntry]:
+    """Entries from `range_with_names`; `first_rank` is the 1-based rank of the first."""
+    return [
+        RankedEntry(
+            rank=first_rank + i,
+            user_id=_user_of_member(flat[3 * i]),
+            username=flat[3 * i + 2],
+            score=int(float(flat[3 * i + 1])),
+        )
+        for i in range(len(flat) // 3)
+    ]
+
+
+class _RedisAdapter:
+    """The shared part: one client on the bridge loop, errors mapped to `BackendUnavailable`."""
+
+    def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
+        self._bridge = bridge
+        self._client = client
+        self._prefix = prefix
+
+    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self._bridge.run(fn, *args)
+        except TRANSPORT_ERRORS as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._run(self._client.ping)
+
+
+class RedisBoard(_RedisAdapter):
+    """The leaderboard cache: a sorted set rebuilt from Postgres whenever it is missing."""
+
+    def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
+        super().__init__(bridge, client, prefix)
+        self._board = f"{prefix}board"
+        self._members = f"{prefix}board:member"
+        self._names = f"{prefix}board:name"
+        self._meta = f"{prefix}board:meta"
+        self._apply_script = client.register_script(_APPLY)
+        self._swap_in_script = client.register_script(_SWAP_IN)
+        self._top_script = client.register_script(_TOP)
+        self._around_script = client.register_script(_AROUND)
+
+    async def apply(
+        self, entries: Sequence[BoardEntry], top_n: int
+    ) -> tuple[list[RankChange], list[RankedEntry]] | None:
+        """Set absolute scores in one script; one `RankChange` per distinct user, in order of
+        first appearance, with the rank before the batch and the rank after it."""
+        args: list[str | int] = [top_n]
+        for entry in entries:
+            args += [entry.user_id, entry.score, board_member(entry), entry.username]
+        keys = [self._board, self._members, self._names, self._meta]
+        reply = await self._run(self._apply_script, keys, args)
+        if reply is None:
+            return None
+        raw_changes, top = reply
+        changes = [
+            RankChange(user_id=int(user), old_rank=old + 1 if old >= 0 else None, new_rank=new + 1)
+            for user, old, new in raw_changes
+        ]
+        return changes, _ranked(top, 1)
+
+    async def rebuild(self, entries: Sequence[BoardEntry]) -> None:
+        await self._run(self._rebuild, list(entries))
+
+    async def _rebuild(self, entries: list[BoardEntry]) -> None:
+        tag = uuid.uuid4().hex
+        temporary = [f"{key}:rebuild:{tag}" for key in (self._board, self._members, self._names)]
+        try:
+            for start in range(0, len(entries), REBUILD_CHUNK):
+                chunk = entries[start:start + REBUILD_CHUNK]
+                scores: dict[str, EncodableT] = {}
+                members: dict[EncodableT, EncodableT] = {}
+                names: dict[EncodableT, EncodableT] = {}
+                for entry in chunk:
+                    member = board_member(entry)
+                    scores[member] = entry.score
+                    members[entry.user_id] = member
+                    names[entry.user_id] = entry.username
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.zadd(temporary[0], scores)
+                    pipe.hset(temporary[1], mapping=members)
+                    pipe.hset(temporary[2], mapping=names)
+                    for key in temporary:
+                        pipe.pexpire(key, REBUILD_TTL_MS)
+                    await pipe.execute()
+            keys = [*temporary, self._board, self._members, self._names, self._meta]
+            await self._swap_in_script(keys, ["1" if entries else "0"])
+        except BaseException:
+            # Drop the partial build now rather than leaving it to the TTL.
+            with contextlib.suppress(*TRANSPORT_ERRORS):
+                await self._client.delete(*temporary)
+            raise
+
+    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        updated_at, flat = await self._run(
+            self._top_script, [self._board, self._names, self._meta], [limit]
+        )
+        return _ranked(flat, 1), int(updated_at)
+
+    async def around(self, user_id: int, radius: int) -> MeView | None:
+        reply = await self._run(
+            self._around_script, [self._board, self._members, self._names], [user_id, radius]
+        )
+        if reply is None:
+            return None
+        first, rank, flat = reply
+        entries = _ranked(flat, first + 1)
+        mine = rank - first
+        return MeView(
+            me=entries[mine], above=tuple(entries[:mine]), below=tuple(entries[mine + 1:])
+        )
+
+    async def scores(self) -> dict[int, int]:
+        return await self._run(self._scores)
+
+    async def _scores(self) -> dict[int, int]:
+        reply = await self._client.zrange(self._board, 0, -1, withscores=True)
+        flat = cast(list[tuple[str, float]], reply)
+        return {_user_of_member(member): int(score) for member, score in flat}
+
+
+class RedisEdgeGuard(_RedisAdapter):
+    """Nonce idempotency and rate limits, checked and recorded by one script per request."""
+
+    def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
+        super().__init__(bridge, client, prefix)
+        self._claim_script = client.register_script(_CLAIM)
+        self._release_script = client.register_script(_RELEASE)
+        self._set_first_status_script = client.register_script(_SET_FIRST_STATUS)
+
+    def _nonce_key(self, user_id: int, nonce: str) -> str:
+        return f"{self._prefix}nonce:{user_id}:{nonce}"
+
+    def _user_window_key(self, user_id: int) -> str:
+        return f"{self._prefix}limit:user:{user_id}"
+
+    def _cooldown_key(self, user_id: int, action_type: str) -> str:
+        return f"{self._prefix}cooldown:{user_id}:{action_type}"
+
+    async def claim(
+        self,
+        *,
+        user_id: int,
+        nonce: str,
+        action_id: uuid.UUID,
+        action_type: str,
+        ip: str,
+        now_ms: int,
+        cooldown_ms: int,
+        user_limit_per_minute: int,
+        ip_limit_per_minute: int,
+        limits_enabled: bool,
+    ) -> Claim:
+        if limits_enabled and min(user_limit_per_minute, ip_limit_per_minute) < 1:
+            raise ValueError("rate limits must admit at least one action a minute")
+        keys = [
+            self._nonce_key(user_id, nonce),
+            f"{self._prefix}limit:ip:{ip}",
+            self._user_window_key(user_id),
+            self._cooldown_key(user_id, action_type),
+        ]
+        args = [
+            str(action_id), now_ms, cooldown_ms, user_limit_per_minute, ip_limit_per_minute,
+            "1" if limits_enabled else "0", LIMIT_WINDOW_MS, f"{action_id} {DEFAULT_FIRST_STATUS}",
+            NONCE_TTL_MS,
+        ]
+        reply = await self._run(self._claim_script, keys, args)
+        match reply:
+            case ["replayed", known]:
+                first_action_id, status_code = known.split(" ")
+                return Replayed(uuid.UUID(first_action_id), int(status_code))
+            case ["limited", wait_ms]:
+                return Limited(max(1, math.ceil(int(wait_ms) / 1000)))
+            case ["accepted"]:
+                return Accepted()
+        raise AssertionError(f"unexpected claim reply {reply!r}")
+
+    async def release(
+        self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str
+    ) -> None:
+        keys = [
+            self._nonce_key(user_id, nonce),
+            self._user_window_key(user_id),
+            self._cooldown_key(user_id, action_type),
+        ]
+        await self._run(self._release_script, keys, [str(action_id)])
+
+    async def set_first_status(self, *, user_id: int, nonce: str, status_code: int) -> None:
+        await self._run(
+            self._set_first_status_script, [self._nonce_key(user_id, nonce)], [status_code]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBackend:
+    """Both Redis adapters, sharing one connection pool."""
+
+    board: RedisBoard
+    guard: RedisEdgeGuard
+
+
+async def _connect(url: str) -> redis.asyncio.Redis:
+    client = redis.asyncio.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S
+    )
+    try:
+        await client.ping()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+@asynccontextmanager
+async def open_redis(bridge: Bridge, config: RedisConfig) -> AsyncIterator[RedisBackend]:
+    """Connect (and check that Redis answers); close the pool on exit, even when cancelled."""
+    try:
+        client = await bridge.run(_connect, config.url)
+    except TRANSPORT_ERRORS as exc:
+        raise BackendUnavailable(f"redis: {exc}") from exc
+    try:
+        yield RedisBackend(
+            board=RedisBoard(bridge, client, config.prefix),
+            guard=RedisEdgeGuard(bridge, client, config.prefix),
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run(client.aclose)
