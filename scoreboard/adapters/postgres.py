@@ -13,18 +13,44 @@ append-only).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
+import trio
 
-from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.adapters.interfaces import (
+    BackendUnavailable,
+    EmailTaken,
+    Store,
+    UnknownUser,
+    UsernameTaken,
+)
 from scoreboard.bridge import Bridge
+from scoreboard.config import DatabaseConfig
+from scoreboard.model import (
+    ActionEnvelope,
+    ActionRecord,
+    ActionStatus,
+    BoardEntry,
+    CommitResult,
+    Decision,
+    RecentAction,
+    SigningKeyRecord,
+    UserRecord,
+)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (
     OSError,
@@ -33,9 +59,19 @@ CONNECTION_ERRORS = (
     asyncpg.TooManyConnectionsError,
     asyncpg.CannotConnectNowError,
 )
+POOL_CLOSE_TIMEOUT_S = 10.0
 MAINTENANCE_DATABASE = "postgres"
 # Any bigint of our own: every `scoreboard migrate` takes it, so only one migrates at a time.
 MIGRATION_LOCK_KEY = 0x73622D6D69677261
+DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+def _epoch_ms(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // _MILLISECOND
+
 
 async def _crossing(bridge: Bridge, job: Callable[..., Awaitable[T]], *args: Any) -> T:
     """One bridge crossing, with transport failures reported as `BackendUnavailable`."""
@@ -135,3 +171,544 @@ async def _create_database(database_url: str) -> None:
         pass  # another process created it in the meantime
     finally:
         await conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+@contextlib.asynccontextmanager
+async def open_postgres_store(
+    bridge: Bridge, config: DatabaseConfig
+) -> AsyncIterator[PostgresStore]:
+    """A connection pool on the bridge loop for the block's duration; closed, shielded, after."""
+    pool = await _crossing(bridge, _open_pool, config)
+    try:
+        yield PostgresStore(bridge, pool)
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run(_close_pool, pool)
+
+
+async def _open_pool(config: DatabaseConfig) -> asyncpg.Pool:
+    return await asyncpg.create_pool(config.url, min_size=config.pool_min, max_size=config.pool_max)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        # A cancelled close() has already terminated every connection: nothing is left open.
+        log.warning(
+            "PostgreSQL pool did not close within %.0f s; terminated it", POOL_CLOSE_TIMEOUT_S
+        )
+
+
+class PostgresStore(Store):
+    """The `Store` on PostgreSQL. Build it with `open_postgres_store`."""
+
+    def __init__(self, bridge: Bridge, pool: asyncpg.Pool) -> None:
+        self._bridge = bridge
+        self._pool = pool
+
+    async def ping(self) -> None:
+        await _crossing(self._bridge, _ping, self._pool)
+
+    async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
+        if not decisions:
+            return []
+        if negative := [d.envelope.action_id for d in decisions if d.score_delta < 0]:
+            raise ValueError(f"negative score deltas for actions {negative}")
+        return await _crossing(self._bridge, _commit_actions, self._pool, decisions)
+
+    async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
+        return await _crossing(self._bridge, _recent_actions, self._pool, user_id, since_ms)
+
+    async def get_action(self, action_id: uuid.UUID) -> ActionRecord | None:
+        return await _crossing(self._bridge, _get_action, self._pool, action_id)
+
+    async def find_action_by_nonce(self, user_id: int, nonce: str) -> ActionRecord | None:
+        return await _crossing(self._bridge, _find_action_by_nonce, self._pool, user_id, nonce)
+
+    async def board_entries(self, user_ids: Sequence[int] | None = None) -> list[BoardEntry]:
+        return await _crossing(self._bridge, _board_entries, self._pool, user_ids)
+
+    async def score_discrepancies(self) -> list[tuple[int, int, int]]:
+        return await _crossing(self._bridge, _score_discrepancies, self._pool)
+
+    async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
+        """Stores the reason as the action's `message`; its `error` stays empty."""
+        await _crossing(self._bridge, _fail_action, self._pool, envelope, reason)
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> int:
+        return await _crossing(
+            self._bridge, _create_user, self._pool, username, email, password_hash
+        )
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        return await _crossing(self._bridge, _get_user, self._pool, user_id)
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None:
+        return await _crossing(self._bridge, _get_user_by_username, self._pool, username)
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every key, retired ones included, oldest first."""
+        return await _crossing(self._bridge, _signing_keys, self._pool)
+
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        """A key whose `kid` is stored already is left as it is: concurrent creators of one
+        generation agree on whichever was inserted first."""
+        await _crossing(self._bridge, _add_signing_key, self._pool, key)
+
+
+# The asyncio side: one coroutine per store method, each run on the bridge loop.
+
+_FROM_EPOCH_MS = "timestamptz 'epoch' + {} * interval '1 millisecond'"
+
+
+async def _ping(pool: asyncpg.Pool) -> None:
+    await pool.fetchval("SELECT 1")
+
+
+# -- commit_actions
+
+_LOCK_USERS = """
+SELECT id, username, score, score_reached_at FROM users
+WHERE id = ANY($1::bigint[])
+ORDER BY id
+FOR UPDATE
+"""
+
+_STORED_ACTIONS = """
+SELECT action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s
+FROM action_logs
+WHERE action_id = ANY($1::uuid[])
+UNION
+SELECT l.action_id, l.user_id, l.nonce, l.status, l.score_delta, l.new_score, l.error, l.message,
+       l.retry_after_s
+FROM action_logs AS l
+JOIN unnest($2::bigint[], $3::text[]) AS k (user_id, nonce)
+  ON l.user_id = k.user_id AND l.nonce = k.nonce
+"""
+
+_INSERT_ACTIONS = f"""
+INSERT INTO action_logs (
+    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
+    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at,
+    processed_at
+)
+SELECT a.action_id, a.user_id, a.nonce, a.action_type, a.action_data::jsonb, a.status,
+       a.score_delta, a.new_score, a.error, a.message, a.retry_after_s,
+       ARRAY(SELECT jsonb_array_elements_text(a.flags::jsonb)),
+       NULLIF(a.ip_address, ''), NULLIF(a.user_agent, ''), a.request_headers::jsonb,
+       {_FROM_EPOCH_MS.format("a.received_at_ms")}, now()
+FROM unnest(
+    $1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+    $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[],
+    $15::text[], $16::bigint[]
+) AS a (
+    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
+    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms
+)
+ON CONFLICT DO NOTHING
+RETURNING action_id
+"""
+
+_ADD_TO_SCORES = f"""
+UPDATE users AS u
+SET score = u.score + d.delta,
+    score_reached_at = CASE WHEN d.delta > 0 THEN now() ELSE u.score_reached_at END,
+    last_action_at = GREATEST(u.last_action_at, {_FROM_EPOCH_MS.format("d.last_received_ms")}),
+    updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (user_id, delta, last_received_ms)
+WHERE u.id = d.user_id
+RETURNING u.id, u.score_reached_at
+"""
+
+SettledStatus = Literal["completed", "rejected", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """How one action of a batch ended, before its user's final `score_reached_at` is known."""
+
+    status: SettledStatus
+    score_delta: int
+    old_score: int
+    new_score: int
+    error: str | None
+    message: str | None
+    retry_after_s: int | None
+    duplicate: bool
+
+
+def _stored_as_settled(row: asyncpg.Record) -> _Settled:
+    return _Settled(
+        status=row["status"],
+        score_delta=row["score_delta"],
+        old_score=row["new_score"] - row["score_delta"],
+        new_score=row["new_score"],
+        error=row["error"],
+        message=row["message"],
+        retry_after_s=row["retry_after_s"],
+        duplicate=True,
+    )
+
+
+def _settle_in_order(
+    decisions: Sequence[Decision], scores: dict[int, int], stored: Sequence[asyncpg.Record]
+) -> tuple[list[_Settled], list[tuple[Decision, _Settled]]]:
+    """Walk the batch in input order: each action is a redelivery of a stored (or earlier) one,
+    a replayed nonce, or new; a new one moves its user's running score. Returns how each ended
+    and the new ones, to insert."""
+    running = dict(scores)
+    by_action_id = {row["action_id"]: _stored_as_settled(row) for row in stored}
+    nonces_taken = {(row["user_id"], row["nonce"]) for row in stored}
+    settled: list[_Settled] = []
+    new: list[tuple[Decision, _Settled]] = []
+    for decision in decisions:
+        envelope = decision.envelope
+        score = running[envelope.user_id]
+        if (earlier := by_action_id.get(envelope.action_id)) is not None:
+            settled.append(earlier)
+            continue
+        if (envelope.user_id, envelope.nonce) in nonces_taken:
+            settled.append(
+                _Settled(
+                    "rejected",
+                    0,
+                    score,
+                    score,
+                    "invalid_action",
+                    DUPLICATE_NONCE_MESSAGE,
+                    None,
+                    duplicate=True,
+                )
+            )
+            continue
+        delta = decision.score_delta if decision.status == "completed" else 0
+        running[envelope.user_id] = score + delta
+        outcome = _Settled(
+            decision.status,
+            delta,
+            score,
+            score + delta,
+            decision.error,
+            decision.message,
+            decision.retry_after_s,
+            duplicate=False,
+        )
+        settled.append(outcome)
+        new.append((decision, outcome))
+        by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
+        nonces_taken.add((envelope.user_id, envelope.nonce))
+    return settled, new
+
+
+def _insert_columns(new: Sequence[tuple[Decision, _Settled]]) -> list[list[Any]]:
+    rows = [
+        (
+            d.envelope.action_id,
+            d.envelope.user_id,
+            d.envelope.nonce,
+            d.envelope.action_type,
+            json.dumps(dict(d.envelope.action_data)),
+            s.status,
+            s.score_delta,
+            s.new_score,
+            s.error,
+            s.message,
+            s.retry_after_s,
+            json.dumps(list(d.flags)),
+            d.envelope.ip,
+            d.envelope.user_agent,
+            json.dumps(dict(d.envelope.headers)),
+            d.envelope.received_at_ms,
+        )
+        for d, s in new
+    ]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _score_changes(new: Sequence[tuple[Decision, _Settled]]) -> list[list[int]]:
+    """Per user with new actions: (user id, sum of their deltas, latest received_at_ms)."""
+    changes: dict[int, tuple[int, int]] = {}
+    for decision, outcome in new:
+        user_id = decision.envelope.user_id
+        delta, latest = changes.get(user_id, (0, decision.envelope.received_at_ms))
+        changes[user_id] = (
+            delta + outcome.score_delta,
+            max(latest, decision.envelope.received_at_ms),
+        )
+    return [
+        list(changes),
+        [delta for delta, _ in changes.values()],
+        [ms for _, ms in changes.values()],
+    ]
+
+
+async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> list[CommitResult]:
+    user_ids = sorted({d.envelope.user_id for d in decisions})
+    async with pool.acquire() as conn, conn.transaction():
+        users = {row["id"]: row for row in await conn.fetch(_LOCK_USERS, user_ids)}
+        if missing := set(user_ids) - users.keys():
+            raise UnknownUser(missing)
+        stored = await conn.fetch(
+            _STORED_ACTIONS,
+            [d.envelope.action_id for d in decisions],
+            [d.envelope.user_id for d in decisions],
+            [d.envelope.nonce for d in decisions],
+        )
+        settled, new = _settle_in_order(
+            decisions, {user_id: row["score"] for user_id, row in users.items()}, stored
+        )
+        reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
+        if new:
+            inserted = await conn.fetch(_INSERT_ACTIONS, *_insert_columns(new))
+            if len(inserted) != len(new):
+                raise RuntimeError(
+                    "an action was stored while its user was locked: a writer of action_logs "
+                    "skipped the user lock"
+                )
+            for row in await conn.fetch(_ADD_TO_SCORES, *_score_changes(new)):
+                reached_at[row["id"]] = row["score_reached_at"]
+    return [
+        CommitResult(
+            action_id=decision.envelope.action_id,
+            user_id=decision.envelope.user_id,
+            username=users[decision.envelope.user_id]["username"],
+            nonce=decision.envelope.nonce,
+            status=outcome.status,
+            score_delta=outcome.score_delta,
+            old_score=outcome.old_score,
+            new_score=outcome.new_score,
+            score_reached_at_ms=_epoch_ms(reached_at[decision.envelope.user_id]),
+            error=outcome.error,
+            message=outcome.message,
+            retry_after_s=outcome.retry_after_s,
+            duplicate=outcome.duplicate,
+        )
+        for decision, outcome in zip(decisions, settled, strict=True)
+    ]
+
+
+# -- actions
+
+_FAIL_ACTION = f"""
+INSERT INTO action_logs (
+    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, message,
+    ip_address, user_agent, request_headers, received_at, processed_at
+)
+SELECT $1, u.id, $3, $4, $5::jsonb, 'failed', 0, u.score, $6, NULLIF($7, ''), NULLIF($8, ''),
+       $9::jsonb, {_FROM_EPOCH_MS.format("$10::bigint")}, now()
+FROM (SELECT id, score FROM users WHERE id = $2 FOR UPDATE) AS u
+ON CONFLICT DO NOTHING
+"""
+
+
+async def _fail_action(pool: asyncpg.Pool, envelope: ActionEnvelope, reason: str) -> None:
+    await pool.execute(
+        _FAIL_ACTION,
+        envelope.action_id,
+        envelope.user_id,
+        envelope.nonce,
+        envelope.action_type,
+        json.dumps(dict(envelope.action_data)),
+        reason,
+        envelope.ip,
+        envelope.user_agent,
+        json.dumps(dict(envelope.headers)),
+        envelope.received_at_ms,
+    )
+
+
+_RECENT_ACTIONS = f"""
+SELECT action_id, action_type, received_at, status FROM action_logs
+WHERE user_id = $1 AND received_at >= {_FROM_EPOCH_MS.format("$2::bigint")}
+ORDER BY received_at, id
+"""
+
+
+async def _recent_actions(pool: asyncpg.Pool, user_id: int, since_ms: int) -> list[RecentAction]:
+    rows = await pool.fetch(_RECENT_ACTIONS, user_id, since_ms)
+    return [
+        RecentAction(
+            action_id=row["action_id"],
+            action_type=row["action_type"],
+            received_at_ms=_epoch_ms(row["received_at"]),
+            status=row["status"],
+        )
+        for row in rows
+    ]
+
+
+_ACTION_COLUMNS = """
+action_id, user_id, action_type, nonce, status, score_delta, new_score, error, message,
+created_at, processed_at
+"""
+
+
+def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
+    if row is None:
+        return None
+    processed_at: dt.datetime | None = row["processed_at"]
+    return ActionRecord(
+        action_id=row["action_id"],
+        user_id=row["user_id"],
+        action_type=row["action_type"],
+        nonce=row["nonce"],
+        status=cast(ActionStatus, row["status"]),
+        score_delta=row["score_delta"],
+        new_score=row["new_score"],
+        error=row["error"],
+        message=row["message"],
+        created_at_ms=_epoch_ms(row["created_at"]),
+        processed_at_ms=None if processed_at is None else _epoch_ms(processed_at),
+    )
+
+
+async def _get_action(pool: asyncpg.Pool, action_id: uuid.UUID) -> ActionRecord | None:
+    row = await pool.fetchrow(
+        f"SELECT {_ACTION_COLUMNS} FROM action_logs WHERE action_id = $1", action_id
+    )
+    return _action_record(row)
+
+
+async def _find_action_by_nonce(
+    pool: asyncpg.Pool, user_id: int, nonce: str
+) -> ActionRecord | None:
+    row = await pool.fetchrow(
+        f"SELECT {_ACTION_COLUMNS} FROM action_logs WHERE user_id = $1 AND nonce = $2",
+        user_id,
+        nonce,
+    )
+    return _action_record(row)
+
+
+# -- scores
+
+_BOARD_ORDER = "ORDER BY score DESC, score_reached_at, id"
+
+
+async def _board_entries(pool: asyncpg.Pool, user_ids: Sequence[int] | None) -> list[BoardEntry]:
+    columns = "SELECT id, username, score, score_reached_at FROM users"
+    if user_ids is None:
+        rows = await pool.fetch(f"{columns} WHERE score > 0 {_BOARD_ORDER}")
+    else:
+        rows = await pool.fetch(
+            f"{columns} WHERE id = ANY($1::bigint[]) {_BOARD_ORDER}", list(user_ids)
+        )
+    return [
+        BoardEntry(
+            user_id=row["id"],
+            username=row["username"],
+            score=row["score"],
+            score_reached_at_ms=_epoch_ms(row["score_reached_at"]),
+        )
+        for row in rows
+    ]
+
+
+_SCORE_DISCREPANCIES = """
+SELECT u.id, u.score, COALESCE(c.total, 0)::bigint AS total
+FROM users AS u
+LEFT JOIN (
+    SELECT user_id, SUM(score_delta) AS total FROM action_logs
+    WHERE status = 'completed'
+    GROUP BY user_id
+) AS c ON c.user_id = u.id
+WHERE u.score <> COALESCE(c.total, 0)
+ORDER BY u.id
+"""
+
+
+async def _score_discrepancies(pool: asyncpg.Pool) -> list[tuple[int, int, int]]:
+    return [
+        (row["id"], row["score"], row["total"]) for row in await pool.fetch(_SCORE_DISCREPANCIES)
+    ]
+
+
+# -- users
+
+_USER_COLUMNS = "id, username, email, password_hash, score, disabled, created_at"
+
+
+def _user_record(row: asyncpg.Record | None) -> UserRecord | None:
+    if row is None:
+        return None
+    return UserRecord(
+        user_id=row["id"],
+        username=row["username"],
+        email=row["email"],
+        password_hash=row["password_hash"],
+        score=row["score"],
+        disabled=row["disabled"],
+        created_at_ms=_epoch_ms(row["created_at"]),
+    )
+
+
+async def _create_user(pool: asyncpg.Pool, username: str, email: str, password_hash: str) -> int:
+    try:
+        user_id: int = await pool.fetchval(
+            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING id",
+            username,
+            email,
+            password_hash,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "users_username_key":
+            raise UsernameTaken(username) from None
+        if exc.constraint_name == "users_email_key":
+            raise EmailTaken(email) from None
+        raise
+    return user_id
+
+
+async def _get_user(pool: asyncpg.Pool, user_id: int) -> UserRecord | None:
+    return _user_record(
+        await pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+    )
+
+
+async def _get_user_by_username(pool: asyncpg.Pool, username: str) -> UserRecord | None:
+    row = await pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
+    return _user_record(row)
+
+
+# -- signing keys
+
+
+async def _signing_keys(pool: asyncpg.Pool) -> list[SigningKeyRecord]:
+    rows = await pool.fetch(
+        "SELECT kid, private_pem, public_jwk, created_at, retired_at FROM signing_keys"
+        " ORDER BY created_at, kid"
+    )
+    return [
+        SigningKeyRecord(
+            kid=row["kid"],
+            private_pem=row["private_pem"],
+            public_jwk=json.loads(row["public_jwk"]),
+            created_at_ms=_epoch_ms(row["created_at"]),
+            retired_at_ms=None if row["retired_at"] is None else _epoch_ms(row["retired_at"]),
+        )
+        for row in rows
+    ]
+
+
+_ADD_SIGNING_KEY = f"""
+INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at, retired_at)
+VALUES ($1, $2, $3::jsonb, {_FROM_EPOCH_MS.format("$4::bigint")},
+        {_FROM_EPOCH_MS.format("$5::bigint")})
+ON CONFLICT (kid) DO NOTHING
+"""
+
+
+async def _add_signing_key(pool: asyncpg.Pool, key: SigningKeyRecord) -> None:
+    await pool.execute(
+        _ADD_SIGNING_KEY,
+        key.kid,
+        key.private_pem,
+        json.dumps(dict(key.public_jwk)),
+        key.created_at_ms,
+        key.retired_at_ms,
+    )
