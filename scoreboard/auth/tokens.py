@@ -29,7 +29,7 @@ TOKEN_TYPE = "at+jwt"
 ACCEPTED_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 ALLOWED_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope")
-# Ours are about 1 KiB; the cap keeps a hostile header from costing base64 and JSON work.
+# Ours are under 1 KiB; the cap keeps a hostile header from costing base64 and JSON work.
 MAX_TOKEN_BYTES = 8 * 1024
 # Design §7: clock skew allowance is at most 30 s, whatever the configuration says.
 MAX_LEEWAY_S = 30
@@ -45,6 +45,11 @@ class InvalidToken(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UnknownKey(InvalidToken):
+    """The `kid` is not in this process's ring: forged, retired, or added by another process
+    since the last `KeyRing.refresh` (the caller may refresh, rate-limited, and verify again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,7 @@ def verify_access_token(
     _check_header(header)
     key = ring.verifying_key(header["kid"])
     if key is None:
-        raise InvalidToken("unknown kid")
+        raise UnknownKey("unknown kid")
     try:
         valid = jws.validate_compact(signed, key, registry=_RS256_ONLY)
     except JoseError as exc:

@@ -13,17 +13,19 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from scoreboard.auth.keys import KeyRing, generate_signing_key
+from scoreboard.auth.keys import KeyRing, generate_signing_key, load_or_create_keyring
 from scoreboard.auth.tokens import (
     MAX_TOKEN_BYTES,
     AccessClaims,
     InvalidToken,
+    UnknownKey,
     has_scope,
     issue_access_token,
     verify_access_token,
 )
 from scoreboard.config import Config
 from scoreboard.model import SigningKeyRecord
+from tests.auth.conftest import MemoryStore
 
 NOW = 1_700_000_000
 KID = "key-1"
@@ -330,7 +332,7 @@ def test_typ_missing_or_wrong_is_refused(
 def test_unknown_kid_is_refused(
     ring: KeyRing, auth_config: Config, our_signer: Signer, good_claims: dict[str, Any]
 ) -> None:
-    with pytest.raises(InvalidToken, match="unknown kid"):
+    with pytest.raises(UnknownKey):
         verify(ring, forge(good_header(kid="key-2"), good_claims, our_signer), auth_config)
 
 
@@ -477,3 +479,19 @@ def test_oversized_token_is_refused_before_parsing(
         verify(ring, forge(good_header(), padded, our_signer), auth_config)
     with pytest.raises(InvalidToken, match="too large"):
         verify(ring, "x" * (MAX_TOKEN_BYTES + 1), auth_config)
+
+
+async def test_token_of_another_processes_new_key_verifies_after_refresh(
+    memory_store: MemoryStore, auth_config: Config
+) -> None:
+    ours = await load_or_create_keyring(memory_store)
+    theirs = await load_or_create_keyring(memory_store)
+    await memory_store.add_signing_key(generate_signing_key("key-2"))
+    await theirs.refresh(memory_store)
+    token, _claims = issue_access_token(
+        theirs, config=auth_config, user_id=5, client_id="c", scope="read"
+    )
+    with pytest.raises(UnknownKey):
+        verify_access_token(ours, token, config=auth_config)
+    await ours.refresh(memory_store)
+    assert verify_access_token(ours, token, config=auth_config).user_id == 5
