@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -40,7 +40,6 @@ from scoreboard.config import DatabaseConfig
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
-    ActionStatus,
     BoardEntry,
     CommitResult,
     Decision,
@@ -314,10 +313,13 @@ ON CONFLICT DO NOTHING
 RETURNING action_id
 """
 
+# The score is reached when this statement runs, after the users' locks were granted; the
+# transaction's start (now()) may be long before, while it waited for a lock.
 _ADD_TO_SCORES = f"""
 UPDATE users AS u
 SET score = u.score + d.delta,
-    score_reached_at = CASE WHEN d.delta > 0 THEN now() ELSE u.score_reached_at END,
+    score_reached_at = CASE WHEN d.delta > 0 THEN statement_timestamp()
+                            ELSE u.score_reached_at END,
     last_action_at = GREATEST(u.last_action_at, {_FROM_EPOCH_MS.format("d.last_received_ms")}),
     updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (user_id, delta, last_received_ms)
@@ -325,14 +327,14 @@ WHERE u.id = d.user_id
 RETURNING u.id, u.score_reached_at
 """
 
-SettledStatus = Literal["completed", "rejected", "failed"]
+_SettledStatus = Literal["completed", "rejected", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class _Settled:
     """How one action of a batch ended, before its user's final `score_reached_at` is known."""
 
-    status: SettledStatus
+    status: _SettledStatus
     score_delta: int
     old_score: int
     new_score: int
@@ -373,29 +375,28 @@ def _settle_in_order(
             settled.append(earlier)
             continue
         if (envelope.user_id, envelope.nonce) in nonces_taken:
-            settled.append(
-                _Settled(
-                    "rejected",
-                    0,
-                    score,
-                    score,
-                    "invalid_action",
-                    DUPLICATE_NONCE_MESSAGE,
-                    None,
-                    duplicate=True,
-                )
+            replayed_nonce = _Settled(
+                status="rejected",
+                score_delta=0,
+                old_score=score,
+                new_score=score,
+                error="invalid_action",
+                message=DUPLICATE_NONCE_MESSAGE,
+                retry_after_s=None,
+                duplicate=True,
             )
+            settled.append(replayed_nonce)
             continue
         delta = decision.score_delta if decision.status == "completed" else 0
         running[envelope.user_id] = score + delta
         outcome = _Settled(
-            decision.status,
-            delta,
-            score,
-            score + delta,
-            decision.error,
-            decision.message,
-            decision.retry_after_s,
+            status=decision.status,
+            score_delta=delta,
+            old_score=score,
+            new_score=score + delta,
+            error=decision.error,
+            message=decision.message,
+            retry_after_s=decision.retry_after_s,
             duplicate=False,
         )
         settled.append(outcome)
@@ -557,7 +558,7 @@ def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        status=cast(ActionStatus, row["status"]),
+        status=row["status"],
         score_delta=row["score_delta"],
         new_score=row["new_score"],
         error=row["error"],
