@@ -1,0 +1,50 @@
+"""The events actor: the API process's subscription to the worker's events fanout.
+
+It runs the broker's events consumer in its own nursery and forwards each decoded event to the
+hub. A body that does not decode is dropped with a warning: events are notifications, and the
+next leaderboard snapshot supersedes whatever was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from scoreboard.actors.messages import HubMsg
+from scoreboard.adapters.interfaces import Broker
+from scoreboard.model import MalformedMessage, decode_event
+
+log = logging.getLogger(__name__)
+
+EVENTS_BUFFER = 1024  # the broker hands events over without waiting and drops them when it is full
+
+
+class EventsSubscriptionEnded(RuntimeError):
+    """The broker's events consumer returned, which it only does on failure."""
+
+
+async def run(
+    hub: trio.MemorySendChannel[HubMsg],
+    *,
+    broker: Broker,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    events_in, events_out = trio.open_memory_channel[bytes](EVENTS_BUFFER)
+    with hub, events_out:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_consume, broker, events_in)
+            task_status.started()
+            async for raw in events_out:
+                try:
+                    event = decode_event(raw)
+                except MalformedMessage as exc:
+                    log.warning("events: dropped a malformed event (%s)", exc)
+                    continue
+                await hub.send(event)
+            raise EventsSubscriptionEnded("the events subscription ended")
+
+
+async def _consume(broker: Broker, events: trio.MemorySendChannel[bytes]) -> None:
+    with events:
+        await broker.consume_events(events)

@@ -1,0 +1,79 @@
+"""The WebSocket frames the server sends (contract §4), as compact JSON text.
+
+The hub encodes each leaderboard snapshot once and hands the same string to every mailbox; the
+HTTP layer builds its own frames (auth_ok, pong, error, accepted action results) with the same
+helpers so every frame on the wire looks alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from scoreboard.model import ActionFinished, RankedEntry, ScoreChanged
+
+Frame = str | bytes
+"""What a mailbox carries: one ready-to-send WebSocket message (text as str, binary as bytes)."""
+
+
+def rfc3339_ms(epoch_ms: int) -> str:
+    """Unix milliseconds as an RFC 3339 UTC string, e.g. `2025-11-13T10:30:00.000Z`."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_frame(frame: dict[str, Any]) -> str:
+    """One frame as compact JSON text."""
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def leaderboard_data(entries: Iterable[RankedEntry], updated_at_ms: int) -> dict[str, Any]:
+    """The `data` of a `leaderboard_update` frame."""
+    return {
+        "leaderboard": [entry.as_json() for entry in entries],
+        "timestamp": rfc3339_ms(updated_at_ms),
+    }
+
+
+def leaderboard_frame(entries: Iterable[RankedEntry], updated_at_ms: int) -> str:
+    data = leaderboard_data(entries, updated_at_ms)
+    return encode_frame({"type": "leaderboard_update", "data": data})
+
+
+def score_update_frame(event: ScoreChanged) -> str:
+    return encode_frame(
+        {
+            "type": "score_update",
+            "data": {
+                "user_id": event.user_id,
+                "username": event.username,
+                "old_score": event.old_score,
+                "new_score": event.new_score,
+                "rank": event.rank,
+                "rank_change": event.rank_change,
+            },
+        }
+    )
+
+
+def action_result_data(event: ActionFinished) -> dict[str, Any]:
+    """The `data` of an `action_result` frame for a finished action."""
+    data: dict[str, Any] = {
+        "action_id": str(event.action_id),
+        "nonce": event.nonce,
+        "status": event.status,
+        "score_delta": event.score_delta,
+        "new_score": event.new_score,
+        "error": event.error,
+    }
+    if event.message is not None:
+        data["message"] = event.message
+    if event.retry_after_s is not None:
+        data["retry_after"] = event.retry_after_s
+    return data
+
+
+def action_result_frame(event: ActionFinished) -> str:
+    return encode_frame({"type": "action_result", "data": action_result_data(event)})

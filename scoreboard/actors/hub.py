@@ -1,0 +1,180 @@
+"""The fan-out hub: one per API process, between the events exchange and every WebSocket.
+
+It owns the connection registry and never waits for a connection: each connection has a
+`Mailbox` whose offers return at once. A leaderboard snapshot is encoded once and the same frame
+is offered to every mailbox, at most once per `websocket.min_update_interval_s` (a tick): the
+newest snapshot of a tick replaces the older ones. A user's own frames (score updates, action
+results) go to that user's connections only, and action results also to HTTP requests waiting
+for them (`Prefer: wait=N`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict
+from typing import TypeVar, assert_never
+
+import trio
+
+from scoreboard.actors.frames import action_result_frame, leaderboard_frame, score_update_frame
+from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.messages import (
+    CancelWait,
+    CurrentSnapshot,
+    HubMsg,
+    Rebind,
+    Register,
+    Unregister,
+    WaitForAction,
+)
+from scoreboard.adapters.interfaces import BackendUnavailable, Board
+from scoreboard.config import Config
+from scoreboard.model import ActionFinished, LeaderboardChanged, ScoreChanged
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+INBOX_SIZE = 1024  # connections and the events actor send here; the hub never blocks, drains fast
+RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcome still gets it
+INITIAL_TOP_TIMEOUT_S = 5.0
+
+
+class _Hub:
+    def __init__(self, tick_s: float, latest: LeaderboardChanged | None) -> None:
+        self.tick_s = tick_s
+        self.connections: dict[int, tuple[int | None, Mailbox]] = {}
+        self.by_user: dict[int, dict[int, Mailbox]] = {}
+        self.latest = latest
+        self.latest_frame: str | None = None
+        self.unsent = False
+        self.next_broadcast_at = -math.inf
+        self.waiters: dict[uuid.UUID, list[trio.MemorySendChannel[ActionFinished]]] = {}
+        self.recent: OrderedDict[uuid.UUID, ActionFinished] = OrderedDict()
+
+    def broadcast_due_at(self) -> float:
+        return self.next_broadcast_at if self.unsent else math.inf
+
+    def snapshot_frame(self) -> str | None:
+        if self.latest is None:
+            return None
+        if self.latest_frame is None:
+            self.latest_frame = leaderboard_frame(self.latest.entries, self.latest.updated_at_ms)
+        return self.latest_frame
+
+    def broadcast(self) -> None:
+        frame = self.snapshot_frame()
+        self.unsent = False
+        self.next_broadcast_at = trio.current_time() + self.tick_s
+        if frame is None:
+            return
+        for _user_id, mailbox in self.connections.values():
+            mailbox.offer_snapshot(frame)
+
+    def handle(self, msg: HubMsg) -> None:
+        match msg:
+            case Register(connection_id, user_id, mailbox):
+                self.unregister(connection_id)
+                self.bind(connection_id, user_id, mailbox)
+                if (frame := self.snapshot_frame()) is not None:
+                    mailbox.offer_snapshot(frame)
+            case Unregister(connection_id):
+                self.unregister(connection_id)
+            case Rebind(connection_id, user_id):
+                if connection_id in self.connections:
+                    _old_user, mailbox = self.connections[connection_id]
+                    self.unregister(connection_id)
+                    self.bind(connection_id, user_id, mailbox)
+            case WaitForAction(action_id, reply):
+                if action_id in self.recent:
+                    answer(reply, self.recent[action_id])
+                else:
+                    self.waiters.setdefault(action_id, []).append(reply)
+            case CancelWait(action_id):
+                self.waiters.pop(action_id, None)
+            case CurrentSnapshot(reply):
+                answer(reply, self.latest)
+            case LeaderboardChanged():
+                self.latest = msg
+                self.latest_frame = None
+                self.unsent = True
+            case ScoreChanged():
+                self.offer_personal(msg.user_id, score_update_frame(msg))
+            case ActionFinished():
+                self.remember(msg)
+                for reply in self.waiters.pop(msg.action_id, ()):
+                    answer(reply, msg)
+                self.offer_personal(msg.user_id, action_result_frame(msg))
+            case _:
+                assert_never(msg)
+
+    def bind(self, connection_id: int, user_id: int | None, mailbox: Mailbox) -> None:
+        self.connections[connection_id] = (user_id, mailbox)
+        if user_id is not None:
+            self.by_user.setdefault(user_id, {})[connection_id] = mailbox
+
+    def unregister(self, connection_id: int) -> None:
+        user_id, _mailbox = self.connections.pop(connection_id, (None, None))
+        if user_id is not None:
+            mailboxes = self.by_user[user_id]
+            del mailboxes[connection_id]
+            if not mailboxes:
+                del self.by_user[user_id]
+
+    def offer_personal(self, user_id: int, frame: str) -> None:
+        overflowed = [
+            connection_id
+            for connection_id, mailbox in self.by_user.get(user_id, {}).items()
+            if not mailbox.offer_personal(frame)
+        ]
+        # The mailbox closed itself; its writer closes the socket 1013 and unregisters.
+        for connection_id in overflowed:
+            self.unregister(connection_id)
+
+    def remember(self, result: ActionFinished) -> None:
+        self.recent[result.action_id] = result
+        if len(self.recent) > RECENT_RESULTS:
+            self.recent.popitem(last=False)
+
+
+def answer(reply: trio.MemorySendChannel[T], value: T) -> None:
+    """Reply without waiting; a requester that left, or was answered already, is skipped."""
+    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        reply.send_nowait(value)
+
+
+async def _initial_snapshot(board: Board, size: int) -> LeaderboardChanged | None:
+    """The board's top as the first snapshot; without Redis the hub starts empty and waits for
+    the keeper's next event rather than keeping every WebSocket down."""
+    try:
+        with trio.fail_after(INITIAL_TOP_TIMEOUT_S):
+            entries, updated_at_ms = await board.top(size)
+    except (BackendUnavailable, trio.TooSlowError) as exc:
+        log.warning("hub: no initial leaderboard (%s); waiting for the next update", exc)
+        return None
+    return LeaderboardChanged(tuple(entries), updated_at_ms or int(time.time() * 1000))
+
+
+async def run(
+    inbox: trio.MemoryReceiveChannel[HubMsg],
+    *,
+    board: Board,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with inbox:
+        latest = await _initial_snapshot(board, config.leaderboard.size)
+        hub = _Hub(config.websocket.min_update_interval_s, latest)
+        task_status.started()
+        while True:
+            if trio.current_time() >= hub.broadcast_due_at():
+                hub.broadcast()
+            with trio.move_on_at(hub.broadcast_due_at()):
+                try:
+                    msg = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
+                hub.handle(msg)

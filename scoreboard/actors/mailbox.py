@@ -1,0 +1,83 @@
+"""A connection's latest-value mailbox: what the hub leaves for one WebSocket client.
+
+The hub offers frames without ever waiting; the connection's writer task takes them when the
+client can accept more. Leaderboard snapshots are latest-value (a new one replaces the unsent
+one, so a slow client gets the newest board, never a backlog); the user's own frames (action
+results, score updates) are kept in order up to a bound, past which the client is too far behind
+and the mailbox closes itself (the writer then closes the socket 1013).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from scoreboard.actors.frames import Frame
+
+PERSONAL_FRAMES_LIMIT = 64  # a few own frames a second; 64 unread means the client stopped reading
+OVERFLOW = "overflow"
+
+
+class Mailbox:
+    def __init__(self, personal_limit: int = PERSONAL_FRAMES_LIMIT) -> None:
+        self._personal_limit = personal_limit
+        self._personal: deque[Frame] = deque()
+        self._snapshot: Frame | None = None
+        self._wakeup = trio.Event()
+        self._close_reason: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._close_reason is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    @property
+    def overflowed(self) -> bool:
+        return self._close_reason == OVERFLOW
+
+    def offer_snapshot(self, frame: Frame) -> None:
+        """Replace the unsent snapshot, if any, with this one."""
+        if self.closed:
+            return
+        self._snapshot = frame
+        self._wakeup.set()
+
+    def offer_personal(self, frame: Frame) -> bool:
+        """Queue a frame for this client; False, and the mailbox closes, when it is behind."""
+        if self.closed:
+            return False
+        if len(self._personal) >= self._personal_limit:
+            self.close(OVERFLOW)
+            return False
+        self._personal.append(frame)
+        self._wakeup.set()
+        return True
+
+    def close(self, reason: str) -> None:
+        """Drop what is unsent and wake the writer; no frames follow. The first reason stays."""
+        if self.closed:
+            return
+        self._close_reason = reason
+        self._personal.clear()
+        self._snapshot = None
+        self._wakeup.set()
+
+    async def wait_frames(self) -> list[Frame]:
+        """The pending personal frames, then the latest snapshot; waits until there is one of
+        them. An empty list means the mailbox is closed."""
+        if self._personal or self._snapshot is not None or self.closed:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._wakeup.wait()
+        frames = list(self._personal)
+        self._personal.clear()
+        if self._snapshot is not None:
+            frames.append(self._snapshot)
+            self._snapshot = None
+        self._wakeup = trio.Event()
+        return frames
+

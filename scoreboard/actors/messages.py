@@ -1,0 +1,117 @@
+"""Every actor's inbox messages: frozen, slotted dataclasses, one union per inbox.
+
+Worker: consumer → router → user actor (`Route`) → scorer (`Score`) → keeper (`Committed`).
+API: events actor and connections → hub (`HubMsg`). Requests that need an answer carry their
+own reply channel, which the answering actor fills with `send_nowait` and never waits on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import trio
+
+from scoreboard.actors.mailbox import Mailbox
+from scoreboard.adapters.interfaces import Delivery
+from scoreboard.model import (
+    ActionEnvelope,
+    ActionFinished,
+    CommitResult,
+    Decision,
+    LeaderboardChanged,
+    ScoreChanged,
+)
+
+# Worker side.
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A decoded action and the delivery to settle once its effect is committed."""
+
+    envelope: ActionEnvelope
+    delivery: Delivery
+
+
+RouterMsg = Route
+UserMsg = Route
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A user actor's decision on its way into the scorer's next transaction."""
+
+    decision: Decision
+    delivery: Delivery
+
+
+ScorerMsg = Score
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The outcomes of one committed (and acknowledged) batch, in commit order."""
+
+    results: tuple[CommitResult, ...]
+
+
+KeeperMsg = Committed
+
+# API side.
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """A connection is open for `user_id`; the hub sends it the current snapshot at once."""
+
+    connection_id: int
+    user_id: int | None
+    mailbox: Mailbox
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    connection_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rebind:
+    """The connection re-authenticated; its personal frames now follow `user_id`."""
+
+    connection_id: int
+    user_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForAction:
+    """Answer `reply` (capacity ≥ 1) with the action's outcome when it arrives, or at once if the
+    hub saw it recently. Each waiter ends with `CancelWait`, answered or not."""
+
+    action_id: uuid.UUID
+    reply: trio.MemorySendChannel[ActionFinished]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelWait:
+    action_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentSnapshot:
+    """Answer `reply` (capacity ≥ 1) with the newest leaderboard the hub knows (None before any)."""
+
+    reply: trio.MemorySendChannel[LeaderboardChanged | None]
+
+
+HubMsg = (
+    Register
+    | Unregister
+    | Rebind
+    | WaitForAction
+    | CancelWait
+    | CurrentSnapshot
+    | LeaderboardChanged
+    | ScoreChanged
+    | ActionFinished
+)

@@ -1,0 +1,341 @@
+"""The fan-out hub, through its inbox: coalesced snapshots, personal routing, waiters, and that
+a client who never reads costs the others nothing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio.testing
+
+from scoreboard.actors import hub
+from scoreboard.actors.frames import Frame
+from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.messages import (
+    CancelWait,
+    CurrentSnapshot,
+    HubMsg,
+    Rebind,
+    Register,
+    Unregister,
+    WaitForAction,
+)
+from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.config import Config
+from scoreboard.model import ActionFinished, LeaderboardChanged, RankedEntry, ScoreChanged
+
+T0_MS = 1_764_500_000_000
+
+
+class BoardTop:
+    """The one Board method the hub calls: the top at start."""
+
+    def __init__(self, entries: list[RankedEntry], updated_at_ms: int = T0_MS, fail: bool = False):
+        self.entries = entries
+        self.updated_at_ms = updated_at_ms
+        self.fail = fail
+
+    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        await trio.lowlevel.checkpoint()
+        if self.fail:
+            raise BackendUnavailable("redis: connection refused")
+        return self.entries[:limit], self.updated_at_ms
+
+
+class CountingMailbox(Mailbox):
+    """A mailbox that also records every snapshot offered to it."""
+
+    def __init__(self, personal_limit: int = 64) -> None:
+        super().__init__(personal_limit)
+        self.snapshots: list[Frame] = []
+
+    def offer_snapshot(self, frame: Frame) -> None:
+        self.snapshots.append(frame)
+        super().offer_snapshot(frame)
+
+
+def board(*scores: int) -> tuple[RankedEntry, ...]:
+    return tuple(
+        RankedEntry(rank, 100 + rank, f"user{100 + rank}", score)
+        for rank, score in enumerate(scores, 1)
+    )
+
+
+def finished(user_id: int, action_id: uuid.UUID | None = None, **changes: object) -> ActionFinished:
+    fields: dict[str, object] = {
+        "user_id": user_id,
+        "action_id": action_id or uuid.uuid4(),
+        "nonce": "nonce-0001",
+        "status": "completed",
+        "score_delta": 10,
+        "new_score": 110,
+        "error": None,
+        "message": None,
+        "retry_after_s": None,
+    }
+    fields.update(changes)
+    return ActionFinished(**fields)  # type: ignore[arg-type]
+
+
+@dataclass
+class Hub:
+    inbox: trio.MemorySendChannel[HubMsg]
+
+    async def send(self, *messages: HubMsg) -> None:
+        for msg in messages:
+            await self.inbox.send(msg)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+def config(tick_s: float = 0.1) -> Config:
+    return Config().replace(websocket={"min_update_interval_s": tick_s})
+
+
+@asynccontextmanager
+async def start_hub(top: BoardTop, tick_s: float = 0.1) -> AsyncIterator[Hub]:
+    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(hub.run, receive, board=top, config=config(tick_s)))
+        with send:
+            yield Hub(send)
+
+
+@pytest.fixture
+async def running_hub() -> AsyncIterator[Hub]:
+    async with start_hub(BoardTop(list(board(300, 200)))) as started:
+        yield started
+
+
+def decoded(frame: Frame) -> dict[str, object]:
+    value = json.loads(frame)
+    assert isinstance(value, dict)
+    return value
+
+
+async def test_a_registration_gets_the_current_board_at_once(running_hub: Hub) -> None:
+    mailbox = Mailbox()
+    await running_hub.send(Register(1, 7, mailbox))
+    (frame,) = await mailbox.wait_frames()
+    assert decoded(frame) == {
+        "type": "leaderboard_update",
+        "data": {
+            "leaderboard": [
+                {"rank": 1, "user_id": 101, "username": "user101", "score": 300},
+                {"rank": 2, "user_id": 102, "username": "user102", "score": 200},
+            ],
+            "timestamp": "2025-11-30T10:53:20.000Z",
+        },
+    }
+
+
+async def test_many_snapshots_in_one_tick_make_one_frame_per_mailbox(
+    running_hub: Hub, autojump_clock: trio.testing.MockClock
+) -> None:
+    mailboxes = [CountingMailbox() for _ in range(3)]
+    await running_hub.send(*(Register(n, None, mailbox) for n, mailbox in enumerate(mailboxes)))
+    await running_hub.send(LeaderboardChanged(board(400), T0_MS + 1))
+    for mailbox in mailboxes:
+        assert len(mailbox.snapshots) == 2  # on registration, then the first change at once
+    start = trio.current_time()
+    await running_hub.send(*(LeaderboardChanged(board(500 + n), T0_MS + 2 + n) for n in range(100)))
+    assert trio.current_time() - start < 0.1
+    for mailbox in mailboxes:
+        assert len(mailbox.snapshots) == 2  # the rest wait for the tick to end
+    await trio.sleep(0.1)
+    await trio.testing.wait_all_tasks_blocked()
+    for mailbox in mailboxes:
+        assert len(mailbox.snapshots) == 3
+        assert decoded(mailbox.snapshots[-1])["data"]["leaderboard"][0]["score"] == 599  # type: ignore[index]
+    # The snapshot is encoded once: every mailbox gets the very same frame object.
+    assert mailboxes[0].snapshots[-1] is mailboxes[1].snapshots[-1] is mailboxes[2].snapshots[-1]
+
+
+async def test_a_steady_stream_of_changes_goes_out_at_most_once_a_tick(
+    running_hub: Hub, autojump_clock: trio.testing.MockClock
+) -> None:
+    mailbox = CountingMailbox()
+    await running_hub.send(Register(1, None, mailbox))
+    start = trio.current_time()
+    for n in range(100):  # one change every 30 ms for 3 s
+        await running_hub.send(LeaderboardChanged(board(1000 + n), T0_MS + n))
+        await trio.sleep(0.03)
+    await trio.sleep(0.1)
+    elapsed = trio.current_time() - start
+    broadcasts = len(mailbox.snapshots) - 1
+    assert elapsed / 0.1 - 2 <= broadcasts <= elapsed / 0.1 + 1
+    assert decoded(mailbox.snapshots[-1])["data"]["leaderboard"][0]["score"] == 1099  # type: ignore[index]
+
+
+async def test_personal_frames_go_only_to_that_users_connections(running_hub: Hub) -> None:
+    alice_phone, alice_laptop, bob = Mailbox(), Mailbox(), Mailbox()
+    await running_hub.send(
+        Register(1, 7, alice_phone), Register(2, 7, alice_laptop), Register(3, 8, bob)
+    )
+    for mailbox in (alice_phone, alice_laptop, bob):
+        await mailbox.wait_frames()  # the registration snapshot
+    action_id = uuid.uuid4()
+    await running_hub.send(
+        ScoreChanged(
+            user_id=7, username="alice", old_score=100, new_score=110, rank=3, rank_change=1
+        ),
+        finished(7, action_id),
+        finished(7, error="rate_limit_exceeded", status="rejected", score_delta=0, new_score=100,
+                 message="rate limit exceeded", retry_after_s=4),
+    )
+    for mailbox in (alice_phone, alice_laptop):
+        score, result, rejected = (decoded(frame) for frame in await mailbox.wait_frames())
+        assert score == {
+            "type": "score_update",
+            "data": {"user_id": 7, "username": "alice", "old_score": 100, "new_score": 110,
+                     "rank": 3, "rank_change": 1},
+        }
+        assert result == {
+            "type": "action_result",
+            "data": {"action_id": str(action_id), "nonce": "nonce-0001", "status": "completed",
+                     "score_delta": 10, "new_score": 110, "error": None},
+        }
+        assert rejected["data"] == {
+            "action_id": rejected["data"]["action_id"],  # type: ignore[index]
+            "nonce": "nonce-0001", "status": "rejected", "score_delta": 0, "new_score": 100,
+            "error": "rate_limit_exceeded", "message": "rate limit exceeded", "retry_after": 4,
+        }
+    with trio.move_on_after(0.5) as nothing_for_bob:
+        await bob.wait_frames()
+    assert nothing_for_bob.cancelled_caught
+
+
+async def test_rebind_moves_personal_frames_and_unregister_stops_everything(
+    running_hub: Hub,
+) -> None:
+    mailbox = CountingMailbox()
+    await running_hub.send(Register(1, 7, mailbox), Rebind(1, 8))
+    await mailbox.wait_frames()
+    await running_hub.send(finished(7), finished(8, nonce="for-eight"))
+    (frame,) = await mailbox.wait_frames()
+    assert decoded(frame)["data"]["nonce"] == "for-eight"  # type: ignore[index]
+    await running_hub.send(Unregister(1), finished(8), LeaderboardChanged(board(1), T0_MS + 5))
+    await trio.sleep(0.2)
+    with trio.move_on_after(0.5) as nothing:
+        await mailbox.wait_frames()
+    assert nothing.cancelled_caught
+    assert len(mailbox.snapshots) == 1
+
+
+async def test_a_waiter_hears_the_outcome_when_it_arrives(running_hub: Hub) -> None:
+    action_id = uuid.uuid4()
+    reply_send, reply_receive = trio.open_memory_channel[ActionFinished](1)
+    await running_hub.send(WaitForAction(action_id, reply_send), finished(9, uuid.uuid4()))
+    with pytest.raises(trio.WouldBlock):
+        reply_receive.receive_nowait()
+    outcome = finished(9, action_id)
+    await running_hub.send(outcome, CancelWait(action_id))
+    assert reply_receive.receive_nowait() == outcome
+
+
+async def test_a_waiter_that_comes_after_its_outcome_still_hears_it(running_hub: Hub) -> None:
+    outcome = finished(9)
+    await running_hub.send(outcome)
+    reply_send, reply_receive = trio.open_memory_channel[ActionFinished](1)
+    await running_hub.send(WaitForAction(outcome.action_id, reply_send))
+    assert reply_receive.receive_nowait() == outcome
+
+
+async def test_a_cancelled_waiter_hears_nothing_and_a_gone_one_is_skipped(running_hub: Hub) -> None:
+    cancelled_id, gone_id = uuid.uuid4(), uuid.uuid4()
+    cancelled_send, cancelled_receive = trio.open_memory_channel[ActionFinished](1)
+    gone_send, gone_receive = trio.open_memory_channel[ActionFinished](1)
+    await running_hub.send(WaitForAction(cancelled_id, cancelled_send), CancelWait(cancelled_id))
+    await running_hub.send(WaitForAction(gone_id, gone_send))
+    gone_receive.close()
+    await running_hub.send(finished(9, cancelled_id), finished(9, gone_id))
+    with pytest.raises(trio.WouldBlock):
+        cancelled_receive.receive_nowait()
+
+
+async def test_current_snapshot_answers_the_newest_board(running_hub: Hub) -> None:
+    reply_send, reply_receive = trio.open_memory_channel[LeaderboardChanged | None](1)
+    newest = LeaderboardChanged(board(900, 800), T0_MS + 9)
+    await running_hub.send(
+        LeaderboardChanged(board(1), T0_MS + 1), newest, CurrentSnapshot(reply_send)
+    )
+    assert reply_receive.receive_nowait() == newest
+
+
+async def test_without_redis_the_hub_starts_empty_and_takes_the_first_event() -> None:
+    async with start_hub(BoardTop([], fail=True)) as started:
+        mailbox = Mailbox()
+        await started.send(Register(1, 7, mailbox))
+        with trio.move_on_after(0.2) as nothing:
+            await mailbox.wait_frames()
+        assert nothing.cancelled_caught
+        await started.send(LeaderboardChanged(board(5), T0_MS))
+        (frame,) = await mailbox.wait_frames()
+        assert decoded(frame)["type"] == "leaderboard_update"
+
+
+async def test_an_overflowing_mailbox_is_closed_and_dropped_while_the_others_carry_on(
+    running_hub: Hub,
+) -> None:
+    stuck, reader = Mailbox(personal_limit=4), Mailbox()
+    await running_hub.send(Register(1, 7, stuck), Register(2, 7, reader))
+    for n in range(10):
+        await running_hub.send(finished(7, nonce=f"nonce-{n:04d}"))
+        assert len(await reader.wait_frames()) in (1, 2)  # + the registration snapshot, first time
+    assert stuck.overflowed
+    assert await stuck.wait_frames() == []
+
+
+async def test_a_client_that_never_reads_does_not_delay_the_others() -> None:
+    """Real time: 500 readers, one mailbox nobody drains and one that overflows on personal
+    frames. Each snapshot reaches every reader within milliseconds, because the hub's offers are
+    O(1) and never wait; the undrained mailbox holds just the newest snapshot."""
+    readers = 500
+    rounds = 200
+    async with start_hub(BoardTop(list(board(0))), tick_s=0.0) as started:
+        never_read, overflowing = CountingMailbox(), Mailbox(personal_limit=8)
+        await started.send(Register(0, 6, never_read), Register(1, 7, overflowing))
+        latest_seen = [-1] * readers
+        target = 0
+        caught_up = trio.Event()
+
+        async def read(index: int, mailbox: Mailbox) -> None:
+            while True:
+                for frame in await mailbox.wait_frames():
+                    data = decoded(frame)["data"]
+                    latest_seen[index] = data["leaderboard"][0]["score"]  # type: ignore[index]
+                if min(latest_seen) >= target:
+                    caught_up.set()
+
+        latencies = []
+        async with trio.open_nursery() as nursery:
+            for index in range(readers):
+                mailbox = Mailbox()
+                nursery.start_soon(read, index, mailbox)
+                await started.inbox.send(Register(index + 2, 1000 + index, mailbox))
+            for round_number in range(1, rounds + 1):
+                target = round_number
+                caught_up = trio.Event()
+                began = time.perf_counter()
+                await started.inbox.send(finished(7, nonce=f"nonce-{round_number:04d}"))
+                snapshot = LeaderboardChanged(board(round_number), T0_MS + round_number)
+                await started.inbox.send(snapshot)
+                await caught_up.wait()
+                latencies.append(time.perf_counter() - began)
+            nursery.cancel_scope.cancel()
+        assert overflowing.overflowed
+        assert len(never_read.snapshots) == rounds + 1
+        (pending,) = await never_read.wait_frames()
+        assert decoded(pending)["data"]["leaderboard"][0]["score"] == rounds  # type: ignore[index]
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        median = statistics.median(latencies)
+        # 500 offers and 500 reader wake-ups per round; generous for a loaded CI machine.
+        assert p99 < 0.25, f"p99 {p99 * 1000:.1f} ms, median {median * 1000:.1f} ms"
