@@ -1,0 +1,45 @@
+"""Retrying a backend call that failed transiently, with exponential backoff.
+
+A backend that did not answer (`BackendUnavailable`) or did not answer in time (the call site's
+`fail_after`) may answer the next time; anything else is a real error and propagates at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from scoreboard.adapters.interfaces import BackendUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 5.0
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]], *, what: str, timeout_s: float, attempts: float
+) -> T:
+    """`await call()` within `timeout_s`, up to `attempts` times (`math.inf`: until it works);
+    the last transient failure propagates."""
+    delay = FIRST_DELAY_S
+    attempt = 1
+    while True:
+        try:
+            with trio.fail_after(timeout_s):
+                return await call()
+        except (BackendUnavailable, trio.TooSlowError) as exc:
+            if attempt >= attempts:
+                raise
+            limit = "" if math.isinf(attempts) else f" of {attempts:g}"
+            log.warning(
+                "%s failed (%r), attempt %d%s; again in %.1f s", what, exc, attempt, limit, delay
+            )
+        await trio.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY_S)
+        attempt += 1

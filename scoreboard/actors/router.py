@@ -1,0 +1,99 @@
+"""The router: sends each action to its user's actor, starting and reaping user actors.
+
+It owns the map user id → user actor inbox and runs the user actors in its own nursery, so they
+stop with it (and restart with it under the worker's rest_for_one supervisor). A user actor is
+reaped once it has had nothing to do for `IDLE_REAP_S`: nothing routed to it for that long, an
+empty inbox, and the actor itself parked waiting on it. The router closes the inbox; the actor
+finds it closed and ends. A later action of that user starts a fresh actor, which loads the
+user's history from the store (by then committed: the reaped actor handed its last decision to
+the scorer at least `IDLE_REAP_S` earlier, and the scorer commits or crashes well within that).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import assert_never
+
+import trio
+
+from scoreboard.actors import user
+from scoreboard.actors.messages import Route, RouterMsg, ScorerMsg, UserMsg
+from scoreboard.adapters.interfaces import Store
+from scoreboard.catalogue import Catalogue
+from scoreboard.config import Config
+
+INBOX_SIZE = 64  # the consumer forwards as fast as the broker delivers; prefetch bounds the total
+IDLE_REAP_S = 60.0
+REAP_EVERY_S = 10.0  # how often idle user actors are looked for
+
+
+@dataclass(slots=True)
+class _UserActor:
+    inbox: trio.MemorySendChannel[UserMsg]
+    last_routed_at: float
+
+    def idle_since(self, deadline: float) -> bool:
+        """Nothing routed since `deadline`, nothing queued, and the actor waits for more."""
+        stats = self.inbox.statistics()
+        return (
+            self.last_routed_at <= deadline
+            and stats.current_buffer_used == 0
+            and stats.tasks_waiting_receive > 0
+        )
+
+
+async def run(
+    inbox: trio.MemoryReceiveChannel[RouterMsg],
+    scorer: trio.MemorySendChannel[ScorerMsg],
+    *,
+    store: Store,
+    catalogue: Catalogue,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    # A user actor's inbox can hold every unacknowledged delivery (the prefetch), so routing
+    # never waits on one slow user; memory channels allocate per message, not per capacity.
+    user_inbox_size = config.amqp.prefetch
+    actors: dict[int, _UserActor] = {}
+    with inbox, scorer:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            next_reap_at = trio.current_time() + REAP_EVERY_S
+            while True:
+                msg: RouterMsg | None = None
+                with trio.move_on_at(next_reap_at):
+                    try:
+                        msg = await inbox.receive()
+                    except trio.EndOfChannel:
+                        break
+                match msg:
+                    case None:
+                        pass
+                    case Route(envelope):
+                        actor = actors.get(envelope.user_id)
+                        if actor is None:
+                            send, receive = trio.open_memory_channel[UserMsg](user_inbox_size)
+                            nursery.start_soon(
+                                functools.partial(
+                                    user.run, receive, scorer.clone(), user_id=envelope.user_id,
+                                    store=store, catalogue=catalogue, config=config,
+                                )
+                            )
+                            actor = actors[envelope.user_id] = _UserActor(send, 0.0)
+                        actor.last_routed_at = trio.current_time()
+                        await actor.inbox.send(msg)
+                    case _:
+                        assert_never(msg)
+                now = trio.current_time()
+                if now >= next_reap_at:
+                    _reap_idle(actors, now - IDLE_REAP_S)
+                    next_reap_at = now + REAP_EVERY_S
+            # The consumer is gone: each user actor finishes what it holds, then ends.
+            for actor in actors.values():
+                actor.inbox.close()
+
+
+def _reap_idle(actors: dict[int, _UserActor], deadline: float) -> None:
+    for user_id in [user_id for user_id, actor in actors.items() if actor.idle_since(deadline)]:
+        actors.pop(user_id).inbox.close()
