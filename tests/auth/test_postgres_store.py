@@ -58,10 +58,6 @@ async def test_duplicates_are_reported_by_field(
         await register_user(store, fast_passwords, "carol", "a@EXAMPLE.com", PASSWORD)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="migration 0001 has users.email varchar(100); contract §1 allows 254 characters",
-)
 async def test_longest_valid_fields_fit_the_schema(
     store: PostgresStore, fast_passwords: Passwords
 ) -> None:
