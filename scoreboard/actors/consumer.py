@@ -1,0 +1,67 @@
+"""The consumer: the worker's end of the actions queue.
+
+It runs the broker's consumer in its own nursery, handing deliveries over through a channel that
+holds the whole prefetch (the asyncio side never waits on trio), decodes each body, dead-letters
+the ones that are not action envelopes, and forwards the rest to the router. It acknowledges
+nothing itself: the scorer does, after the commit. When the consumer stops, the broker's consumer
+and its AMQP channel close with it, so every unacknowledged delivery is redelivered.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import trio
+
+from scoreboard.actors.messages import Route, RouterMsg
+from scoreboard.actors.retry import call_with_retries
+from scoreboard.adapters.interfaces import Broker, Delivery
+from scoreboard.config import Config
+from scoreboard.model import ActionEnvelope, MalformedMessage
+
+log = logging.getLogger(__name__)
+
+SETTLE_TIMEOUT_S = 10.0
+SETTLE_ATTEMPTS = 3
+
+
+class ConsumerEnded(RuntimeError):
+    """The broker's consumer returned, which it only does on failure."""
+
+
+async def run(
+    router: trio.MemorySendChannel[RouterMsg],
+    *,
+    broker: Broker,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    prefetch = config.amqp.prefetch
+    # At least the prefetch: the broker never has more unacknowledged deliveries out than that.
+    deliveries_in, deliveries_out = trio.open_memory_channel[Delivery](prefetch)
+    with router, deliveries_out:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_consume, broker, deliveries_in, prefetch)
+            task_status.started()
+            async for delivery in deliveries_out:
+                try:
+                    envelope = ActionEnvelope.decode(delivery.body)
+                except MalformedMessage as exc:
+                    log.warning("consumer: dead-lettering a malformed message (%s)", exc)
+                    await call_with_retries(
+                        functools.partial(broker.settle, dead=[(delivery, f"malformed: {exc}")]),
+                        what="dead-lettering a malformed message",
+                        timeout_s=SETTLE_TIMEOUT_S,
+                        attempts=SETTLE_ATTEMPTS,
+                    )
+                    continue
+                await router.send(Route(envelope, delivery))
+            raise ConsumerEnded("the broker's consumer ended")
+
+
+async def _consume(
+    broker: Broker, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+) -> None:
+    with deliveries:
+        await broker.consume_actions(deliveries, prefetch)

@@ -1,0 +1,238 @@
+"""The leaderboard keeper: Redis follows Postgres, and every API process hears about it.
+
+For each committed batch it writes the changed users' absolute scores from Postgres to the board
+(never increments, so a redelivery cannot count twice), then publishes, in one broker call, an
+`ActionFinished` for every result (duplicates too: a client waiting for a redelivered action
+hears its outcome), a `ScoreChanged` for each user whose score moved, and a `LeaderboardChanged`
+when the top differs from the one it last published.
+
+The board is a cache: when its key is missing (Redis restarted or was flushed) the keeper rebuilds
+it from Postgres, on start, when a write finds it gone, and when its periodic check does. A board
+write that fails is retried until it works, holding the batch: the scorer waits behind the keeper
+rather than leave Redis behind Postgres.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import assert_never
+
+import trio
+
+from scoreboard.actors.messages import Committed, KeeperMsg
+from scoreboard.actors.retry import call_with_retries
+from scoreboard.adapters.interfaces import BackendUnavailable, Board, Broker, PublishFailed, Store
+from scoreboard.config import Config
+from scoreboard.model import (
+    ActionFinished,
+    BoardEntry,
+    CommitResult,
+    Event,
+    LeaderboardChanged,
+    RankChange,
+    RankedEntry,
+    ScoreChanged,
+    encode_event,
+)
+
+log = logging.getLogger(__name__)
+
+INBOX_SIZE = 16  # each message is a whole batch; a few queued let the scorer commit ahead
+BOARD_CHECK_EVERY_S = 5.0  # how soon a lost board key is rebuilt when no batch finds it first
+BOARD_TIMEOUT_S = 10.0
+REBUILD_TIMEOUT_S = 120.0  # reads every user with a score, then writes them all
+PUBLISH_TIMEOUT_S = 10.0
+PUBLISH_ATTEMPTS = 3
+
+
+class _Keeper:
+    def __init__(self, store: Store, board: Board, broker: Broker, config: Config) -> None:
+        self._store = store
+        self._board = board
+        self._broker = broker
+        self._top_n = config.leaderboard.size
+        self._published_top: tuple[RankedEntry, ...] | None = None
+
+    async def check_board(self) -> None:
+        """Rebuild the board if its key is missing; publish the top if it changed (on start,
+        when nothing was published yet, always)."""
+        _changes, top = await self._apply([])
+        events: list[Event] = []
+        self._leaderboard_event(top, events)
+        if events:
+            await self._publish(events)
+
+    async def handle(self, results: Sequence[CommitResult]) -> None:
+        entries = await self._entries(results)
+        changes, top = await self._apply(entries)
+        events: list[Event] = [
+            ActionFinished(
+                user_id=result.user_id,
+                action_id=result.action_id,
+                nonce=result.nonce,
+                status=result.status,
+                score_delta=result.score_delta,
+                new_score=result.new_score,
+                error=result.error,
+                message=result.message,
+                retry_after_s=result.retry_after_s,
+            )
+            for result in results
+        ]
+        events += _score_changes(results, changes)
+        self._leaderboard_event(top, events)
+        await self._publish(events)
+
+    async def _entries(self, results: Sequence[CommitResult]) -> list[BoardEntry]:
+        """Each changed user's newest absolute score. A user with only redelivered actions is
+        read back from the store: the first delivery may have been committed by a scorer that
+        died before this keeper wrote the board."""
+        latest: dict[int, BoardEntry] = {}
+        redelivered: set[int] = set()
+        for result in results:
+            if result.status != "completed":
+                continue
+            if result.duplicate:
+                redelivered.add(result.user_id)
+            else:
+                latest[result.user_id] = BoardEntry(
+                    result.user_id, result.username, result.new_score, result.score_reached_at_ms
+                )
+        stale = sorted(redelivered - latest.keys())
+        if stale:
+            latest.update(
+                (entry.user_id, entry)
+                for entry in await call_with_retries(
+                    functools.partial(self._store.board_entries, stale),
+                    what="reading redelivered users' scores",
+                    timeout_s=BOARD_TIMEOUT_S,
+                    attempts=math.inf,
+                )
+            )
+        return list(latest.values())
+
+    async def _apply(
+        self, entries: list[BoardEntry]
+    ) -> tuple[list[RankChange], list[RankedEntry]]:
+        applied = await self._write(entries)
+        if applied is None:
+            await self._rebuild()
+            applied = await self._write(entries)
+            if applied is None:
+                raise BackendUnavailable("the board vanished again right after its rebuild")
+        return applied
+
+    async def _write(
+        self, entries: list[BoardEntry]
+    ) -> tuple[list[RankChange], list[RankedEntry]] | None:
+        return await call_with_retries(
+            functools.partial(self._board.apply, entries, self._top_n),
+            what="writing the board",
+            timeout_s=BOARD_TIMEOUT_S,
+            attempts=math.inf,
+        )
+
+    async def _rebuild(self) -> None:
+        log.warning("keeper: the board is missing; rebuilding it from the store")
+        entries = await call_with_retries(
+            self._store.board_entries,
+            what="reading every score",
+            timeout_s=REBUILD_TIMEOUT_S,
+            attempts=math.inf,
+        )
+        await call_with_retries(
+            functools.partial(self._board.rebuild, entries),
+            what="rebuilding the board",
+            timeout_s=REBUILD_TIMEOUT_S,
+            attempts=math.inf,
+        )
+        log.info("keeper: rebuilt the board with %d users", len(entries))
+
+    def _leaderboard_event(self, top: list[RankedEntry], events: list[Event]) -> None:
+        if tuple(top) != self._published_top:
+            events.append(LeaderboardChanged(tuple(top), int(time.time() * 1000)))
+
+    async def _publish(self, events: list[Event]) -> None:
+        """One broker call for all of them. Events are notifications: if the broker cannot take
+        them they are dropped with a warning (the committed outcomes are safe in Postgres), and
+        the top is published again with the next batch."""
+        try:
+            bodies = [encode_event(event) for event in events]
+            await call_with_retries(
+                functools.partial(self._broker.publish_events, bodies),
+                what=f"publishing {len(events)} events",
+                timeout_s=PUBLISH_TIMEOUT_S,
+                attempts=PUBLISH_ATTEMPTS,
+            )
+        except (BackendUnavailable, trio.TooSlowError, PublishFailed) as exc:
+            log.warning("keeper: dropped %d events the broker did not take (%r)", len(events), exc)
+            return
+        for event in events:
+            if isinstance(event, LeaderboardChanged):
+                self._published_top = event.entries
+
+
+def _score_changes(results: Sequence[CommitResult], changes: list[RankChange]) -> list[Event]:
+    """A `ScoreChanged` per user whose score moved in this batch, from their first old score to
+    their last new one; `rank_change` is positive when they climbed (0 when new to the board)."""
+    first_old: dict[int, int] = {}
+    last: dict[int, CommitResult] = {}
+    for result in results:
+        if result.duplicate or result.new_score == result.old_score:
+            continue
+        first_old.setdefault(result.user_id, result.old_score)
+        last[result.user_id] = result
+    ranks = {change.user_id: change for change in changes}
+    events: list[Event] = []
+    for user_id, result in last.items():
+        change = ranks.get(user_id)
+        if change is None:
+            continue
+        moved = change.old_rank - change.new_rank if change.old_rank is not None else 0
+        events.append(
+            ScoreChanged(
+                user_id=user_id,
+                username=result.username,
+                old_score=first_old[user_id],
+                new_score=result.new_score,
+                rank=change.new_rank,
+                rank_change=moved,
+            )
+        )
+    return events
+
+
+async def run(
+    inbox: trio.MemoryReceiveChannel[KeeperMsg],
+    *,
+    store: Store,
+    board: Board,
+    broker: Broker,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with inbox:
+        keeper = _Keeper(store, board, broker, config)
+        await keeper.check_board()
+        task_status.started()
+        next_check_at = trio.current_time() + BOARD_CHECK_EVERY_S
+        while True:
+            msg: KeeperMsg | None = None
+            with trio.move_on_at(next_check_at):
+                try:
+                    msg = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
+            # Handling a batch finds a missing board as surely as the check does.
+            match msg:
+                case None:
+                    await keeper.check_board()
+                case Committed(results):
+                    await keeper.handle(results)
+                case _:
+                    assert_never(msg)
+            next_check_at = trio.current_time() + BOARD_CHECK_EVERY_S

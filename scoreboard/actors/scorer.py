@@ -1,0 +1,160 @@
+"""The scorer: group commit of the user actors' decisions, then the acknowledgements.
+
+Batching is natural: it waits for one decision, then takes whatever else is already waiting, up
+to `scorer.max_batch`, and commits them in one transaction. Only after the commit does it settle
+the deliveries with the broker (ack after commit, never before; a crash in between means a
+redelivery, which the store answers with the stored outcome), and then it hands the results to
+the keeper.
+
+Failures:
+- transient (`BackendUnavailable`, or no answer in time): retried with backoff a few times, then
+  raised; the supervisor restarts the pipeline and the unacknowledged deliveries come back;
+- `UnknownUser`: the store wrote nothing; those users' actions are dead-lettered, the rest commit;
+- anything else is some action the store cannot take (a poison message): the batch is split in
+  halves until the action is found, and it is retried (republished, attempts + 1) until
+  `amqp.max_attempts`, then recorded as failed and dead-lettered.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import assert_never
+
+import trio
+
+from scoreboard.actors.messages import Committed, KeeperMsg, Score, ScorerMsg
+from scoreboard.actors.retry import call_with_retries
+from scoreboard.adapters.interfaces import BackendUnavailable, Broker, Delivery, Store, UnknownUser
+from scoreboard.bridge import BridgeClosed
+from scoreboard.config import Config
+from scoreboard.model import ActionEnvelope, CommitResult
+
+log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT_S = 10.0
+COMMIT_ATTEMPTS = 3
+SETTLE_TIMEOUT_S = 10.0
+SETTLE_ATTEMPTS = 3
+FAIL_TIMEOUT_S = 10.0
+
+
+def inbox_size(config: Config) -> int:
+    """One full batch can queue up while the previous one commits."""
+    return config.scorer.max_batch
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one batch came to: committed results, and how to settle every delivery."""
+
+    results: list[CommitResult] = field(default_factory=list)
+    ack: list[Delivery] = field(default_factory=list)
+    retry: list[tuple[Delivery, ActionEnvelope]] = field(default_factory=list)
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+
+
+async def run(
+    inbox: trio.MemoryReceiveChannel[ScorerMsg],
+    keeper: trio.MemorySendChannel[KeeperMsg],
+    *,
+    store: Store,
+    broker: Broker,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with inbox, keeper:
+        task_status.started()
+        while True:
+            try:
+                batch = [await inbox.receive()]
+            except trio.EndOfChannel:
+                return
+            while len(batch) < config.scorer.max_batch:
+                try:
+                    batch.append(inbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            outcome = _Outcome()
+            await _commit(store, config, _scores(batch), outcome)
+            settle = functools.partial(
+                broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead
+            )
+            await call_with_retries(
+                settle,
+                what="settling deliveries",
+                timeout_s=SETTLE_TIMEOUT_S,
+                attempts=SETTLE_ATTEMPTS,
+            )
+            if outcome.results:
+                await keeper.send(Committed(tuple(outcome.results)))
+
+
+def _scores(batch: list[ScorerMsg]) -> list[Score]:
+    scores = []
+    for msg in batch:
+        match msg:
+            case Score():
+                scores.append(msg)
+            case _:
+                assert_never(msg)
+    return scores
+
+
+async def _commit(store: Store, config: Config, scores: list[Score], outcome: _Outcome) -> None:
+    """Commit `scores` (in order) and say in `outcome` how each delivery is to be settled."""
+    try:
+        results = await call_with_retries(
+            functools.partial(store.commit_actions, [score.decision for score in scores]),
+            what=f"committing {len(scores)} actions",
+            timeout_s=COMMIT_TIMEOUT_S,
+            attempts=COMMIT_ATTEMPTS,
+        )
+    except UnknownUser as exc:
+        known: list[Score] = []
+        for score in scores:
+            user_id = score.decision.envelope.user_id
+            if user_id in exc.user_ids:
+                outcome.dead.append((score.delivery, f"unknown user {user_id}"))
+            else:
+                known.append(score)
+        if len(known) == len(scores):
+            raise
+        if known:
+            await _commit(store, config, known, outcome)
+        return
+    except (BackendUnavailable, trio.TooSlowError, BridgeClosed):
+        raise
+    except Exception as exc:
+        if len(scores) > 1:
+            middle = len(scores) // 2
+            await _commit(store, config, scores[:middle], outcome)
+            await _commit(store, config, scores[middle:], outcome)
+            return
+        await _give_up_on(store, config, scores[0], exc, outcome)
+        return
+    outcome.results.extend(results)
+    outcome.ack.extend(score.delivery for score in scores)
+
+
+async def _give_up_on(
+    store: Store, config: Config, score: Score, error: Exception, outcome: _Outcome
+) -> None:
+    """One action the store refused: try it again later, or record it failed and dead-letter it."""
+    envelope = score.decision.envelope
+    attempt = envelope.attempts + 1
+    log.error("scorer: the store refused action %s (attempt %d)", envelope.action_id, attempt,
+              exc_info=error)
+    if attempt < config.amqp.max_attempts:
+        outcome.retry.append((score.delivery, envelope))
+        return
+    reason = f"the store refused the action: {error!r}"
+    try:
+        with trio.fail_after(FAIL_TIMEOUT_S):
+            await store.fail_action(envelope, reason)
+    except (BackendUnavailable, trio.TooSlowError, BridgeClosed):
+        raise
+    except Exception:
+        log.exception("scorer: could not record action %s as failed", envelope.action_id)
+    outcome.dead.append((score.delivery, reason))
