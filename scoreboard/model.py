@@ -173,7 +173,12 @@ class RankedEntry:
     score: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "user_id": self.user_id, "username": self.username, "score": self.score}
+        return {
+            "rank": self.rank,
+            "user_id": self.user_id,
+            "username": self.username,
+            "score": self.score,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +323,7 @@ def decode_event(raw: bytes) -> Event:
             user_id=_require(data, "user_id", int),
             action_id=action_id,
             nonce=_require(data, "nonce", str),
-            status=status,  # type: ignore[arg-type]
+            status=status,
             score_delta=_require(data, "score_delta", int),
             new_score=_optional(data, "new_score", int),
             error=_optional(data, "error", str),

@@ -204,6 +204,8 @@ class Delivery:
 class Broker(Protocol):
     """RabbitMQ: durable action queue, dead letters, and the events fanout."""
 
+    async def ping(self) -> None: ...
+
     async def declare_topology(self) -> None: ...
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:

@@ -1,0 +1,231 @@
+"""`/api/v1/actions/*` (contract §2)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from scoreboard.actors.messages import CancelWait, WaitForAction
+from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
+from scoreboard.http.requests import (
+    audited_headers,
+    authenticate,
+    bearer_token,
+    client_ip,
+    json_body,
+)
+from scoreboard.http.services import Services
+from scoreboard.http.submission import Submitted, parse_payload, submit_action
+from scoreboard.http.timefmt import rfc3339_ms
+from scoreboard.model import ActionFinished, ActionRecord
+
+blueprint = Blueprint("actions", __name__)
+
+MAX_WAIT_S = 10.0
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+WAIT_REPLY_BUFFER = 1  # exactly one outcome per action
+COMPLETED_MESSAGE = "Action completed successfully"
+
+
+def services() -> Services:
+    found: Services = current_app.config["SERVICES"]
+    return found
+
+
+def prefer_wait_s(header: str | None) -> float:
+    """Seconds from `Prefer: wait=N` (RFC 7240), capped at 10; 0 when absent or malformed."""
+    if not header:
+        return 0.0
+    match = PREFER_WAIT.search(header)
+    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
+
+
+def location(action_id: uuid.UUID) -> str:
+    return f"/api/v1/actions/{action_id}"
+
+
+def accepted_response(
+    action_id: uuid.UUID, status: str = "accepted", *, replayed: bool = False
+) -> Response:
+    response = jsonify({"success": True, "action_id": str(action_id), "status": status})
+    response.status_code = 202
+    response.headers["Location"] = location(action_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def outcome_response(
+    action_id: uuid.UUID,
+    status: str,
+    score_delta: int,
+    new_score: int | None,
+    error: str | None,
+    message: str | None,
+    retry_after_s: int | None,
+) -> Response:
+    """The proposal's §6.2 body for a finished action (200), or its refusal (422 / 429)."""
+    body: dict[str, Any]
+    if status == "completed":
+        body = {
+            "success": True,
+            "action_id": str(action_id),
+            "score_delta": score_delta,
+            "new_score": new_score,
+            "message": COMPLETED_MESSAGE,
+        }
+        code = 200
+    else:
+        body = {
+            "success": False,
+            "action_id": str(action_id),
+            "error": error or ("action_failed" if status == "failed" else "invalid_action"),
+            "message": message or f"the action ended {status}",
+        }
+        code = 422
+        if error == "rate_limit_exceeded" and retry_after_s is not None:
+            body["retry_after"] = retry_after_s
+            code = 429
+    response = jsonify(body)
+    response.status_code = code
+    response.headers["Location"] = location(action_id)
+    if code == 429 and retry_after_s is not None:
+        response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def record_json(record: ActionRecord) -> dict[str, Any]:
+    return {
+        "action_id": str(record.action_id),
+        "action_type": record.action_type,
+        "status": record.status,
+        "score_delta": record.score_delta,
+        "new_score": record.new_score,
+        "error": record.error,
+        "message": record.message,
+        "created_at": rfc3339_ms(record.created_at_ms),
+        "processed_at": rfc3339_ms(record.processed_at_ms) if record.processed_at_ms else None,
+    }
+
+
+async def stored_action(svc: Services, action_id: uuid.UUID) -> ActionRecord | None:
+    try:
+        with trio.fail_after(5):
+            return await svc.store.get_action(action_id)
+    except (BackendUnavailable, trio.TooSlowError):
+        raise unavailable(1, "the store is unavailable") from None
+
+
+async def replay_response(svc: Services, submitted: Submitted) -> Response:
+    record = await stored_action(svc, submitted.action_id)
+    if submitted.replayed_status_code != 202 and record is not None:
+        response = outcome_response(
+            record.action_id,
+            record.status,
+            record.score_delta,
+            record.new_score,
+            record.error,
+            record.message,
+            None,
+        )
+    else:
+        response = accepted_response(submitted.action_id, record.status if record else "accepted")
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def wait_for_outcome(
+    receive: trio.MemoryReceiveChannel[ActionFinished], wait_s: float
+) -> ActionFinished | None:
+    with trio.move_on_after(wait_s):
+        return await receive.receive()
+    return None
+
+
+@blueprint.post("/api/v1/actions/perform")
+async def perform() -> Response:
+    svc = services()
+    claims = authenticate(svc, bearer_token(request), "write")
+    payload = parse_payload(svc, await json_body(request))
+    wait_s = prefer_wait_s(request.headers.get("Prefer"))
+    ip = client_ip(request.remote_addr, request.headers, svc.config.server.trusted_proxies)
+    action_id = uuid.uuid4()
+    send_outcome, receive_outcome = trio.open_memory_channel[ActionFinished](WAIT_REPLY_BUFFER)
+    if wait_s:
+        await svc.hub.send(WaitForAction(action_id, send_outcome))
+    try:
+        submitted = await submit_action(
+            svc,
+            claims,
+            payload,
+            action_id=action_id,
+            ip=ip,
+            user_agent=request.headers.get("User-Agent", ""),
+            headers=audited_headers(request.headers),
+        )
+        if submitted.replayed_status_code is not None:
+            return await replay_response(svc, submitted)
+        if not wait_s:
+            return accepted_response(submitted.action_id)
+        outcome = await wait_for_outcome(receive_outcome, wait_s)
+    finally:
+        if wait_s:
+            with trio.CancelScope(shield=True):
+                await svc.hub.send(CancelWait(action_id))
+    if outcome is None:
+        return accepted_response(action_id)
+    response = outcome_response(
+        action_id,
+        outcome.status,
+        outcome.score_delta,
+        outcome.new_score,
+        outcome.error,
+        outcome.message,
+        outcome.retry_after_s,
+    )
+    with contextlib.suppress(BackendUnavailable):
+        await svc.guard.set_first_status(
+            user_id=claims.user_id, nonce=payload.nonce, status_code=response.status_code
+        )
+    return response
+
+
+@blueprint.get("/api/v1/actions/types")
+async def action_types() -> Response:
+    return jsonify(services().catalogue.as_json())
+
+
+@blueprint.get("/api/v1/actions/<action_id>")
+async def get_action(action_id: str) -> Response:
+    svc = services()
+    claims = authenticate(svc, bearer_token(request), "read")
+    try:
+        parsed = uuid.UUID(action_id)
+    except ValueError:
+        raise invalid_request("action_id must be a UUID") from None
+    record = await stored_action(svc, parsed)
+    if record is None:
+        pending = await svc.guard.pending_action(parsed)
+        if pending is None or pending.user_id != claims.user_id:
+            raise RequestRejected(404, "not_found", "no such action")
+        return jsonify(
+            {
+                "action_id": str(parsed),
+                "action_type": pending.action_type,
+                "status": "accepted",
+                "score_delta": None,
+                "new_score": None,
+                "error": None,
+                "created_at": rfc3339_ms(pending.created_at_ms),
+                "processed_at": None,
+            }
+        )
+    if record.user_id != claims.user_id:
+        raise RequestRejected(404, "not_found", "no such action")
+    return jsonify(record_json(record))

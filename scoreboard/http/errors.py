@@ -1,0 +1,85 @@
+"""JSON error bodies in the shapes of the contract (spec/api.md §2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, jsonify
+
+
+class RequestRejected(Exception):
+    """Raised by handlers and helpers; rendered as the contract's JSON error."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        super().__init__(message or error)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"success": False, "error": self.error}
+        if self.message is not None:
+            body["message"] = self.message
+        body.update(self.extra)
+        return body
+
+
+def invalid_request(message: str) -> RequestRejected:
+    return RequestRejected(400, "invalid_request", message)
+
+
+def invalid_token(message: str) -> RequestRejected:
+    return RequestRejected(
+        401,
+        "invalid_token",
+        message,
+        headers={
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{message}"'
+        },
+    )
+
+
+def insufficient_scope(scope: str) -> RequestRejected:
+    return RequestRejected(
+        403,
+        "insufficient_scope",
+        f"this needs the {scope!r} scope",
+        headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+    )
+
+
+def rate_limited(retry_after_s: int) -> RequestRejected:
+    return RequestRejected(
+        429,
+        "rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after_s)},
+        extra={"retry_after": retry_after_s},
+    )
+
+
+def unavailable(retry_after_s: int, message: str) -> RequestRejected:
+    return RequestRejected(
+        503,
+        "unavailable",
+        message,
+        headers={"Retry-After": str(retry_after_s)},
+        extra={"retry_after": retry_after_s},
+    )
+
+
+def render(rejection: RequestRejected) -> Response:
+    response = jsonify(rejection.body())
+    response.status_code = rejection.status
+    for name, value in rejection.headers.items():
+        response.headers[name] = value
+    return response

@@ -1,0 +1,116 @@
+"""Operations endpoints (contract §5): liveness, readiness, actor statistics, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify
+
+from scoreboard.http.services import Services
+
+blueprint = Blueprint("ops", __name__)
+
+BACKEND_PING_TIMEOUT_S = 2.0
+
+
+def services() -> Services:
+    found: Services = current_app.config["SERVICES"]
+    return found
+
+
+async def _answers(ping: Callable[[], Awaitable[None]]) -> bool:
+    with trio.move_on_after(BACKEND_PING_TIMEOUT_S):
+        try:
+            await ping()
+        except Exception:
+            return False
+        return True
+    return False
+
+
+async def backend_health(svc: Services) -> dict[str, bool]:
+    results: dict[str, bool] = {}
+
+    async def check(name: str, ping: Callable[[], Awaitable[None]]) -> None:
+        results[name] = await _answers(ping)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check, "postgres", svc.store.ping)
+        nursery.start_soon(check, "redis", svc.board.ping)
+        nursery.start_soon(check, "rabbitmq", svc.broker.ping)
+    return results
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+async def readyz() -> Response:
+    svc = services()
+    backends = await backend_health(svc)
+    actors_running = svc.all_running()
+    ready = actors_running and all(backends.values())
+    body: dict[str, Any] = {
+        "ready": ready,
+        "actors_running": actors_running,
+        "backends": backends,
+        "limits_enabled": svc.config.limits.enabled,
+        "role": svc.config.server.role,
+    }
+    if not svc.config.limits.enabled:
+        body["warning"] = "rate limits and cooldowns are disabled (SCOREBOARD_LIMITS_ENABLED=false)"
+    response = jsonify(body)
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@blueprint.get("/api/v1/supervisor")
+async def supervisor() -> Response:
+    return jsonify({"actors": [statistics_json(stat) for stat in services().statistics()]})
+
+
+def statistics_json(stat: Any) -> dict[str, Any]:
+    return {
+        "id": stat.id,
+        "state": stat.state,
+        "restarts": stat.restarts,
+        "last_error": stat.last_error,
+        "uptime_s": stat.uptime_s,
+        "inbox_depth": stat.inbox_depth,
+        "inbox_peak": stat.inbox_peak,
+    }
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    svc = services()
+    lines = [
+        "# HELP scoreboard_actor_restarts_total Restarts of each supervised actor.",
+        "# TYPE scoreboard_actor_restarts_total counter",
+    ]
+    stats = svc.statistics()
+    lines += [f'scoreboard_actor_restarts_total{{actor="{s.id}"}} {s.restarts}' for s in stats]
+    lines += [
+        "# HELP scoreboard_actor_inbox_depth Messages waiting in each actor's inbox.",
+        "# TYPE scoreboard_actor_inbox_depth gauge",
+    ]
+    lines += [f'scoreboard_actor_inbox_depth{{actor="{s.id}"}} {s.inbox_depth or 0}' for s in stats]
+    lines += [
+        "# HELP scoreboard_actor_running Whether each actor runs (1) or not (0).",
+        "# TYPE scoreboard_actor_running gauge",
+    ]
+    lines += [
+        f'scoreboard_actor_running{{actor="{s.id}"}} {int(s.state == "running")}' for s in stats
+    ]
+    lines += [
+        "# HELP scoreboard_websocket_connections Open WebSocket connections.",
+        "# TYPE scoreboard_websocket_connections gauge",
+        f"scoreboard_websocket_connections {sum(svc.connections.per_ip.values())}",
+    ]
+    return Response(
+        "\n".join(lines) + "\n", content_type="text/plain; version=0.0.4; charset=utf-8"
+    )

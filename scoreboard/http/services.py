@@ -1,0 +1,41 @@
+"""Everything a request handler may use, built once by the application wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from scoreboard.actors.messages import HubMsg
+from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
+from scoreboard.auth.keys import KeyRing
+from scoreboard.auth.passwords import Passwords
+from scoreboard.catalogue import Catalogue
+from scoreboard.config import Config
+from scoreboard.supervisor import ChildStatistics
+
+
+@dataclass
+class ConnectionCounts:
+    """Open WebSockets per user and per client IP, for the caps of design §7."""
+
+    per_user: dict[int, int] = field(default_factory=dict)
+    per_ip: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Services:
+    config: Config
+    catalogue: Catalogue
+    store: Store
+    board: Board
+    guard: EdgeGuard
+    broker: Broker
+    keyring: KeyRing
+    passwords: Passwords
+    hub: trio.MemorySendChannel[HubMsg]
+    statistics: Callable[[], list[ChildStatistics]]
+    all_running: Callable[[], bool]
+    public_origin: str
+    connections: ConnectionCounts = field(default_factory=ConnectionCounts)
