@@ -13,6 +13,7 @@ Key layout, all under `RedisConfig.prefix` (`P`):
 - `P limit:ip:{ip}`               sorted set of action ids by claim time (60 s sliding window)
 - `P limit:user:{user}`           the same per user
 - `P cooldown:{user}:{type}`      "{until_ms} {action_id}"
+- `P action:{action_id}`          hash of a claimed action (`pending_action`), lives as its nonce
 
 Equal scores must rank by who reached the score first, and Redis orders equal scores by member
 bytes; ZREVRANGE reverses that order too, so the member starts with the reach time subtracted
@@ -40,6 +41,7 @@ from scoreboard.adapters.interfaces import (
     Claim,
     Limited,
     MeView,
+    PendingAction,
     Replayed,
 )
 from scoreboard.bridge import Bridge
@@ -174,9 +176,9 @@ local first = math.max(0, rank - tonumber(ARGV[2]))
 return {first, rank, range_with_names(KEYS[1], KEYS[3], first, rank + tonumber(ARGV[2]))}
 """
 
-# KEYS: nonce, IP window, user window, cooldown.
+# KEYS: nonce, IP window, user window, cooldown, pending action.
 # ARGV: action_id, now_ms, cooldown_ms, user limit, IP limit, limits enabled ("1"/"0"),
-# window ms, the nonce's value, the nonce's lifetime ms.
+# window ms, the nonce's value, the nonce's lifetime ms, user_id, action_type, nonce.
 # Answers {"replayed", stored value}, {"limited", wait ms} or {"accepted"}.
 _CLAIM = """
 local known = redis.call('GET', KEYS[1])
@@ -209,10 +211,13 @@ if ARGV[6] == '1' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[9])
+redis.call('HSET', KEYS[5], 'user_id', ARGV[10], 'action_type', ARGV[11], 'nonce', ARGV[12],
+           'created_at_ms', ARGV[2])
+redis.call('PEXPIRE', KEYS[5], ARGV[9])
 return {'accepted'}
 """
 
-# KEYS: nonce, user window, cooldown. ARGV: action_id.
+# KEYS: nonce, user window, cooldown, pending action. ARGV: action_id.
 # Undoes what the claim of this action recorded, and nothing that a later claim did.
 # The IP window keeps the entry: the request was made, and the IP limit counts requests.
 _RELEASE = """
@@ -222,6 +227,7 @@ if nonce and string.sub(nonce, 1, #action_id) == action_id then redis.call('DEL'
 redis.call('ZREM', KEYS[2], action_id)
 local cooldown = redis.call('GET', KEYS[3])
 if cooldown and string.sub(cooldown, -#action_id) == action_id then redis.call('DEL', KEYS[3]) end
+redis.call('DEL', KEYS[4])
 return true
 """
 
@@ -376,6 +382,9 @@ class RedisEdgeGuard(_RedisAdapter):
     def _cooldown_key(self, user_id: int, action_type: str) -> str:
         return f"{self._prefix}cooldown:{user_id}:{action_type}"
 
+    def _action_key(self, action_id: uuid.UUID) -> str:
+        return f"{self._prefix}action:{action_id}"
+
     async def claim(
         self,
         *,
@@ -397,11 +406,12 @@ class RedisEdgeGuard(_RedisAdapter):
             f"{self._prefix}limit:ip:{ip}",
             self._user_window_key(user_id),
             self._cooldown_key(user_id, action_type),
+            self._action_key(action_id),
         ]
         args = [
             str(action_id), now_ms, cooldown_ms, user_limit_per_minute, ip_limit_per_minute,
             "1" if limits_enabled else "0", LIMIT_WINDOW_MS, f"{action_id} {DEFAULT_FIRST_STATUS}",
-            NONCE_TTL_MS,
+            NONCE_TTL_MS, user_id, action_type, nonce,
         ]
         reply = await self._run(self._claim_script, keys, args)
         match reply:
@@ -421,6 +431,7 @@ class RedisEdgeGuard(_RedisAdapter):
             self._nonce_key(user_id, nonce),
             self._user_window_key(user_id),
             self._cooldown_key(user_id, action_type),
+            self._action_key(action_id),
         ]
         await self._run(self._release_script, keys, [str(action_id)])
 
@@ -428,6 +439,21 @@ class RedisEdgeGuard(_RedisAdapter):
         await self._run(
             self._set_first_status_script, [self._nonce_key(user_id, nonce)], [status_code]
         )
+
+    async def pending_action(self, action_id: uuid.UUID) -> PendingAction | None:
+        fields = await self._run(self._pending_action, action_id)
+        if not fields:
+            return None
+        return PendingAction(
+            user_id=int(fields["user_id"]),
+            action_type=fields["action_type"],
+            nonce=fields["nonce"],
+            created_at_ms=int(fields["created_at_ms"]),
+        )
+
+    async def _pending_action(self, action_id: uuid.UUID) -> dict[str, str]:
+        fields = await self._client.hgetall(self._action_key(action_id))
+        return cast(dict[str, str], fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import pytest
 import redis
 import trio
 
-from scoreboard.adapters.interfaces import Accepted, Limited, MeView, Replayed
+from scoreboard.adapters.interfaces import Accepted, Limited, MeView, PendingAction, Replayed
 from scoreboard.adapters.redis import RedisBackend, open_redis
 from scoreboard.bridge import open_bridge
 from scoreboard.config import RedisConfig
@@ -329,6 +329,22 @@ async def test_release_undoes_a_claim(backend: RedisBackend) -> None:
     )
     assert await claim(backend, nonce="failed-publish") == Replayed(retry, 202)
     assert await claim(backend, cooldown_ms=5000, user_limit=5, now_ms=T0 + 2) == Limited(5)
+
+
+async def test_a_claimed_action_is_pending_until_released(backend: RedisBackend) -> None:
+    action_id = uuid.uuid4()
+    assert await backend.guard.pending_action(action_id) is None
+    await claim(backend, user_id=7, nonce="pending-1", action_id=action_id, now_ms=T0 + 5)
+    assert await backend.guard.pending_action(action_id) == PendingAction(
+        user_id=7, action_type="complete_task", nonce="pending-1", created_at_ms=T0 + 5
+    )
+    # A replay or a refusal claims nothing.
+    assert await claim(backend, user_id=7, nonce="pending-1", action_id=(other := uuid.uuid4()))
+    assert await backend.guard.pending_action(other) is None
+    await backend.guard.release(
+        user_id=7, nonce="pending-1", action_id=action_id, action_type="complete_task"
+    )
+    assert await backend.guard.pending_action(action_id) is None
 
 
 async def test_a_timeout_in_the_middle_of_a_call_leaves_the_pool_usable(
