@@ -1,0 +1,514 @@
+"""RabbitMQ behind the `Broker` protocol (aio-pika on the bridge loop).
+
+Topology (proposal §8, names from `AmqpConfig`): the durable actions queue with exactly the
+proposal's arguments (TTL, dead-letter exchange, max priority), so that a client declaring it with
+those arguments agrees with us; the direct dead-letter exchange and the failed queue bound to it;
+the fanout events exchange.
+
+One robust connection. Publishes share one robust channel in confirm mode: many publishes from
+many trio tasks pipeline on it, each waiting for its own confirm. Consumers do NOT use robust
+channels: aio-pika would restore an exclusive consumer by itself after a reconnect, and when a hot
+standby has taken the queue meanwhile that restore fails and stalls the whole connection's
+recovery, and it cannot restore a server-named queue at all. So each consumer opens a plain
+channel, and opens a new one itself whenever that channel closes.
+
+A delivery's `channel_id` is the incarnation of the consuming channel (a counter of this broker
+object), not the AMQP channel number, which a reopened channel reuses with delivery tags counted
+from 1 again. Tags of a closed incarnation are never settled: the broker redelivers those messages,
+and their effect is idempotent downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aio_pika
+import aiormq
+import trio
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+
+from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, PublishFailed
+from scoreboard.bridge import Bridge
+from scoreboard.config import AmqpConfig
+from scoreboard.model import ActionEnvelope, MalformedMessage
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+# How often a hot standby asks for the exclusive consumer, and how soon a consumer whose channel
+# closed tries again.
+CONSUME_RETRY_INTERVAL_S = 1.0
+# The connection is down or going: the caller may retry later.
+UNAVAILABLE_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    OSError,
+)
+# Anything the broker or the link can answer instead of success, channel errors included.
+TRANSPORT_ERRORS = (aiormq.exceptions.AMQPError, *UNAVAILABLE_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatistics:
+    dropped_events: int  # events not handed to trio because its channel was full
+    requeued_deliveries: int  # deliveries sent back because the trio channel was full or closed
+
+
+class RabbitBroker:
+    """The `Broker`: publishes with confirms, exclusive consumption, dead letters, events."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        config: AmqpConfig,
+        connection: AbstractRobustConnection,
+        publish_channel: aio_pika.abc.AbstractRobustChannel,
+    ):
+        self._bridge = bridge
+        self._config = config
+        self._connection = connection
+        self._publish_channel = publish_channel
+        self._dead_letter_exchange = self._exchange(config.dead_letter_exchange)
+        self._events_exchange = self._exchange(config.events_exchange)
+        self._incarnations = itertools.count(1)
+        # Asyncio side: consuming channels still open, and their unsettled deliveries.
+        self._live_incarnations: set[int] = set()
+        self._unsettled: dict[tuple[int, int], AbstractIncomingMessage] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        # Trio side.
+        self._dropped_events = 0
+        self._requeued_deliveries = 0
+
+    def _exchange(self, name: str) -> AbstractExchange:
+        """A handle to publish to an exchange that `declare_topology` declares."""
+        return aio_pika.Exchange(self._publish_channel, name, passive=True)
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(self._dropped_events, self._requeued_deliveries)
+
+    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self._bridge.run(fn, *args)
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
+
+    async def _plain_channel(self, *, publisher_confirms: bool = False) -> aio_pika.Channel:
+        """A channel that is not restored after a reconnect: its user reopens it when it must."""
+        await self._connection.ready()
+        channel = aio_pika.Channel(self._connection, publisher_confirms=publisher_confirms)
+        await channel.initialize()
+        return channel
+
+    async def ping(self) -> None:
+        """Open and close a channel: two round trips to the broker."""
+        await self._run(self._ping)
+
+    async def _ping(self) -> None:
+        channel = await self._plain_channel()
+        await channel.close()
+
+    # Topology
+
+    async def declare_topology(self) -> None:
+        await self._run(self._declare_topology)
+
+    async def _declare_topology(self) -> None:
+        config = self._config
+        channel = await self._plain_channel()
+        try:
+            await channel.declare_queue(
+                config.queue,
+                durable=True,
+                arguments={
+                    "x-message-ttl": config.message_ttl_ms,
+                    "x-dead-letter-exchange": config.dead_letter_exchange,
+                    "x-max-priority": config.max_priority,
+                },
+            )
+            dead_letters = await channel.declare_exchange(
+                config.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            failed = await channel.declare_queue(config.failed_queue, durable=True)
+            await failed.bind(dead_letters, routing_key="")
+            # The broker dead-letters an expired action with the actions queue's name as routing
+            # key (the queue has no x-dead-letter-routing-key); without this binding an accepted
+            # action that waited past the TTL would vanish instead of waiting in the failed queue.
+            await failed.bind(dead_letters, routing_key=config.queue)
+            await channel.declare_exchange(
+                config.events_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+        finally:
+            await channel.close()
+
+    # Publishing
+
+    async def _publish_confirmed(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str,
+        *, mandatory: bool = True,
+    ) -> None:
+        """Publish and wait for the broker's ack; anything else is `PublishFailed`."""
+        try:
+            result = await exchange.publish(message, routing_key, mandatory=mandatory)
+        except aiormq.exceptions.PublishError as exc:
+            raise PublishFailed(f"unroutable: returned by the broker ({routing_key!r})") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise PublishFailed("the broker refused the message (nack)") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise PublishFailed(f"the channel failed: {exc!r}") from exc
+        if not isinstance(result, aiormq.spec.Basic.Ack):
+            raise PublishFailed(f"the broker did not confirm the message: {result!r}")
+
+    async def publish_action(self, envelope: ActionEnvelope) -> None:
+        await self._bridge.run(self._publish_action, envelope)
+
+    async def _publish_action(self, envelope: ActionEnvelope) -> None:
+        message = _action_message(envelope.encode(), str(envelope.action_id))
+        await self._publish_confirmed(
+            self._publish_channel.default_exchange, message, self._config.queue
+        )
+
+    async def publish_events(self, bodies: Sequence[bytes]) -> None:
+        """Transient messages to the fanout, all confirmed together; nobody listening is fine."""
+        await self._bridge.run(self._publish_events, list(bodies))
+
+    async def _publish_events(self, bodies: list[bytes]) -> None:
+        await _all(
+            self._publish_confirmed(
+                self._events_exchange,
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                "",
+                mandatory=False,
+            )
+            for body in bodies
+        )
+
+    # Consuming actions
+
+    async def consume_actions(
+        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+    ) -> None:
+        await self._run(self._consume_actions, deliveries, prefetch)
+
+    async def _consume_actions(
+        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+    ) -> None:
+        waiting_logged = False
+        while True:
+            try:
+                await self._consume_actions_once(deliveries, prefetch)
+            except aiormq.exceptions.ChannelAccessRefused:
+                # Another worker holds the exclusive consumer: stand by until it lets go.
+                if not waiting_logged:
+                    log.info("rabbitmq: %s is consumed elsewhere; standing by", self._config.queue)
+                    waiting_logged = True
+            except TRANSPORT_ERRORS as exc:
+                if self._connection.is_closed:
+                    raise
+                log.warning("rabbitmq: consuming %s failed (%r); retrying", self._config.queue, exc)
+            else:
+                log.warning("rabbitmq: the channel consuming %s closed", self._config.queue)
+                waiting_logged = False
+            await asyncio.sleep(CONSUME_RETRY_INTERVAL_S)
+
+    async def _consume_actions_once(
+        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+    ) -> None:
+        """Consume on a channel of its own until that channel closes (or this is cancelled)."""
+        incarnation = next(self._incarnations)
+        channel = await self._plain_channel()
+        self._live_incarnations.add(incarnation)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            tag = message.delivery_tag
+            assert tag is not None, "a consumer with manual acks gets delivery tags"
+            self._unsettled[(incarnation, tag)] = message
+            delivery = Delivery(
+                tag, incarnation, message.body, message.message_id, bool(message.redelivered)
+            )
+            # If trio is gone, closing the channel returns the message to the queue.
+            with contextlib.suppress(trio.RunFinishedError):
+                self._bridge.to_trio_nowait(self._hand_over, deliveries, delivery)
+
+        try:
+            await channel.set_qos(prefetch_count=prefetch)
+            queue = await channel.get_queue(self._config.queue, ensure=False)
+            await queue.consume(on_message, no_ack=False, exclusive=True)
+            log.info("rabbitmq: consuming %s", self._config.queue)
+            await channel.closed()
+        finally:
+            self._live_incarnations.discard(incarnation)
+            for key in [key for key in self._unsettled if key[0] == incarnation]:
+                del self._unsettled[key]
+            if not channel.is_closed:
+                # Closing returns every unacknowledged delivery to the queue for the next consumer.
+                await asyncio.shield(channel.close())
+
+    def _hand_over(self, deliveries: trio.MemorySendChannel[Delivery], delivery: Delivery) -> None:
+        """Trio side: the channel holds the whole prefetch, so it is full only by mistake."""
+        try:
+            deliveries.send_nowait(delivery)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._requeued_deliveries += 1
+            key = (delivery.channel_id, delivery.delivery_tag)
+            self._bridge.loop.call_soon_threadsafe(self._requeue, key)
+
+    def _requeue(self, key: tuple[int, int]) -> None:
+        message = self._unsettled.pop(key, None)
+        if message is not None:
+            self._in_background(_ignoring_transport_errors(message.nack(requeue=True)))
+
+    def _in_background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # Settling
+
+    async def settle(
+        self,
+        *,
+        ack: Sequence[Delivery] = (),
+        retry: Sequence[tuple[Delivery, ActionEnvelope]] = (),
+        dead: Sequence[tuple[Delivery, str]] = (),
+    ) -> None:
+        """Deliveries not known here (settled already, or from a channel that closed) are
+        skipped: the broker redelivers the latter. A retry or dead letter whose publish fails
+        stays unsettled, so calling `settle` again with the same arguments is safe; after the
+        rest is done, the first failure is raised (`PublishFailed`)."""
+        await self._run(self._settle, list(ack), list(retry), list(dead))
+
+    async def _settle(
+        self,
+        ack: list[Delivery],
+        retry: list[tuple[Delivery, ActionEnvelope]],
+        dead: list[tuple[Delivery, str]],
+    ) -> None:
+        for delivery in ack:
+            message = self._unsettled.pop(_key(delivery), None)
+            if message is not None:
+                await self._ack(message)
+        moves = []
+        for delivery, envelope in retry:
+            message = self._unsettled.pop(_key(delivery), None)
+            if message is not None:
+                moves.append(self._move(_key(delivery), message, self._retried(envelope)))
+        for delivery, reason in dead:
+            message = self._unsettled.pop(_key(delivery), None)
+            if message is not None:
+                letter = self._dead_letter(message, reason)
+                moves.append(self._move(_key(delivery), message, letter))
+        await _all(moves)
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        # A channel that closed meanwhile has returned the message to the queue already.
+        with contextlib.suppress(*TRANSPORT_ERRORS):
+            await message.ack()
+
+    async def _move(
+        self, key: tuple[int, int], message: AbstractIncomingMessage, publish: Awaitable[None]
+    ) -> None:
+        """Publish the message's successor, then ack the message; keep it unsettled on failure."""
+        try:
+            await publish
+        except BaseException:
+            if key[0] in self._live_incarnations:
+                self._unsettled[key] = message
+            raise
+        await self._ack(message)
+
+    async def _retried(self, envelope: ActionEnvelope) -> None:
+        again = dataclasses.replace(envelope, attempts=envelope.attempts + 1)
+        await self._publish_confirmed(
+            self._publish_channel.default_exchange,
+            _action_message(again.encode(), str(envelope.action_id)),
+            self._config.queue,
+        )
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        letter = aio_pika.Message(
+            message.body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            content_type=message.content_type,
+            headers={"x-failure-reason": reason, "x-failed-at": _now_ms()},
+        )
+        await self._publish_confirmed(self._dead_letter_exchange, letter, "")
+
+    # Events
+
+    async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
+        await self._run(self._consume_events, events)
+
+    async def _consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
+        while True:
+            try:
+                await self._consume_events_once(events)
+            except TRANSPORT_ERRORS as exc:
+                if self._connection.is_closed:
+                    raise
+                log.warning("rabbitmq: the events subscription failed (%r); retrying", exc)
+            else:
+                log.warning("rabbitmq: the events channel closed; subscribing again")
+            await asyncio.sleep(CONSUME_RETRY_INTERVAL_S)
+
+    async def _consume_events_once(self, events: trio.MemorySendChannel[bytes]) -> None:
+        channel = await self._plain_channel()
+
+        async def on_event(message: AbstractIncomingMessage) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._bridge.to_trio_nowait(self._offer_event, events, message.body)
+
+        try:
+            # Server-named, exclusive, auto-delete: it lives exactly as long as this subscription.
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(self._config.events_exchange)
+            await queue.consume(on_event, no_ack=True)
+            await channel.closed()
+        finally:
+            if not channel.is_closed:
+                await asyncio.shield(channel.close())
+
+    def _offer_event(self, events: trio.MemorySendChannel[bytes], body: bytes) -> None:
+        """Trio side: an event that does not fit is dropped; the next snapshot supersedes it."""
+        try:
+            events.send_nowait(body)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._dropped_events += 1
+
+    # The failed queue
+
+    async def list_failed(self, limit: int) -> list[tuple[bytes, str]]:
+        """Up to `limit` dead letters, oldest first, with their reasons. They are got without
+        an ack and returned by closing the channel, which puts them back in their places."""
+        return await self._run(self._list_failed, limit)
+
+    async def _list_failed(self, limit: int) -> list[tuple[bytes, str]]:
+        channel = await self._plain_channel()
+        try:
+            return [(m.body, _failure_reason(m)) for m in await self._get_failed(channel, limit)]
+        finally:
+            await asyncio.shield(channel.close())
+
+    async def replay_failed(self, limit: int) -> int:
+        """Move up to `limit` dead letters back to the actions queue with their attempts reset,
+        each acked only once its copy is confirmed. Raises `PublishFailed` if any copy failed
+        (those stay in the failed queue); otherwise answers how many moved."""
+        return await self._run(self._replay_failed, limit)
+
+    async def _replay_failed(self, limit: int) -> int:
+        channel = await self._plain_channel()
+        try:
+            letters = await self._get_failed(channel, limit)
+            await _all(self._replay(letter) for letter in letters)
+            return len(letters)
+        finally:
+            await asyncio.shield(channel.close())
+
+    async def _get_failed(
+        self, channel: aio_pika.Channel, limit: int
+    ) -> list[AbstractIncomingMessage]:
+        queue = await channel.get_queue(self._config.failed_queue, ensure=False)
+        letters: list[AbstractIncomingMessage] = []
+        while len(letters) < limit:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            letters.append(message)
+        return letters
+
+    async def _replay(self, letter: AbstractIncomingMessage) -> None:
+        body = letter.body
+        with contextlib.suppress(MalformedMessage):
+            body = dataclasses.replace(ActionEnvelope.decode(body), attempts=0).encode()
+        await self._publish_confirmed(
+            self._publish_channel.default_exchange,
+            _action_message(body, letter.message_id or ""),
+            self._config.queue,
+        )
+        await letter.ack()
+
+    async def _close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._connection.close()
+
+
+def _key(delivery: Delivery) -> tuple[int, int]:
+    return (delivery.channel_id, delivery.delivery_tag)
+
+
+def _action_message(body: bytes, message_id: str) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        content_type="application/json",
+    )
+
+
+def _failure_reason(message: AbstractIncomingMessage) -> str:
+    """Ours (`x-failure-reason`), else the broker's own (`x-death`: expired, rejected...)."""
+    reason = message.headers.get("x-failure-reason")
+    if reason is None:
+        deaths = message.headers.get("x-death")
+        if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+            reason = deaths[0].get("reason")
+            reason = f"dead-lettered by the broker: {_text(reason)}" if reason else None
+    return _text(reason) if reason is not None else ""
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _all(awaitables: Iterable[Awaitable[None]]) -> None:
+    """Await them concurrently, let every one finish, then raise the first failure."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _ignoring_transport_errors(awaitable: Awaitable[None]) -> None:
+    with contextlib.suppress(*TRANSPORT_ERRORS):
+        await awaitable
+
+
+async def _connect(bridge: Bridge, config: AmqpConfig) -> RabbitBroker:
+    connection = await aio_pika.connect_robust(config.url, timeout=CONNECT_TIMEOUT_S)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return RabbitBroker(bridge, config, connection, channel)
+    except BaseException:
+        await connection.close()
+        raise
+
+
+@asynccontextmanager
+async def open_rabbitmq(bridge: Bridge, config: AmqpConfig) -> AsyncIterator[RabbitBroker]:
+    """Connect (robustly: it reconnects by itself later); close on exit, even when cancelled.
+    Run the consumers inside this block: closing the connection ends them."""
+    try:
+        broker = await bridge.run(_connect, bridge, config)
+    except UNAVAILABLE_ERRORS as exc:
+        raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
+    try:
+        yield broker
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run(broker._close)

@@ -1,0 +1,409 @@
+"""The RabbitMQ adapter against the real broker: the run's own vhost, each test's own names."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import trio
+
+from scoreboard.adapters.interfaces import Delivery, PublishFailed
+from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq
+from scoreboard.bridge import Bridge, open_bridge
+from scoreboard.config import AmqpConfig
+from scoreboard.model import ActionEnvelope
+
+pytestmark = pytest.mark.timeout(60)
+
+PREFETCH = 64
+THROUGHPUT_MESSAGES = 5000
+THROUGHPUT_TASKS = 200
+
+
+@pytest.fixture
+def amqp_config(amqp_vhost_url: str, amqp_names: dict[str, str]) -> AmqpConfig:
+    return AmqpConfig(
+        url=amqp_vhost_url,
+        queue=amqp_names["queue"],
+        failed_queue=amqp_names["failed_queue"],
+        dead_letter_exchange=amqp_names["dead_letter_exchange"],
+        events_exchange=amqp_names["events_exchange"],
+    )
+
+
+@pytest.fixture
+async def bridge() -> AsyncIterator[Bridge]:
+    async with open_bridge() as opened:
+        yield opened
+
+
+@pytest.fixture
+async def broker(bridge: Bridge, amqp_config: AmqpConfig) -> AsyncIterator[RabbitBroker]:
+    async with open_rabbitmq(bridge, amqp_config) as opened:
+        await opened.declare_topology()
+        yield opened
+
+
+def envelope(user_id: int = 1, attempts: int = 0) -> ActionEnvelope:
+    return ActionEnvelope(
+        action_id=uuid.uuid4(),
+        user_id=user_id,
+        action_type="complete_task",
+        action_data={"task_id": "t-1", "completion_time": 1_764_500_000},
+        nonce=uuid.uuid4().hex,
+        received_at_ms=1_764_500_000_000,
+        attempts=attempts,
+    )
+
+
+async def rabbitmqctl(config: AmqpConfig, *args: str) -> str:
+    ctl = shutil.which("rabbitmqctl")
+    assert ctl is not None
+    vhost = unquote(urlsplit(config.url).path.lstrip("/"))
+    done = await trio.run_process([ctl, "-q", *args, "-p", vhost], capture_stdout=True)
+    return done.stdout.decode()
+
+
+class Consumer:
+    """`consume_actions` running in a nursery, with its deliveries at hand."""
+
+    def __init__(self, broker: RabbitBroker, nursery: trio.Nursery, capacity: int = PREFETCH):
+        self.broker = broker
+        self.scope = trio.CancelScope()
+        send, self.deliveries = trio.open_memory_channel[Delivery](capacity)
+        nursery.start_soon(self._run, send)
+
+    async def _run(self, send: trio.MemorySendChannel[Delivery]) -> None:
+        with self.scope, send:
+            await self.broker.consume_actions(send, PREFETCH)
+
+    async def receive(self, timeout_s: float = 10.0) -> Delivery:
+        with trio.fail_after(timeout_s):
+            return await self.deliveries.receive()
+
+    async def nothing_within(self, seconds: float) -> bool:
+        with trio.move_on_after(seconds):
+            await self.deliveries.receive()
+            return False
+        return True
+
+    def stop(self) -> None:
+        self.scope.cancel()
+
+
+async def test_topology_has_exactly_the_proposal_arguments(
+    broker: RabbitBroker, amqp_config: AmqpConfig
+) -> None:
+    await broker.declare_topology()  # again: declarations are idempotent
+    queues = json.loads(
+        await rabbitmqctl(
+            amqp_config, "list_queues", "name", "durable", "arguments", "--formatter", "json"
+        )
+    )
+    by_name = {queue["name"]: queue for queue in queues}
+    actions = by_name[amqp_config.queue]
+    assert actions["durable"] is True
+    # rabbitmqctl lists each argument as [name, AMQP type, value].
+    assert {name: value for name, _type, value in actions["arguments"]} == {
+        "x-message-ttl": 3_600_000,
+        "x-dead-letter-exchange": amqp_config.dead_letter_exchange,
+        "x-max-priority": 10,
+    }
+    assert by_name[amqp_config.failed_queue]["durable"] is True
+    assert by_name[amqp_config.failed_queue]["arguments"] in ({}, [])
+    exchanges = json.loads(
+        await rabbitmqctl(
+            amqp_config, "list_exchanges", "name", "type", "durable", "--formatter", "json"
+        )
+    )
+    types = {e["name"]: (e["type"], e["durable"]) for e in exchanges}
+    assert types[amqp_config.dead_letter_exchange] == ("direct", True)
+    assert types[amqp_config.events_exchange] == ("fanout", True)
+    bindings = json.loads(
+        await rabbitmqctl(
+            amqp_config, "list_bindings", "source_name", "destination_name", "routing_key",
+            "--formatter", "json",
+        )
+    )
+    assert {
+        b["routing_key"] for b in bindings
+        if b["source_name"] == amqp_config.dead_letter_exchange
+        and b["destination_name"] == amqp_config.failed_queue
+    } == {"", amqp_config.queue}
+
+
+async def test_declaring_with_other_arguments_is_refused(
+    bridge: Bridge, broker: RabbitBroker, amqp_config: AmqpConfig
+) -> None:
+    other = dataclasses.replace(amqp_config, message_ttl_ms=1000)
+    async with open_rabbitmq(bridge, other) as stranger:
+        with pytest.raises(Exception, match="PRECONDITION_FAILED"):
+            await stranger.declare_topology()
+        await stranger.ping()  # the failed declaration only cost its own channel
+
+
+async def test_publish_consume_ack(broker: RabbitBroker) -> None:
+    sent = [envelope(user_id=n) for n in range(3)]
+    for item in sent:
+        await broker.publish_action(item)
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        got = [await consumer.receive() for _ in sent]
+        assert [ActionEnvelope.decode(d.body) for d in got] == sent
+        assert [d.message_id for d in got] == [str(item.action_id) for item in sent]
+        assert not any(d.redelivered for d in got)
+        await broker.settle(ack=got)
+        await broker.settle(ack=got)  # settled already: skipped
+        consumer.stop()
+    async with trio.open_nursery() as nursery:
+        again = Consumer(broker, nursery)
+        assert await again.nothing_within(0.5)
+        again.stop()
+
+
+async def test_unacked_deliveries_come_back_when_the_consumer_stops(broker: RabbitBroker) -> None:
+    first, second = envelope(), envelope()
+    await broker.publish_action(first)
+    await broker.publish_action(second)
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        acked, dropped = await consumer.receive(), await consumer.receive()
+        await broker.settle(ack=[acked])
+        consumer.stop()
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        back = await consumer.receive()
+        assert (ActionEnvelope.decode(back.body), back.redelivered) == (second, True)
+        # The old channel's tags are dead: settling them is skipped, never an error.
+        await broker.settle(ack=[dropped], retry=[(dropped, second)], dead=[(dropped, "old")])
+        await broker.settle(ack=[back])
+        assert await consumer.nothing_within(0.5)
+        consumer.stop()
+    assert await broker.list_failed(10) == []
+
+
+async def test_a_second_consumer_stands_by_until_the_first_stops(
+    bridge: Bridge, broker: RabbitBroker, amqp_config: AmqpConfig
+) -> None:
+    async with open_rabbitmq(bridge, amqp_config) as standby_broker, trio.open_nursery() as nursery:
+        active = Consumer(broker, nursery)
+        await broker.publish_action(first := envelope())
+        assert ActionEnvelope.decode((await active.receive()).body) == first
+        standby = Consumer(standby_broker, nursery)
+        await broker.publish_action(second := envelope())
+        assert ActionEnvelope.decode((await active.receive()).body) == second
+        assert await standby.nothing_within(1.5)
+        active.stop()  # without acks: both come back, to the standby
+        taken_over = [await standby.receive(timeout_s=10) for _ in range(2)]
+        assert [ActionEnvelope.decode(d.body) for d in taken_over] == [first, second]
+        assert all(d.redelivered for d in taken_over)
+        await standby_broker.settle(ack=taken_over)
+        standby.stop()
+
+
+async def test_an_unroutable_publish_fails(broker: RabbitBroker, amqp_config: AmqpConfig) -> None:
+    await rabbitmqctl(amqp_config, "delete_queue", amqp_config.queue)
+    with pytest.raises(PublishFailed, match="unroutable"):
+        await broker.publish_action(envelope())
+    await broker.declare_topology()
+    await broker.publish_action(ok := envelope())  # the channel is still usable
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        assert ActionEnvelope.decode((await consumer.receive()).body) == ok
+        consumer.stop()
+
+
+async def test_retry_republishes_with_one_more_attempt(broker: RabbitBroker) -> None:
+    await broker.publish_action(original := envelope(attempts=1))
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        delivery = await consumer.receive()
+        await broker.settle(retry=[(delivery, ActionEnvelope.decode(delivery.body))])
+        again = await consumer.receive()
+        assert ActionEnvelope.decode(again.body) == dataclasses.replace(original, attempts=2)
+        assert (again.message_id, again.redelivered) == (str(original.action_id), False)
+        await broker.settle(ack=[again])
+        assert await consumer.nothing_within(0.5)
+        consumer.stop()
+
+
+async def test_dead_letters_keep_their_reason_and_can_be_replayed(broker: RabbitBroker) -> None:
+    await broker.publish_action(first := envelope(attempts=2))
+    await broker.publish_action(second := envelope(attempts=2))
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        one, two = await consumer.receive(), await consumer.receive()
+        await broker.settle(dead=[(one, "the store refused it"), (two, "malformed: not JSON")])
+        assert await consumer.nothing_within(0.3)
+
+        failed = [(body, reason) for body, reason in await broker.list_failed(10)]
+        assert failed == [
+            (first.encode(), "the store refused it"),
+            (second.encode(), "malformed: not JSON"),
+        ]
+        assert await broker.list_failed(1) == failed[:1]
+        assert await broker.list_failed(10) == failed  # listing takes nothing away, keeps order
+
+        assert await broker.replay_failed(1) == 1
+        replayed = await consumer.receive()
+        assert ActionEnvelope.decode(replayed.body) == dataclasses.replace(first, attempts=0)
+        assert replayed.message_id == str(first.action_id)
+        assert await broker.list_failed(10) == failed[1:]
+        assert await broker.replay_failed(10) == 1
+        assert ActionEnvelope.decode((await consumer.receive()).body).action_id == second.action_id
+        assert await broker.list_failed(10) == []
+        assert await broker.replay_failed(10) == 0
+        consumer.stop()
+
+
+async def test_events_reach_every_subscriber(broker: RabbitBroker) -> None:
+    async def subscribe(events: trio.MemorySendChannel[bytes]) -> None:
+        with events:
+            await broker.consume_events(events)
+
+    async with trio.open_nursery() as nursery:
+        inboxes = []
+        for _ in range(2):
+            send, receive = trio.open_memory_channel[bytes](100)
+            nursery.start_soon(subscribe, send)
+            inboxes.append(receive)
+        # Subscribing happens on the asyncio side; probe until both subscriptions are in place.
+        with trio.fail_after(10):
+            for inbox in inboxes:
+                while True:
+                    await broker.publish_events([b"probe"])
+                    with trio.move_on_after(0.1):
+                        await inbox.receive()
+                        break
+        await trio.sleep(0.2)
+        for inbox in inboxes:
+            while True:
+                try:
+                    inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+        await broker.publish_events([b"one", b"two", b"three"])
+        for inbox in inboxes:
+            with trio.fail_after(5):
+                assert [await inbox.receive() for _ in range(3)] == [b"one", b"two", b"three"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_events_that_do_not_fit_are_dropped_and_counted(broker: RabbitBroker) -> None:
+    send, receive = trio.open_memory_channel[bytes](1)
+
+    async def subscribe() -> None:
+        with send:
+            await broker.consume_events(send)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscribe)
+        with trio.fail_after(10):
+            while broker.statistics().dropped_events < 5:
+                await broker.publish_events([b"x"] * 5)
+                await trio.sleep(0.05)
+        assert await receive.receive() == b"x"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_delivery_channel_sends_deliveries_back(broker: RabbitBroker) -> None:
+    sent = [envelope() for _ in range(3)]
+    for item in sent:
+        await broker.publish_action(item)
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery, capacity=1)  # below the prefetch: a misuse
+        got: list[ActionEnvelope] = []
+        while len(got) < 3:
+            delivery = await consumer.receive()
+            got.append(ActionEnvelope.decode(delivery.body))
+            await broker.settle(ack=[delivery])
+        assert sorted(str(e.action_id) for e in got) == sorted(str(e.action_id) for e in sent)
+        assert broker.statistics().requeued_deliveries >= 1
+        consumer.stop()
+
+
+async def test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable(
+    broker: RabbitBroker,
+) -> None:
+    for deadline in (0, 0.0005, 0.001, 0.002, 0.005):
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                for _ in range(100):
+                    nursery.start_soon(broker.publish_action, envelope())
+    after = [envelope() for _ in range(50)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for item in after:
+                nursery.start_soon(broker.publish_action, item)
+    wanted = {item.action_id for item in after}
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        while wanted:
+            delivery = await consumer.receive()
+            wanted.discard(ActionEnvelope.decode(delivery.body).action_id)
+            await broker.settle(ack=[delivery])
+        consumer.stop()
+
+
+async def test_many_concurrent_publishes_pipeline(broker: RabbitBroker) -> None:
+    per_task = THROUGHPUT_MESSAGES // THROUGHPUT_TASKS
+
+    async def publisher() -> None:
+        for _ in range(per_task):
+            await broker.publish_action(envelope())
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(THROUGHPUT_TASKS):
+            nursery.start_soon(publisher)
+    publish_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        received = 0
+        while received < THROUGHPUT_MESSAGES:
+            batch = [await consumer.receive()]
+            while True:
+                try:
+                    batch.append(consumer.deliveries.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await broker.settle(ack=batch)
+            received += len(batch)
+        consume_s = time.perf_counter() - started
+        consumer.stop()
+    print(
+        f"\nconfirmed publishes: {THROUGHPUT_MESSAGES / publish_s:,.0f}/s "
+        f"({THROUGHPUT_TASKS} trio tasks); consume+ack: {THROUGHPUT_MESSAGES / consume_s:,.0f}/s "
+        f"(prefetch {PREFETCH}, one settle per batch)"
+    )
+
+
+async def test_shutdown_with_consumers_running_hangs_nowhere(amqp_config: AmqpConfig) -> None:
+    with trio.fail_after(15):
+        async with open_bridge() as bridge, open_rabbitmq(bridge, amqp_config) as broker:
+            await broker.declare_topology()
+            await broker.publish_action(envelope())
+            events_send, _events_receive = trio.open_memory_channel[bytes](10)
+            async with trio.open_nursery() as nursery:
+                consumer = Consumer(broker, nursery)
+                await consumer.receive()  # held unacked through the shutdown
+                nursery.start_soon(broker.consume_events, events_send)
+                await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+        # Everything closed: a new connection sees the unacked message back in the queue.
+        async with (
+            open_bridge() as bridge,
+            open_rabbitmq(bridge, amqp_config) as broker,
+            trio.open_nursery() as nursery,
+        ):
+            consumer = Consumer(broker, nursery)
+            assert (await consumer.receive()).redelivered
+            consumer.stop()
