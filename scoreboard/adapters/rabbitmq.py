@@ -102,10 +102,10 @@ class RabbitBroker:
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
 
-    async def _plain_channel(self, *, publisher_confirms: bool = False) -> aio_pika.Channel:
+    async def _plain_channel(self) -> aio_pika.Channel:
         """A channel that is not restored after a reconnect: its user reopens it when it must."""
         await self._connection.ready()
-        channel = aio_pika.Channel(self._connection, publisher_confirms=publisher_confirms)
+        channel = aio_pika.Channel(self._connection, publisher_confirms=False)
         await channel.initialize()
         return channel
 
