@@ -1,0 +1,5 @@
+import sys
+
+from scoreboard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Running `scoreboard serve` as real processes, configured for one test's own backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from scoreboard.config import Config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_environment(config: Config, *, port: int, role: str, limits_enabled: bool) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SCOREBOARD_")}
+    env.update(
+        {
+            "SCOREBOARD_DATABASE_URL": config.database.url,
+            "SCOREBOARD_REDIS_URL": config.redis.url,
+            "SCOREBOARD_REDIS_PREFIX": config.redis.prefix,
+            "SCOREBOARD_AMQP_URL": config.amqp.url,
+            "SCOREBOARD_AMQP_QUEUE": config.amqp.queue,
+            "SCOREBOARD_AMQP_FAILED_QUEUE": config.amqp.failed_queue,
+            "SCOREBOARD_AMQP_DEAD_LETTER_EXCHANGE": config.amqp.dead_letter_exchange,
+            "SCOREBOARD_AMQP_EVENTS_EXCHANGE": config.amqp.events_exchange,
+            "SCOREBOARD_LIMITS_ENABLED": "true" if limits_enabled else "false",
+            "SCOREBOARD_SERVER_HOST": "127.0.0.1",
+            "SCOREBOARD_SERVER_PORT": str(port),
+            "SCOREBOARD_SERVER_ROLE": role,
+        }
+    )
+    return env
+
+
+class ServerProcess:
+    """One `scoreboard serve` process; its log goes to a file the test can read."""
+
+    def __init__(self, config: Config, log_dir: Path, *, role: str, limits_enabled: bool = False):
+        self.port = free_port()
+        self.role = role
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{role}-{self.port}.log"
+        self._env = server_environment(config, port=self.port, role=role, limits_enabled=limits_enabled)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "scoreboard", "serve"],
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_ready(self, timeout_s: float = 30) -> None:
+        """Until the process logs that it is ready (and, with HTTP, /readyz answers 200)."""
+        with trio.fail_after(timeout_s):
+            while "scoreboard ready" not in self.log():
+                assert self._process is not None and self._process.poll() is None, self.log()
+                await trio.sleep(0.1)
+            if self.role == "worker":
+                return
+            async with httpx.AsyncClient(base_url=self.url) as client:
+                while (await client.get("/readyz")).status_code != 200:
+                    await trio.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to ack, close or flush anything."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait(10)
+
+    async def terminate(self, timeout_s: float = 20) -> int:
+        """SIGTERM and wait: the graceful drain."""
+        assert self._process is not None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+        with trio.fail_after(timeout_s):
+            while self._process.poll() is None:
+                await trio.sleep(0.05)
+        return self._process.returncode
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(10)
