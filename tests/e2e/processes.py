@@ -22,7 +22,9 @@ def free_port() -> int:
         return port
 
 
-def server_environment(config: Config, *, port: int, role: str, limits_enabled: bool) -> dict[str, str]:
+def server_environment(
+    config: Config, *, port: int, role: str, limits_enabled: bool
+) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("SCOREBOARD_")}
     env.update(
         {
@@ -51,7 +53,9 @@ class ServerProcess:
         self.role = role
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{role}-{self.port}.log"
-        self._env = server_environment(config, port=self.port, role=role, limits_enabled=limits_enabled)
+        self._env = server_environment(
+            config, port=self.port, role=role, limits_enabled=limits_enabled
+        )
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -70,7 +74,8 @@ class ServerProcess:
         """Until the process logs that it is ready (and, with HTTP, /readyz answers 200)."""
         with trio.fail_after(timeout_s):
             while "scoreboard ready" not in self.log():
-                assert self._process is not None and self._process.poll() is None, self.log()
+                assert self._process is not None
+                assert self._process.poll() is None, self.log()
                 await trio.sleep(0.1)
             if self.role == "worker":
                 return

@@ -41,7 +41,9 @@ class Watcher:
         self.latest: list[dict[str, Any]] | None = None
         self.updates = 0
 
-    async def run(self, server: ServerHandle, player: Player, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(
+        self, server: ServerHandle, player: Player, *, task_status: trio.TaskStatus[None]
+    ) -> None:
         assert server.url is not None
         async with open_websocket_url(ws_url(server), extra_headers=[("Origin", server.url)]) as ws:
             await ws.send_message(json.dumps({"type": "auth", "token": player.token}))
@@ -141,6 +143,7 @@ async def test_a_redelivered_message_moves_the_score_once(
             await trio.sleep(0.05)
     await trio.sleep(1)
     user = await server.services.store.get_user(player.user_id)
-    assert user is not None and user.score == 10
+    assert user is not None
+    assert user.score == 10
     report = await verify(server.services.store, server.services.board)
     assert report.ok, report.lines()

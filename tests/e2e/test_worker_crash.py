@@ -39,7 +39,9 @@ async def backends(config: Config) -> AsyncIterator[Backends]:
         yield opened
 
 
-def spawn(config: Config, tmp_path: Path, processes: list[ServerProcess], role: str) -> ServerProcess:
+def spawn(
+    config: Config, tmp_path: Path, processes: list[ServerProcess], role: str
+) -> ServerProcess:
     process = ServerProcess(config, tmp_path, role=role)
     processes.append(process)
     process.start()
@@ -75,11 +77,16 @@ async def test_killing_the_worker_mid_flight_loses_and_doubles_nothing(
         for _ in range(PLAYERS):
             name = f"k{uuid.uuid4().hex[:12]}"
             response = await client.post(
-                "/api/v1/users", json={"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+                "/api/v1/users",
+                json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
             )
             user_id = response.json()["user_id"]
             tokens[user_id], _ = issue_access_token(
-                keyring, config=api_config, user_id=user_id, client_id="scoreboard-web", scope="read write"
+                keyring,
+                config=api_config,
+                user_id=user_id,
+                client_id="scoreboard-web",
+                scope="read write",
             )
 
         async def perform(user_id: int, index: int) -> None:
@@ -115,7 +122,8 @@ async def test_killing_the_worker_mid_flight_loses_and_doubles_nothing(
         assert user.score == 10 * count, (user_id, user.score, count)
     for action_id in action_ids:
         record = await backends.store.get_action(uuid.UUID(action_id))
-        assert record is not None and record.status == "completed", record
+        assert record is not None
+        assert record.status == "completed", record
     with trio.fail_after(10):
         while not (report := await verify(backends.store, backends.board)).ok:
             await trio.sleep(0.2)

@@ -49,28 +49,39 @@ async def client(server: ServerHandle) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def issue_token(server: ServerHandle, user_id: int, scope: str = "read write", ttl_s: int | None = None) -> str:
+def issue_token(
+    server: ServerHandle, user_id: int, scope: str = "read write", ttl_s: int | None = None
+) -> str:
     assert server.services is not None
     config = server.services.config
     if ttl_s is not None:
         config = config.replace(auth={"access_token_ttl_s": ttl_s})
     token, _claims = issue_access_token(
-        server.services.keyring, config=config, user_id=user_id, client_id="scoreboard-web", scope=scope
+        server.services.keyring,
+        config=config,
+        user_id=user_id,
+        client_id="scoreboard-web",
+        scope=scope,
     )
     return token
 
 
-async def new_player(client: httpx.AsyncClient, server: ServerHandle, scope: str = "read write") -> Player:
+async def new_player(
+    client: httpx.AsyncClient, server: ServerHandle, scope: str = "read write"
+) -> Player:
     username = f"p{uuid.uuid4().hex[:12]}"
     response = await client.post(
-        "/api/v1/users", json={"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+        "/api/v1/users",
+        json={"username": username, "email": f"{username}@example.com", "password": PASSWORD},
     )
     assert response.status_code == 201, response.text
     user_id = response.json()["user_id"]
     return Player(user_id, username, issue_token(server, user_id, scope))
 
 
-def action(nonce: str | None = None, action_type: str = "complete_task", **data: object) -> dict[str, object]:
+def action(
+    nonce: str | None = None, action_type: str = "complete_task", **data: object
+) -> dict[str, object]:
     defaults: dict[str, object] = {
         "complete_task": {"task_id": "t-1", "completion_time": int(time.time())},
         "win_match": {"match_id": "m-1", "opponent_id": "o-1"},

@@ -5,9 +5,13 @@ from scoreboard.server import ServerHandle
 from tests.http.conftest import action, new_player
 
 
-async def test_an_action_is_scored_end_to_end(server: ServerHandle, client: httpx.AsyncClient) -> None:
+async def test_an_action_is_scored_end_to_end(
+    server: ServerHandle, client: httpx.AsyncClient
+) -> None:
     player = await new_player(client, server)
-    response = await client.post("/api/v1/actions/perform", json=action(), headers={**player.auth, "Prefer": "wait=10"})
+    response = await client.post(
+        "/api/v1/actions/perform", json=action(), headers={**player.auth, "Prefer": "wait=10"}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["new_score"] == 10
     with trio.fail_after(5):
