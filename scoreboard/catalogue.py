@@ -36,7 +36,9 @@ class ActionType:
     fields: tuple[tuple[str, FieldType], ...]
 
     def as_json(self) -> dict[str, Any]:
-        cooldown: float | int = int(self.cooldown_s) if self.cooldown_s.is_integer() else self.cooldown_s
+        cooldown: float | int = (
+            int(self.cooldown_s) if self.cooldown_s.is_integer() else self.cooldown_s
+        )
         return {
             "action_type": self.name,
             "points": self.points,

@@ -188,9 +188,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             text = value.strip()
-            items = json.loads(text) if text.startswith("[") else [
-                part.strip() for part in text.split(",") if part.strip()
-            ]
+            items = (
+                json.loads(text)
+                if text.startswith("[")
+                else [part.strip() for part in text.split(",") if part.strip()]
+            )
         else:
             items = list(value)
         (item_type, _ellipsis) = typing.get_args(annotation)
@@ -212,12 +214,14 @@ def _coerce_section(section_type: type[Any], values: Mapping[str, Any]) -> dict[
     return out
 
 
-def _env_overrides(environ: Mapping[str, str], sections: Mapping[str, type[Any]]) -> dict[str, dict[str, str]]:
+def _env_overrides(
+    environ: Mapping[str, str], sections: Mapping[str, type[Any]]
+) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG_DIR":
             continue
-        rest = name[len(ENV_PREFIX):].lower()
+        rest = name[len(ENV_PREFIX) :].lower()
         section, _, key = rest.partition("_")
         if section in sections and key:
             if key not in typing.get_type_hints(sections[section]):
@@ -226,9 +230,7 @@ def _env_overrides(environ: Mapping[str, str], sections: Mapping[str, type[Any]]
     return overrides
 
 
-def load_config(
-    config_dir: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(config_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Defaults from `<config_dir>/default.toml`, then `SCOREBOARD_*` from the environment."""
     directory = config_dir or default_config_dir()
     env = os.environ if environ is None else environ
@@ -244,5 +246,7 @@ def load_config(
             merged[name].update(values)
     for name, values in _env_overrides(env, sections).items():
         merged[name].update(values)
-    built = {name: sections[name](**_coerce_section(sections[name], merged[name])) for name in sections}
+    built = {
+        name: sections[name](**_coerce_section(sections[name], merged[name])) for name in sections
+    }
     return Config(config_dir=directory, **built)
