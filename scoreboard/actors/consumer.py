@@ -5,6 +5,10 @@ holds the whole prefetch (the asyncio side never waits on trio), decodes each bo
 the ones that are not action envelopes, and forwards the rest to the router. It acknowledges
 nothing itself: the scorer does, after the commit. When the consumer stops, the broker's consumer
 and its AMQP channel close with it, so every unacknowledged delivery is redelivered.
+
+It reports started once the broker's consumer is running. That consumer subscribes by itself and
+keeps subscribing (after a reconnect, or as a hot standby while another worker holds the
+exclusive queue), so "started" means "consuming or standing by", which is what a worker is for.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import trio
 
 from scoreboard.actors.messages import Route, RouterMsg
 from scoreboard.actors.retry import call_with_retries
-from scoreboard.adapters.interfaces import Broker, Delivery
+from scoreboard.adapters.interfaces import Broker, Delivery, PublishFailed
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, MalformedMessage
 
@@ -54,6 +58,7 @@ async def run(
                         what="dead-lettering a malformed message",
                         timeout_s=SETTLE_TIMEOUT_S,
                         attempts=SETTLE_ATTEMPTS,
+                        also_retry=(PublishFailed,),  # settling it again is safe
                     )
                     continue
                 await router.send(Route(envelope, delivery))

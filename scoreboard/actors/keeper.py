@@ -1,10 +1,10 @@
 """The leaderboard keeper: Redis follows Postgres, and every API process hears about it.
 
 For each committed batch it writes the changed users' absolute scores from Postgres to the board
-(never increments, so a redelivery cannot count twice), then publishes, in one broker call, an
-`ActionFinished` for every result (duplicates too: a client waiting for a redelivered action
-hears its outcome), a `ScoreChanged` for each user whose score moved, and a `LeaderboardChanged`
-when the top differs from the one it last published.
+(never increments, so a redelivery cannot count twice), then publishes, in one broker call, a
+`ScoreChanged` for each user whose score moved, a `LeaderboardChanged` when the top differs from
+the one it last published, and an `ActionFinished` for every result (duplicates too: a client
+waiting for a redelivered action hears its outcome).
 
 The board is a cache: when its key is missing (Redis restarted or was flushed) the keeper rebuilds
 it from Postgres, on start, when a write finds it gone, and when its periodic check does. A board
@@ -69,7 +69,10 @@ class _Keeper:
     async def handle(self, results: Sequence[CommitResult]) -> None:
         entries = await self._entries(results)
         changes, top = await self._apply(entries)
-        events: list[Event] = [
+        # The outcomes last: whoever waits for one finds the scores moved already.
+        events = _score_changes(results, changes)
+        self._leaderboard_event(top, events)
+        events += [
             ActionFinished(
                 user_id=result.user_id,
                 action_id=result.action_id,
@@ -83,8 +86,6 @@ class _Keeper:
             )
             for result in results
         ]
-        events += _score_changes(results, changes)
-        self._leaderboard_event(top, events)
         await self._publish(events)
 
     async def _entries(self, results: Sequence[CommitResult]) -> list[BoardEntry]:
@@ -167,6 +168,8 @@ class _Keeper:
                 what=f"publishing {len(events)} events",
                 timeout_s=PUBLISH_TIMEOUT_S,
                 attempts=PUBLISH_ATTEMPTS,
+                # A repeat may duplicate some events, which clients take as they come.
+                also_retry=(PublishFailed,),
             )
         except (BackendUnavailable, trio.TooSlowError, PublishFailed) as exc:
             log.warning("keeper: dropped %d events the broker did not take (%r)", len(events), exc)

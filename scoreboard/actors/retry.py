@@ -1,7 +1,8 @@
 """Retrying a backend call that failed transiently, with exponential backoff.
 
 A backend that did not answer (`BackendUnavailable`) or did not answer in time (the call site's
-`fail_after`) may answer the next time; anything else is a real error and propagates at once.
+`fail_after`) may answer the next time, and so may a call that says it is safe to repeat (e.g.
+`Broker.settle` after `PublishFailed`); anything else is a real error and propagates at once.
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ MAX_DELAY_S = 5.0
 
 
 async def call_with_retries(
-    call: Callable[[], Awaitable[T]], *, what: str, timeout_s: float, attempts: float
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    timeout_s: float,
+    attempts: float,
+    also_retry: tuple[type[Exception], ...] = (),
 ) -> T:
     """`await call()` within `timeout_s`, up to `attempts` times (`math.inf`: until it works);
-    the last transient failure propagates."""
+    the last transient failure propagates. `also_retry`: more exceptions that are transient."""
+    transient: tuple[type[Exception], ...] = (BackendUnavailable, trio.TooSlowError, *also_retry)
     delay = FIRST_DELAY_S
     attempt = 1
     while True:
         try:
             with trio.fail_after(timeout_s):
                 return await call()
-        except (BackendUnavailable, trio.TooSlowError) as exc:
+        except transient as exc:
             if attempt >= attempts:
                 raise
             limit = "" if math.isinf(attempts) else f" of {attempts:g}"

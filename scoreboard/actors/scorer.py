@@ -7,8 +7,9 @@ redelivery, which the store answers with the stored outcome), and then it hands 
 the keeper.
 
 Failures:
-- transient (`BackendUnavailable`, or no answer in time): retried with backoff a few times, then
-  raised; the supervisor restarts the pipeline and the unacknowledged deliveries come back;
+- transient (`BackendUnavailable`, or no answer in time; for the settlement also
+  `PublishFailed`): retried with backoff a few times, then raised; the supervisor restarts the
+  pipeline and the unacknowledged deliveries come back (committed ones as duplicates);
 - `UnknownUser`: the store wrote nothing; those users' actions are dead-lettered, the rest commit;
 - anything else is some action the store cannot take (a poison message): the batch is split in
   halves until the action is found, and it is retried (republished, attempts + 1) until
@@ -26,7 +27,14 @@ import trio
 
 from scoreboard.actors.messages import Committed, KeeperMsg, Score, ScorerMsg
 from scoreboard.actors.retry import call_with_retries
-from scoreboard.adapters.interfaces import BackendUnavailable, Broker, Delivery, Store, UnknownUser
+from scoreboard.adapters.interfaces import (
+    BackendUnavailable,
+    Broker,
+    Delivery,
+    PublishFailed,
+    Store,
+    UnknownUser,
+)
 from scoreboard.bridge import BridgeClosed
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, CommitResult
@@ -86,6 +94,7 @@ async def run(
                 what="settling deliveries",
                 timeout_s=SETTLE_TIMEOUT_S,
                 attempts=SETTLE_ATTEMPTS,
+                also_retry=(PublishFailed,),  # settling the same deliveries again is safe
             )
             if outcome.results:
                 await keeper.send(Committed(tuple(outcome.results)))

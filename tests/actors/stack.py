@@ -1,0 +1,162 @@
+"""The real backends for the actors' integration tests, and helpers to watch what they do.
+
+Nothing here stands in for a backend: the store, board and broker are the production adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import redis
+import trio
+
+from scoreboard.actors import consumer, keeper, router, scorer
+from scoreboard.actors.messages import KeeperMsg, RouterMsg, ScorerMsg
+from scoreboard.adapters.postgres import PostgresStore
+from scoreboard.adapters.rabbitmq import RabbitBroker
+from scoreboard.adapters.redis import RedisBoard
+from scoreboard.bridge import Bridge
+from scoreboard.catalogue import Catalogue
+from scoreboard.config import Config
+from scoreboard.model import Event, LeaderboardChanged, decode_event, encode_event
+
+PROBE_MS = -1  # the updated_at_ms of the probe events that show the tap is subscribed
+
+
+@dataclass
+class Stack:
+    config: Config
+    catalogue: Catalogue
+    bridge: Bridge
+    store: PostgresStore
+    board: RedisBoard
+    broker: RabbitBroker
+
+    def with_config(self, **sections: dict[str, object]) -> Stack:
+        """The same backends, with the actors configured otherwise."""
+        return dataclasses.replace(self, config=self.config.replace(**sections))
+
+    async def new_user(self) -> int:
+        name = f"u{uuid.uuid4().hex[:12]}"
+        return await self.store.create_user(name, f"{name}@example.test", "argon2-hash")
+
+    def drop_board(self) -> None:
+        """What a Redis restart without persistence, or a FLUSHDB, does to the board."""
+        client = redis.Redis.from_url(self.config.redis.url)
+        try:
+            board = f"{self.config.redis.prefix}board"
+            client.delete(board, f"{board}:member", f"{board}:name", f"{board}:meta")
+        finally:
+            client.close()
+
+    async def queue_depth(self) -> int:
+        """Messages in the actions queue, ready or delivered and not yet acknowledged."""
+        ctl = shutil.which("rabbitmqctl")
+        assert ctl is not None
+        vhost = unquote(urlsplit(self.config.amqp.url).path.lstrip("/"))
+        done = await trio.run_process(
+            [ctl, "-q", "list_queues", "-p", vhost, "name", "messages", "--formatter", "json"],
+            capture_stdout=True,
+        )
+        depths = {queue["name"]: queue["messages"] for queue in json.loads(done.stdout)}
+        return int(depths[self.config.amqp.queue])
+
+
+@dataclass
+class EventTap:
+    """Everything on the events exchange, decoded, from the moment `tap_events` returns."""
+
+    events: list[Event] = field(default_factory=list)
+    arrived: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_for(self, done: Callable[[list[Event]], bool], timeout_s: float = 30) -> None:
+        with trio.fail_after(timeout_s):
+            while not done(self.events):
+                await self.arrived.wait()
+                self.arrived = trio.Event()
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+@asynccontextmanager
+async def tap_events(broker: RabbitBroker) -> AsyncIterator[EventTap]:
+    """Subscribe to the events exchange; returns once a probe has come back through it, so no
+    event published afterwards is missed."""
+    tap = EventTap()
+    send, receive = trio.open_memory_channel[bytes](10_000)
+    subscribed = trio.Event()
+
+    async def collect() -> None:
+        async for raw in receive:
+            event = decode_event(raw)
+            if isinstance(event, LeaderboardChanged) and event.updated_at_ms == PROBE_MS:
+                subscribed.set()
+                continue
+            tap.events.append(event)
+            tap.arrived.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(broker.consume_events, send))
+        nursery.start_soon(collect)
+        with trio.fail_after(10):
+            while not subscribed.is_set():
+                await broker.publish_events([encode_event(LeaderboardChanged((), PROBE_MS))])
+                with trio.move_on_after(0.1):
+                    await subscribed.wait()
+        yield tap
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_worker(stack: Stack) -> AsyncIterator[None]:
+    """The worker's actors in the wiring's start order (keeper, scorer, router, consumer);
+    leaving the block cancels them all, as a crash of the worker would."""
+    config = stack.config
+    router_send, router_receive = trio.open_memory_channel[RouterMsg](router.INBOX_SIZE)
+    scorer_send, scorer_receive = trio.open_memory_channel[ScorerMsg](scorer.inbox_size(config))
+    keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper.INBOX_SIZE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                keeper.run,
+                keeper_receive,
+                store=stack.store,
+                board=stack.board,
+                broker=stack.broker,
+                config=config,
+            )
+        )
+        await nursery.start(
+            functools.partial(
+                scorer.run,
+                scorer_receive,
+                keeper_send,
+                store=stack.store,
+                broker=stack.broker,
+                config=config,
+            )
+        )
+        await nursery.start(
+            functools.partial(
+                router.run,
+                router_receive,
+                scorer_send,
+                store=stack.store,
+                catalogue=stack.catalogue,
+                config=config,
+            )
+        )
+        await nursery.start(
+            functools.partial(consumer.run, router_send, broker=stack.broker, config=config)
+        )
+        yield
+        nursery.cancel_scope.cancel()
