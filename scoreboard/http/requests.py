@@ -87,6 +87,13 @@ async def json_body(request: Request) -> Any:
     if len(raw) > MAX_BODY_BYTES:
         raise RequestRejected(413, "invalid_request", f"the body exceeds {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(raw)
+        # UTF-8 only (contract preamble; `json.loads` would guess UTF-16 or UTF-32 from bytes),
+        # and no NaN or Infinity, which are not JSON (RFC 8259).
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError):
         raise invalid_request("the body is not valid JSON") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")

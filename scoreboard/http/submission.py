@@ -30,7 +30,7 @@ from scoreboard.http.errors import RequestRejected, invalid_request, rate_limite
 from scoreboard.http.services import Services
 from scoreboard.model import ActionEnvelope
 
-NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")  # whole string: fullmatch (`$` admits "\n")
 ACTION_FIELDS = frozenset({"action_type", "action_data", "nonce"})
 UNAVAILABLE_RETRY_AFTER_S = 1
 RELEASE_TIMEOUT_S = 2.0
@@ -66,7 +66,7 @@ def parse_payload(
     if missing:
         raise invalid_request(f"missing field(s): {', '.join(missing)}")
     nonce = body["nonce"]
-    if not isinstance(nonce, str) or not NONCE_PATTERN.match(nonce):
+    if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
         raise invalid_request("nonce must be 8 to 64 characters of [A-Za-z0-9_-]")
     try:
         services.catalogue.validate(body["action_type"], body["action_data"])
