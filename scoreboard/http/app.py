@@ -35,7 +35,7 @@ def create_app(services: Services) -> QuartTrio:
     async def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
         error = {404: "not_found", 405: "method_not_allowed", 413: "invalid_request"}.get(
-            code, "invalid_request"
+            code, "invalid_request" if code < 500 else "server_error"
         )
         response = jsonify({"success": False, "error": error, "message": exc.description})
         response.status_code = code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
@@ -15,6 +17,7 @@ blueprint = Blueprint("leaderboard", __name__)
 
 NEIGHBOURS = 5
 BOARD_READ_TIMEOUT_S = 5.0
+DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def services() -> Services:
@@ -25,7 +28,8 @@ def services() -> Services:
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # ASCII digits only: str.isdigit() admits "²" (int() then fails: a 500) and "٣".
+    if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise invalid_request(f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 
