@@ -7,9 +7,10 @@ the one it last published, and an `ActionFinished` for every result (duplicates 
 waiting for a redelivered action hears its outcome).
 
 The board is a cache: when its key is missing (Redis restarted or was flushed) the keeper rebuilds
-it from Postgres, on start, when a write finds it gone, and when its periodic check does. A board
-write that fails is retried until it works, holding the batch: the scorer waits behind the keeper
-rather than leave Redis behind Postgres.
+it from Postgres, on start, when a write finds it gone, and when its periodic check does; on
+start an existing board is brought up to Postgres too. A board write that fails is retried until
+it works, holding the batch: the scorer waits behind the keeper rather than leave Redis behind
+Postgres.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ INBOX_SIZE = 16  # each message is a whole batch; a few queued let the scorer co
 BOARD_CHECK_EVERY_S = 5.0  # how soon a lost board key is rebuilt when no batch finds it first
 BOARD_TIMEOUT_S = 10.0
 REBUILD_TIMEOUT_S = 120.0  # reads every user with a score, then writes them all
+CATCH_UP_CHUNK = 1000  # scores per board write on start: each is one Redis script, kept short
 PUBLISH_TIMEOUT_S = 10.0
 PUBLISH_ATTEMPTS = 3
 
@@ -56,6 +58,18 @@ class _Keeper:
         self._broker = broker
         self._top_n = config.leaderboard.size
         self._published_top: tuple[RankedEntry, ...] | None = None
+
+    async def start(self) -> None:
+        """Bring the board up to Postgres, then publish its top. A missing board is rebuilt. An
+        existing one gets every stored score applied, older never overwriting newer (so other
+        workers' writes are safe): that repairs a batch a previous keeper took and never wrote."""
+        entries = await self._all_entries()
+        if await self._write([]) is None:
+            await self._rebuild(entries)
+        else:
+            for start in range(0, len(entries), CATCH_UP_CHUNK):
+                await self._apply(entries[start : start + CATCH_UP_CHUNK])
+        await self.check_board()
 
     async def check_board(self) -> None:
         """Rebuild the board if its key is missing; publish the top if it changed (on start,
@@ -121,7 +135,7 @@ class _Keeper:
     ) -> tuple[list[RankChange], list[RankedEntry]]:
         applied = await self._write(entries)
         if applied is None:
-            await self._rebuild()
+            await self._rebuild(await self._all_entries())
             applied = await self._write(entries)
             if applied is None:
                 raise BackendUnavailable("the board vanished again right after its rebuild")
@@ -137,14 +151,16 @@ class _Keeper:
             attempts=math.inf,
         )
 
-    async def _rebuild(self) -> None:
-        log.warning("keeper: the board is missing; rebuilding it from the store")
-        entries = await call_with_retries(
+    async def _all_entries(self) -> list[BoardEntry]:
+        return await call_with_retries(
             self._store.board_entries,
             what="reading every score",
             timeout_s=REBUILD_TIMEOUT_S,
             attempts=math.inf,
         )
+
+    async def _rebuild(self, entries: list[BoardEntry]) -> None:
+        log.warning("keeper: the board is missing; rebuilding it from the store")
         await call_with_retries(
             functools.partial(self._board.rebuild, entries),
             what="rebuilding the board",
@@ -220,7 +236,7 @@ async def run(
 ) -> None:
     with inbox:
         keeper = _Keeper(store, board, broker, config)
-        await keeper.check_board()
+        await keeper.start()
         task_status.started()
         next_check_at = trio.current_time() + BOARD_CHECK_EVERY_S
         while True:

@@ -3,8 +3,12 @@
 Batching is natural: it waits for one decision, then takes whatever else is already waiting, up
 to `scorer.max_batch`, and commits them in one transaction. Only after the commit does it settle
 the deliveries with the broker (ack after commit, never before; a crash in between means a
-redelivery, which the store answers with the stored outcome), and then it hands the results to
-the keeper.
+redelivery, which the store answers with the stored outcome).
+
+The results go to the keeper after the commit and before the acknowledgement: a scorer that
+dies in between leaves the deliveries unacknowledged, and their redelivery (as duplicates) makes
+the keeper read those users back from Postgres. Acknowledged first, the keeper might never hear
+of them, and Redis would stay behind Postgres.
 
 Failures:
 - transient (`BackendUnavailable`, or no answer in time; for the settlement also
@@ -86,6 +90,8 @@ async def run(
                     break
             outcome = _Outcome()
             await _commit(store, config, _scores(batch), outcome)
+            if outcome.results:
+                await keeper.send(Committed(tuple(outcome.results)))
             settle = functools.partial(
                 broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead
             )
@@ -96,8 +102,6 @@ async def run(
                 attempts=SETTLE_ATTEMPTS,
                 also_retry=(PublishFailed,),  # settling the same deliveries again is safe
             )
-            if outcome.results:
-                await keeper.send(Committed(tuple(outcome.results)))
 
 
 def _scores(batch: list[ScorerMsg]) -> list[Score]:

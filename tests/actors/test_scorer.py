@@ -118,10 +118,12 @@ class Scorer:
 
 
 @asynccontextmanager
-async def start_scorer(ledger: Ledger, max_batch: int = 500) -> AsyncIterator[Scorer]:
+async def start_scorer(
+    ledger: Ledger, max_batch: int = 500, keeper_buffer: int = 100
+) -> AsyncIterator[Scorer]:
     config = Config().replace(scorer={"max_batch": max_batch})
     inbox_send, inbox_receive = trio.open_memory_channel[ScorerMsg](scorer.inbox_size(config))
-    keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](100)
+    keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper_buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(
@@ -203,6 +205,19 @@ async def test_deliveries_are_acknowledged_only_after_the_commit() -> None:
             "nonce-00000002",
             "nonce-00000003",
         ]
+
+
+async def test_the_keeper_has_the_results_before_the_deliveries_are_acknowledged() -> None:
+    """So that a scorer dying in between leaves them to be redelivered, and the keeper hears."""
+    ledger = Ledger()
+    async with start_scorer(ledger, keeper_buffer=0) as running:
+        running.inbox.send_nowait(score(1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [kind for kind, _ in ledger.events] == ["commit"]
+        batch = await running.keeper.receive()
+        assert isinstance(batch, Committed)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [kind for kind, _ in ledger.events] == ["commit", "settle"]
 
 
 async def test_a_short_outage_is_retried(autojump_clock: trio.testing.MockClock) -> None:
