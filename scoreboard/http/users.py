@@ -22,7 +22,11 @@ def _oauth_error(status: int, error: str, description: str) -> RequestRejected:
 @blueprint.post("/api/v1/users")
 async def register() -> Response:
     svc: Services = current_app.config["SERVICES"]
-    body = await json_body(request)
+    try:
+        body = await json_body(request)
+    except RequestRejected as exc:
+        # This endpoint's refusals are OAuth-style (contract §1): `error_description`.
+        raise _oauth_error(exc.status, exc.error, exc.message or exc.error) from None
     if not isinstance(body, dict):
         raise _oauth_error(400, "invalid_request", "the body must be a JSON object")
     unknown = sorted(set(body) - REGISTRATION_FIELDS)
