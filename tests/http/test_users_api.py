@@ -1,4 +1,4 @@
-"""`POST /api/v1/users` against the real server (contract §1): 201, each bad field, 409, 413, 415."""
+"""`POST /api/v1/users` against the real server (contract §1): 201, bad fields, 409, 413, 415."""
 
 from __future__ import annotations
 
