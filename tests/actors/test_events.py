@@ -1,0 +1,114 @@
+"""The API side against the real RabbitMQ and Redis: the events actor's subscription feeding the
+hub, and from there a connection's mailbox."""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from scoreboard.actors import events, hub
+from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.messages import HubMsg, Register
+from scoreboard.model import (
+    ActionFinished,
+    Event,
+    LeaderboardChanged,
+    RankedEntry,
+    ScoreChanged,
+    encode_event,
+)
+from tests.actors.stack import PROBE_MS, Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def outcome(user_id: int) -> ActionFinished:
+    return ActionFinished(
+        user_id=user_id,
+        action_id=uuid.uuid4(),
+        nonce="nonce-00000001",
+        status="completed",
+        score_delta=10,
+        new_score=110,
+        error=None,
+        message=None,
+        retry_after_s=None,
+    )
+
+
+async def subscribed(stack: Stack, received: trio.MemoryReceiveChannel[HubMsg]) -> None:
+    """Publish probes until one comes through: from then on nothing published is missed."""
+    probe = encode_event(LeaderboardChanged((), PROBE_MS))
+    with trio.fail_after(10):
+        while True:
+            await stack.broker.publish_events([probe])
+            with trio.move_on_after(0.1):
+                while not is_probe(await received.receive()):
+                    pass
+                return
+
+
+def is_probe(msg: HubMsg) -> bool:
+    return isinstance(msg, LeaderboardChanged) and msg.updated_at_ms == PROBE_MS
+
+
+async def next_event(received: trio.MemoryReceiveChannel[HubMsg]) -> HubMsg:
+    """The next message that is not a late probe."""
+    while is_probe(msg := await received.receive()):
+        pass
+    return msg
+
+
+@asynccontextmanager
+async def running_events(stack: Stack) -> AsyncIterator[trio.MemoryReceiveChannel[HubMsg]]:
+    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(events.run, send, broker=stack.broker))
+        await subscribed(stack, receive)
+        yield receive
+        nursery.cancel_scope.cancel()
+
+
+async def test_events_reach_the_hub_decoded_and_garbage_is_dropped(stack: Stack) -> None:
+    published: list[Event] = [
+        LeaderboardChanged((RankedEntry(1, 7, "alice", 110),), 1_764_500_000_000),
+        ScoreChanged(7, "alice", old_score=100, new_score=110, rank=1, rank_change=2),
+        outcome(7),
+    ]
+    async with running_events(stack) as received:
+        await stack.broker.publish_events([b"not an event", b'{"v": 1, "kind": "gossip"}'])
+        for event in published:
+            await stack.broker.publish_events([encode_event(event)])
+        with trio.fail_after(10):
+            got = [await next_event(received) for _ in published]
+        assert got == published
+
+
+async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: Stack) -> None:
+    hub_send, hub_receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(hub.run, hub_receive, board=stack.board, config=stack.config)
+        )
+        await nursery.start(functools.partial(events.run, hub_send.clone(), broker=stack.broker))
+        mailbox = Mailbox()
+        await hub_send.send(Register(1, 7, mailbox))
+        (first,) = await mailbox.wait_frames()
+        assert json.loads(first)["data"]["leaderboard"] == []  # the empty board, from Redis
+        result = outcome(7)
+        with trio.fail_after(10):
+            while True:  # until the subscription is up, a published outcome can miss it
+                await stack.broker.publish_events([encode_event(result)])
+                with trio.move_on_after(0.2):
+                    frames = await mailbox.wait_frames()
+                    break
+        frame = json.loads(frames[0])
+        assert frame["type"] == "action_result"
+        assert frame["data"]["action_id"] == str(result.action_id)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,45 @@
+"""The frame codec the hub and the HTTP layer share."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from scoreboard.actors.frames import action_result_frame, leaderboard_frame, rfc3339_ms
+from scoreboard.model import ActionFinished, RankedEntry
+
+
+def test_times_are_rfc3339_utc_with_milliseconds() -> None:
+    assert rfc3339_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339_ms(1_764_500_000_123) == "2025-11-30T10:53:20.123Z"
+
+
+def test_a_leaderboard_frame_is_compact_json_of_the_contract_shape() -> None:
+    frame = leaderboard_frame([RankedEntry(1, 7, "alice", 110)], 0)
+    assert frame == (
+        '{"type":"leaderboard_update","data":{"leaderboard":'
+        '[{"rank":1,"user_id":7,"username":"alice","score":110}],'
+        '"timestamp":"1970-01-01T00:00:00.000Z"}}'
+    )
+
+
+def test_an_action_result_carries_message_and_retry_after_only_when_present() -> None:
+    action_id = uuid.uuid4()
+    completed = ActionFinished(7, action_id, "n-1", "completed", 10, 110, None, None, None)
+    assert json.loads(action_result_frame(completed))["data"] == {
+        "action_id": str(action_id),
+        "nonce": "n-1",
+        "status": "completed",
+        "score_delta": 10,
+        "new_score": 110,
+        "error": None,
+    }
+    limited = ActionFinished(
+        7, action_id, "n-2", "rejected", 0, 100, "rate_limit_exceeded", "slow down", 4
+    )
+    data = json.loads(action_result_frame(limited))["data"]
+    assert (data["error"], data["message"], data["retry_after"]) == (
+        "rate_limit_exceeded",
+        "slow down",
+        4,
+    )
