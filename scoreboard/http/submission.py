@@ -155,6 +155,8 @@ def rejected_before_queueing(exc: RequestRejected, nonce: str | None) -> dict[st
         "action_id": None,
         "nonce": nonce,
         "status": "rejected",
+        "score_delta": 0,
+        "new_score": None,
         "error": exc.error,
     }
     if exc.message is not None:

@@ -90,14 +90,17 @@ class Connection:
         self.id = next(_connection_ids)
         self.mailbox = Mailbox()
         self.claims: AccessClaims | None = None
+        self.username: str | None = None
         self.expiry_deadline = 0.0
 
     async def run(self) -> None:
         try:
             claims = await self.authenticate_first()
             self.claims = claims
-            await self.open_session(claims)
+            self.count_connection(claims)
+            # Released whatever ends the session, also a client gone while auth_ok is sent.
             try:
+                await self.open_session(claims)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.write_frames)
                     nursery.start_soon(self.watch_expiry)
@@ -131,25 +134,19 @@ class Connection:
         self.expiry_deadline = trio.current_time() + (claims.expires_at - time.time())
         return claims
 
-    async def open_session(self, claims: AccessClaims) -> None:
+    def count_connection(self, claims: AccessClaims) -> None:
         counts = self.svc.connections.per_user
         if counts.get(claims.user_id, 0) >= self.svc.config.websocket.max_connections_per_user:
             raise CloseConnection(CLOSE_POLICY, error_frame("too_many_connections"))
         counts[claims.user_id] = counts.get(claims.user_id, 0) + 1
+
+    async def open_session(self, claims: AccessClaims) -> None:
         try:
             user = await self.svc.store.get_user(claims.user_id)
         except BackendUnavailable:
             user = None
-        await self.send_now(
-            {
-                "type": "auth_ok",
-                "data": {
-                    "user_id": claims.user_id,
-                    "username": user.username if user else None,
-                    "expires_at": rfc3339_ms(claims.expires_at * 1000),
-                },
-            }
-        )
+        self.username = user.username if user else None
+        await self.send_now(self.auth_ok(claims))
         await self.svc.hub.send(Register(self.id, claims.user_id, self.mailbox))
 
     async def close_session(self, claims: AccessClaims) -> None:
@@ -193,15 +190,17 @@ class Connection:
             raise CloseConnection(CLOSE_FORBIDDEN, error_frame("sub_mismatch"))
         self.claims = claims
         await self.svc.hub.send(Rebind(self.id, claims.user_id))
-        self.personal(
-            {
-                "type": "auth_ok",
-                "data": {
-                    "user_id": claims.user_id,
-                    "expires_at": rfc3339_ms(claims.expires_at * 1000),
-                },
-            }
-        )
+        self.personal(self.auth_ok(claims))
+
+    def auth_ok(self, claims: AccessClaims) -> dict[str, Any]:
+        return {
+            "type": "auth_ok",
+            "data": {
+                "user_id": claims.user_id,
+                "username": self.username,
+                "expires_at": rfc3339_ms(claims.expires_at * 1000),
+            },
+        }
 
     async def perform(self, message: dict[str, Any]) -> None:
         assert self.claims is not None
@@ -226,6 +225,9 @@ class Connection:
             "action_id": str(submitted.action_id),
             "nonce": submitted.nonce,
             "status": "accepted",
+            "score_delta": None,
+            "new_score": None,
+            "error": None,
         }
         if submitted.replayed_status_code is not None:
             data["replayed"] = True
