@@ -38,13 +38,20 @@ def invalid_request(message: str) -> RequestRejected:
     return RequestRejected(400, "invalid_request", message)
 
 
+def _quotable(text: str) -> str:
+    """`text` as RFC 6750 §3 allows inside error_description: no quote, backslash, control or
+    non-ASCII character (the message may repeat parts of an attacker's token header)."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
+
+
 def invalid_token(message: str) -> RequestRejected:
+    description = _quotable(message)
     return RequestRejected(
         401,
         "invalid_token",
         message,
         headers={
-            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{message}"'
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
         },
     )
 

@@ -3,6 +3,7 @@ status and body, idempotency, the three rate limits, `Prefer: wait`, and the bro
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -35,6 +36,10 @@ ACTION_FIELDS = {
     "created_at",
     "processed_at",
 }
+
+
+def _b64json(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
 
 def assert_invalid_request(response: httpx.Response, status: int = 400) -> None:
@@ -137,6 +142,26 @@ async def test_perform_without_a_usable_bearer_token_is_401(
             PERFORM, json=body, headers={"Authorization": f"Bearer {head}.{payload}.{flipped}"}
         )
     )
+    # Forged headers whose parts the refusal may repeat: the WWW-Authenticate header stays
+    # well-formed (RFC 6750 §3: no quote, backslash, control or non-ASCII character).
+    for header in (
+        {"alg": 'RS"256', "typ": "at+jwt", "kid": "k"},
+        {"alg": "€", "typ": "at+jwt", "kid": "k"},
+        {"alg": "RS256", "typ": 'a\\"\r\nSet-Cookie: x=1', "kid": "k"},
+        {"alg": "RS256", "typ": "at+jwt", "kid": "k", 'x"\r\nX-Injected: 1': 1},
+    ):
+        forged = f"{_b64json(header)}.{_b64json({'sub': str(player.user_id)})}.c2ln"
+        response = await client.post(
+            PERFORM, json=body, headers={"Authorization": f"Bearer {forged}"}
+        )
+        assert_invalid_token(response)
+        challenge = response.headers["WWW-Authenticate"]
+        assert re.fullmatch(
+            r'Bearer error="invalid_token", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*"',
+            challenge,
+        ), challenge
+        assert "X-Injected" not in response.headers
+        assert "Set-Cookie" not in response.headers
     # An expired token (well past the verifier's leeway).
     expired = issue_token(server, player.user_id, ttl_s=-120)
     assert_invalid_token(
