@@ -548,8 +548,48 @@ class TestIpLimit:
             assert_accepted(await client.post(PERFORM, json=action(), headers=player.auth))
         response = await client.post(PERFORM, json=action(), headers=players[3].auth)
         assert_rate_limited(response, 60)
+        # Without trusted proxies, X-Forwarded-For is the client's word: not believed.
+        response = await client.post(
+            PERFORM,
+            json=action(),
+            headers={**players[3].auth, "X-Forwarded-For": "203.0.113.9"},
+        )
+        assert_rate_limited(response, 60)
         replay = await client.post(PERFORM, json=first, headers=players[0].auth)
         assert assert_accepted(replay, replayed=True) == first_id
+
+
+class TestIpLimitBehindATrustedProxy:
+    @pytest.fixture
+    def app_config(self, config: Config) -> Config:
+        return config.replace(
+            websocket={"auth_timeout_s": 1.0},
+            limits={"ip_requests_per_minute": 1},
+            server={"trusted_proxies": ["127.0.0.1/32", "::1/128"]},
+        )
+
+    async def test_the_client_ip_is_the_last_untrusted_hop(
+        self, server: ServerHandle, client: httpx.AsyncClient
+    ) -> None:
+        players = [await new_player(client, server) for _ in range(3)]
+
+        def via(player: Player, forwarded: str) -> dict[str, str]:
+            return {**player.auth, "X-Forwarded-For": forwarded}
+
+        response = await client.post(
+            PERFORM, json=action(), headers=via(players[0], "198.51.100.1")
+        )
+        assert_accepted(response)
+        # Another client behind the same proxy has its own limit.
+        response = await client.post(
+            PERFORM, json=action(), headers=via(players[1], "198.51.100.2")
+        )
+        assert_accepted(response)
+        # A hop the client wrote itself before the real one changes nothing.
+        response = await client.post(
+            PERFORM, json=action(), headers=via(players[2], "192.0.2.77, 198.51.100.1")
+        )
+        assert_rate_limited(response, 60)
 
 
 # The broker cannot confirm
