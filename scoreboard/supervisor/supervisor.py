@@ -292,24 +292,28 @@ class Supervisor:
         while True:
             gave_up = await self._handle_exits()
             if gave_up is None:
-                # Until everything has started once, a later child waits for the earlier ones
-                # under every strategy: start order is dependency order.
-                in_order = self.strategy != "one_for_one" or not all_started
-                gave_up = await self._start_due(nursery, in_order=in_order)
+                gave_up = await self._start_due(nursery, in_order=self._in_order(all_started))
             if gave_up is not None:
                 return gave_up
             if not all_started and all(child.restart_at is None for child in self._children):
                 all_started = True
                 logger.info("%s: all children started", self.name)
                 task_status.started()
-            next_restart = min(
-                (child.restart_at for child in self._children if child.restart_at is not None),
-                default=math.inf,
-            )
-            with trio.move_on_at(next_restart):
+            with trio.move_on_at(self._next_start_at(in_order=self._in_order(all_started))):
                 await self._wakeup.wait()
             # Replaced before the next scan of exits, so an exit after the scan sets the new one.
             self._wakeup = trio.Event()
+
+    def _in_order(self, all_started: bool) -> bool:
+        # Until everything has started once, a later child waits for the earlier ones under
+        # every strategy: start order is dependency order.
+        return self.strategy != "one_for_one" or not all_started
+
+    def _next_start_at(self, *, in_order: bool) -> float:
+        pending = [child.restart_at for child in self._children if child.restart_at is not None]
+        if not pending:
+            return math.inf
+        return pending[0] if in_order else min(pending)
 
     async def _start_due(self, nursery: trio.Nursery, *, in_order: bool) -> SupervisorGaveUp | None:
         for child in self._children:
