@@ -70,7 +70,7 @@ def of_type(kind: str) -> Callable[[Frame], bool]:
 
 
 def not_leaderboard(frame: Frame) -> bool:
-    return frame["type"] != "leaderboard_update"
+    return bool(frame["type"] != "leaderboard_update")
 
 
 async def closed_with(socket: WebSocketConnection, code: int) -> list[Frame]:
@@ -115,6 +115,7 @@ def action_frame(**kwargs: Any) -> str:
 async def test_a_foreign_origin_is_rejected_with_403(
     server: ServerHandle, client: httpx.AsyncClient
 ) -> None:
+    assert server.url is not None
     for origin in ("https://evil.example", "null", "", server.url + "/", "http://localhost:1"):
         with pytest.raises(ConnectionRejected) as rejected:
             async with connect(server, origin=origin):
