@@ -268,7 +268,7 @@ class Supervisor:
         if child.spec.inbox is not None:
             inbox_statistics = child.spec.inbox.statistics()
             inbox_depth = inbox_statistics.current_buffer_used
-            # trio >= 0.30 tracks the true peak; older channels only show what we sample here.
+            # Channels of recent trio track their true peak; others only show what we sample here.
             reported_peak = getattr(inbox_statistics, "peak_buffer_used", 0)
             child.inbox_peak = max(child.inbox_peak, inbox_depth, reported_peak)
         return ChildStatistics(

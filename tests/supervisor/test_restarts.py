@@ -248,3 +248,26 @@ async def test_crash_logs_error_and_restart_logs_warning_with_delay(
     assert isinstance(crash.exc_info[1], ValueError)
     restart = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert restart.getMessage() == "worker: restarting 'scorer' in 0.25 s"
+
+
+async def test_one_for_one_restarts_do_not_wait_for_a_siblings_backoff(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    slow, quick = Worker("slow", []), Worker("quick", [])
+    supervisor = Supervisor(
+        [slow.spec(), quick.spec()], intensity=10, backoff_min=1, backoff_max=100,
+        rng=CeilingRandom(),
+    )
+    async with supervising(supervisor):
+        for incarnation in range(1, 4):
+            slow.crash()
+            await slow.wait_started(incarnation + 1)
+        crashed_at = trio.current_time()
+        slow.crash()
+        await trio.testing.wait_all_tasks_blocked()
+        quick.crash()
+        await quick.wait_started(2)
+        assert quick.start_times[1] - crashed_at == pytest.approx(1)
+        assert slow.incarnations == 4
+        await slow.wait_started(5)
+        assert slow.start_times[4] - crashed_at == pytest.approx(8)
