@@ -488,3 +488,22 @@ class TestConnectionCaps:
                     if frame["type"] == "auth_ok":
                         break
                 await trio.sleep(0.05)
+
+
+class TestConnectionsPerIp:
+    @pytest.fixture
+    def app_config(self, config: Config) -> Config:
+        return config.replace(websocket={"auth_timeout_s": 1.0, "max_connections_per_ip": 1})
+
+    async def test_an_address_over_the_cap_is_rejected_with_429(
+        self, server: ServerHandle, client: httpx.AsyncClient
+    ) -> None:
+        player = await new_player(client, server)
+        async with connect(server) as first:
+            await authenticate(first, player)
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with connect(server):
+                    pytest.fail("a second connection from the address was accepted")
+            assert rejected.value.status_code == 429
+            metrics = (await client.get("/metrics")).text.splitlines()
+            assert "scoreboard_websocket_connections 1" in metrics
