@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from scoreboard.config import Config
-from scoreboard.server import ServerHandle
+from scoreboard.server import ServerHandle, run_server
 from tests.http.conftest import Player, action, issue_token, new_player
 
 PERFORM = "/api/v1/actions/perform"
@@ -359,6 +359,55 @@ async def test_an_accepted_action_is_202_and_its_status_progresses_to_completed(
     assert abs((stored_created_at - created_at).total_seconds()) < 5
     assert assert_rfc3339(done["processed_at"]) >= stored_created_at
     assert await score_of(client, player) == 10
+
+
+class TestWithoutAWorker:
+    """An API-only server: accepted actions wait in the queue until a worker starts."""
+
+    @pytest.fixture
+    def app_config(self, config: Config) -> Config:
+        return config.replace(websocket={"auth_timeout_s": 1.0}, server={"role": "api"})
+
+    async def test_the_status_is_accepted_until_a_worker_scores_it(
+        self,
+        server: ServerHandle,
+        client: httpx.AsyncClient,
+        app_config: Config,
+        nursery: trio.Nursery,
+    ) -> None:
+        player = await new_player(client, server)
+        response = await client.post(PERFORM, json=action(), headers=player.auth)
+        action_id = assert_accepted(response)
+        # Prefer: wait answers 202 when the outcome is not ready in time.
+        waited = await client.post(
+            PERFORM,
+            json=action(action_type="win_match"),
+            headers={**player.auth, "Prefer": "wait=1"},
+        )
+        waited_id = assert_accepted(waited)
+        pending = await client.get(f"/api/v1/actions/{action_id}", headers=player.auth)
+        assert pending.status_code == 200, pending.text
+        body = pending.json()
+        assert body == {
+            "action_id": action_id,
+            "action_type": "complete_task",
+            "status": "accepted",
+            "score_delta": None,
+            "new_score": None,
+            "error": None,
+            "created_at": body["created_at"],
+            "processed_at": None,
+        }
+        assert_rfc3339(body["created_at"])
+        other = await new_player(client, server)
+        response = await client.get(f"/api/v1/actions/{action_id}", headers=other.auth)
+        assert response.status_code == 404, response.text
+        # A worker starts: the queued actions are scored.
+        with trio.fail_after(60):
+            await nursery.start(run_server, app_config.replace(server={"role": "worker"}))
+        done = await wait_for_status(client, player, action_id, "completed")
+        assert done["score_delta"] == 10
+        assert (await wait_for_status(client, player, waited_id, "completed"))["new_score"] == 35
 
 
 async def test_get_action_is_for_its_owner_only(
