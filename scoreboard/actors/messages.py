@@ -46,7 +46,16 @@ class Score:
     delivery: Delivery
 
 
-ScorerMsg = Score
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Answered (`send_nowait(None)` into `reply`, capacity ≥ 1) once everything sent to the
+    scorer before it is committed: a new user actor waits for it before reading the user's
+    history, so decisions still on their way to the store are in it."""
+
+    reply: trio.MemorySendChannel[None]
+
+
+ScorerMsg = Score | Barrier
 
 
 @dataclass(frozen=True, slots=True)

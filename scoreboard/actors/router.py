@@ -4,9 +4,8 @@ It owns the map user id → user actor inbox and runs the user actors in its own
 stop with it (and restart with it under the worker's rest_for_one supervisor). A user actor is
 reaped once it has had nothing to do for `IDLE_REAP_S`: nothing routed to it for that long, an
 empty inbox, and the actor itself parked waiting on it. The router closes the inbox; the actor
-finds it closed and ends. A later action of that user starts a fresh actor, which loads the
-user's history from the store (by then committed: the reaped actor handed its last decision to
-the scorer at least `IDLE_REAP_S` earlier, and the scorer commits or crashes well within that).
+finds it closed and ends. A later action of that user starts a fresh actor, which waits until the
+scorer has committed what it holds, then loads the user's history from the store.
 """
 
 from __future__ import annotations

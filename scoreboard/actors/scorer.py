@@ -8,7 +8,8 @@ redelivery, which the store answers with the stored outcome).
 The results go to the keeper after the commit and before the acknowledgement: a scorer that
 dies in between leaves the deliveries unacknowledged, and their redelivery (as duplicates) makes
 the keeper read those users back from Postgres. Acknowledged first, the keeper might never hear
-of them, and Redis would stay behind Postgres.
+of them, and Redis would stay behind Postgres. A `Barrier` is answered once its batch is
+committed and settled, so everything sent before it is in the store.
 
 Failures:
 - transient (`BackendUnavailable`, or no answer in time; for the settlement also
@@ -22,6 +23,7 @@ Failures:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from typing import assert_never
 
 import trio
 
-from scoreboard.actors.messages import Committed, KeeperMsg, Score, ScorerMsg
+from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
@@ -88,31 +90,41 @@ async def run(
                     batch.append(inbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            scores, barriers = _sorted_out(batch)
             outcome = _Outcome()
-            await _commit(store, config, _scores(batch), outcome)
+            if scores:
+                await _commit(store, config, scores, outcome)
             if outcome.results:
                 await keeper.send(Committed(tuple(outcome.results)))
-            settle = functools.partial(
-                broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead
-            )
-            await call_with_retries(
-                settle,
-                what="settling deliveries",
-                timeout_s=SETTLE_TIMEOUT_S,
-                attempts=SETTLE_ATTEMPTS,
-                also_retry=(PublishFailed,),  # settling the same deliveries again is safe
-            )
+            if scores:
+                settle = functools.partial(
+                    broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead
+                )
+                await call_with_retries(
+                    settle,
+                    what="settling deliveries",
+                    timeout_s=SETTLE_TIMEOUT_S,
+                    attempts=SETTLE_ATTEMPTS,
+                    also_retry=(PublishFailed,),  # settling the same deliveries again is safe
+                )
+            for reply in barriers:
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    reply.send_nowait(None)
 
 
-def _scores(batch: list[ScorerMsg]) -> list[Score]:
-    scores = []
+def _sorted_out(batch: list[ScorerMsg]) -> tuple[list[Score], list[trio.MemorySendChannel[None]]]:
+    """The decisions to commit, and the barriers to answer once they are."""
+    scores: list[Score] = []
+    barriers: list[trio.MemorySendChannel[None]] = []
     for msg in batch:
         match msg:
             case Score():
                 scores.append(msg)
+            case Barrier(reply):
+                barriers.append(reply)
             case _:
                 assert_never(msg)
-    return scores
+    return scores, barriers
 
 
 async def _commit(store: Store, config: Config, scores: list[Score], outcome: _Outcome) -> None:

@@ -5,7 +5,9 @@ locks. Its clock is each envelope's `received_at_ms` (stamped by the API at acce
 decisions are deterministic, and a backlog processed late is judged as of acceptance.
 
 It remembers the user's recent actions, loaded from the store when it meets an action whose
-windows it has not seen, so the limits survive restarts. For each action, in order:
+windows it has not seen, so the limits survive restarts. Before its first load it waits until the
+scorer has committed everything sent to it so far (a `Barrier`), so the decisions of a reaped or
+restarted predecessor are in the store when it reads. For each action, in order:
 
 1. an action it already knows (same action id, or the same nonce as one it decided) is a
    redelivery: forwarded as first decided, never counted again (the store returns its outcome);
@@ -29,7 +31,7 @@ from typing import assert_never
 
 import trio
 
-from scoreboard.actors.messages import Route, Score, ScorerMsg, UserMsg
+from scoreboard.actors.messages import Barrier, Route, Score, ScorerMsg, UserMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
@@ -253,11 +255,16 @@ async def run(
     with inbox, scorer:
         ledger = Ledger(catalogue, config)
         task_status.started()
+        committed_before_me = False
         async for msg in inbox:
             match msg:
                 case Route(envelope, delivery):
                     since = ledger.history_needed_since(envelope.received_at_ms)
                     if since is not None:
+                        if not committed_before_me:
+                            # A reaped predecessor's last decisions may still be on their way.
+                            await _wait_for_the_scorer(scorer)
+                            committed_before_me = True
                         recent = await call_with_retries(
                             functools.partial(store.recent_actions, user_id, since),
                             what=f"loading recent actions of user {user_id}",
@@ -268,3 +275,11 @@ async def run(
                     await scorer.send(Score(ledger.decide(envelope), delivery))
                 case _:
                     assert_never(msg)
+
+
+async def _wait_for_the_scorer(scorer: trio.MemorySendChannel[ScorerMsg]) -> None:
+    """Until everything already sent to the scorer is committed."""
+    reply_send, reply_receive = trio.open_memory_channel[None](1)
+    with reply_receive:
+        await scorer.send(Barrier(reply_send))
+        await reply_receive.receive()

@@ -6,6 +6,7 @@ its user's history once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from scoreboard.adapters.interfaces import Delivery
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, RecentAction
+from tests.actors.scorer_side import answering_barriers
 
 T0 = 1_764_500_000_000
 CATALOGUE = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "actions.toml")
@@ -62,9 +64,7 @@ class Router:
     async def take(self, count: int) -> list[Score]:
         out = []
         for _ in range(count):
-            score = await self.scores.receive()
-            assert isinstance(score, Score)
-            out.append(score)
+            out.append(await answering_barriers(self.scores))
         return out
 
 
@@ -156,6 +156,7 @@ async def test_when_the_consumer_goes_the_router_ends_after_its_users_drain() ->
     inbox_send, inbox_receive = trio.open_memory_channel[RouterMsg](router.INBOX_SIZE)
     scores_send, scores_receive = trio.open_memory_channel[ScorerMsg](1000)
     running = Router(inbox_send, scores_receive, HistoryLoads())
+    counted: list[int] = []
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -168,8 +169,20 @@ async def test_when_the_consumer_goes_the_router_ends_after_its_users_drain() ->
                     config=Config(),
                 )
             )
+            nursery.start_soon(count_until_closed, scores_receive, counted)
             for n in range(50):
                 await running.route(user_id=n % 5, at_ms=T0 + n * 10_000)
             inbox_send.close()
     # Every decision made it to the scorer, and the scorer's channel closed behind the last.
-    assert len([score async for score in scores_receive]) == 50
+    assert counted == [50]
+
+
+async def count_until_closed(
+    scores: trio.MemoryReceiveChannel[ScorerMsg], counted: list[int]
+) -> None:
+    count = 0
+    with contextlib.suppress(trio.EndOfChannel):
+        while True:
+            await answering_barriers(scores)
+            count += 1
+    counted.append(count)

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from scoreboard.actors import scorer
-from scoreboard.actors.messages import Committed, KeeperMsg, Score, ScorerMsg
+from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, UnknownUser
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, CommitResult, Decision
@@ -218,6 +218,32 @@ async def test_the_keeper_has_the_results_before_the_deliveries_are_acknowledged
         assert isinstance(batch, Committed)
         await trio.testing.wait_all_tasks_blocked()
         assert [kind for kind, _ in ledger.events] == ["commit", "settle"]
+
+
+async def test_a_barrier_is_answered_once_what_came_before_it_is_committed() -> None:
+    ledger = Ledger(commit_gate=trio.Event())
+    reply_send, reply_receive = trio.open_memory_channel[None](1)
+    async with start_scorer(ledger) as running:
+        running.inbox.send_nowait(score(1))
+        running.inbox.send_nowait(Barrier(reply_send))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            reply_receive.receive_nowait()
+        assert ledger.commit_gate is not None
+        ledger.commit_gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [kind for kind, _ in ledger.events] == ["commit", "settle"]
+        reply_receive.receive_nowait()
+
+
+async def test_a_barrier_alone_is_answered_at_once() -> None:
+    ledger = Ledger()
+    reply_send, reply_receive = trio.open_memory_channel[None](1)
+    async with start_scorer(ledger) as running:
+        await running.inbox.send(Barrier(reply_send))
+        with trio.fail_after(1):
+            await reply_receive.receive()
+    assert ledger.events == []
 
 
 async def test_a_short_outage_is_retried(autojump_clock: trio.testing.MockClock) -> None:

@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from scoreboard.actors import user
-from scoreboard.actors.messages import Route, Score, ScorerMsg, UserMsg
+from scoreboard.actors.messages import Barrier, Route, Score, ScorerMsg, UserMsg
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery
 from scoreboard.catalogue import Catalogue, load_catalogue
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, ActionStatus, Decision, RecentAction
+from tests.actors.scorer_side import answering_barriers
 
 USER_ID = 7
 T0 = 1_764_500_000_000  # ms
@@ -102,8 +104,7 @@ class UserActor:
             self.sent += 1
             await self.inbox.send(Route(item, delivery(self.sent)))
             with trio.fail_after(5):
-                score = await self.decisions.receive()
-            assert isinstance(score, Score)
+                score = await answering_barriers(self.decisions)
             assert score.delivery.delivery_tag == self.sent
             out.append(score.decision)
         return out
@@ -449,6 +450,26 @@ async def test_history_is_loaded_once_from_a_minute_before_the_first_action(
     assert store.calls == [(USER_ID, T0 - 60_000)]
 
 
+async def test_history_is_read_only_once_the_scorer_has_committed_what_it_holds(
+    store: RecentActions, actor: UserActor
+) -> None:
+    """A reaped predecessor's decisions may still wait in the scorer: they must be in the store
+    before this actor reads it."""
+    await actor.inbox.send(Route(envelope(T0), delivery(1)))
+    barrier = await actor.decisions.receive()
+    assert isinstance(barrier, Barrier)
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.calls == []
+    barrier.reply.send_nowait(None)
+    score = await actor.decisions.receive()
+    assert isinstance(score, Score)
+    assert store.calls == [(USER_ID, T0 - 60_000)]
+    # Only before the first read: a later, older window is read at once.
+    await actor.inbox.send(Route(envelope(T0 - 100_000), delivery(2)))
+    assert isinstance(await actor.decisions.receive(), Score)
+    assert len(store.calls) == 2
+
+
 async def test_limits_survive_a_restart(store: RecentActions) -> None:
     for n in range(10):
         store.add(T0 - 55_000 + n * 6_000, ["complete_task", "win_match"][n % 2])
@@ -507,6 +528,6 @@ async def test_a_store_that_does_not_answer_crashes_the_actor_after_a_few_tries(
     with pytest.raises(ExceptionGroup) as raised:  # noqa: PT012 - the actor runs in a nursery
         async with start_user(down, config()) as actor:  # type: ignore[arg-type]
             await actor.inbox.send(Route(envelope(T0), delivery(1)))
-            await trio.sleep_forever()
+            await answering_barriers(actor.decisions)  # no decision comes
     assert raised.group_contains(BackendUnavailable)
     assert down.calls == user.HISTORY_ATTEMPTS

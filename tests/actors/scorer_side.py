@@ -1,0 +1,18 @@
+"""The scorer's side of its inbox, as the pure-logic tests of the actors upstream see it."""
+
+from __future__ import annotations
+
+import trio
+
+from scoreboard.actors.messages import Barrier, Score, ScorerMsg
+
+
+async def answering_barriers(scorer: trio.MemoryReceiveChannel[ScorerMsg]) -> Score:
+    """The next decision; barriers on the way are answered at once, as an idle scorer would."""
+    while True:
+        msg = await scorer.receive()
+        match msg:
+            case Barrier(reply):
+                reply.send_nowait(None)
+            case Score():
+                return msg
