@@ -91,25 +91,25 @@ async def run(
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             scores, barriers = _sorted_out(batch)
-            outcome = _Outcome()
             if scores:
+                outcome = _Outcome()
                 await _commit(store, config, scores, outcome)
-            if outcome.results:
-                await keeper.send(Committed(tuple(outcome.results)))
-            if scores:
-                settle = functools.partial(
-                    broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead
-                )
-                await call_with_retries(
-                    settle,
-                    what="settling deliveries",
-                    timeout_s=SETTLE_TIMEOUT_S,
-                    attempts=SETTLE_ATTEMPTS,
-                    also_retry=(PublishFailed,),  # settling the same deliveries again is safe
-                )
+                if outcome.results:
+                    await keeper.send(Committed(tuple(outcome.results)))
+                await _settle(broker, outcome)
             for reply in barriers:
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                     reply.send_nowait(None)
+
+
+async def _settle(broker: Broker, outcome: _Outcome) -> None:
+    await call_with_retries(
+        functools.partial(broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead),
+        what="settling deliveries",
+        timeout_s=SETTLE_TIMEOUT_S,
+        attempts=SETTLE_ATTEMPTS,
+        also_retry=(PublishFailed,),  # settling the same deliveries again is safe
+    )
 
 
 def _sorted_out(batch: list[ScorerMsg]) -> tuple[list[Score], list[trio.MemorySendChannel[None]]]:
