@@ -153,8 +153,12 @@ class RabbitBroker:
     # Publishing
 
     async def _publish_confirmed(
-        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str,
-        *, mandatory: bool = True,
+        self,
+        exchange: AbstractExchange,
+        message: aio_pika.Message,
+        routing_key: str,
+        *,
+        mandatory: bool = True,
     ) -> None:
         """Publish and wait for the broker's ack; anything else is `PublishFailed`."""
         try:
@@ -239,12 +243,19 @@ class RabbitBroker:
             with contextlib.suppress(trio.RunFinishedError):
                 self._bridge.to_trio_nowait(self._hand_over, deliveries, delivery)
 
+        cancelled_by_broker = asyncio.Event()
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(lambda _frame: cancelled_by_broker.set())
         try:
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.get_queue(self._config.queue, ensure=False)
             await queue.consume(on_message, no_ack=False, exclusive=True)
             log.info("rabbitmq: consuming %s", self._config.queue)
-            await channel.closed()
+            # The broker cancels a consumer whose queue was deleted but keeps the channel open.
+            await _first_of(channel.closed(), cancelled_by_broker.wait())
+            if cancelled_by_broker.is_set():
+                log.warning("rabbitmq: the broker cancelled the consumer of %s", self._config.queue)
+                await self._declare_topology()
         finally:
             self._live_incarnations.discard(incarnation)
             for key in [key for key in self._unsettled if key[0] == incarnation]:
@@ -512,3 +523,14 @@ async def open_rabbitmq(bridge: Bridge, config: AmqpConfig) -> AsyncIterator[Rab
     finally:
         with trio.CancelScope(shield=True):
             await bridge.run(broker._close)
+
+
+async def _first_of(*awaitables: Awaitable[Any]) -> None:
+    """Wait until one of these finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
