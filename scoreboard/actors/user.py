@@ -47,6 +47,8 @@ HISTORY_ATTEMPTS = 3
 
 RAPID_FIRE = "rapid_fire"
 IMPOSSIBLE_TIMING = "impossible_timing"
+# An old completion is plausible (offline play, a slow client) but worth an operator's look.
+STALE_TIMING = "stale_timing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +141,11 @@ class Ledger:
             entry = self._catalogue.validate(envelope.action_type, envelope.action_data)
         except InvalidActionData as exc:
             return _invalid(envelope, str(exc), flags)
-        problem = self._timing_problem(entry, envelope)
+        problem = self._future_timing(entry, envelope)
         if problem is not None:
-            if problem.endswith("in the future"):
-                flags.append(IMPOSSIBLE_TIMING)
-            return _invalid(envelope, problem, flags)
+            return _invalid(envelope, problem, [*flags, IMPOSSIBLE_TIMING])
+        if self._stale_timing(entry, envelope):
+            flags.append(STALE_TIMING)
         if self._limits.enabled:
             retry_after_ms = self._cooldown_left_ms(entry, now)
             if retry_after_ms is None:
@@ -165,17 +167,17 @@ class Ledger:
         neighbours = self._times[max(0, index - 1) : index + 1]
         return any(abs(now - then) < RAPID_FIRE_MS for then in neighbours)
 
-    def _timing_problem(self, entry: ActionType, envelope: ActionEnvelope) -> str | None:
-        now = envelope.received_at_ms
-        for name, kind in entry.fields:
-            if kind != "unix_seconds":
-                continue
-            at_ms = envelope.action_data[name] * 1000
-            if at_ms > now + FUTURE_SKEW_MS:
+    def _future_timing(self, entry: ActionType, envelope: ActionEnvelope) -> str | None:
+        for name in _times_of(entry):
+            if envelope.action_data[name] * 1000 > envelope.received_at_ms + FUTURE_SKEW_MS:
                 return f"{name} is in the future"
-            if at_ms < now - self._message_ttl_ms:
-                return f"{name} is too old"
         return None
+
+    def _stale_timing(self, entry: ActionType, envelope: ActionEnvelope) -> bool:
+        oldest_plausible_ms = envelope.received_at_ms - self._message_ttl_ms
+        return any(
+            envelope.action_data[name] * 1000 < oldest_plausible_ms for name in _times_of(entry)
+        )
 
     def _cooldown_left_ms(self, entry: ActionType, now: int) -> int | None:
         """How long until this type's cooldown allows the action, None if it does now. A completed
@@ -232,6 +234,10 @@ class Ledger:
         if self._loaded_since_ms is not None:
             self._loaded_since_ms = max(self._loaded_since_ms, cutoff)
         self._prune_above = max(PRUNE_ABOVE, 2 * len(self._known))
+
+
+def _times_of(entry: ActionType) -> list[str]:
+    return [name for name, kind in entry.fields if kind == "unix_seconds"]
 
 
 def _invalid(envelope: ActionEnvelope, message: str, flags: list[str]) -> Decision:

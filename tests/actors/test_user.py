@@ -239,7 +239,9 @@ async def test_a_completion_time_more_than_30_s_after_acceptance_is_in_the_futur
     assert user.IMPOSSIBLE_TIMING in past_limit.flags
 
 
-async def test_a_completion_time_older_than_the_message_ttl_is_too_old(actor: UserActor) -> None:
+async def test_a_completion_time_older_than_the_message_ttl_is_scored_and_flagged(
+    actor: UserActor,
+) -> None:
     ttl_s = Config().amqp.message_ttl_ms // 1000
     at_limit, past_limit = await actor.decide(
         envelope(T0, data={"task_id": "t-1", "completion_time": T0 // 1000 - ttl_s}),
@@ -249,8 +251,9 @@ async def test_a_completion_time_older_than_the_message_ttl_is_too_old(actor: Us
         ),
     )
     assert completed(at_limit)
-    assert invalid(past_limit, "completion_time is too old")
-    assert past_limit.flags == ()
+    assert at_limit.flags == ()
+    assert completed(past_limit)
+    assert past_limit.flags == (user.STALE_TIMING,)
 
 
 async def test_actions_under_a_second_apart_are_flagged_rapid_fire_whatever_their_fate(
