@@ -343,6 +343,7 @@ async def adapters_stage(config: Config, plan: Plan, tables: list[Table]) -> Non
         ["what", "calls", "median", "max", "throughput"],
     )
     async with open_backends(config) as backends:
+        await backends.broker.declare_topology()  # done by the server, if it ran
         user_ids = await create_users(backends.store, ADAPTER_BATCH, "adapter")
 
         def envelope(index: int) -> ActionEnvelope:
