@@ -664,12 +664,37 @@ def _refuse_publishes(config: Config, refuse: bool) -> None:
     name = f"refuse-{config.amqp.queue}"
     if refuse:
         command = [
-            "set_policy", "-p", vhost, "--apply-to", "queues", name,
-            f"^{re.escape(config.amqp.queue)}$", '{"max-length": 0, "overflow": "reject-publish"}',
+            "set_policy",
+            "-p",
+            vhost,
+            "--apply-to",
+            "queues",
+            name,
+            f"^{re.escape(config.amqp.queue)}$",
+            '{"max-length": 0, "overflow": "reject-publish"}',
         ]
     else:
         command = ["clear_policy", "-p", vhost, name]
     subprocess.run([ctl, "-q", *command], check=True, capture_output=True, timeout=60)
+    # The broker applies a policy asynchronously; the queue's own process reports the policy it
+    # applied, so once the listing shows the change, publishes see it too.
+    deadline = time.monotonic() + 20
+    while True:
+        listing = subprocess.run(
+            [ctl, "-q", "list_queues", "-p", vhost, "name", "policy"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        policies = {
+            queue: policy.strip()
+            for queue, _, policy in (line.partition("\t") for line in listing.splitlines())
+        }
+        if (policies.get(config.amqp.queue) == name) == refuse:
+            return
+        assert time.monotonic() < deadline, f"the policy {name} was not applied: {listing!r}"
+        time.sleep(0.05)
 
 
 async def test_503_when_the_broker_cannot_confirm_then_the_same_nonce_is_accepted(
