@@ -1,35 +1,77 @@
-"""Opening the three backends behind the asyncio bridge, in order, and closing them in reverse."""
+"""Opening the backends, and closing them in reverse: the real ones (PostgreSQL, Redis and
+RabbitMQ behind the asyncio bridge) or the embedded ones (SQLite, an in-process broker and an
+in-memory board), as `Config.backend_mode` says."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 
+from scoreboard.adapters.embedded_broker import EmbeddedBroker
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
+from scoreboard.adapters.memory_board import MemoryBoard, MemoryEdgeGuard
 from scoreboard.adapters.postgres import open_postgres_store
 from scoreboard.adapters.rabbitmq import open_rabbitmq
 from scoreboard.adapters.redis import open_redis
+from scoreboard.adapters.sqlite import SQLiteStore, database_path, open_sqlite
 from scoreboard.bridge import Bridge, open_bridge
-from scoreboard.config import Config
+from scoreboard.config import Config, ConfigError
+from scoreboard.migrate import load_sqlite_migrations
 
 log = logging.getLogger(__name__)
+
+SERVE_LOCK_FILE = "serve.lock"
 
 
 @dataclass(frozen=True, slots=True)
 class Backends:
-    bridge: Bridge
+    bridge: Bridge | None  # the asyncio bridge of the real backends; None in embedded mode
     store: Store
     board: Board
     guard: EdgeGuard
     broker: Broker
 
 
+def describe_backends(config: Config) -> str:
+    """One line for the log: which backends, and where (no credentials)."""
+    if config.backend_mode == "embedded":
+        return (
+            f"embedded mode: SQLite {database_path(Path(config.embedded.data_dir))}, in-process "
+            "broker, in-memory leaderboard (set SCOREBOARD_DATABASE_URL, SCOREBOARD_REDIS_URL and "
+            "SCOREBOARD_AMQP_URL for PostgreSQL, Redis and RabbitMQ)"
+        )
+    where = ", ".join(
+        f"{name} {_host(url)}"
+        for name, url in (
+            ("PostgreSQL", config.database.url),
+            ("Redis", config.redis.url),
+            ("RabbitMQ", config.amqp.url),
+        )
+    )
+    return f"real backends: {where}"
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
 @contextlib.asynccontextmanager
-async def open_backends(config: Config) -> AsyncIterator[Backends]:
+async def open_backends(config: Config, *, exclusive: bool = True) -> AsyncIterator[Backends]:
+    """The configured backends. In embedded mode `exclusive` keeps other processes that want
+    it exclusive (another server) off the data directory: its board and broker live in one
+    process. The CLI's `verify` and `failed` pass False."""
+    if config.backend_mode == "embedded":
+        async with _open_embedded(config, exclusive=exclusive) as backends:
+            yield backends
+        return
     async with (
         open_bridge() as bridge,
         open_postgres_store(bridge, config.database) as store,
@@ -41,12 +83,48 @@ async def open_backends(config: Config) -> AsyncIterator[Backends]:
         )
 
 
+@contextlib.asynccontextmanager
+async def _open_embedded(config: Config, *, exclusive: bool) -> AsyncIterator[Backends]:
+    """SQLite (migrated on open), the outbox broker on the same file, and the board rebuilt
+    from the store."""
+    data_dir = Path(config.embedded.data_dir)
+    with _held_exclusively(data_dir) if exclusive else contextlib.nullcontext():
+        async with open_sqlite(data_dir, load_sqlite_migrations()) as database:
+            store = SQLiteStore(database)
+            broker = EmbeddedBroker(database, config.amqp)
+            board = MemoryBoard()
+            await board.rebuild(await store.board_entries())
+            yield Backends(
+                bridge=None, store=store, board=board, guard=MemoryEdgeGuard(broker), broker=broker
+            )
+
+
+@contextlib.contextmanager
+def _held_exclusively(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / SERVE_LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another scoreboard server uses {data_dir} (embedded mode runs in one process); "
+                "stop it, or set SCOREBOARD_EMBEDDED_DATA_DIR to another directory"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 STARTUP_RETRY_MIN_S = 0.5
 STARTUP_RETRY_MAX_S = 10.0
 
 
 async def wait_for_backends(config: Config) -> None:
-    """Return once all three backends answer; log and back off while one is down at start-up."""
+    """Return once all three backends answer; log and back off while one is down at start-up.
+    The embedded backends are files and memory: there is nothing to wait for."""
+    if config.backend_mode == "embedded":
+        return
     delay = STARTUP_RETRY_MIN_S
     while True:
         try:

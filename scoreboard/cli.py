@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--role", choices=("all", "api", "worker"), help="which actors to run")
 
     commands.add_parser("migrate", help="create the database if needed and apply migrations")
-    commands.add_parser("verify", help="check score = sum of deltas and Redis = Postgres")
+    commands.add_parser(
+        "verify",
+        help="check score = sum of deltas and Redis = Postgres (embedded mode: the first only)",
+    )
 
     failed = commands.add_parser("failed", help="actions that exhausted their attempts")
     failed_commands = failed.add_subparsers(dest="failed_command", required=True)
@@ -60,10 +63,12 @@ def apply_serve_arguments(config: Config, args: argparse.Namespace) -> Config:
 
 
 async def run_migrate(config: Config) -> int:
-    from scoreboard.migrate import migrate
+    from scoreboard.migrate import migrate_configured
 
-    applied = await migrate(config.database.url)
-    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    database, applied = await migrate_configured(config)
+    print(
+        f"{database}: migrations applied: {', '.join(applied) if applied else 'none (up to date)'}"
+    )
     return 0
 
 
@@ -71,7 +76,9 @@ async def run_verify(config: Config) -> int:
     from scoreboard.backends import open_backends
     from scoreboard.verify import verify
 
-    async with open_backends(config) as backends:
+    # Embedded mode's board lives in the server's memory; the one opened here is rebuilt from
+    # the SQLite file, so only score = sum of deltas is checked there.
+    async with open_backends(config, exclusive=False) as backends:
         report = await verify(backends.store, backends.board)
     for line in report.lines():
         print(line)
@@ -81,7 +88,7 @@ async def run_verify(config: Config) -> int:
 async def run_failed(config: Config, args: argparse.Namespace) -> int:
     from scoreboard.backends import open_backends
 
-    async with open_backends(config) as backends:
+    async with open_backends(config, exclusive=False) as backends:
         if args.failed_command == "list":
             for body, reason in await backends.broker.list_failed(args.limit):
                 print(f"{reason}\t{body.decode(errors='replace')}")
@@ -96,13 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_config()
+        if args.command == "serve":
+            config = apply_serve_arguments(config, args)
+            _ = config.backend_mode  # a role the backends cannot run fails here, with its reason
     except ConfigError as exc:
         print(f"scoreboard: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
         from scoreboard.server import run_until_signalled
 
-        return trio.run(run_until_signalled, apply_serve_arguments(config, args))
+        return trio.run(run_until_signalled, config)
     if args.command == "migrate":
         return trio.run(run_migrate, config)
     if args.command == "verify":

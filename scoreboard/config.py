@@ -19,6 +19,13 @@ from typing import Any, Literal
 
 ENV_PREFIX = "SCOREBOARD_"
 Role = Literal["all", "api", "worker"]
+BackendMode = Literal["embedded", "real"]
+# The settings that choose the backends: all empty is embedded mode, all set is the real stack.
+BACKEND_URL_SETTINGS = (
+    ("database", "SCOREBOARD_DATABASE_URL"),
+    ("redis", "SCOREBOARD_REDIS_URL"),
+    ("amqp", "SCOREBOARD_AMQP_URL"),
+)
 
 
 class ConfigError(ValueError):
@@ -41,20 +48,20 @@ class PublicConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    url: str = "postgresql://postgres@127.0.0.1:5432/scoreboard"
+    url: str = ""
     pool_min: int = 2
     pool_max: int = 8
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = ""
     prefix: str = "sb:"
 
 
 @dataclass(frozen=True, slots=True)
 class AmqpConfig:
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    url: str = ""
     queue: str = "user-actions"
     failed_queue: str = "user-actions.failed"
     dead_letter_exchange: str = "dlx"
@@ -64,6 +71,12 @@ class AmqpConfig:
     prefetch: int = 256
     max_attempts: int = 3
     publish_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedConfig:
+    # Where embedded mode keeps its SQLite file; relative paths start at the working directory.
+    data_dir: str = "var"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     amqp: AmqpConfig = field(default_factory=AmqpConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
@@ -128,6 +142,29 @@ class Config:
     @property
     def issuer(self) -> str:
         return self.auth.issuer or self.public_origin
+
+    @property
+    def backend_mode(self) -> BackendMode:
+        """`embedded` when no backend URL is set, `real` when all three are; anything else, or
+        embedded mode with a role other than `all`, is a `ConfigError` that says why."""
+        urls = {env: getattr(self, section).url for section, env in BACKEND_URL_SETTINGS}
+        missing = [env for env, url in urls.items() if not url]
+        if len(missing) == len(urls):
+            if self.server.role != "all":
+                raise ConfigError(
+                    f"server.role {self.server.role!r} needs the real backends: the embedded "
+                    "ones live inside one process, which must run the role 'all' (set "
+                    + ", ".join(urls)
+                    + " to run API and worker apart)"
+                )
+            return "embedded"
+        if missing:
+            given = [env for env in urls if env not in missing]
+            raise ConfigError(
+                f"{', '.join(given)} set but {', '.join(missing)} not: set all three for the "
+                "real PostgreSQL, Redis and RabbitMQ, or none for the embedded backends"
+            )
+        return "real"
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys of some sections changed: `cfg.replace(server={"port": 0})`."""
@@ -249,4 +286,6 @@ def load_config(config_dir: Path | None = None, environ: Mapping[str, str] | Non
     built = {
         name: sections[name](**_coerce_section(sections[name], merged[name])) for name in sections
     }
-    return Config(config_dir=directory, **built)
+    config = Config(config_dir=directory, **built)
+    _ = config.backend_mode  # a mixed or impossible choice of backends fails here, at start
+    return config

@@ -24,9 +24,10 @@ from scoreboard.actors import consumer, events, hub, keeper, router, scorer
 from scoreboard.actors.messages import HubMsg, KeeperMsg, RouterMsg, ScorerMsg
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
-from scoreboard.backends import Backends, open_backends, wait_for_backends
+from scoreboard.backends import Backends, describe_backends, open_backends, wait_for_backends
 from scoreboard.catalogue import Catalogue, load_catalogue
 from scoreboard.config import Config
+from scoreboard.demo import announcement, create_demo_user
 from scoreboard.http.app import create_app, hypercorn_config, serve_http
 from scoreboard.http.services import Services
 from scoreboard.supervisor import ChildSpec, Supervisor, SupervisorGaveUp
@@ -163,6 +164,7 @@ async def run_server(
 ) -> None:
     """Run until cancelled (or until the root supervisor gives up, which raises)."""
     role = config.server.role
+    log.info("%s", describe_backends(config))
     if not config.limits.enabled:
         log.warning("rate limits and cooldowns are DISABLED (SCOREBOARD_LIMITS_ENABLED=false)")
     catalogue = load_catalogue(config.config_dir / "actions.toml")
@@ -221,6 +223,18 @@ async def run_server(
             )
 
 
+async def _announce(config: Config, handle: ServerHandle) -> None:
+    """Print the page's URL and, in embedded mode, the demo account (to stdout, not the log)."""
+    if handle.url is None or handle.services is None:
+        return
+    embedded = config.backend_mode == "embedded"
+    password = None
+    if embedded:
+        password = await create_demo_user(handle.services.store, handle.services.passwords)
+    for line in announcement(handle.url, password, embedded=embedded):
+        print(line, flush=True)
+
+
 async def run_until_signalled(config: Config) -> int:
     """The `scoreboard serve` main: SIGTERM or SIGINT drains and exits 0; a root give-up exits 1."""
     gc.set_threshold(*GC_THRESHOLDS)
@@ -229,6 +243,7 @@ async def run_until_signalled(config: Config) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 handle: ServerHandle = await nursery.start(run_server, config)
+                await _announce(config, handle)
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     await handle.supervisor.shutdown()

@@ -1,0 +1,638 @@
+"""SQLite (the standard library's `sqlite3`) behind the `Store`: embedded mode's source of truth.
+
+One connection, used by one worker thread at a time (`trio.to_thread.run_sync` with a
+`CapacityLimiter(1)`): each store method is one job run off the trio loop, and each job that
+writes is one transaction (`BEGIN IMMEDIATE`; SQLite has a single writer anyway). WAL mode with
+`synchronous=FULL`: a committed transaction is on disk, which the in-process broker's outbox
+(`embedded_broker.py`, same file) relies on: a 202 survives `kill -9` and a power cut.
+
+A trio cancellation does not interrupt a job: its thread finishes it (committed or rolled back)
+and the cancellation is delivered afterwards, so a cancelled call never leaves a transaction open.
+Every writer of `action_logs` runs inside the one writer's transaction, so what it reads before
+inserting is still true when it inserts (the Postgres store gets this from row locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import trio
+
+from scoreboard.adapters.interfaces import (
+    BackendUnavailable,
+    EmailTaken,
+    Store,
+    UnknownUser,
+    UsernameTaken,
+)
+from scoreboard.adapters.postgres import DUPLICATE_NONCE_MESSAGE, Migration, MigrationError
+from scoreboard.model import (
+    ActionEnvelope,
+    ActionRecord,
+    BoardEntry,
+    CommitResult,
+    Decision,
+    RecentAction,
+    SigningKeyRecord,
+    UserRecord,
+)
+
+T = TypeVar("T")
+
+DATABASE_FILE = "scoreboard.sqlite3"
+# A CLI process (`verify`, `failed replay`) may hold the write lock for a moment.
+BUSY_TIMEOUT_MS = 10_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def database_path(data_dir: Path) -> Path:
+    return data_dir / DATABASE_FILE
+
+
+class SQLiteDatabase:
+    """One connection and the limiter that gives it to one thread at a time."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path):
+        self.path = path
+        self._connection = connection
+        self._limiter = trio.CapacityLimiter(1)
+        self._closed = False
+
+    async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `job(connection)` in the database's thread."""
+        if self._closed:
+            raise BackendUnavailable("sqlite: the database is closed")
+        try:
+            return await trio.to_thread.run_sync(job, self._connection, limiter=self._limiter)
+        except sqlite3.OperationalError as exc:  # locked too long, disk full, I/O error
+            raise BackendUnavailable(f"sqlite: {exc}") from exc
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `job(connection)` in the database's thread, as one transaction."""
+        return await self.read(functools.partial(_in_transaction, job))
+
+    async def close(self) -> None:
+        """Wait for the job in flight, then close the connection."""
+        with trio.CancelScope(shield=True):
+            async with self._limiter:
+                self._closed = True
+                self._connection.close()
+
+
+def _in_transaction(job: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection) -> T:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = job(connection)
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return result
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, fsync on commit."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.row_factory = sqlite3.Row
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA foreign_keys = ON")
+    return connection
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite(
+    data_dir: Path, migrations: Sequence[Migration]
+) -> AsyncIterator[SQLiteDatabase]:
+    """The database file under `data_dir` (created, with the directory, if missing), brought up
+    to date with `migrations`; closed on exit."""
+    path = database_path(data_dir)
+
+    def open_migrated() -> sqlite3.Connection:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        connection = connect(path)
+        try:
+            apply_migrations(connection, migrations)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    try:
+        connection = await trio.to_thread.run_sync(open_migrated)
+    except (sqlite3.OperationalError, OSError) as exc:
+        raise BackendUnavailable(f"sqlite: {path}: {exc}") from exc
+    database = SQLiteDatabase(connection, path)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations: the same bookkeeping as the Postgres runner, in SQLite.
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version       TEXT    PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    checksum      TEXT    NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+)
+"""
+
+
+def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, in order, each in its own transaction (the write
+    lock taken first, so two processes migrating at once take turns). Returns those applied."""
+    applied: list[str] = []
+    connection.execute(_CREATE_MIGRATIONS_TABLE)
+    for migration in migrations:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            row = connection.execute(
+                "SELECT checksum FROM schema_migrations WHERE version = ?", (migration.version,)
+            ).fetchone()
+            if row is not None:
+                if row["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"SQLite migration {migration.version}_{migration.name} changed after it "
+                        "was applied; add a new migration instead of editing an applied one"
+                    )
+                connection.execute("ROLLBACK")
+                continue
+            # executescript() would commit first; each statement runs inside our transaction.
+            for statement in _statements(migration.sql):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at_ms)"
+                " VALUES (?, ?, ?, ?)",
+                (migration.version, migration.name, migration.checksum, now_ms()),
+            )
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        applied.append(migration.version)
+    return applied
+
+
+def _statements(script: str) -> list[str]:
+    """The complete statements of a script (comments and blank lines dropped)."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise MigrationError(f"an incomplete SQL statement at the end: {pending.strip()[:60]!r}")
+    return statements
+
+
+async def migrate_sqlite(data_dir: Path, migrations: Sequence[Migration]) -> list[str]:
+    """`scoreboard migrate` in embedded mode."""
+
+    def run() -> list[str]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        connection = connect(database_path(data_dir))
+        try:
+            return apply_migrations(connection, migrations)
+        finally:
+            connection.close()
+
+    return await trio.to_thread.run_sync(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class SQLiteStore(Store):
+    """The `Store` on SQLite. Build it on a database from `open_sqlite`."""
+
+    def __init__(self, database: SQLiteDatabase):
+        self._db = database
+
+    async def ping(self) -> None:
+        await self._db.read(lambda connection: connection.execute("SELECT 1").fetchone())
+
+    async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
+        if not decisions:
+            return []
+        if negative := [d.envelope.action_id for d in decisions if d.score_delta < 0]:
+            raise ValueError(f"negative score deltas for actions {negative}")
+        return await self._db.write(functools.partial(_commit_actions, list(decisions)))
+
+    async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
+        return await self._db.read(functools.partial(_recent_actions, user_id, since_ms))
+
+    async def get_action(self, action_id: uuid.UUID) -> ActionRecord | None:
+        return await self._db.read(
+            functools.partial(_one_action, "action_id = ?", (str(action_id),))
+        )
+
+    async def find_action_by_nonce(self, user_id: int, nonce: str) -> ActionRecord | None:
+        return await self._db.read(
+            functools.partial(_one_action, "user_id = ? AND nonce = ?", (user_id, nonce))
+        )
+
+    async def board_entries(self, user_ids: Sequence[int] | None = None) -> list[BoardEntry]:
+        chosen = None if user_ids is None else list(user_ids)
+        return await self._db.read(functools.partial(_board_entries, chosen))
+
+    async def score_discrepancies(self) -> list[tuple[int, int, int]]:
+        return await self._db.read(_score_discrepancies)
+
+    async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
+        """Stores the reason as the action's `message`; its `error` stays empty."""
+        await self._db.write(functools.partial(_fail_action, envelope, reason))
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> int:
+        return await self._db.write(
+            functools.partial(_create_user, username, email, password_hash)
+        )
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        return await self._db.read(functools.partial(_one_user, "id = ?", user_id))
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None:
+        return await self._db.read(functools.partial(_one_user, "username = ?", username))
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every key, retired ones included, oldest first."""
+        return await self._db.read(_signing_keys)
+
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        """A key whose `kid` is stored already is left as it is."""
+        await self._db.write(functools.partial(_add_signing_key, key))
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+# -- commit_actions (the rules of `postgres._commit_actions`, in one SQLite transaction)
+
+_SettledStatus = Literal["completed", "rejected", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    status: _SettledStatus
+    score_delta: int
+    old_score: int
+    new_score: int
+    error: str | None
+    message: str | None
+    retry_after_s: int | None
+    duplicate: bool
+
+
+_STORED_COLUMNS = (
+    "action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s"
+)
+
+
+def _stored_as_settled(row: sqlite3.Row) -> _Settled:
+    return _Settled(
+        status=row["status"],
+        score_delta=row["score_delta"],
+        old_score=row["new_score"] - row["score_delta"],
+        new_score=row["new_score"],
+        error=row["error"],
+        message=row["message"],
+        retry_after_s=row["retry_after_s"],
+        duplicate=True,
+    )
+
+
+def _settle_in_order(
+    decisions: Sequence[Decision], scores: dict[int, int], stored: Sequence[sqlite3.Row]
+) -> tuple[list[_Settled], list[tuple[Decision, _Settled]]]:
+    """Each action in input order is a redelivery of a stored (or earlier) one, a replayed
+    nonce, or new; a new one moves its user's running score."""
+    running = dict(scores)
+    by_action_id = {uuid.UUID(row["action_id"]): _stored_as_settled(row) for row in stored}
+    nonces_taken = {(row["user_id"], row["nonce"]) for row in stored}
+    settled: list[_Settled] = []
+    new: list[tuple[Decision, _Settled]] = []
+    for decision in decisions:
+        envelope = decision.envelope
+        score = running[envelope.user_id]
+        if (earlier := by_action_id.get(envelope.action_id)) is not None:
+            settled.append(earlier)
+            continue
+        if (envelope.user_id, envelope.nonce) in nonces_taken:
+            settled.append(
+                _Settled("rejected", 0, score, score, "invalid_action", DUPLICATE_NONCE_MESSAGE,
+                         None, duplicate=True)
+            )
+            continue
+        delta = decision.score_delta if decision.status == "completed" else 0
+        running[envelope.user_id] = score + delta
+        outcome = _Settled(
+            decision.status, delta, score, score + delta, decision.error, decision.message,
+            decision.retry_after_s, duplicate=False,
+        )
+        settled.append(outcome)
+        new.append((decision, outcome))
+        by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
+        nonces_taken.add((envelope.user_id, envelope.nonce))
+    return settled, new
+
+
+_INSERT_ACTION = """
+INSERT INTO action_logs (
+    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
+    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms,
+    created_at_ms, processed_at_ms
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?)
+"""
+
+_ADD_TO_SCORE = """
+UPDATE users
+SET score = score + :delta,
+    score_reached_at_ms = CASE WHEN :delta > 0 THEN :now ELSE score_reached_at_ms END,
+    last_action_at_ms = MAX(COALESCE(last_action_at_ms, :latest), :latest),
+    updated_at_ms = :now
+WHERE id = :user_id
+"""
+
+
+def _commit_actions(
+    decisions: list[Decision], connection: sqlite3.Connection
+) -> list[CommitResult]:
+    user_ids = sorted({d.envelope.user_id for d in decisions})
+    users = {
+        row["id"]: row
+        for row in connection.execute(
+            f"SELECT id, username, score, score_reached_at_ms FROM users"
+            f" WHERE id IN ({_marks(len(user_ids))})",
+            user_ids,
+        )
+    }
+    if missing := set(user_ids) - users.keys():
+        raise UnknownUser(missing)
+    stored: dict[str, sqlite3.Row] = {}
+    for decision in decisions:
+        envelope = decision.envelope
+        for row in connection.execute(
+            f"SELECT {_STORED_COLUMNS} FROM action_logs"
+            " WHERE action_id = ? OR (user_id = ? AND nonce = ?)",
+            (str(envelope.action_id), envelope.user_id, envelope.nonce),
+        ):
+            stored[row["action_id"]] = row
+    settled, new = _settle_in_order(
+        decisions, {user_id: row["score"] for user_id, row in users.items()}, list(stored.values())
+    )
+    reached_at = {user_id: row["score_reached_at_ms"] for user_id, row in users.items()}
+    now = now_ms()
+    connection.executemany(
+        _INSERT_ACTION,
+        [
+            (
+                str(d.envelope.action_id), d.envelope.user_id, d.envelope.nonce,
+                d.envelope.action_type, json.dumps(dict(d.envelope.action_data)), s.status,
+                s.score_delta, s.new_score, s.error, s.message, s.retry_after_s,
+                json.dumps(list(d.flags)), d.envelope.ip, d.envelope.user_agent,
+                json.dumps(dict(d.envelope.headers)), d.envelope.received_at_ms, now, now,
+            )
+            for d, s in new
+        ],
+    )
+    changes: dict[int, tuple[int, int]] = {}
+    for decision, outcome in new:
+        user_id = decision.envelope.user_id
+        delta, latest = changes.get(user_id, (0, decision.envelope.received_at_ms))
+        changes[user_id] = (
+            delta + outcome.score_delta, max(latest, decision.envelope.received_at_ms)
+        )
+    connection.executemany(
+        _ADD_TO_SCORE,
+        [
+            {"delta": delta, "latest": latest, "now": now, "user_id": user_id}
+            for user_id, (delta, latest) in changes.items()
+        ],
+    )
+    for user_id, (delta, _latest) in changes.items():
+        if delta > 0:
+            reached_at[user_id] = now
+    return [
+        CommitResult(
+            action_id=decision.envelope.action_id,
+            user_id=decision.envelope.user_id,
+            username=users[decision.envelope.user_id]["username"],
+            nonce=decision.envelope.nonce,
+            status=outcome.status,
+            score_delta=outcome.score_delta,
+            old_score=outcome.old_score,
+            new_score=outcome.new_score,
+            score_reached_at_ms=reached_at[decision.envelope.user_id],
+            error=outcome.error,
+            message=outcome.message,
+            retry_after_s=outcome.retry_after_s,
+            duplicate=outcome.duplicate,
+        )
+        for decision, outcome in zip(decisions, settled, strict=True)
+    ]
+
+
+# -- actions
+
+_FAIL_ACTION = """
+INSERT INTO action_logs (
+    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, message,
+    ip_address, user_agent, request_headers, received_at_ms, created_at_ms, processed_at_ms
+)
+SELECT ?, id, ?, ?, ?, 'failed', 0, score, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?
+FROM users WHERE id = ?
+ON CONFLICT DO NOTHING
+"""
+
+
+def _fail_action(envelope: ActionEnvelope, reason: str, connection: sqlite3.Connection) -> None:
+    now = now_ms()
+    connection.execute(
+        _FAIL_ACTION,
+        (
+            str(envelope.action_id), envelope.nonce, envelope.action_type,
+            json.dumps(dict(envelope.action_data)), reason, envelope.ip, envelope.user_agent,
+            json.dumps(dict(envelope.headers)), envelope.received_at_ms, now, now,
+            envelope.user_id,
+        ),
+    )
+
+
+def _recent_actions(
+    user_id: int, since_ms: int, connection: sqlite3.Connection
+) -> list[RecentAction]:
+    rows = connection.execute(
+        "SELECT action_id, action_type, received_at_ms, status FROM action_logs"
+        " WHERE user_id = ? AND received_at_ms >= ? ORDER BY received_at_ms, id",
+        (user_id, since_ms),
+    )
+    return [
+        RecentAction(
+            uuid.UUID(row["action_id"]), row["action_type"], row["received_at_ms"], row["status"]
+        )
+        for row in rows
+    ]
+
+
+def _one_action(
+    where: str, args: tuple[Any, ...], connection: sqlite3.Connection
+) -> ActionRecord | None:
+    row = connection.execute(
+        "SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error,"
+        f" message, created_at_ms, processed_at_ms FROM action_logs WHERE {where}",
+        args,
+    ).fetchone()
+    if row is None:
+        return None
+    return ActionRecord(
+        action_id=uuid.UUID(row["action_id"]),
+        user_id=row["user_id"],
+        action_type=row["action_type"],
+        nonce=row["nonce"],
+        status=row["status"],
+        score_delta=row["score_delta"],
+        new_score=row["new_score"],
+        error=row["error"],
+        message=row["message"],
+        created_at_ms=row["created_at_ms"],
+        processed_at_ms=row["processed_at_ms"],
+    )
+
+
+# -- scores
+
+_BOARD_ORDER = "ORDER BY score DESC, score_reached_at_ms, id"
+
+
+def _board_entries(
+    user_ids: list[int] | None, connection: sqlite3.Connection
+) -> list[BoardEntry]:
+    columns = "SELECT id, username, score, score_reached_at_ms FROM users"
+    if user_ids is None:
+        rows = connection.execute(f"{columns} WHERE score > 0 {_BOARD_ORDER}")
+    else:
+        rows = connection.execute(
+            f"{columns} WHERE id IN (SELECT value FROM json_each(?)) {_BOARD_ORDER}",
+            (json.dumps(user_ids),),
+        )
+    return [
+        BoardEntry(row["id"], row["username"], row["score"], row["score_reached_at_ms"])
+        for row in rows
+    ]
+
+
+_SCORE_DISCREPANCIES = """
+SELECT u.id, u.score, COALESCE(c.total, 0) AS total
+FROM users AS u
+LEFT JOIN (
+    SELECT user_id, SUM(score_delta) AS total FROM action_logs
+    WHERE status = 'completed'
+    GROUP BY user_id
+) AS c ON c.user_id = u.id
+WHERE u.score <> COALESCE(c.total, 0)
+ORDER BY u.id
+"""
+
+
+def _score_discrepancies(connection: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    return [
+        (row["id"], row["score"], row["total"])
+        for row in connection.execute(_SCORE_DISCREPANCIES)
+    ]
+
+
+# -- users
+
+
+def _create_user(
+    username: str, email: str, password_hash: str, connection: sqlite3.Connection
+) -> int:
+    now = now_ms()
+    try:
+        cursor = connection.execute(
+            "INSERT INTO users (username, email, password_hash, score_reached_at_ms,"
+            " created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (username, email, password_hash, now, now, now),
+        )
+    except sqlite3.IntegrityError as exc:
+        # SQLite names the column, not the constraint: "UNIQUE constraint failed: users.email".
+        if "users.username" in str(exc):
+            raise UsernameTaken(username) from None
+        if "users.email" in str(exc):
+            raise EmailTaken(email) from None
+        raise
+    user_id = cursor.lastrowid
+    assert user_id is not None, "an INSERT sets lastrowid"
+    return user_id
+
+
+def _one_user(where: str, value: object, connection: sqlite3.Connection) -> UserRecord | None:
+    row = connection.execute(
+        "SELECT id, username, email, password_hash, score, disabled, created_at_ms FROM users"
+        f" WHERE {where}",
+        (value,),
+    ).fetchone()
+    if row is None:
+        return None
+    return UserRecord(
+        user_id=row["id"],
+        username=row["username"],
+        email=row["email"],
+        password_hash=row["password_hash"],
+        score=row["score"],
+        disabled=bool(row["disabled"]),
+        created_at_ms=row["created_at_ms"],
+    )
+
+
+# -- signing keys
+
+
+def _signing_keys(connection: sqlite3.Connection) -> list[SigningKeyRecord]:
+    rows = connection.execute(
+        "SELECT kid, private_pem, public_jwk, created_at_ms, retired_at_ms FROM signing_keys"
+        " ORDER BY created_at_ms, kid"
+    )
+    return [
+        SigningKeyRecord(
+            kid=row["kid"],
+            private_pem=row["private_pem"],
+            public_jwk=json.loads(row["public_jwk"]),
+            created_at_ms=row["created_at_ms"],
+            retired_at_ms=row["retired_at_ms"],
+        )
+        for row in rows
+    ]
+
+
+def _add_signing_key(key: SigningKeyRecord, connection: sqlite3.Connection) -> None:
+    connection.execute(
+        "INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at_ms, retired_at_ms)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kid) DO NOTHING",
+        (
+            key.kid, key.private_pem, json.dumps(dict(key.public_jwk)), key.created_at_ms,
+            key.retired_at_ms,
+        ),
+    )
