@@ -1,8 +1,12 @@
-"""Fixtures for tests against the real PostgreSQL, Redis and RabbitMQ.
+"""Fixtures for tests against the real PostgreSQL, Redis and RabbitMQ, and the embedded backends.
 
 Each test run gets its own database (cloned per test from a migrated template), its own RabbitMQ
 vhost, and its own Redis key prefix, so runs never see each other's data. A missing service is a
 failure, never a skip: the suite is about the real stack.
+
+The contract suites (`CONTRACT_SUITES`) run twice, parametrized by `backend_mode`: against the
+real backends and against the embedded ones (a fresh SQLite data directory per test). The other
+tests that take `config` drive a real service directly and run against the real backends only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -25,6 +30,33 @@ PG_ADMIN_URL = os.environ.get("SCOREBOARD_TEST_PG_URL", "postgresql://postgres@1
 REDIS_BASE_URL = os.environ.get("SCOREBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_HOST = os.environ.get("SCOREBOARD_TEST_AMQP_HOST", "127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:8]
+
+BACKEND_MODES = ("real", "embedded")
+CONTRACT_SUITES = ("tests/http/", "tests/e2e/test_pipeline.py", "tests/e2e/test_slow_client.py")
+# Tests of a contract suite that reach into RabbitMQ itself (rabbitmqctl delete_queue), or run
+# the API and worker roles apart, which only the real backends can (embedded mode is one process).
+REAL_ONLY_TESTS = frozenset(
+    {
+        "test_503_when_the_broker_cannot_confirm_then_the_same_nonce_is_accepted",
+        "test_actions_are_scored_again_once_a_deleted_queue_is_back",
+        "test_the_status_is_accepted_until_a_worker_scores_it",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_mode" not in metafunc.fixturenames:
+        return
+    path = metafunc.definition.path.relative_to(metafunc.config.rootpath).as_posix()
+    if path.startswith(CONTRACT_SUITES) and metafunc.definition.originalname not in REAL_ONLY_TESTS:
+        metafunc.parametrize("backend_mode", BACKEND_MODES, indirect=True)
+
+
+@pytest.fixture
+def backend_mode(request: pytest.FixtureRequest) -> str:
+    """`real` unless the test is parametrized over `BACKEND_MODES`."""
+    mode: str = getattr(request, "param", "real")
+    return mode
 
 
 def _require_port(name: str, host: str, port: int) -> None:
@@ -133,14 +165,21 @@ def amqp_names() -> dict[str, str]:
 
 
 @pytest.fixture
-def config(
-    database_url: str, redis_url: str, redis_prefix: str, amqp_vhost_url: str, amqp_names: dict[str, str]
-) -> Config:
-    """The server's configuration pointed at this test's own database, prefix and queues."""
+def config(request: pytest.FixtureRequest, backend_mode: str, tmp_path: Path) -> Config:
+    """The server's configuration: pointed at this test's own database, prefix and queues, or,
+    in embedded mode, at a data directory of its own."""
     base = load_config(environ={})
+    if backend_mode == "embedded":
+        return base.replace(server={"port": 0}, embedded={"data_dir": str(tmp_path / "var")})
     return base.replace(
         server={"port": 0},
-        database={"url": database_url, "pool_min": 1, "pool_max": 4},
-        redis={"url": redis_url, "prefix": redis_prefix},
-        amqp={"url": amqp_vhost_url, **amqp_names},
+        database={"url": request.getfixturevalue("database_url"), "pool_min": 1, "pool_max": 4},
+        redis={
+            "url": request.getfixturevalue("redis_url"),
+            "prefix": request.getfixturevalue("redis_prefix"),
+        },
+        amqp={
+            "url": request.getfixturevalue("amqp_vhost_url"),
+            **request.getfixturevalue("amqp_names"),
+        },
     )

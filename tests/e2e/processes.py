@@ -1,4 +1,5 @@
-"""Running `scoreboard serve` as real processes, configured for one test's own backends."""
+"""Running `scoreboard serve` as real processes, configured for one test's own backends (real
+ones, or an embedded data directory of its own)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
@@ -28,6 +30,17 @@ def server_environment(
     env = {name: value for name, value in os.environ.items() if not name.startswith("SCOREBOARD_")}
     env.update(
         {
+            "SCOREBOARD_LIMITS_ENABLED": "true" if limits_enabled else "false",
+            "SCOREBOARD_SERVER_HOST": "127.0.0.1",
+            "SCOREBOARD_SERVER_PORT": str(port),
+            "SCOREBOARD_SERVER_ROLE": role,
+        }
+    )
+    if config.backend_mode == "embedded":  # the three URLs stay unset
+        env["SCOREBOARD_EMBEDDED_DATA_DIR"] = config.embedded.data_dir
+        return env
+    env.update(
+        {
             "SCOREBOARD_DATABASE_URL": config.database.url,
             "SCOREBOARD_REDIS_URL": config.redis.url,
             "SCOREBOARD_REDIS_PREFIX": config.redis.prefix,
@@ -36,10 +49,6 @@ def server_environment(
             "SCOREBOARD_AMQP_FAILED_QUEUE": config.amqp.failed_queue,
             "SCOREBOARD_AMQP_DEAD_LETTER_EXCHANGE": config.amqp.dead_letter_exchange,
             "SCOREBOARD_AMQP_EVENTS_EXCHANGE": config.amqp.events_exchange,
-            "SCOREBOARD_LIMITS_ENABLED": "true" if limits_enabled else "false",
-            "SCOREBOARD_SERVER_HOST": "127.0.0.1",
-            "SCOREBOARD_SERVER_PORT": str(port),
-            "SCOREBOARD_SERVER_ROLE": role,
         }
     )
     return env
@@ -48,11 +57,20 @@ def server_environment(
 class ServerProcess:
     """One `scoreboard serve` process; its log goes to a file the test can read."""
 
-    def __init__(self, config: Config, log_dir: Path, *, role: str, limits_enabled: bool = False):
-        self.port = free_port()
+    def __init__(
+        self,
+        config: Config,
+        log_dir: Path,
+        *,
+        role: str,
+        limits_enabled: bool = False,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.role = role
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{role}-{self.port}.log"
+        # A restart on the same port must not find the ready line of the process before it.
+        self.log_path = log_dir / f"{role}-{self.port}-{uuid.uuid4().hex[:6]}.log"
         self._env = server_environment(
             config, port=self.port, role=role, limits_enabled=limits_enabled
         )
