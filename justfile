@@ -1,14 +1,17 @@
 # Scoreboard tasks. `just run` and `just test` are the README's quick start.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-venv := ".venv"
+# Absolute, so that `just --justfile <checkout>/justfile --working-directory <dir> run` serves
+# from another directory (embedded mode keeps its data in ./var of the working directory).
+root := justfile_directory()
+venv := root / ".venv"
 python := venv / "bin/python"
 
-# Start the server (makes .venv, installs, migrates, serves on 127.0.0.1:8000)
+# Serve on 127.0.0.1:8000 (installs, migrates); embedded in ./var unless the 3 backend URLs are set
 run *ARGS: install migrate
     {{venv}}/bin/scoreboard serve {{ARGS}}
 
-# The whole test suite against the real PostgreSQL, Redis and RabbitMQ
+# The whole test suite: the contract suites against the real services and the embedded backends
 test *ARGS: install
     {{python}} -m pytest {{ARGS}}
 
@@ -17,7 +20,7 @@ check: install
     {{venv}}/bin/ruff check scoreboard tests benchmarks
     {{venv}}/bin/mypy
 
-# Create the database if needed and apply migrations (idempotent)
+# Create the database if needed and apply migrations (idempotent; SQLite in embedded mode)
 migrate: install
     {{venv}}/bin/scoreboard migrate
 
@@ -31,8 +34,8 @@ install:
     set -euo pipefail
     if [ ! -x {{python}} ]; then python3 -m venv {{venv}}; fi
     stamp={{venv}}/.installed
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ {{root}}/pyproject.toml -nt "$stamp" ]; then
         {{python}} -m pip install --quiet --upgrade pip
-        {{python}} -m pip install --quiet -e '.[dev]'
+        {{python}} -m pip install --quiet -e '{{root}}[dev]'
         touch "$stamp"
     fi
