@@ -29,7 +29,11 @@ def test_catalogue_json_matches_the_contract_shape() -> None:
     ("action_type", "data", "complaint"),
     [
         ("complete_task", {"task_id": "t"}, "completion_time is required"),
-        ("complete_task", {"task_id": "t", "completion_time": 1, "score": 1000}, "unknown action_data"),
+        (
+            "complete_task",
+            {"task_id": "t", "completion_time": 1, "score": 1000},
+            "unknown action_data",
+        ),
         ("complete_task", {"task_id": 5, "completion_time": 1}, "task_id must be a string"),
         ("complete_task", {"task_id": "t", "completion_time": "soon"}, "must be an integer"),
         ("complete_task", {"task_id": "t", "completion_time": True}, "must be an integer"),
@@ -41,6 +45,8 @@ def test_catalogue_json_matches_the_contract_shape() -> None:
         (None, {}, "lower-case identifier"),
     ],
 )
-def test_bad_action_data_is_rejected_with_a_reason(action_type: object, data: object, complaint: str) -> None:
+def test_bad_action_data_is_rejected_with_a_reason(
+    action_type: object, data: object, complaint: str
+) -> None:
     with pytest.raises(InvalidActionData, match=complaint):
         CATALOGUE.validate(action_type, data)

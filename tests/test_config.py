@@ -57,5 +57,7 @@ def test_bad_settings_are_clear_errors(name: str, value: str) -> None:
 
 
 def test_unrelated_environment_is_ignored() -> None:
-    config = load_config(CONFIG_DIR, environ={"SCOREBOARD_CONFIG_DIR": "/elsewhere", "PATH": "/bin"})
+    config = load_config(
+        CONFIG_DIR, environ={"SCOREBOARD_CONFIG_DIR": "/elsewhere", "PATH": "/bin"}
+    )
     assert config.server.port == 8000

@@ -136,7 +136,9 @@ class Board(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def apply(self, entries: Sequence[BoardEntry], top_n: int) -> tuple[list[RankChange], list[RankedEntry]] | None:
+    async def apply(
+        self, entries: Sequence[BoardEntry], top_n: int
+    ) -> tuple[list[RankChange], list[RankedEntry]] | None:
         """Set each user's absolute score (never an increment; an older score never overwrites a
         newer one), then read the top `top_n`. None if the board key is missing: rebuild first."""
         ...
@@ -178,7 +180,9 @@ class EdgeGuard(Protocol):
         otherwise `Limited` and nothing is recorded."""
         ...
 
-    async def release(self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str) -> None:
+    async def release(
+        self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str
+    ) -> None:
         """Undo a claim whose publish failed: the client may retry with the same nonce."""
         ...
 
@@ -213,13 +217,18 @@ class Broker(Protocol):
         Raises `PublishFailed` on nack, return, or channel error."""
         ...
 
-    async def consume_actions(self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int) -> None:
+    async def consume_actions(
+        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+    ) -> None:
         """Run until cancelled: subscribe to the actions queue(s) with manual acks and `prefetch`,
         and hand each delivery to `deliveries` without blocking (the channel holds >= prefetch)."""
         ...
 
     async def settle(
-        self, *, ack: Sequence[Delivery] = (), retry: Sequence[tuple[Delivery, ActionEnvelope]] = (),
+        self,
+        *,
+        ack: Sequence[Delivery] = (),
+        retry: Sequence[tuple[Delivery, ActionEnvelope]] = (),
         dead: Sequence[tuple[Delivery, str]] = (),
     ) -> None:
         """In one crossing: ack these; republish these with attempts+1 then ack the originals;

@@ -23,9 +23,7 @@ MAX_BODY_BYTES = 4096
 AUDITED_HEADERS = ("user-agent", "origin", "referer", "accept-language", "x-forwarded-for")
 
 
-def client_ip(
-    remote_addr: str | None, headers: Headers, trusted_proxies: tuple[str, ...]
-) -> str:
+def client_ip(remote_addr: str | None, headers: Headers, trusted_proxies: tuple[str, ...]) -> str:
     """The peer's address; behind a trusted proxy, the last untrusted hop of X-Forwarded-For."""
     peer = remote_addr or ""
     if not trusted_proxies or not _is_trusted(peer, trusted_proxies):

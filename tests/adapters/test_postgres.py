@@ -160,7 +160,7 @@ async def test_a_connection_killed_under_a_running_query_is_backend_unavailable(
         nursery.start_soon(read_user)
         with trio.fail_after(10):
             # Only the server knows when the query waits; there is nothing to wait on but a poll.
-            while not await sql(bridge, database_url, WAITING_FOR_A_LOCK):  # noqa: ASYNC110
+            while not await sql(bridge, database_url, WAITING_FOR_A_LOCK):
                 await trio.sleep(0.02)
         await sql(
             bridge,
