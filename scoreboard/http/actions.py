@@ -10,6 +10,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.actors.messages import CancelWait, WaitForAction
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
@@ -22,7 +23,6 @@ from scoreboard.http.requests import (
 )
 from scoreboard.http.services import Services
 from scoreboard.http.submission import Submitted, parse_payload, submit_action
-from scoreboard.http.timefmt import rfc3339_ms
 from scoreboard.model import ActionFinished, ActionRecord
 
 blueprint = Blueprint("actions", __name__)

@@ -7,11 +7,11 @@ import re
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.http.errors import invalid_request, unavailable
 from scoreboard.http.requests import authenticate, bearer_token
 from scoreboard.http.services import Services
-from scoreboard.http.timefmt import rfc3339_ms
 
 blueprint = Blueprint("leaderboard", __name__)
 

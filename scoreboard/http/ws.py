@@ -16,7 +16,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, websocket
 
-from scoreboard.actors.frames import encode_frame
+from scoreboard.actors.frames import encode_frame, rfc3339_ms
 from scoreboard.actors.mailbox import Mailbox
 from scoreboard.actors.messages import Rebind, Register, Unregister
 from scoreboard.adapters.interfaces import BackendUnavailable
@@ -25,7 +25,6 @@ from scoreboard.http.errors import RequestRejected
 from scoreboard.http.requests import audited_headers, authenticate, client_ip
 from scoreboard.http.services import Services
 from scoreboard.http.submission import parse_payload, rejected_before_queueing, submit_action
-from scoreboard.http.timefmt import rfc3339_ms
 
 blueprint = Blueprint("ws", __name__)
 
