@@ -13,6 +13,10 @@ from scoreboard.http.services import Services
 blueprint = Blueprint("ops", __name__)
 
 BACKEND_PING_TIMEOUT_S = 2.0
+BACKEND_NAMES = {
+    "real": ("postgres", "redis", "rabbitmq"),
+    "embedded": ("sqlite", "memory_board", "sqlite_outbox"),
+}
 
 
 def services() -> Services:
@@ -36,10 +40,11 @@ async def backend_health(svc: Services) -> dict[str, bool]:
     async def check(name: str, ping: Callable[[], Awaitable[None]]) -> None:
         results[name] = await _answers(ping)
 
+    names = BACKEND_NAMES[svc.config.backend_mode]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(check, "postgres", svc.store.ping)
-        nursery.start_soon(check, "redis", svc.board.ping)
-        nursery.start_soon(check, "rabbitmq", svc.broker.ping)
+        nursery.start_soon(check, names[0], svc.store.ping)
+        nursery.start_soon(check, names[1], svc.board.ping)
+        nursery.start_soon(check, names[2], svc.broker.ping)
     return results
 
 
@@ -60,6 +65,7 @@ async def readyz() -> Response:
         "backends": backends,
         "limits_enabled": svc.config.limits.enabled,
         "role": svc.config.server.role,
+        "backend_mode": svc.config.backend_mode,
     }
     if not svc.config.limits.enabled:
         body["warning"] = "rate limits and cooldowns are disabled (SCOREBOARD_LIMITS_ENABLED=false)"

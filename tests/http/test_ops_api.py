@@ -25,14 +25,19 @@ async def test_healthz(server: ServerHandle, client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_reports_actors_and_backends(
-    server: ServerHandle, client: httpx.AsyncClient
+    server: ServerHandle, client: httpx.AsyncClient, app_config: Config
 ) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["ready"] is True
     assert body["actors_running"] is True
-    assert body["backends"] == {"postgres": True, "redis": True, "rabbitmq": True}
+    assert body["backend_mode"] == app_config.backend_mode
+    expected = {
+        "real": {"postgres": True, "redis": True, "rabbitmq": True},
+        "embedded": {"sqlite": True, "memory_board": True, "sqlite_outbox": True},
+    }[app_config.backend_mode]
+    assert body["backends"] == expected
     assert body["limits_enabled"] is True
     assert "warning" not in body
 
