@@ -40,11 +40,8 @@ ROUTER_INBOX = 1024  # the consumer's burst of up to `prefetch` deliveries
 SCORER_INBOX = 1024  # one full group commit waiting while the previous one commits
 KEEPER_INBOX = 64  # batches, not actions
 HUB_INBOX = 4096  # events, registrations and waiters from every connection of the process
-GC_THRESHOLDS = (
-    50_000,
-    20,
-    100,
-)  # design §8: the default collector eats half the CPU at 5k sockets
+# Design §8: with the default thresholds the collector eats half the CPU at 5k sockets.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 @dataclass
@@ -210,8 +207,6 @@ async def run_server(
         root = Supervisor(roles, strategy="one_for_one", name="root")
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)
-            gc.collect()
-            gc.freeze()
             log.info("scoreboard ready: role=%s%s", role, f" on {bound[0]}" if bound else "")
             task_status.started(
                 ServerHandle(
@@ -243,6 +238,9 @@ async def run_until_signalled(config: Config) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 handle: ServerHandle = await nursery.start(run_server, config)
+                # What start-up allocated lives as long as the process: keep the collector off it.
+                gc.collect()
+                gc.freeze()
                 await _announce(config, handle)
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
