@@ -1,0 +1,87 @@
+"""Roles apart: two API processes and a worker; an action sent to one API reaches both APIs'
+WebSocket clients (events travel over the RabbitMQ fanout exchange)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from scoreboard.auth.keys import load_or_create_keyring
+from scoreboard.auth.tokens import issue_access_token
+from scoreboard.backends import open_backends
+from scoreboard.config import Config
+from tests.e2e.processes import ServerProcess
+from tests.http.conftest import PASSWORD, action
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+async def first_leaderboard_with(url: str, token: str, user_id: int, score: int) -> None:
+    ws_url = url.replace("http://", "ws://") + "/api/v1/ws"
+    async with open_websocket_url(ws_url, extra_headers=[("Origin", url)]) as ws:
+        await ws.send_message(json.dumps({"type": "auth", "token": token}))
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] != "leaderboard_update":
+                continue
+            rows = {row["user_id"]: row["score"] for row in message["data"]["leaderboard"]}
+            if rows.get(user_id) == score:
+                return
+
+
+async def test_two_api_processes_both_broadcast_every_update(
+    config: Config, tmp_path: Path, processes: list[ServerProcess]
+) -> None:
+    apis = [ServerProcess(config, tmp_path, role="api") for _ in range(2)]
+    worker = ServerProcess(config, tmp_path, role="worker")
+    processes.extend([*apis, worker])
+    for process in processes:
+        process.start()
+    for process in processes:
+        await process.wait_ready()
+
+    async with open_backends(config) as backends:
+        keyring = await load_or_create_keyring(backends.store)
+    async with httpx.AsyncClient(base_url=apis[0].url, timeout=30) as client:
+        name = f"r{uuid.uuid4().hex[:12]}"
+        response = await client.post(
+            "/api/v1/users",
+            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+        )
+        user_id = response.json()["user_id"]
+        tokens = [
+            issue_access_token(
+                keyring,
+                config=config.replace(server={"port": api.port}),
+                user_id=user_id,
+                client_id="scoreboard-web",
+                scope="read write",
+            )[0]
+            for api in apis
+        ]
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for api, token in zip(apis, tokens, strict=True):
+                    nursery.start_soon(first_leaderboard_with, api.url, token, user_id, 10)
+                await trio.sleep(0.5)
+                response = await client.post(
+                    "/api/v1/actions/perform",
+                    json=action(),
+                    headers={"Authorization": f"Bearer {tokens[0]}"},
+                )
+                assert response.status_code == 202, response.text
+    for process in processes:
+        assert await process.terminate() == 0
