@@ -11,7 +11,7 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from scoreboard.http import actions, leaderboard, ops, users, ws
+from scoreboard.http import actions, leaderboard, ops, pages, users, ws
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
@@ -24,7 +24,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
-    for module in (actions, leaderboard, users, ws, ops):
+    for module in (actions, leaderboard, users, ws, ops, pages):
         app.register_blueprint(module.blueprint)
 
     @app.errorhandler(RequestRejected)

@@ -1,0 +1,184 @@
+// Login as the public client `scoreboard-web`: the authorization code flow with PKCE
+// (spec/api.md §1, proposal §3.1). The tokens live in sessionStorage only: per tab, gone with
+// the tab, never in a URL or a cookie. Each tab has its own refresh token family, so two tabs
+// never race each other's rotation.
+
+import { ApiError, revoke, tokenRequest } from "./api.js";
+import { Backoff } from "./backoff.js";
+import { challengeFor, randomToken } from "./pkce.js";
+
+const CLIENT_ID = "scoreboard-web";
+const SCOPE = "read write";
+const TOKENS_KEY = "scoreboard.tokens";
+const LOGIN_KEY = "scoreboard.login"; // state and verifier of a login under way
+// Refresh a quarter of the lifetime before expiry, at most a minute before: a 900 s token is
+// renewed at 840 s, a 5 s test token at 3.75 s. The WebSocket closes at `exp` exactly, so the
+// new token must reach it before then.
+const MAX_REFRESH_MARGIN_MS = 60_000;
+
+export class LoginError extends Error {}
+
+const redirectUri = () => `${location.origin}/callback`;
+
+/** Leaves the page for the authorization server's login form. */
+export async function beginLogin() {
+  const state = randomToken();
+  const verifier = randomToken();
+  sessionStorage.setItem(LOGIN_KEY, JSON.stringify({ state, verifier }));
+  const params = new URLSearchParams({
+    response_type: "code",
+    client_id: CLIENT_ID,
+    redirect_uri: redirectUri(),
+    scope: SCOPE,
+    state,
+    code_challenge: await challengeFor(verifier),
+    code_challenge_method: "S256",
+  });
+  location.assign(`/api/v1/oauth/authorize?${params}`);
+}
+
+/** Back on /callback: checks `state`, trades the code for tokens. */
+export async function completeLogin(url) {
+  const params = url.searchParams;
+  const pending = JSON.parse(sessionStorage.getItem(LOGIN_KEY) ?? "null");
+  sessionStorage.removeItem(LOGIN_KEY); // one use, whatever happens next
+  if (params.has("error")) {
+    throw new LoginError(params.get("error_description") ?? `Login failed: ${params.get("error")}.`);
+  }
+  // A callback this tab did not start (or a replayed one) is refused: CSRF protection.
+  if (!pending || !params.get("code") || params.get("state") !== pending.state) {
+    throw new LoginError("That login did not start in this tab. Please log in again.");
+  }
+  try {
+    const body = await tokenRequest({
+      grant_type: "authorization_code",
+      code: params.get("code"),
+      redirect_uri: redirectUri(),
+      client_id: CLIENT_ID,
+      code_verifier: pending.verifier,
+    });
+    return Session.create(body);
+  } catch (error) {
+    throw new LoginError(`Login failed: ${error.message}. Please try again.`);
+  }
+}
+
+function tokensFrom(body, previousRefreshToken = null) {
+  const lifetimeMs = body.expires_in * 1000;
+  return {
+    access_token: body.access_token,
+    refresh_token: body.refresh_token ?? previousRefreshToken,
+    expires_at: Date.now() + lifetimeMs,
+    lifetime_ms: lifetimeMs,
+  };
+}
+
+/**
+ * The signed-in tab's tokens. Events: `refreshed` (a new access token: re-authenticate the
+ * socket) and `ended` (detail: a message for the user, or null after a logout).
+ */
+export class Session extends EventTarget {
+  static load() {
+    const raw = sessionStorage.getItem(TOKENS_KEY);
+    return raw ? new Session(JSON.parse(raw)) : null;
+  }
+
+  static create(body) {
+    const session = new Session(tokensFrom(body));
+    session.save();
+    return session;
+  }
+
+  constructor(tokens) {
+    super();
+    this.tokens = tokens;
+    this.timer = null;
+    this.inflight = null;
+    this.ended = false;
+    this.backoff = new Backoff({ baseMs: 1000, capMs: 15_000 });
+    // Background tabs' timers may fire late: catch up when the tab is seen again.
+    this.onVisible = () => {
+      if (!document.hidden && Date.now() >= this.refreshDue()) this.refresh();
+    };
+  }
+
+  get accessToken() {
+    return this.tokens.access_token;
+  }
+
+  save() {
+    sessionStorage.setItem(TOKENS_KEY, JSON.stringify(this.tokens));
+  }
+
+  refreshDue() {
+    const margin = Math.min(MAX_REFRESH_MARGIN_MS, this.tokens.lifetime_ms / 4);
+    return this.tokens.expires_at - margin;
+  }
+
+  start() {
+    document.addEventListener("visibilitychange", this.onVisible);
+    this.schedule();
+  }
+
+  schedule() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.refresh(), Math.max(0, this.refreshDue() - Date.now()));
+  }
+
+  /** A new access token; one request at a time, whoever asks. Resolves false if the session ended. */
+  refresh() {
+    this.inflight ??= this.rotate().finally(() => {
+      this.inflight = null;
+    });
+    return this.inflight;
+  }
+
+  async rotate() {
+    while (!this.ended) {
+      try {
+        const body = await tokenRequest({
+          grant_type: "refresh_token",
+          refresh_token: this.tokens.refresh_token,
+          client_id: CLIENT_ID,
+        });
+        if (this.ended) return false; // logged out while the request was out
+        this.tokens = tokensFrom(body, this.tokens.refresh_token);
+        this.save();
+        this.backoff.reset();
+        this.schedule();
+        this.dispatchEvent(new Event("refreshed"));
+        return true;
+      } catch (error) {
+        // The server said no (revoked, rotated elsewhere, expired): only a new login helps.
+        if (error instanceof ApiError && error.status < 500) {
+          this.end("Your session has ended. Please log in again.");
+          return false;
+        }
+        // The server is unreachable or failing: try again, the refresh token is still good.
+        await new Promise((resolve) => setTimeout(resolve, this.backoff.next()));
+      }
+    }
+    return false;
+  }
+
+  /** Revokes the refresh token (and with it the grant's access tokens and sockets). */
+  async logout() {
+    const refreshToken = this.tokens.refresh_token;
+    this.end(null);
+    if (!refreshToken) return;
+    try {
+      await revoke({ token: refreshToken, token_type_hint: "refresh_token", client_id: CLIENT_ID });
+    } catch {
+      // Nothing more a page can do; the token expires on its own.
+    }
+  }
+
+  end(reason) {
+    if (this.ended) return;
+    this.ended = true;
+    clearTimeout(this.timer);
+    document.removeEventListener("visibilitychange", this.onVisible);
+    sessionStorage.removeItem(TOKENS_KEY);
+    this.dispatchEvent(new CustomEvent("ended", { detail: reason }));
+  }
+}
