@@ -1,15 +1,22 @@
-"""The `scoreboard` command (contract §6): serve, migrate, verify, and the dead-letter tools."""
+"""The `scoreboard` command (contract §6): serve, migrate, verify, the dead-letter tools, and the
+operator's OAuth tools (signing keys, clients, accounts)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from scoreboard.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from scoreboard.backends import Backends
 
 log = logging.getLogger("scoreboard")
 
@@ -40,6 +47,45 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="move dead-lettered actions back to the queue"
     )
     replay.add_argument("--limit", type=int, default=1000)
+
+    keys = commands.add_parser("keys", help="the JWT signing keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser(
+        "rotate", help="add a new signing key; retire old keys whose tokens have all expired"
+    )
+
+    clients = commands.add_parser("clients", help="OAuth clients")
+    clients_commands = clients.add_subparsers(dest="clients_command", required=True)
+    add_client = clients_commands.add_parser(
+        "add", help="register a client (a confidential one's secret is printed once)"
+    )
+    add_client.add_argument("client_id")
+    add_client.add_argument("--type", choices=("public", "confidential"), required=True)
+    add_client.add_argument(
+        "--redirect-uri", action="append", required=True, help="exact redirect URI (repeatable)"
+    )
+    add_client.add_argument(
+        "--scope", action="append", choices=("read", "write"), help="default: read and write"
+    )
+    add_client.add_argument("--name", default="")
+    clients_commands.add_parser("list", help="every client, the built-in scoreboard-web first")
+    remove_client = clients_commands.add_parser(
+        "remove", help="remove a client and revoke every token issued to it"
+    )
+    remove_client.add_argument("client_id")
+
+    users = commands.add_parser("users", help="accounts")
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    add_user = users_commands.add_parser("add", help="create an account")
+    add_user.add_argument("username")
+    add_user.add_argument("--email", required=True)
+    add_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    disable_user = users_commands.add_parser(
+        "disable", help="disable an account and revoke every token of it"
+    )
+    disable_user.add_argument("username")
     return parser
 
 
@@ -98,6 +144,116 @@ async def run_failed(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _revocation_expires_at_ms(config: Config) -> int:
+    from scoreboard.http.oauth_server import REVOCATION_MARGIN_S
+
+    lifetime_s = config.auth.access_token_ttl_s + config.auth.leeway_s + REVOCATION_MARGIN_S
+    return time.time_ns() // 1_000_000 + lifetime_s * 1000
+
+
+async def _announce_revoked(backends: Backends, grant_ids: list[str], expires_at_ms: int) -> None:
+    """Tell running API processes at once (they also reload the deny-list every second or so,
+    which is how a server in embedded mode, whose broker lives in its own process, learns it)."""
+    from scoreboard.model import TokensRevoked, encode_event
+
+    if not grant_ids:
+        return
+    try:
+        await backends.broker.publish_events(
+            [encode_event(TokensRevoked(tuple(grant_ids), (), expires_at_ms))]
+        )
+    except Exception as exc:  # the store holds the revocation; the servers' reload finds it
+        log.warning("could not publish the revocation (%s); servers reload it shortly", exc)
+
+
+async def run_keys(config: Config, args: argparse.Namespace) -> int:
+    from scoreboard.auth.keys import rotate_keys
+    from scoreboard.backends import open_backends
+
+    lifetime_s = (
+        config.auth.access_token_ttl_s
+        + config.auth.leeway_s
+        + config.oauth.key_activation_s
+        + config.oauth.key_refresh_s
+    )
+    async with open_backends(config, exclusive=False) as backends:
+        kid, retired = await rotate_keys(backends.store, token_lifetime_ms=int(lifetime_s * 1000))
+    print(f"added signing key {kid}; it signs in {config.oauth.key_activation_s:.0f} s")
+    for old in retired:
+        print(f"retired signing key {old} (its tokens have expired)")
+    return 0
+
+
+async def run_clients(config: Config, args: argparse.Namespace) -> int:
+    from scoreboard.adapters.interfaces import ClientExists
+    from scoreboard.auth.clients import InvalidClient, new_client, web_client
+    from scoreboard.backends import open_backends
+
+    async with open_backends(config, exclusive=False) as backends:
+        store = backends.store
+        if args.clients_command == "add":
+            try:
+                record, secret = new_client(
+                    args.client_id, args.type, args.redirect_uri, args.scope, args.name
+                )
+                await store.add_client(record)
+            except (InvalidClient, ClientExists) as exc:
+                print(f"scoreboard: {exc}", file=sys.stderr)
+                return 1
+            print(f"added {record.client_type} client {record.client_id}")
+            if secret is not None:
+                print(f"client_secret: {secret}")
+                print("(shown once: store it now; only its hash is kept)")
+            return 0
+        if args.clients_command == "list":
+            for client in [web_client(config.public_origin), *await store.list_clients()]:
+                print(
+                    f"{client.client_id}\t{client.client_type}\t{' '.join(client.scopes)}"
+                    f"\t{' '.join(client.redirect_uris)}\t{client.name}"
+                )
+            return 0
+        expires_at_ms = _revocation_expires_at_ms(config)
+        revoked = await store.remove_client(args.client_id, expires_at_ms)
+        if revoked is None:
+            print(f"scoreboard: no client {args.client_id} (scoreboard-web is built in)",
+                  file=sys.stderr)
+            return 1
+        await _announce_revoked(backends, revoked, expires_at_ms)
+        print(f"removed client {args.client_id}; revoked {len(revoked)} grant(s)")
+        return 0
+
+
+async def run_users(config: Config, args: argparse.Namespace) -> int:
+    from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
+    from scoreboard.auth.passwords import Passwords
+    from scoreboard.auth.users import RegistrationError, register_user
+    from scoreboard.backends import open_backends
+
+    async with open_backends(config, exclusive=False) as backends:
+        if args.users_command == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass("password: ")
+            try:
+                user_id = await register_user(
+                    backends.store, Passwords(), args.username, args.email, password
+                )
+            except (RegistrationError, UsernameTaken, EmailTaken) as exc:
+                print(f"scoreboard: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
+            print(f"added user {args.username} (id {user_id})")
+            return 0
+        expires_at_ms = _revocation_expires_at_ms(config)
+        revoked = await backends.store.disable_user(args.username, expires_at_ms)
+        if revoked is None:
+            print(f"scoreboard: no user {args.username}", file=sys.stderr)
+            return 1
+        await _announce_revoked(backends, revoked, expires_at_ms)
+        print(f"disabled {args.username}; revoked {len(revoked)} grant(s)")
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
@@ -117,7 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(run_migrate, config)
     if args.command == "verify":
         return trio.run(run_verify, config)
-    return trio.run(run_failed, config, args)
+    operator_tools = {
+        "failed": run_failed,
+        "keys": run_keys,
+        "clients": run_clients,
+        "users": run_users,
+    }
+    return trio.run(operator_tools[args.command], config, args)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,26 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthConfig:
+    # Authorization codes live at most 60 s whatever this says (contract §1).
+    code_ttl_s: int = 60
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    # How long a login form may be posted after it was shown.
+    login_form_ttl_s: int = 600
+    login_attempts_per_minute_per_ip: int = 20
+    login_attempts_per_minute_per_username: int = 10
+    token_requests_per_minute_per_ip: int = 60
+    token_requests_per_minute_per_client: int = 600
+    # The deny-list is reloaded from the store this often (events deliver revocations at once;
+    # this bounds how late one that missed its event arrives, e.g. from the CLI).
+    revocation_poll_s: float = 1.0
+    # Each process reloads the signing keys this often; a new key signs only once it is
+    # `key_activation_s` old, by when every process verifies with it.
+    key_refresh_s: float = 10.0
+    key_activation_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class ScorerConfig:
     max_batch: int = 500
 
@@ -127,6 +147,7 @@ class Config:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)

@@ -210,6 +210,65 @@ class SigningKeyRecord:
     retired_at_ms: int | None
 
 
+ClientType = Literal["public", "confidential"]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClientRecord:
+    """A registered OAuth client. A confidential client's secret is kept as the SHA-256 of a
+    high-entropy random secret (so a fast hash is enough, and it is compared in constant time);
+    a public client has none and must use PKCE."""
+
+    client_id: str
+    client_type: ClientType
+    secret_hash: str | None
+    redirect_uris: tuple[str, ...]
+    scopes: tuple[str, ...]
+    name: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """One authorization: what a user granted a client. Its id names the refresh-token family
+    and is the `grant_id` claim of every access token issued under it."""
+
+    grant_id: str
+    client_id: str
+    user_id: int
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationCodeRecord:
+    """An issued authorization code, stored by the SHA-256 of the code."""
+
+    code_hash: str
+    grant: GrantRecord
+    redirect_uri: str
+    code_challenge: str | None
+    code_challenge_method: str | None
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRevoked:
+    """A code or refresh token presented again after its one use: the store revoked the grant
+    it belongs to (and so every token issued under it)."""
+
+    grant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One deny-list entry: a grant (every access token carrying its id) or one access token's
+    `jti`, kept until the last token it could match has expired."""
+
+    kind: Literal["grant", "jti"]
+    value: str
+    expires_at_ms: int
+
+
 # Events: worker → every API process, over the fanout exchange `scoreboard.events`.
 
 
@@ -242,7 +301,17 @@ class ActionFinished:
     retry_after_s: int | None
 
 
-Event = LeaderboardChanged | ScoreChanged | ActionFinished
+@dataclass(frozen=True, slots=True)
+class TokensRevoked:
+    """Grants and access tokens that were revoked (published by whichever process revoked them,
+    so every API process denies them at once and closes their WebSockets)."""
+
+    grant_ids: tuple[str, ...]
+    jtis: tuple[str, ...]
+    expires_at_ms: int
+
+
+Event = LeaderboardChanged | ScoreChanged | ActionFinished | TokensRevoked
 
 
 def encode_event(event: Event) -> bytes:
@@ -275,6 +344,13 @@ def encode_event(event: Event) -> bytes:
                 "error": event.error,
                 "message": event.message,
                 "retry_after_s": event.retry_after_s,
+            }
+        case TokensRevoked(grant_ids, jtis, expires_at_ms):
+            body = {
+                "kind": "revoked",
+                "grant_ids": list(grant_ids),
+                "jtis": list(jtis),
+                "expires_at_ms": expires_at_ms,
             }
     body["v"] = SCHEMA_VERSION
     return json.dumps(body, separators=(",", ":")).encode()
@@ -330,4 +406,17 @@ def decode_event(raw: bytes) -> Event:
             message=_optional(data, "message", str),
             retry_after_s=_optional(data, "retry_after_s", int),
         )
+    if kind == "revoked":
+        return TokensRevoked(
+            grant_ids=_strings(data, "grant_ids"),
+            jtis=_strings(data, "jtis"),
+            expires_at_ms=_require(data, "expires_at_ms", int),
+        )
     raise MalformedMessage(f"unknown event kind {kind!r}")
+
+
+def _strings(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    values = _require(data, key, list)
+    if not all(isinstance(value, str) for value in values):
+        raise MalformedMessage(f"field {key!r} is not a list of strings")
+    return tuple(values)

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from scoreboard.actors import consumer, events, hub, keeper, router, scorer
+from scoreboard.actors import consumer, events, hub, keeper, revocations, router, scorer
 from scoreboard.actors.messages import HubMsg, KeeperMsg, RouterMsg, ScorerMsg
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
@@ -150,7 +150,24 @@ def api_children(
             inbox=hub_send,
         ),
         ChildSpec(
-            id="events", start=_clone_start(events.run, hub=hub_send, broker=backends.broker)
+            id="events",
+            start=_clone_start(
+                events.run,
+                hub=hub_send,
+                broker=backends.broker,
+                revocations=services.revocations,
+            ),
+        ),
+        ChildSpec(
+            id="revocations",
+            start=_clone_start(
+                revocations.run,
+                hub=hub_send,
+                store=backends.store,
+                revocations=services.revocations,
+                keyring=services.keyring,
+                config=config,
+            ),
         ),
         ChildSpec(id="http", start=run_http, shutdown=lambda: http_shutdown.set()),
     ]
@@ -185,7 +202,10 @@ async def run_server(
                 board=backends.board,
                 guard=backends.guard,
                 broker=backends.broker,
-                keyring=await load_or_create_keyring(backends.store),
+                keyring=await load_or_create_keyring(
+                    backends.store,
+                    activation_delay_ms=int(config.oauth.key_activation_s * 1000),
+                ),
                 passwords=Passwords(),
                 hub=hub_send,
                 statistics=lambda: root.statistics(),

@@ -1,8 +1,9 @@
 """The events actor: the API process's subscription to the worker's events fanout.
 
 It runs the broker's events consumer in its own nursery and forwards each decoded event to the
-hub. A body that does not decode is dropped with a warning: events are notifications, and the
-next leaderboard snapshot supersedes whatever was lost.
+hub; a revocation is first added to the process's deny-list, so that requests are refused
+before the hub has closed the sockets. A body that does not decode is dropped with a warning:
+events are notifications, and the next leaderboard snapshot supersedes whatever was lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import trio
 
 from scoreboard.actors.messages import HubMsg
 from scoreboard.adapters.interfaces import Broker
-from scoreboard.model import MalformedMessage, decode_event
+from scoreboard.auth.revocations import RevocationList
+from scoreboard.model import MalformedMessage, TokensRevoked, decode_event
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ async def run(
     hub: trio.MemorySendChannel[HubMsg],
     *,
     broker: Broker,
+    revocations: RevocationList,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     events_in, events_out = trio.open_memory_channel[bytes](EVENTS_BUFFER)
@@ -41,6 +44,8 @@ async def run(
                 except MalformedMessage as exc:
                     log.warning("events: dropped a malformed event (%s)", exc)
                     continue
+                if isinstance(event, TokensRevoked):
+                    revocations.add(event)
                 await hub.send(event)
             raise EventsSubscriptionEnded("the events subscription ended")
 

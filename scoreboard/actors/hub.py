@@ -5,7 +5,8 @@ It owns the connection registry and never waits for a connection: each connectio
 is offered to every mailbox, at most once per `websocket.min_update_interval_s` (a tick): the
 newest snapshot of a tick replaces the older ones. A user's own frames (score updates, action
 results) go to that user's connections only, and action results also to HTTP requests waiting
-for them (`Prefer: wait=N`).
+for them (`Prefer: wait=N`). A revoked grant or access token (`TokensRevoked`) closes the
+connections authenticated with it: their writers send `token_revoked` and close 4401.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TypeVar, assert_never
 import trio
 
 from scoreboard.actors.frames import action_result_frame, leaderboard_frame, score_update_frame
-from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.mailbox import TOKEN_REVOKED, Mailbox
 from scoreboard.actors.messages import (
     CancelWait,
     CurrentSnapshot,
@@ -33,7 +34,7 @@ from scoreboard.actors.messages import (
 )
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
-from scoreboard.model import ActionFinished, LeaderboardChanged, ScoreChanged
+from scoreboard.model import ActionFinished, LeaderboardChanged, ScoreChanged, TokensRevoked
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class _Hub:
         self.tick_s = tick_s
         self.connections: dict[int, tuple[int | None, Mailbox]] = {}
         self.by_user: dict[int, dict[int, Mailbox]] = {}
+        # Each connection's token: (grant_id, jti).
+        self.credentials: dict[int, tuple[str | None, str | None]] = {}
         self.latest = latest
         self.latest_frame: str | None = None
         self.unsent = False
@@ -76,18 +79,20 @@ class _Hub:
 
     def handle(self, msg: HubMsg) -> None:
         match msg:
-            case Register(connection_id, user_id, mailbox):
+            case Register(connection_id, user_id, mailbox, grant_id, jti):
                 self.unregister(connection_id)
                 self.bind(connection_id, user_id, mailbox)
+                self.credentials[connection_id] = (grant_id, jti)
                 if (frame := self.snapshot_frame()) is not None:
                     mailbox.offer_snapshot(frame)
             case Unregister(connection_id):
                 self.unregister(connection_id)
-            case Rebind(connection_id, user_id):
+            case Rebind(connection_id, user_id, grant_id, jti):
                 if connection_id in self.connections:
                     _old_user, mailbox = self.connections[connection_id]
                     self.unregister(connection_id)
                     self.bind(connection_id, user_id, mailbox)
+                    self.credentials[connection_id] = (grant_id, jti)
             case WaitForAction(action_id, reply):
                 if action_id in self.recent:
                     answer(reply, self.recent[action_id])
@@ -108,6 +113,8 @@ class _Hub:
                 for reply in self.waiters.pop(msg.action_id, ()):
                     answer(reply, msg)
                 self.offer_personal(msg.user_id, action_result_frame(msg))
+            case TokensRevoked(grant_ids, jtis):
+                self.close_revoked(frozenset(grant_ids), frozenset(jtis))
             case _:
                 assert_never(msg)
 
@@ -116,7 +123,19 @@ class _Hub:
         if user_id is not None:
             self.by_user.setdefault(user_id, {})[connection_id] = mailbox
 
+    def close_revoked(self, grant_ids: frozenset[str], jtis: frozenset[str]) -> None:
+        revoked = [
+            connection_id
+            for connection_id, (grant_id, jti) in self.credentials.items()
+            if grant_id in grant_ids or jti in jtis
+        ]
+        for connection_id in revoked:
+            _user_id, mailbox = self.connections[connection_id]
+            mailbox.close(TOKEN_REVOKED)
+            self.unregister(connection_id)
+
     def unregister(self, connection_id: int) -> None:
+        self.credentials.pop(connection_id, None)
         user_id, _mailbox = self.connections.pop(connection_id, (None, None))
         if user_id is not None:
             mailboxes = self.by_user[user_id]

@@ -17,6 +17,7 @@ from scoreboard.actors.frames import Frame
 
 PERSONAL_FRAMES_LIMIT = 64  # a few own frames a second; 64 unread means the client stopped reading
 OVERFLOW = "overflow"
+TOKEN_REVOKED = "token_revoked"
 
 
 class Mailbox:

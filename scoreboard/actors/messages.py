@@ -21,6 +21,7 @@ from scoreboard.model import (
     Decision,
     LeaderboardChanged,
     ScoreChanged,
+    TokensRevoked,
 )
 
 # Worker side.
@@ -72,11 +73,14 @@ KeeperMsg = Committed
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """A connection is open for `user_id`; the hub sends it the current snapshot at once."""
+    """A connection is open for `user_id`; the hub sends it the current snapshot at once.
+    `grant_id` and `jti` are its token's, so that revoking either closes it."""
 
     connection_id: int
     user_id: int | None
     mailbox: Mailbox
+    grant_id: str | None = None
+    jti: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +90,13 @@ class Unregister:
 
 @dataclass(frozen=True, slots=True)
 class Rebind:
-    """The connection re-authenticated; its personal frames now follow `user_id`."""
+    """The connection re-authenticated; its personal frames now follow `user_id`, and it
+    closes when its new token's grant or jti is revoked."""
 
     connection_id: int
     user_id: int | None
+    grant_id: str | None = None
+    jti: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,4 +130,5 @@ HubMsg = (
     | LeaderboardChanged
     | ScoreChanged
     | ActionFinished
+    | TokensRevoked
 )

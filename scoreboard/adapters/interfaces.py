@@ -17,12 +17,17 @@ import trio
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
+    AuthorizationCodeRecord,
     BoardEntry,
     CommitResult,
     Decision,
+    GrantRecord,
+    GrantRevoked,
+    OAuthClientRecord,
     RankChange,
     RankedEntry,
     RecentAction,
+    Revocation,
     SigningKeyRecord,
     UserRecord,
 )
@@ -37,6 +42,10 @@ class UsernameTaken(ValueError):
 
 
 class EmailTaken(ValueError):
+    pass
+
+
+class ClientExists(ValueError):
     pass
 
 
@@ -95,6 +104,79 @@ class Store(Protocol):
     async def signing_keys(self) -> list[SigningKeyRecord]: ...
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None: ...
+
+    async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
+        """Stop publishing and verifying with this key (a retired key stays, so its kid is
+        never reused)."""
+        ...
+
+    async def disable_user(
+        self, username: str, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        """Disable the account and revoke every grant of it; the revoked grant ids, or None
+        if there is no such user."""
+        ...
+
+    # OAuth (design §5): clients, codes, grants and their refresh-token families, the deny-list.
+    # Times are passed in (ms), so every backend expires things by the same clock.
+
+    async def add_client(self, client: OAuthClientRecord) -> None:
+        """Raises `ClientExists` if the client id is taken."""
+        ...
+
+    async def get_client(self, client_id: str) -> OAuthClientRecord | None: ...
+
+    async def list_clients(self) -> list[OAuthClientRecord]: ...
+
+    async def remove_client(
+        self, client_id: str, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        """Remove the client and revoke its grants; the revoked grant ids, or None if there is
+        no such client."""
+        ...
+
+    async def save_authorization_code(self, code: AuthorizationCodeRecord) -> None:
+        """Store the code and create its grant (not yet holding any token)."""
+        ...
+
+    async def redeem_authorization_code(
+        self, code_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
+    ) -> AuthorizationCodeRecord | GrantRevoked | None:
+        """Consume the code atomically: of concurrent redemptions exactly one gets the record.
+        A code of this client consumed before is reuse: its grant is revoked (deny-listed until
+        `revocation_expires_at_ms`) and `GrantRevoked` answered. None when there is no such
+        code for this client, or it has expired."""
+        ...
+
+    async def add_refresh_token(
+        self, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
+    ) -> bool:
+        """Add the newest refresh token of the grant's family; False (nothing stored) if the
+        grant was revoked meanwhile."""
+        ...
+
+    async def rotate_refresh_token(
+        self, token_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
+    ) -> GrantRecord | GrantRevoked | None:
+        """Mark the refresh token used, atomically (one of concurrent rotations wins), and give
+        its grant. A token of this client that was rotated before is reuse: the whole family is
+        revoked and `GrantRevoked` answered. None if unknown, expired or revoked."""
+        ...
+
+    async def find_refresh_token(self, token_hash: str) -> GrantRecord | None:
+        """The grant of a refresh token, whatever its state (for RFC 7009 revocation)."""
+        ...
+
+    async def revoke(
+        self, *, grant_ids: Sequence[str], jtis: Sequence[str], expires_at_ms: int
+    ) -> None:
+        """Revoke these grants (their refresh tokens stop working) and deny-list them and these
+        access tokens' jtis until `expires_at_ms`."""
+        ...
+
+    async def revocations(self, now_ms: int) -> list[Revocation]:
+        """Every deny-list entry that has not expired (expired ones may be deleted)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +273,12 @@ class EdgeGuard(Protocol):
     async def pending_action(self, action_id: uuid.UUID) -> PendingAction | None:
         """An action claimed by `claim` (kept as long as its nonce), for `GET /actions/<id>`
         before the scorer has stored it."""
+        ...
+
+    async def count_attempt(self, key: str, *, limit_per_minute: int, now_ms: int) -> int:
+        """Count one attempt against `key`'s sliding one-minute window (login attempts per IP
+        and per username, token requests per IP and per client). 0 if admitted (and counted),
+        else the seconds until the window has room (and nothing counted)."""
         ...
 
 

@@ -167,6 +167,7 @@ class MemoryEdgeGuard(EdgeGuard):
         self._ip_windows: dict[str, list[tuple[int, uuid.UUID]]] = {}
         self._user_windows: dict[int, list[tuple[int, uuid.UUID]]] = {}
         self._cooldowns: dict[tuple[int, str], _Cooldown] = {}
+        self._attempts: dict[str, list[tuple[int, uuid.UUID]]] = {}
         self._next_sweep_ms = 0
 
     async def ping(self) -> None:
@@ -245,6 +246,17 @@ class MemoryEdgeGuard(EdgeGuard):
             return pending
         return await self._history.queued_action(action_id)
 
+    async def count_attempt(self, key: str, *, limit_per_minute: int, now_ms: int) -> int:
+        if limit_per_minute < 1:
+            raise ValueError("a limit must admit at least one attempt a minute")
+        self._sweep(now_ms)
+        window = self._attempts.setdefault(key, [])
+        wait_ms = _window_wait(window, limit_per_minute, now_ms)
+        if wait_ms > 0:
+            return math.ceil(wait_ms / 1000)
+        bisect.insort(window, (now_ms, uuid.uuid4()))
+        return 0
+
     def _sweep(self, now_ms: int) -> None:
         """Forget what has expired, now and then, so quiet users and IPs cost no memory."""
         if now_ms < self._next_sweep_ms:
@@ -252,6 +264,7 @@ class MemoryEdgeGuard(EdgeGuard):
         self._next_sweep_ms = now_ms + SWEEP_INTERVAL_MS
         _prune_all(self._ip_windows, now_ms)
         _prune_all(self._user_windows, now_ms)
+        _prune_all(self._attempts, now_ms)
         for cooldown_key in [k for k, c in self._cooldowns.items() if c.until_ms <= now_ms]:
             del self._cooldowns[cooldown_key]
         for nonce_key in [k for k, n in self._nonces.items() if n.expires_ms <= now_ms]:

@@ -30,6 +30,7 @@ import trio
 
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
+    ClientExists,
     EmailTaken,
     Store,
     UnknownUser,
@@ -40,10 +41,15 @@ from scoreboard.config import DatabaseConfig
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
+    AuthorizationCodeRecord,
     BoardEntry,
     CommitResult,
     Decision,
+    GrantRecord,
+    GrantRevoked,
+    OAuthClientRecord,
     RecentAction,
+    Revocation,
     SigningKeyRecord,
     UserRecord,
 )
@@ -258,6 +264,72 @@ class PostgresStore(Store):
         """A key whose `kid` is stored already is left as it is: concurrent creators of one
         generation agree on whichever was inserted first."""
         await _crossing(self._bridge, _add_signing_key, self._pool, key)
+
+    async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
+        await _crossing(self._bridge, _retire_signing_key, self._pool, kid, retired_at_ms)
+
+    async def disable_user(
+        self, username: str, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        return await _crossing(
+            self._bridge, _disable_user, self._pool, username, revocation_expires_at_ms
+        )
+
+    async def add_client(self, client: OAuthClientRecord) -> None:
+        await _crossing(self._bridge, _add_client, self._pool, client)
+
+    async def get_client(self, client_id: str) -> OAuthClientRecord | None:
+        return await _crossing(self._bridge, _get_client, self._pool, client_id)
+
+    async def list_clients(self) -> list[OAuthClientRecord]:
+        return await _crossing(self._bridge, _list_clients, self._pool)
+
+    async def remove_client(
+        self, client_id: str, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        return await _crossing(
+            self._bridge, _remove_client, self._pool, client_id, revocation_expires_at_ms
+        )
+
+    async def save_authorization_code(self, code: AuthorizationCodeRecord) -> None:
+        await _crossing(self._bridge, _save_authorization_code, self._pool, code)
+
+    async def redeem_authorization_code(
+        self, code_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
+    ) -> AuthorizationCodeRecord | GrantRevoked | None:
+        return await _crossing(
+            self._bridge, _redeem_authorization_code, self._pool, code_hash, client_id, now_ms,
+            revocation_expires_at_ms,
+        )
+
+    async def add_refresh_token(
+        self, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
+    ) -> bool:
+        return await _crossing(
+            self._bridge, _add_refresh_token, self._pool, grant_id, token_hash, now_ms,
+            expires_at_ms,
+        )
+
+    async def rotate_refresh_token(
+        self, token_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
+    ) -> GrantRecord | GrantRevoked | None:
+        return await _crossing(
+            self._bridge, _rotate_refresh_token, self._pool, token_hash, client_id, now_ms,
+            revocation_expires_at_ms,
+        )
+
+    async def find_refresh_token(self, token_hash: str) -> GrantRecord | None:
+        return await _crossing(self._bridge, _find_refresh_token, self._pool, token_hash)
+
+    async def revoke(
+        self, *, grant_ids: Sequence[str], jtis: Sequence[str], expires_at_ms: int
+    ) -> None:
+        await _crossing(
+            self._bridge, _revoke, self._pool, list(grant_ids), list(jtis), expires_at_ms
+        )
+
+    async def revocations(self, now_ms: int) -> list[Revocation]:
+        return await _crossing(self._bridge, _revocations, self._pool, now_ms)
 
 
 # The asyncio side: one coroutine per store method, each run on the bridge loop.
@@ -713,3 +785,256 @@ async def _add_signing_key(pool: asyncpg.Pool, key: SigningKeyRecord) -> None:
         key.created_at_ms,
         key.retired_at_ms,
     )
+
+
+async def _retire_signing_key(pool: asyncpg.Pool, kid: str, retired_at_ms: int) -> None:
+    await pool.execute(
+        "UPDATE signing_keys SET retired_at = COALESCE(retired_at, "
+        f"{_FROM_EPOCH_MS.format('$2::bigint')}) WHERE kid = $1",
+        kid,
+        retired_at_ms,
+    )
+
+
+# -- OAuth
+
+_CLIENT_COLUMNS = "client_id, client_type, secret_hash, redirect_uris, scopes, name, created_at"
+
+
+def _client_record(row: asyncpg.Record) -> OAuthClientRecord:
+    return OAuthClientRecord(
+        client_id=row["client_id"],
+        client_type=row["client_type"],
+        secret_hash=row["secret_hash"],
+        redirect_uris=tuple(row["redirect_uris"]),
+        scopes=tuple(row["scopes"]),
+        name=row["name"],
+        created_at_ms=_epoch_ms(row["created_at"]),
+    )
+
+
+def _grant_record(row: asyncpg.Record) -> GrantRecord:
+    return GrantRecord(row["grant_id"], row["client_id"], row["user_id"], row["scope"])
+
+
+async def _add_client(pool: asyncpg.Pool, client: OAuthClientRecord) -> None:
+    try:
+        await pool.execute(
+            f"INSERT INTO oauth_clients ({_CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, "
+            f"{_FROM_EPOCH_MS.format('$7::bigint')})",
+            client.client_id,
+            client.client_type,
+            client.secret_hash,
+            list(client.redirect_uris),
+            list(client.scopes),
+            client.name,
+            client.created_at_ms,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ClientExists(client.client_id) from None
+
+
+async def _get_client(pool: asyncpg.Pool, client_id: str) -> OAuthClientRecord | None:
+    row = await pool.fetchrow(
+        f"SELECT {_CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = $1", client_id
+    )
+    return None if row is None else _client_record(row)
+
+
+async def _list_clients(pool: asyncpg.Pool) -> list[OAuthClientRecord]:
+    rows = await pool.fetch(f"SELECT {_CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id")
+    return [_client_record(row) for row in rows]
+
+
+# Revokes the grants `WHERE {}` picks ($2 is its argument) and deny-lists them until $1 (ms).
+_REVOKE_GRANTS = f"""
+WITH revoked AS (
+    UPDATE oauth_grants SET revoked_at = COALESCE(revoked_at, now())
+    WHERE {{}}
+    RETURNING grant_id
+), listed AS (
+    INSERT INTO oauth_revocations (kind, value, expires_at)
+    SELECT 'grant', grant_id, {_FROM_EPOCH_MS.format("$1::bigint")} FROM revoked
+    ON CONFLICT (kind, value)
+    DO UPDATE SET expires_at = GREATEST(oauth_revocations.expires_at, EXCLUDED.expires_at)
+)
+SELECT grant_id FROM revoked
+"""
+
+
+async def _revoke_grants_where(
+    conn: asyncpg.Connection, where: str, argument: Any, expires_at_ms: int
+) -> list[str]:
+    rows = await conn.fetch(_REVOKE_GRANTS.format(where), expires_at_ms, argument)
+    return [row["grant_id"] for row in rows]
+
+
+async def _remove_client(
+    pool: asyncpg.Pool, client_id: str, expires_at_ms: int
+) -> list[str] | None:
+    async with pool.acquire() as conn, conn.transaction():
+        removed = await conn.fetchval(
+            "DELETE FROM oauth_clients WHERE client_id = $1 RETURNING client_id", client_id
+        )
+        if removed is None:
+            return None
+        return await _revoke_grants_where(
+            conn, "client_id = $2 AND revoked_at IS NULL", client_id, expires_at_ms
+        )
+
+
+async def _disable_user(pool: asyncpg.Pool, username: str, expires_at_ms: int) -> list[str] | None:
+    async with pool.acquire() as conn, conn.transaction():
+        user_id = await conn.fetchval(
+            "UPDATE users SET disabled = true, updated_at = now() WHERE username = $1 RETURNING id",
+            username,
+        )
+        if user_id is None:
+            return None
+        return await _revoke_grants_where(
+            conn, "user_id = $2 AND revoked_at IS NULL", user_id, expires_at_ms
+        )
+
+
+async def _save_authorization_code(pool: asyncpg.Pool, code: AuthorizationCodeRecord) -> None:
+    grant = code.grant
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO oauth_grants (grant_id, client_id, user_id, scope)"
+            " VALUES ($1, $2, $3, $4)",
+            grant.grant_id,
+            grant.client_id,
+            grant.user_id,
+            grant.scope,
+        )
+        await conn.execute(
+            "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge,"
+            " code_challenge_method, expires_at) VALUES ($1, $2, $3, $4, $5, "
+            f"{_FROM_EPOCH_MS.format('$6::bigint')})",
+            code.code_hash,
+            grant.grant_id,
+            code.redirect_uri,
+            code.code_challenge,
+            code.code_challenge_method,
+            code.expires_at_ms,
+        )
+
+
+# Row locks make this the atomic step: of two concurrent redemptions the second waits for the
+# first, then finds the code consumed.
+_CONSUME_CODE = f"""
+UPDATE oauth_codes AS c SET consumed_at = {_FROM_EPOCH_MS.format("$3::bigint")}
+FROM oauth_grants AS g
+WHERE c.code_hash = $1 AND g.grant_id = c.grant_id AND g.client_id = $2
+  AND c.consumed_at IS NULL AND g.revoked_at IS NULL
+  AND c.expires_at > {_FROM_EPOCH_MS.format("$3::bigint")}
+RETURNING c.code_hash, c.redirect_uri, c.code_challenge, c.code_challenge_method, c.expires_at,
+          g.grant_id, g.client_id, g.user_id, g.scope
+"""
+
+_CONSUMED_CODE_GRANT = """
+SELECT g.grant_id FROM oauth_codes AS c JOIN oauth_grants AS g ON g.grant_id = c.grant_id
+WHERE c.code_hash = $1 AND g.client_id = $2 AND c.consumed_at IS NOT NULL
+"""
+
+
+async def _redeem_authorization_code(
+    pool: asyncpg.Pool, code_hash: str, client_id: str, now_ms: int, expires_at_ms: int
+) -> AuthorizationCodeRecord | GrantRevoked | None:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_CONSUME_CODE, code_hash, client_id, now_ms)
+        if row is not None:
+            return AuthorizationCodeRecord(
+                code_hash=row["code_hash"],
+                grant=_grant_record(row),
+                redirect_uri=row["redirect_uri"],
+                code_challenge=row["code_challenge"],
+                code_challenge_method=row["code_challenge_method"],
+                expires_at_ms=_epoch_ms(row["expires_at"]),
+            )
+        grant_id = await conn.fetchval(_CONSUMED_CODE_GRANT, code_hash, client_id)
+        if grant_id is None:
+            return None
+        await _revoke_grants_where(conn, "grant_id = $2", grant_id, expires_at_ms)
+        return GrantRevoked(grant_id)
+
+
+async def _add_refresh_token(
+    pool: asyncpg.Pool, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
+) -> bool:
+    status = await pool.execute(
+        "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, created_at, expires_at)"
+        f" SELECT $1, grant_id, {_FROM_EPOCH_MS.format('$3::bigint')},"
+        f" {_FROM_EPOCH_MS.format('$4::bigint')}"
+        " FROM oauth_grants WHERE grant_id = $2 AND revoked_at IS NULL",
+        token_hash,
+        grant_id,
+        now_ms,
+        expires_at_ms,
+    )
+    return bool(status == "INSERT 0 1")
+
+
+_ROTATE_REFRESH_TOKEN = f"""
+UPDATE oauth_refresh_tokens AS t SET rotated_at = {_FROM_EPOCH_MS.format("$3::bigint")}
+FROM oauth_grants AS g
+WHERE t.token_hash = $1 AND g.grant_id = t.grant_id AND g.client_id = $2
+  AND t.rotated_at IS NULL AND g.revoked_at IS NULL
+  AND t.expires_at > {_FROM_EPOCH_MS.format("$3::bigint")}
+RETURNING g.grant_id, g.client_id, g.user_id, g.scope
+"""
+
+_ROTATED_TOKEN_GRANT = """
+SELECT g.grant_id FROM oauth_refresh_tokens AS t JOIN oauth_grants AS g ON g.grant_id = t.grant_id
+WHERE t.token_hash = $1 AND g.client_id = $2 AND t.rotated_at IS NOT NULL
+  AND g.revoked_at IS NULL
+"""
+
+
+async def _rotate_refresh_token(
+    pool: asyncpg.Pool, token_hash: str, client_id: str, now_ms: int, expires_at_ms: int
+) -> GrantRecord | GrantRevoked | None:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_ROTATE_REFRESH_TOKEN, token_hash, client_id, now_ms)
+        if row is not None:
+            return _grant_record(row)
+        grant_id = await conn.fetchval(_ROTATED_TOKEN_GRANT, token_hash, client_id)
+        if grant_id is None:
+            return None
+        await _revoke_grants_where(conn, "grant_id = $2", grant_id, expires_at_ms)
+        return GrantRevoked(grant_id)
+
+
+async def _find_refresh_token(pool: asyncpg.Pool, token_hash: str) -> GrantRecord | None:
+    row = await pool.fetchrow(
+        "SELECT g.grant_id, g.client_id, g.user_id, g.scope FROM oauth_refresh_tokens AS t"
+        " JOIN oauth_grants AS g ON g.grant_id = t.grant_id WHERE t.token_hash = $1",
+        token_hash,
+    )
+    return None if row is None else _grant_record(row)
+
+
+async def _revoke(
+    pool: asyncpg.Pool, grant_ids: list[str], jtis: list[str], expires_at_ms: int
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        if grant_ids:
+            await _revoke_grants_where(conn, "grant_id = ANY($2::text[])", grant_ids, expires_at_ms)
+        if jtis:
+            await conn.execute(
+                "INSERT INTO oauth_revocations (kind, value, expires_at)"
+                f" SELECT 'jti', jti, {_FROM_EPOCH_MS.format('$1::bigint')}"
+                " FROM unnest($2::text[]) AS jti"
+                " ON CONFLICT (kind, value) DO UPDATE"
+                " SET expires_at = GREATEST(oauth_revocations.expires_at, EXCLUDED.expires_at)",
+                expires_at_ms,
+                jtis,
+            )
+
+
+async def _revocations(pool: asyncpg.Pool, now_ms: int) -> list[Revocation]:
+    now = _FROM_EPOCH_MS.format("$1::bigint")
+    async with pool.acquire() as conn:
+        await conn.execute(f"DELETE FROM oauth_revocations WHERE expires_at <= {now}", now_ms)
+        rows = await conn.fetch("SELECT kind, value, expires_at FROM oauth_revocations")
+    return [Revocation(row["kind"], row["value"], _epoch_ms(row["expires_at"])) for row in rows]

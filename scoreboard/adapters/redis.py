@@ -14,6 +14,7 @@ Key layout, all under `RedisConfig.prefix` (`P`):
 - `P limit:user:{user}`           the same per user
 - `P cooldown:{user}:{type}`      "{until_ms} {action_id}"
 - `P action:{action_id}`          hash of a claimed action (`pending_action`), lives as its nonce
+- `P attempts:{key}`              sorted set of attempt ids by time (login and token endpoints)
 
 Equal scores must rank by who reached the score first, and Redis orders equal scores by member
 bytes; ZREVRANGE reverses that order too, so the member starts with the reach time subtracted
@@ -239,6 +240,21 @@ redis.call('SET', KEYS[1], string.match(known, '^%S+') .. ' ' .. ARGV[1], 'KEEPT
 return true
 """
 
+# KEYS: the attempts window. ARGV: now_ms, window ms, limit, a unique member for this attempt.
+# Answers 0 (counted) or the ms until the window has room (nothing counted).
+_COUNT_ATTEMPT = """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local leaving = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  return math.max(1, tonumber(leaving[2]) + window - now)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], window)
+return 0
+"""
+
 
 def _ranked(flat: Sequence[Any], first_rank: int) -> list[RankedEntry]:
     """Entries from `range_with_names`; `first_rank` is the 1-based rank of the first."""
@@ -372,6 +388,7 @@ class RedisEdgeGuard(_RedisAdapter):
         self._claim_script = client.register_script(_CLAIM)
         self._release_script = client.register_script(_RELEASE)
         self._set_first_status_script = client.register_script(_SET_FIRST_STATUS)
+        self._count_attempt_script = client.register_script(_COUNT_ATTEMPT)
 
     def _nonce_key(self, user_id: int, nonce: str) -> str:
         return f"{self._prefix}nonce:{user_id}:{nonce}"
@@ -450,6 +467,16 @@ class RedisEdgeGuard(_RedisAdapter):
             nonce=fields["nonce"],
             created_at_ms=int(fields["created_at_ms"]),
         )
+
+    async def count_attempt(self, key: str, *, limit_per_minute: int, now_ms: int) -> int:
+        if limit_per_minute < 1:
+            raise ValueError("a limit must admit at least one attempt a minute")
+        wait_ms = await self._run(
+            self._count_attempt_script,
+            [f"{self._prefix}attempts:{key}"],
+            [now_ms, LIMIT_WINDOW_MS, limit_per_minute, uuid.uuid4().hex],
+        )
+        return math.ceil(int(wait_ms) / 1000)
 
     async def _pending_action(self, action_id: uuid.UUID) -> dict[str, str]:
         fields = await self._client.hgetall(self._action_key(action_id))

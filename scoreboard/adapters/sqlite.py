@@ -29,6 +29,7 @@ import trio
 
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
+    ClientExists,
     EmailTaken,
     Store,
     UnknownUser,
@@ -38,10 +39,15 @@ from scoreboard.adapters.postgres import DUPLICATE_NONCE_MESSAGE, Migration, Mig
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
+    AuthorizationCodeRecord,
     BoardEntry,
     CommitResult,
     Decision,
+    GrantRecord,
+    GrantRevoked,
+    OAuthClientRecord,
     RecentAction,
+    Revocation,
     SigningKeyRecord,
     UserRecord,
 )
@@ -282,6 +288,81 @@ class SQLiteStore(Store):
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """A key whose `kid` is stored already is left as it is."""
         await self._db.write(functools.partial(_add_signing_key, key))
+
+    async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
+        await self._db.write(
+            lambda connection: connection.execute(
+                "UPDATE signing_keys SET retired_at_ms = COALESCE(retired_at_ms, ?) WHERE kid = ?",
+                (retired_at_ms, kid),
+            )
+        )
+
+    async def disable_user(
+        self, username: str, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        return await self._db.write(
+            functools.partial(_disable_user, username, revocation_expires_at_ms)
+        )
+
+    async def add_client(self, client: OAuthClientRecord) -> None:
+        await self._db.write(functools.partial(_add_client, client))
+
+    async def get_client(self, client_id: str) -> OAuthClientRecord | None:
+        clients = await self._db.read(
+            functools.partial(_clients, "WHERE client_id = ?", (client_id,))
+        )
+        return clients[0] if clients else None
+
+    async def list_clients(self) -> list[OAuthClientRecord]:
+        return await self._db.read(functools.partial(_clients, "ORDER BY client_id", ()))
+
+    async def remove_client(
+        self, client_id: str, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        return await self._db.write(
+            functools.partial(_remove_client, client_id, revocation_expires_at_ms)
+        )
+
+    async def save_authorization_code(self, code: AuthorizationCodeRecord) -> None:
+        await self._db.write(functools.partial(_save_authorization_code, code))
+
+    async def redeem_authorization_code(
+        self, code_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
+    ) -> AuthorizationCodeRecord | GrantRevoked | None:
+        return await self._db.write(
+            functools.partial(
+                _redeem_authorization_code, code_hash, client_id, now_ms, revocation_expires_at_ms
+            )
+        )
+
+    async def add_refresh_token(
+        self, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
+    ) -> bool:
+        return await self._db.write(
+            functools.partial(_add_refresh_token, grant_id, token_hash, now_ms, expires_at_ms)
+        )
+
+    async def rotate_refresh_token(
+        self, token_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
+    ) -> GrantRecord | GrantRevoked | None:
+        return await self._db.write(
+            functools.partial(
+                _rotate_refresh_token, token_hash, client_id, now_ms, revocation_expires_at_ms
+            )
+        )
+
+    async def find_refresh_token(self, token_hash: str) -> GrantRecord | None:
+        return await self._db.read(functools.partial(_find_refresh_token, token_hash))
+
+    async def revoke(
+        self, *, grant_ids: Sequence[str], jtis: Sequence[str], expires_at_ms: int
+    ) -> None:
+        await self._db.write(
+            functools.partial(_revoke, list(grant_ids), list(jtis), expires_at_ms)
+        )
+
+    async def revocations(self, now_ms: int) -> list[Revocation]:
+        return await self._db.write(functools.partial(_revocations, now_ms))
 
 
 def _marks(count: int) -> str:
@@ -636,3 +717,215 @@ def _add_signing_key(key: SigningKeyRecord, connection: sqlite3.Connection) -> N
             key.retired_at_ms,
         ),
     )
+
+
+# -- OAuth (the rules of the Postgres store; the one writer's transaction makes each atomic)
+
+
+def _clients(
+    clause: str, args: tuple[object, ...], connection: sqlite3.Connection
+) -> list[OAuthClientRecord]:
+    rows = connection.execute(
+        "SELECT client_id, client_type, secret_hash, redirect_uris, scopes, name, created_at_ms"
+        f" FROM oauth_clients {clause}",
+        args,
+    )
+    return [
+        OAuthClientRecord(
+            client_id=row["client_id"],
+            client_type=row["client_type"],
+            secret_hash=row["secret_hash"],
+            redirect_uris=tuple(json.loads(row["redirect_uris"])),
+            scopes=tuple(json.loads(row["scopes"])),
+            name=row["name"],
+            created_at_ms=row["created_at_ms"],
+        )
+        for row in rows
+    ]
+
+
+def _add_client(client: OAuthClientRecord, connection: sqlite3.Connection) -> None:
+    try:
+        connection.execute(
+            "INSERT INTO oauth_clients (client_id, client_type, secret_hash, redirect_uris,"
+            " scopes, name, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                client.client_id, client.client_type, client.secret_hash,
+                json.dumps(list(client.redirect_uris)), json.dumps(list(client.scopes)),
+                client.name, client.created_at_ms,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        if "oauth_clients.client_id" in str(exc):
+            raise ClientExists(client.client_id) from None
+        raise
+
+
+def _grant(row: sqlite3.Row) -> GrantRecord:
+    return GrantRecord(row["grant_id"], row["client_id"], row["user_id"], row["scope"])
+
+
+def _revoke_grants(
+    grant_ids: Sequence[str], expires_at_ms: int, connection: sqlite3.Connection
+) -> None:
+    now = now_ms()
+    for grant_id in grant_ids:
+        connection.execute(
+            "UPDATE oauth_grants SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE grant_id = ?",
+            (now, grant_id),
+        )
+    _deny("grant", grant_ids, expires_at_ms, connection)
+
+
+def _deny(
+    kind: str, values: Sequence[str], expires_at_ms: int, connection: sqlite3.Connection
+) -> None:
+    connection.executemany(
+        "INSERT INTO oauth_revocations (kind, value, expires_at_ms) VALUES (?, ?, ?)"
+        " ON CONFLICT (kind, value) DO UPDATE"
+        " SET expires_at_ms = MAX(expires_at_ms, excluded.expires_at_ms)",
+        [(kind, value, expires_at_ms) for value in values],
+    )
+
+
+def _active_grants(column: str, value: object, connection: sqlite3.Connection) -> list[str]:
+    return [
+        row["grant_id"]
+        for row in connection.execute(
+            f"SELECT grant_id FROM oauth_grants WHERE {column} = ? AND revoked_at_ms IS NULL",
+            (value,),
+        )
+    ]
+
+
+def _remove_client(
+    client_id: str, expires_at_ms: int, connection: sqlite3.Connection
+) -> list[str] | None:
+    deleted = connection.execute("DELETE FROM oauth_clients WHERE client_id = ?", (client_id,))
+    if deleted.rowcount == 0:
+        return None
+    grant_ids = _active_grants("client_id", client_id, connection)
+    _revoke_grants(grant_ids, expires_at_ms, connection)
+    return grant_ids
+
+
+def _disable_user(
+    username: str, expires_at_ms: int, connection: sqlite3.Connection
+) -> list[str] | None:
+    row = connection.execute(
+        "UPDATE users SET disabled = 1, updated_at_ms = ? WHERE username = ? RETURNING id",
+        (now_ms(), username),
+    ).fetchone()
+    if row is None:
+        return None
+    grant_ids = _active_grants("user_id", row["id"], connection)
+    _revoke_grants(grant_ids, expires_at_ms, connection)
+    return grant_ids
+
+
+def _save_authorization_code(code: AuthorizationCodeRecord, connection: sqlite3.Connection) -> None:
+    grant = code.grant
+    connection.execute(
+        "INSERT INTO oauth_grants (grant_id, client_id, user_id, scope, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (grant.grant_id, grant.client_id, grant.user_id, grant.scope, now_ms()),
+    )
+    connection.execute(
+        "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge,"
+        " code_challenge_method, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            code.code_hash, grant.grant_id, code.redirect_uri, code.code_challenge,
+            code.code_challenge_method, code.expires_at_ms,
+        ),
+    )
+
+
+def _redeem_authorization_code(
+    code_hash: str, client_id: str, now: int, expires_at_ms: int, connection: sqlite3.Connection
+) -> AuthorizationCodeRecord | GrantRevoked | None:
+    row = connection.execute(
+        "SELECT c.code_hash, c.redirect_uri, c.code_challenge, c.code_challenge_method,"
+        " c.expires_at_ms, c.consumed_at_ms, g.grant_id, g.client_id, g.user_id, g.scope,"
+        " g.revoked_at_ms"
+        " FROM oauth_codes AS c JOIN oauth_grants AS g ON g.grant_id = c.grant_id"
+        " WHERE c.code_hash = ? AND g.client_id = ?",
+        (code_hash, client_id),
+    ).fetchone()
+    if row is None:
+        return None
+    if row["consumed_at_ms"] is not None:
+        if row["revoked_at_ms"] is not None:
+            return None
+        _revoke_grants([row["grant_id"]], expires_at_ms, connection)
+        return GrantRevoked(row["grant_id"])
+    if row["expires_at_ms"] <= now or row["revoked_at_ms"] is not None:
+        return None
+    connection.execute(
+        "UPDATE oauth_codes SET consumed_at_ms = ? WHERE code_hash = ?", (now, code_hash)
+    )
+    return AuthorizationCodeRecord(
+        code_hash=row["code_hash"],
+        grant=_grant(row),
+        redirect_uri=row["redirect_uri"],
+        code_challenge=row["code_challenge"],
+        code_challenge_method=row["code_challenge_method"],
+        expires_at_ms=row["expires_at_ms"],
+    )
+
+
+def _add_refresh_token(
+    grant_id: str, token_hash: str, now: int, expires_at_ms: int, connection: sqlite3.Connection
+) -> bool:
+    cursor = connection.execute(
+        "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, created_at_ms, expires_at_ms)"
+        " SELECT ?, grant_id, ?, ? FROM oauth_grants WHERE grant_id = ? AND revoked_at_ms IS NULL",
+        (token_hash, now, expires_at_ms, grant_id),
+    )
+    return cursor.rowcount == 1
+
+
+def _rotate_refresh_token(
+    token_hash: str, client_id: str, now: int, expires_at_ms: int, connection: sqlite3.Connection
+) -> GrantRecord | GrantRevoked | None:
+    row = connection.execute(
+        "SELECT t.expires_at_ms, t.rotated_at_ms, g.grant_id, g.client_id, g.user_id, g.scope,"
+        " g.revoked_at_ms"
+        " FROM oauth_refresh_tokens AS t JOIN oauth_grants AS g ON g.grant_id = t.grant_id"
+        " WHERE t.token_hash = ? AND g.client_id = ?",
+        (token_hash, client_id),
+    ).fetchone()
+    if row is None or row["revoked_at_ms"] is not None:
+        return None
+    if row["rotated_at_ms"] is not None:
+        _revoke_grants([row["grant_id"]], expires_at_ms, connection)
+        return GrantRevoked(row["grant_id"])
+    if row["expires_at_ms"] <= now:
+        return None
+    connection.execute(
+        "UPDATE oauth_refresh_tokens SET rotated_at_ms = ? WHERE token_hash = ?", (now, token_hash)
+    )
+    return _grant(row)
+
+
+def _find_refresh_token(token_hash: str, connection: sqlite3.Connection) -> GrantRecord | None:
+    row = connection.execute(
+        "SELECT g.grant_id, g.client_id, g.user_id, g.scope FROM oauth_refresh_tokens AS t"
+        " JOIN oauth_grants AS g ON g.grant_id = t.grant_id WHERE t.token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    return None if row is None else _grant(row)
+
+
+def _revoke(
+    grant_ids: list[str], jtis: list[str], expires_at_ms: int, connection: sqlite3.Connection
+) -> None:
+    _revoke_grants(grant_ids, expires_at_ms, connection)
+    _deny("jti", jtis, expires_at_ms, connection)
+
+
+def _revocations(now: int, connection: sqlite3.Connection) -> list[Revocation]:
+    connection.execute("DELETE FROM oauth_revocations WHERE expires_at_ms <= ?", (now,))
+    return [
+        Revocation(row["kind"], row["value"], row["expires_at_ms"])
+        for row in connection.execute("SELECT kind, value, expires_at_ms FROM oauth_revocations")
+    ]

@@ -3,15 +3,23 @@
 Keys are named by generation: `key-1`, `key-2`, … Two processes starting at once on an empty
 database both generate a key named `key-1`; the store keeps whichever is inserted first (a kid
 is unique, a second insert of it does nothing), and both then reload and use that one. Rotation
-(a later issue) adds the next generation the same way, so concurrent rotators cannot fork the
-ring either.
+(`scoreboard keys rotate`) adds the next generation the same way, so concurrent rotators cannot
+fork the ring either.
 
-The newest key that is not retired signs; every key that is not retired verifies and is
-published in the JWKS. Other processes' new keys appear after `KeyRing.refresh`.
+Every key that is not retired verifies and is published in the JWKS. The newest key that is at
+least `activation_delay_ms` old signs (the oldest active key while none is): a rotated-in key
+verifies everywhere before any process signs with it, since each process refreshes its ring
+more often than that delay. Rotation retires a key once its successor has signed for longer
+than any access token lives, so old keys verify until their tokens have expired.
+
+Each active key also keys the HMAC of short-lived login forms (`form_secret`), derived from its
+private key, so that every process can check a form another one rendered.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -44,12 +52,17 @@ class KeyStore(Protocol):
         ...
 
 
+class KeyRotationStore(KeyStore, Protocol):
+    async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Keys:
     signing_kid: str
     signing_key: RSAKey
     verifying: Mapping[str, RSAKey]
     public_jwks: tuple[dict[str, Any], ...]
+    form_secrets: Mapping[str, bytes]
 
 
 class KeyRing:
@@ -58,8 +71,11 @@ class KeyRing:
     Building one parses (and checks) a private key, some 40 ms of CPU: the async paths below do
     it in a worker thread."""
 
-    def __init__(self, records: Sequence[SigningKeyRecord]) -> None:
-        self._keys = _build(records)
+    def __init__(
+        self, records: Sequence[SigningKeyRecord], *, activation_delay_ms: int = 0
+    ) -> None:
+        self._activation_delay_ms = activation_delay_ms
+        self._keys = _build(records, activation_delay_ms)
 
     def signer(self) -> tuple[str, RSAKey]:
         """The kid and private key that sign new tokens."""
@@ -67,6 +83,10 @@ class KeyRing:
 
     def verifying_key(self, kid: str) -> RSAKey | None:
         return self._keys.verifying.get(kid)
+
+    def form_secret(self, kid: str) -> bytes | None:
+        """The HMAC key of login forms rendered under this kid (None if it is not active)."""
+        return self._keys.form_secrets.get(kid)
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK set, as served at `/.well-known/jwks.json`."""
@@ -76,17 +96,19 @@ class KeyRing:
         """Pick up keys added or retired by other processes. Raises `NoSigningKey` (and keeps
         the current keys) if the store has no active key."""
         records = await store.signing_keys()
-        self._keys = await trio.to_thread.run_sync(_build, records)
+        self._keys = await trio.to_thread.run_sync(_build, records, self._activation_delay_ms)
 
 
-async def load_or_create_keyring(store: KeyStore) -> KeyRing:
+async def load_or_create_keyring(store: KeyStore, *, activation_delay_ms: int = 0) -> KeyRing:
     """The ring from the store, creating the first key if there is none."""
     records = await store.signing_keys()
     if not any(record.retired_at_ms is None for record in records):
         key = await trio.to_thread.run_sync(generate_signing_key, next_kid(records))
         await store.add_signing_key(key)
         records = await store.signing_keys()
-    return await trio.to_thread.run_sync(KeyRing, records)
+    return await trio.to_thread.run_sync(
+        lambda: KeyRing(records, activation_delay_ms=activation_delay_ms)
+    )
 
 
 def next_kid(records: Sequence[SigningKeyRecord]) -> str:
@@ -113,18 +135,50 @@ def _public_jwk(jwk: Mapping[str, Any], kid: str) -> dict[str, Any]:
             "use": "sig"}
 
 
-def _build(records: Sequence[SigningKeyRecord]) -> _Keys:
+def _build(records: Sequence[SigningKeyRecord], activation_delay_ms: int = 0) -> _Keys:
     active = sorted(
         (r for r in records if r.retired_at_ms is None), key=lambda r: (r.created_at_ms, r.kid)
     )
     if not active:
         raise NoSigningKey("no signing key that is not retired")
-    newest = active[-1]
+    activated_before = time.time_ns() // 1_000_000 - activation_delay_ms
+    activated = [
+        r for r in active if not activation_delay_ms or r.created_at_ms <= activated_before
+    ]
+    signing = activated[-1:] or active[:1]
     public_jwks = tuple(_public_jwk(r.public_jwk, r.kid) for r in active)
     return _Keys(
-        signing_kid=newest.kid,
-        signing_key=RSAKey.import_key(newest.private_pem),
+        signing_kid=signing[0].kid,
+        signing_key=RSAKey.import_key(signing[0].private_pem),
         # Verify with exactly what is published, so we accept what outside verifiers would.
         verifying=MappingProxyType({jwk["kid"]: RSAKey.import_key(jwk) for jwk in public_jwks}),
         public_jwks=public_jwks,
+        form_secrets=MappingProxyType({r.kid: _form_secret(r.private_pem) for r in active}),
     )
+
+
+def _form_secret(private_pem: str) -> bytes:
+    return hashlib.sha256(b"scoreboard login form\0" + private_pem.encode("ascii")).digest()
+
+
+async def rotate_keys(
+    store: KeyRotationStore, *, token_lifetime_ms: int, now_ms: int | None = None
+) -> tuple[str, list[str]]:
+    """Add the next generation of key, and retire the keys whose tokens have all expired: those
+    whose successor was created more than `token_lifetime_ms` (access-token lifetime, leeway
+    and the activation delay) ago. Returns the new kid and the retired kids."""
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    records = await store.signing_keys()
+    key = await trio.to_thread.run_sync(generate_signing_key, next_kid(records))
+    await store.add_signing_key(key)
+    active = sorted(
+        (r for r in records if r.retired_at_ms is None), key=lambda r: (r.created_at_ms, r.kid)
+    )
+    retired = [
+        older.kid
+        for older, successor in itertools.pairwise(active)
+        if successor.created_at_ms <= now - token_lifetime_ms
+    ]
+    for kid in retired:
+        await store.retire_signing_key(kid, now)
+    return key.kid, retired

@@ -11,7 +11,7 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from scoreboard.http import actions, leaderboard, ops, pages, users, ws
+from scoreboard.http import actions, leaderboard, oauth, ops, pages, users, ws
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
@@ -26,6 +26,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     for module in (actions, leaderboard, users, ws, ops, pages):
         app.register_blueprint(module.blueprint)
+    oauth.install(app, services)
 
     @app.errorhandler(RequestRejected)
     async def rejected(exc: RequestRejected) -> Response:

@@ -63,6 +63,8 @@ def authenticate(services: Services, token: str, scope: str | None) -> AccessCla
         claims = verify_access_token(services.keyring, token, config=services.config)
     except InvalidToken as exc:
         raise invalid_token(str(exc)) from None
+    if services.revocations.is_revoked(claims):
+        raise invalid_token("the token has been revoked")
     if scope is not None and scope not in claims.scope:
         raise insufficient_scope(scope)
     return claims

@@ -11,6 +11,7 @@ from scoreboard.actors.messages import HubMsg
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
 from scoreboard.auth.keys import KeyRing
 from scoreboard.auth.passwords import Passwords
+from scoreboard.auth.revocations import RevocationList
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.supervisor import ChildStatistics
@@ -39,3 +40,4 @@ class Services:
     all_running: Callable[[], bool]
     public_origin: str
     connections: ConnectionCounts = field(default_factory=ConnectionCounts)
+    revocations: RevocationList = field(default_factory=RevocationList)

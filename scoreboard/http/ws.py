@@ -17,7 +17,7 @@ import trio
 from quart import Blueprint, Response, current_app, websocket
 
 from scoreboard.actors.frames import encode_frame, rfc3339_ms
-from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.mailbox import TOKEN_REVOKED, Mailbox
 from scoreboard.actors.messages import Rebind, Register, Unregister
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.auth.tokens import AccessClaims
@@ -146,7 +146,9 @@ class Connection:
             user = None
         self.username = user.username if user else None
         await self.send_now(self.auth_ok(claims))
-        await self.svc.hub.send(Register(self.id, claims.user_id, self.mailbox))
+        await self.svc.hub.send(
+            Register(self.id, claims.user_id, self.mailbox, claims.grant_id, claims.jti)
+        )
 
     async def close_session(self, claims: AccessClaims) -> None:
         with trio.CancelScope(shield=True):
@@ -188,7 +190,7 @@ class Connection:
         if claims.user_id != self.claims.user_id:
             raise CloseConnection(CLOSE_FORBIDDEN, error_frame("sub_mismatch"))
         self.claims = claims
-        await self.svc.hub.send(Rebind(self.id, claims.user_id))
+        await self.svc.hub.send(Rebind(self.id, claims.user_id, claims.grant_id, claims.jti))
         self.personal(self.auth_ok(claims))
 
     def auth_ok(self, claims: AccessClaims) -> dict[str, Any]:
@@ -258,6 +260,8 @@ class Connection:
         while True:
             frames = await self.mailbox.wait_frames()
             if not frames and self.mailbox.closed:
+                if self.mailbox.close_reason == TOKEN_REVOKED:
+                    raise CloseConnection(CLOSE_UNAUTHORIZED, error_frame("token_revoked"))
                 raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
             for frame in frames:
                 with trio.move_on_after(send_timeout) as scope:

@@ -15,6 +15,7 @@ import trio
 from scoreboard.actors import events, hub
 from scoreboard.actors.mailbox import Mailbox
 from scoreboard.actors.messages import HubMsg, Register
+from scoreboard.auth.revocations import RevocationList
 from scoreboard.model import (
     ActionFinished,
     Event,
@@ -69,7 +70,9 @@ async def next_event(received: trio.MemoryReceiveChannel[HubMsg]) -> HubMsg:
 async def running_events(stack: Stack) -> AsyncIterator[trio.MemoryReceiveChannel[HubMsg]]:
     send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(events.run, send, broker=stack.broker))
+        await nursery.start(
+            functools.partial(events.run, send, broker=stack.broker, revocations=RevocationList())
+        )
         await subscribed(stack, receive)
         yield receive
         nursery.cancel_scope.cancel()
@@ -96,7 +99,11 @@ async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: St
         await nursery.start(
             functools.partial(hub.run, hub_receive, board=stack.board, config=stack.config)
         )
-        await nursery.start(functools.partial(events.run, hub_send.clone(), broker=stack.broker))
+        await nursery.start(
+            functools.partial(
+                events.run, hub_send.clone(), broker=stack.broker, revocations=RevocationList()
+            )
+        )
         mailbox = Mailbox()
         await hub_send.send(Register(1, 7, mailbox))
         (first,) = await mailbox.wait_frames()

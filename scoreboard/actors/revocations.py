@@ -1,0 +1,58 @@
+"""The API process's keeper of what verification trusts: the deny-list and the signing keys.
+
+Before the HTTP server starts it loads the deny-list from the store, then reloads it every
+`oauth.revocation_poll_s`: revocations normally arrive at once as events, and the reload catches
+any whose event was lost or that no broker carried (the CLI of embedded mode). What the reload
+finds new goes to the hub, which closes the WebSockets of those grants. Every
+`oauth.key_refresh_s` it also reloads the key ring, so that keys added by `scoreboard keys
+rotate` (or by another process) verify here before they sign anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from scoreboard.actors.messages import HubMsg
+from scoreboard.adapters.interfaces import BackendUnavailable, Store
+from scoreboard.auth.keys import KeyRing, NoSigningKey
+from scoreboard.auth.revocations import RevocationList
+from scoreboard.config import Config
+
+log = logging.getLogger(__name__)
+
+
+async def _reload(
+    store: Store, revocations: RevocationList, hub: trio.MemorySendChannel[HubMsg]
+) -> None:
+    for revoked in revocations.merge(await store.revocations(time.time_ns() // 1_000_000)):
+        await hub.send(revoked)
+
+
+async def run(
+    hub: trio.MemorySendChannel[HubMsg],
+    *,
+    store: Store,
+    revocations: RevocationList,
+    keyring: KeyRing,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with hub:
+        await _reload(store, revocations, hub)
+        task_status.started()
+        keys_due = trio.current_time() + config.oauth.key_refresh_s
+        while True:
+            await trio.sleep(config.oauth.revocation_poll_s)
+            try:
+                await _reload(store, revocations, hub)
+            except BackendUnavailable as exc:
+                log.warning("revocations: reload failed (%s); retrying", exc)
+            if trio.current_time() >= keys_due:
+                keys_due = trio.current_time() + config.oauth.key_refresh_s
+                try:
+                    await keyring.refresh(store)
+                except (BackendUnavailable, NoSigningKey) as exc:
+                    log.warning("keys: refresh failed (%s); keeping the current keys", exc)

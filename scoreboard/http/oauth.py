@@ -1,0 +1,400 @@
+"""The OAuth endpoints (contract §1): authorize (with its login form), token, revoke, userinfo,
+and the metadata (RFC 8414) and JWKS documents.
+
+The HTML pages are plain server-rendered forms: every value is escaped, there is no script, and
+they may not be framed. An unknown client or redirect URI gets an error page, never a redirect;
+other authorization errors go back to the client's (verified) redirect URI, RFC 6749 §4.1.2.1.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import time
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
+from werkzeug.datastructures import MultiDict
+
+from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.auth.clients import SCOPES
+from scoreboard.auth.login_form import AUTHORIZE_PARAMETERS, form_token, form_token_valid
+from scoreboard.auth.users import authenticate_user
+from scoreboard.http import revocation
+from scoreboard.http.errors import RequestRejected
+from scoreboard.http.oauth_server import (
+    TOKEN_AUTH_METHODS,
+    AuthorizationServer,
+    OAuthRequest,
+)
+from scoreboard.http.oauth_server import Response as OAuthResponse
+from scoreboard.http.requests import authenticate, bearer_token, client_ip, json_body
+from scoreboard.http.services import Services
+
+blueprint = Blueprint("oauth", __name__)
+
+AUTHORIZE_PATH = "/api/v1/oauth/authorize"
+TOKEN_PATH = "/api/v1/oauth/token"
+REVOKE_PATH = "/api/v1/oauth/revoke"
+USERINFO_PATH = "/api/v1/oauth/userinfo"
+JWKS_PATH = "/.well-known/jwks.json"
+# Longer ones cannot be an account (32 at most), so they are not worth a rate-limit key.
+MAX_USERNAME_CHARS = 64
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class OAuthRejected(Exception):
+    """An RFC 6749 §5.2 error, rendered as `{"error", "error_description"}`."""
+
+    def __init__(
+        self, status: int, error: str, description: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.headers = headers or {}
+
+
+@blueprint.errorhandler(OAuthRejected)
+async def rejected(exc: OAuthRejected) -> Response:
+    return _json(
+        exc.status,
+        {"error": exc.error, "error_description": exc.description},
+        {**NO_STORE, **exc.headers},
+    )
+
+
+def _services() -> Services:
+    found: Services = current_app.config["SERVICES"]
+    return found
+
+
+def _server() -> AuthorizationServer:
+    found: AuthorizationServer = current_app.config["OAUTH_SERVER"]
+    return found
+
+
+def _json(status: int, body: Any, headers: dict[str, str]) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _oauth_request(svc: Services, params: MultiDict[str, str]) -> OAuthRequest:
+    # The public origin, not the address Hypercorn saw: behind a TLS proxy that is what the
+    # client used (and Authlib refuses plain http except on loopback).
+    return OAuthRequest(
+        request.method, svc.public_origin + request.path, dict(request.headers), params
+    )
+
+
+def _ip(svc: Services) -> str:
+    return client_ip(request.remote_addr, request.headers, svc.config.server.trusted_proxies)
+
+
+async def _over_limit(svc: Services, limits: list[tuple[str, int]]) -> int:
+    """Count an attempt against each (key, per-minute limit); the longest wait, 0 if admitted."""
+    if not svc.config.limits.enabled:
+        return 0
+    now_ms = time.time_ns() // 1_000_000
+    waits = [
+        await svc.guard.count_attempt(key, limit_per_minute=limit, now_ms=now_ms)
+        for key, limit in limits
+    ]
+    return max(waits, default=0)
+
+
+# -- the authorization endpoint and its login form
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:24rem;margin:3rem auto;padding:0 1rem}}
+label,input,button{{display:block;width:100%;margin:.4rem 0;box-sizing:border-box}}
+.error{{color:#b00020}}</style></head>
+<body><h1>{title}</h1>
+{content}
+</body></html>
+"""
+
+
+def _page(title: str, content: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    body = _PAGE.format(title=html.escape(title), content=content)
+    return Response(body, status=status, headers={**PAGE_HEADERS, **(headers or {})})
+
+
+def _login_page(
+    svc: Services,
+    params: MultiDict[str, str],
+    *,
+    error: str | None = None,
+    username: str = "",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    first = params.to_dict()
+    token = form_token(svc.keyring, first, svc.config.oauth.login_form_ttl_s)
+    hidden = "".join(
+        f'<input type="hidden" name="{name}" value="{html.escape(first[name])}">'
+        for name in AUTHORIZE_PARAMETERS
+        if name in first
+    )
+    scope = html.escape(first.get("scope") or " ".join(SCOPES))
+    content = (
+        f"<p><strong>{html.escape(first.get('client_id', ''))}</strong> asks to use your "
+        f"scoreboard account (scope: {scope}).</p>"
+        + (f'<p class="error" role="alert">{html.escape(error)}</p>' if error else "")
+        + f'<form method="post" action="{AUTHORIZE_PATH}">{hidden}'
+        f'<input type="hidden" name="form_token" value="{html.escape(token)}">'
+        '<label>Username <input name="username" autocomplete="username" required '
+        f'value="{html.escape(username)}"></label>'
+        '<label>Password <input name="password" type="password" '
+        'autocomplete="current-password" required></label>'
+        '<button type="submit">Sign in</button></form>'
+    )
+    return _page("Sign in", content, status, headers)
+
+
+def _authorization_outcome(outcome: OAuthResponse) -> Response:
+    """A redirect to the client (a code, or an error it may see), or an error page."""
+    status, body, headers = outcome
+    if status == 302:
+        return Response("", status=302, headers={**dict(headers), **NO_STORE})
+    error = body.get("error", "invalid_request") if isinstance(body, dict) else "invalid_request"
+    description = body.get("error_description", "") if isinstance(body, dict) else ""
+    content = (
+        f'<p class="error" role="alert">The sign-in request is not valid: '
+        f"<code>{html.escape(error)}</code>.</p><p>{html.escape(description)}</p>"
+        "<p>Go back to the application you came from and try again.</p>"
+    )
+    return _page("Sign-in request refused", content, status if status >= 400 else 400)
+
+
+@blueprint.get(AUTHORIZE_PATH)
+async def authorize_form() -> Response:
+    svc, server = _services(), _server()
+    params = MultiDict(list(request.args.items(multi=True)))
+    outcome = await trio.to_thread.run_sync(server.authorize, _oauth_request(svc, params), None)
+    if outcome is not None:
+        return _authorization_outcome(outcome)
+    return _login_page(svc, params)
+
+
+@blueprint.post(AUTHORIZE_PATH)
+async def authorize_login() -> Response:
+    svc, server = _services(), _server()
+    form = await request.form
+    params = MultiDict(
+        [(name, value) for name, value in form.items(multi=True) if name in AUTHORIZE_PARAMETERS]
+    )
+    oauth_request = _oauth_request(svc, params)
+    outcome = await trio.to_thread.run_sync(server.authorize, oauth_request, None)
+    if outcome is not None:
+        return _authorization_outcome(outcome)
+    if not form_token_valid(svc.keyring, form.get("form_token", ""), params.to_dict()):
+        return _login_page(
+            svc, params, error="This sign-in form has expired. Please sign in again.", status=400
+        )
+    username, password = form.get("username", ""), form.get("password", "")
+    limits = [(f"login:ip:{_ip(svc)}", svc.config.oauth.login_attempts_per_minute_per_ip)]
+    if len(username) <= MAX_USERNAME_CHARS:
+        limits.append(
+            (f"login:user:{username}", svc.config.oauth.login_attempts_per_minute_per_username)
+        )
+    try:
+        wait_s = await _over_limit(svc, limits)
+        user = None
+        if not wait_s and len(username) <= MAX_USERNAME_CHARS:
+            user = await authenticate_user(svc.store, svc.passwords, username, password)
+    except BackendUnavailable:
+        return _page(
+            "Try again later",
+            "<p>Sign-in is unavailable for a moment.</p>",
+            503,
+            {"Retry-After": "1"},
+        )
+    if wait_s:
+        return _login_page(
+            svc,
+            params,
+            username=username,
+            status=429,
+            headers={"Retry-After": str(wait_s)},
+            error=f"Too many sign-in attempts. Try again in {wait_s} s.",
+        )
+    if user is None:
+        return _login_page(
+            svc, params, username=username, status=401, error="Wrong username or password."
+        )
+    outcome = await trio.to_thread.run_sync(server.authorize, oauth_request, user)
+    assert outcome is not None, "an authorization for a user always answers"
+    return _authorization_outcome(outcome)
+
+
+# -- token and revocation endpoints
+
+
+async def _token_endpoint_params(svc: Services) -> MultiDict[str, str]:
+    """The body, form-encoded (RFC 6749) or JSON (proposal §6.1); rate-limited per client IP
+    and per client id."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        form = await request.form
+        params: MultiDict[str, str] = MultiDict(list(form.items(multi=True)))
+    elif request.mimetype == "application/json":
+        try:
+            body = await json_body(request)
+        except RequestRejected as exc:
+            raise OAuthRejected(400, "invalid_request", exc.message or exc.error) from None
+        if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+            raise OAuthRejected(400, "invalid_request", "the JSON body is an object of strings")
+        params = MultiDict(body)
+    else:
+        raise OAuthRejected(
+            400,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded or application/json",
+        )
+    oauth = svc.config.oauth
+    limits = [(f"token:ip:{_ip(svc)}", oauth.token_requests_per_minute_per_ip)]
+    client_id = request.authorization.username if request.authorization else None
+    client_id = client_id or params.get("client_id")
+    if client_id:
+        limits.append(
+            (f"token:client:{client_id[:128]}", oauth.token_requests_per_minute_per_client)
+        )
+    try:
+        wait_s = await _over_limit(svc, limits)
+    except BackendUnavailable:
+        raise OAuthRejected(
+            503, "temporarily_unavailable", "try again", {"Retry-After": "1"}
+        ) from None
+    if wait_s:
+        raise OAuthRejected(
+            429,
+            "rate_limit_exceeded",
+            f"too many requests; retry in {wait_s} s",
+            {"Retry-After": str(wait_s)},
+        )
+    return params
+
+
+def _token_endpoint_response(outcome: OAuthResponse) -> Response:
+    status, body, header_list = outcome
+    headers = {**dict(header_list), **NO_STORE}
+    if isinstance(body, dict) and body.get("error") == "invalid_client":
+        # RFC 6749 §5.2: 401 with a challenge when the client tried the Authorization header;
+        # otherwise 400 (Authlib answers 401 whenever Basic was one of the methods allowed).
+        if "Authorization" in request.headers:
+            status = 401
+            headers.setdefault("WWW-Authenticate", 'Basic realm="scoreboard"')
+        else:
+            status = 400
+            headers.pop("WWW-Authenticate", None)
+    return _json(status, body, headers)
+
+
+@blueprint.post(TOKEN_PATH)
+async def token() -> Response:
+    svc, server = _services(), _server()
+    params = await _token_endpoint_params(svc)
+    if not params.get("grant_type"):
+        raise OAuthRejected(400, "invalid_request", "grant_type is required")
+    outcome = await trio.to_thread.run_sync(server.token, _oauth_request(svc, params))
+    return _token_endpoint_response(outcome)
+
+
+@blueprint.post(REVOKE_PATH)
+async def revoke() -> Response:
+    svc, server = _services(), _server()
+    params = await _token_endpoint_params(svc)
+    outcome = await trio.to_thread.run_sync(server.revocation, _oauth_request(svc, params))
+    return _token_endpoint_response(outcome)
+
+
+# -- userinfo and the published documents
+
+
+@blueprint.get(USERINFO_PATH)
+async def userinfo() -> Response:
+    svc = _services()
+    claims = authenticate(svc, bearer_token(request), None)
+    try:
+        user = await svc.store.get_user(claims.user_id)
+    except BackendUnavailable:
+        raise OAuthRejected(
+            503, "temporarily_unavailable", "try again", {"Retry-After": "1"}
+        ) from None
+    if user is None or user.disabled:
+        raise OAuthRejected(
+            401,
+            "invalid_token",
+            "the account no longer exists",
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    # Email addresses are not verified by this server (there is no confirmation step).
+    return _json(
+        200,
+        {
+            "sub": str(user.user_id),
+            "username": user.username,
+            "email": user.email,
+            "email_verified": False,
+        },
+        NO_STORE,
+    )
+
+
+@blueprint.get("/.well-known/oauth-authorization-server")
+async def metadata() -> Response:
+    svc = _services()
+    origin = svc.public_origin
+    return _json(
+        200,
+        {
+            "issuer": svc.config.issuer,
+            "authorization_endpoint": origin + AUTHORIZE_PATH,
+            "token_endpoint": origin + TOKEN_PATH,
+            "revocation_endpoint": origin + REVOKE_PATH,
+            "userinfo_endpoint": origin + USERINFO_PATH,
+            "jwks_uri": origin + JWKS_PATH,
+            "scopes_supported": list(SCOPES),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+            "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+            "authorization_response_iss_parameter_supported": False,
+        },
+        {"Cache-Control": "public, max-age=300"},
+    )
+
+
+@blueprint.get(JWKS_PATH)
+async def jwks() -> Response:
+    # Short caching: a rotated-in key must reach verifiers before it signs (key_activation_s).
+    return _json(200, _services().keyring.jwks(), {"Cache-Control": "public, max-age=10"})
+
+
+def install(app: Any, services: Services) -> None:
+    """Register the blueprint and the application's authorization server."""
+    app.config["OAUTH_SERVER"] = AuthorizationServer(
+        services,
+        revoke=functools.partial(revocation.revoke, services),
+        announce=functools.partial(revocation.announce, services),
+    )
+    app.register_blueprint(blueprint)
