@@ -56,6 +56,11 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         self.keys.setdefault(key.kid, key)
 
+    async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.keys[kid].retired_at_ms is None:
+            self.retire(kid, retired_at_ms)
+
     def retire(self, kid: str, at_ms: int) -> None:
         self.keys[kid] = dataclasses.replace(self.keys[kid], retired_at_ms=at_ms)
 

@@ -103,9 +103,12 @@ async def sign_in(
 
 
 async def obtain_code(
-    client: httpx.AsyncClient, authorization: Authorization, username: str
+    client: httpx.AsyncClient,
+    authorization: Authorization,
+    username: str,
+    password: str = PASSWORD,
 ) -> str:
-    response = await sign_in(client, authorization.params(), username)
+    response = await sign_in(client, authorization.params(), username, password)
     assert response.status_code == 302, response.text
     query = query_of(response.headers["Location"])
     assert query["state"] == authorization.state

@@ -86,3 +86,31 @@ async def test_the_whole_flow_from_login_form_to_revocation(
     )
     assert after.status_code == 401
     assert (await refresh(client, new_tokens["refresh_token"])).json()["error"] == "invalid_grant"
+
+
+async def test_metadata_jwks_and_userinfo(client: httpx.AsyncClient, server: ServerHandle) -> None:
+    assert server.services is not None
+    origin = server.services.public_origin
+    metadata = (await client.get("/.well-known/oauth-authorization-server")).json()
+    assert metadata["issuer"] == server.services.config.issuer
+    assert metadata["authorization_endpoint"] == f"{origin}/api/v1/oauth/authorize"
+    assert metadata["token_endpoint"] == f"{origin}/api/v1/oauth/token"
+    assert metadata["revocation_endpoint"] == f"{origin}/api/v1/oauth/revoke"
+    assert metadata["jwks_uri"] == f"{origin}/.well-known/jwks.json"
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert metadata["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert metadata["response_types_supported"] == ["code"]
+
+    keys = (await client.get("/.well-known/jwks.json")).json()["keys"]
+    assert [key["kid"] for key in keys] == ["key-1"]
+    assert all("d" not in key and key["alg"] == "RS256" for key in keys)
+
+    player = await new_player(client, server)
+    me = await client.get("/api/v1/oauth/userinfo", headers=player.auth)
+    assert me.json() == {
+        "sub": str(player.user_id),
+        "username": player.username,
+        "email": f"{player.username}@example.com",
+        "email_verified": False,
+    }
+    assert (await client.get("/api/v1/oauth/userinfo")).status_code == 401
