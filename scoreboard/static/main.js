@@ -163,7 +163,10 @@ async function loadCatalogue() {
 
 async function main() {
   document.getElementById("login").addEventListener("click", () => beginLogin());
-  document.getElementById("logout").addEventListener("click", () => session?.logout());
+  document.getElementById("logout").addEventListener("click", async () => {
+    await session?.logout();
+    notice("You are logged out."); // said once the server has revoked the refresh token
+  });
   initSignup(beginLogin);
   loadCatalogue();
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from playwright.sync_api import Page, WebSocket
 
-from tests.browser.conftest import Player, ServerThread, token_for
+from tests.browser.conftest import Player, ServerThread
 
 WAIT_MS = 15_000
 
@@ -41,27 +42,6 @@ class Sockets:
         frame = json.loads(payload)
         if frame.get("type") == "auth":
             self.auth_frames.append((index, frame["token"]))
-
-
-def sign_in_with_token(
-    page: Page, server: ServerThread, player: Player, ttl_s: int | None = None
-) -> None:
-    """Puts an access token (made by the server's key ring) where the page keeps its tokens."""
-    lifetime_ms = (ttl_s or 900) * 1000
-    tokens = json.dumps(
-        {
-            "access_token": token_for(server, player, ttl_s),
-            "refresh_token": None,
-            "lifetime_ms": lifetime_ms,
-        }
-    )
-    page.add_init_script(
-        "if (!sessionStorage.getItem('scoreboard.tokens')) {"
-        f" const tokens = {tokens}; tokens.expires_at = Date.now() + tokens.lifetime_ms;"
-        " sessionStorage.setItem('scoreboard.tokens', JSON.stringify(tokens)); }"
-    )
-    page.goto(server.url + "/")
-    wait_live(page)
 
 
 def wait_live(page: Page) -> None:
@@ -105,3 +85,38 @@ def wait_for_status(page: Page, fragment: str) -> str:
         timeout=WAIT_MS,
     )
     return action_status(page)
+
+
+def log_in(page: Page, server: ServerThread, player: Player) -> None:
+    """The real thing: the page's Log in button, the authorization server's form, /callback."""
+    page.goto(server.url + "/")
+    page.click("#login")
+    fill_login_form(page, player)
+    wait_live(page)
+
+
+def fill_login_form(page: Page, player: Player) -> None:
+    page.wait_for_url(re.compile(r"/api/v1/oauth/authorize\?"))
+    page.fill("input[name=username]", player.username)
+    page.fill("input[name=password]", player.password)
+    page.click("form button[type=submit]")
+
+
+def stored_tokens(page: Page) -> dict[str, Any]:
+    tokens: dict[str, Any] = page.evaluate(
+        "() => JSON.parse(sessionStorage.getItem('scoreboard.tokens'))"
+    )
+    return tokens
+
+
+def wait_for_new_access_token(page: Page, old: str, timeout: int = WAIT_MS) -> str:
+    page.wait_for_function(
+        """old => {
+            const tokens = JSON.parse(sessionStorage.getItem('scoreboard.tokens'));
+            return tokens !== null && tokens.access_token !== old;
+        }""",
+        arg=old,
+        timeout=timeout,
+    )
+    token: str = stored_tokens(page)["access_token"]
+    return token

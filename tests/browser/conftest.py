@@ -271,8 +271,8 @@ class Player:
     password: str = PASSWORD
 
 
-def register(server: ServerThread) -> Player:
-    username = f"p{uuid.uuid4().hex[:10]}"
+def register(server: ServerThread, username: str | None = None) -> Player:
+    username = username or f"p{uuid.uuid4().hex[:10]}"
     response = httpx.post(
         f"{server.url}/api/v1/users",
         json={"username": username, "email": f"{username}@example.com", "password": PASSWORD},
@@ -280,6 +280,11 @@ def register(server: ServerThread) -> Player:
     )
     assert response.status_code == 201, response.text
     return Player(response.json()["user_id"], username)
+
+
+@pytest.fixture
+def player(server: ServerThread) -> Player:
+    return register(server)
 
 
 def token_for(server: ServerThread, player: Player, ttl_s: int | None = None) -> str:

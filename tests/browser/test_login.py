@@ -1,0 +1,111 @@
+"""Logging in as the public client `scoreboard-web` (authorization code + PKCE), refreshing
+the access token on the open WebSocket, and logging out (the refresh token is revoked)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.browser.board_page import (
+    Sockets,
+    board,
+    click_action,
+    fill_login_form,
+    log_in,
+    stored_tokens,
+    wait_for_new_access_token,
+    wait_for_row,
+    wait_for_status,
+    wait_live,
+)
+from tests.browser.conftest import PASSWORD, Browsing, Player, ServerThread
+
+SHORT_TTL_S = 5
+
+
+def test_register_then_log_in_through_the_login_form_and_the_board_shows_the_user(
+    server: ServerThread, browsing: Browsing
+) -> None:
+    page = browsing.new_page()
+    page.goto(server.url + "/")
+    username = "ada_" + page.evaluate("() => crypto.randomUUID().slice(0, 8)")
+    page.fill("#signup-form input[name=username]", username)
+    page.fill("#signup-form input[name=email]", f"{username}@example.com")
+    page.fill("#signup-form input[name=password]", PASSWORD)
+    page.click("#signup-form button[type=submit]")
+
+    fill_login_form(page, Player(0, username))
+    wait_live(page)
+    assert page.url == server.url + "/"  # the code and state are gone from the address bar
+    assert page.inner_text("#whoami") == f"Signed in as {username}"
+    page.wait_for_selector("#me", state="visible")  # "Not ranked yet", from /leaderboard/me
+    assert page.is_hidden("#signup")
+    tokens = stored_tokens(page)
+    assert tokens["access_token"]
+    assert tokens["refresh_token"]
+    assert page.evaluate("() => localStorage.length") == 0
+    assert page.context.cookies() == []
+
+    click_action(page, "complete_task")
+    wait_for_status(page, "+10 points")
+    page.wait_for_function(
+        "name => document.querySelector('#board tbody tr.me .username')?.textContent === name",
+        arg=username,
+    )
+    rows = board(page)
+    assert [(r["username"], r["rank"], r["score"], r["me"]) for r in rows] == [
+        (username, 1, 10, True)
+    ]
+    page.wait_for_function("() => document.getElementById('me-rank').dataset.rank === '1'")
+
+
+@pytest.mark.server_config(auth={"access_token_ttl_s": SHORT_TTL_S})
+def test_the_page_refreshes_its_token_before_expiry_and_reauthenticates_the_same_socket(
+    server: ServerThread, browsing: Browsing, player: Player
+) -> None:
+    page = browsing.new_page()
+    sockets = Sockets().watch(page)
+    log_in(page, server, player)
+    first = stored_tokens(page)
+    assert first["lifetime_ms"] == SHORT_TTL_S * 1000
+
+    # Two lifetimes: the socket would have been closed at the first token's `exp`.
+    second = wait_for_new_access_token(page, first["access_token"])
+    third = wait_for_new_access_token(page, second)
+    assert stored_tokens(page)["refresh_token"] not in (None, first["refresh_token"])  # rotated
+    wait_live(page)
+    click_action(page, "complete_task")
+    wait_for_status(page, "+10 points")
+    wait_for_row(page, player, rank=1, score=10)
+
+    assert len(sockets.opened) == 1, "the page reconnected instead of re-authenticating"
+    sent = [token for socket, token in sockets.auth_frames if socket == 0]
+    assert sent[:3] == [first["access_token"], second, third]
+
+
+def test_logging_out_revokes_the_refresh_token(
+    server: ServerThread, browsing: Browsing, player: Player
+) -> None:
+    page = browsing.new_page()
+    log_in(page, server, player)
+    refresh_token = stored_tokens(page)["refresh_token"]
+
+    page.click("#logout")
+    page.wait_for_function(
+        "() => document.getElementById('notice').textContent === 'You are logged out.'"
+    )
+    assert page.evaluate("() => sessionStorage.getItem('scoreboard.tokens')") is None
+    assert page.is_visible("#login")
+    assert page.is_hidden("#actions")
+    page.wait_for_function("() => document.getElementById('connection').dataset.state === 'public'")
+    refused = httpx.post(
+        f"{server.url}/api/v1/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": "scoreboard-web",
+        },
+        timeout=30,
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_grant"
