@@ -132,7 +132,7 @@ function goPublic(reason = null) {
   poller.start();
 }
 
-function goLive(signedIn) {
+async function goLive(signedIn) {
   poller?.stop();
   poller = null;
   session = signedIn;
@@ -150,7 +150,10 @@ function goLive(signedIn) {
   showAccount();
   actions.show(true);
   session.start();
-  live.start();
+  // Back in a tab whose token is due (a reload after a while): renew before connecting, rather
+  // than have the socket refuse the old token.
+  if (Date.now() >= session.refreshDue()) await session.refresh();
+  live?.start();
 }
 
 async function loadCatalogue() {

@@ -44,10 +44,17 @@ class Sockets:
             self.auth_frames.append((index, frame["token"]))
 
 
-def wait_live(page: Page) -> None:
+def wait_state(page: Page, state: str) -> None:
+    """Until the connection indicator says `state` (live, reconnecting, public, …)."""
     page.wait_for_function(
-        "() => document.getElementById('connection').dataset.state === 'live'", timeout=WAIT_MS
+        "state => document.getElementById('connection')?.dataset.state === state",
+        arg=state,
+        timeout=WAIT_MS,
     )
+
+
+def wait_live(page: Page) -> None:
+    wait_state(page, "live")
 
 
 def board(page: Page) -> list[dict[str, Any]]:
@@ -80,7 +87,7 @@ def action_status(page: Page) -> str:
 
 def wait_for_status(page: Page, fragment: str) -> str:
     page.wait_for_function(
-        "fragment => document.getElementById('action-status').textContent.includes(fragment)",
+        "fragment => document.getElementById('action-status')?.textContent.includes(fragment)",
         arg=fragment,
         timeout=WAIT_MS,
     )

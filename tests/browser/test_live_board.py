@@ -20,6 +20,7 @@ from tests.browser.board_page import (
     wait_for_row,
     wait_for_status,
     wait_live,
+    wait_state,
 )
 from tests.browser.conftest import (
     PHONE,
@@ -67,7 +68,7 @@ def test_two_players_see_each_others_ranks_live_without_reload(
     ]
     # Told to screen readers, politely.
     page_b.wait_for_function(
-        "() => document.getElementById('announcer').textContent.includes('first place')"
+        "() => document.getElementById('announcer')?.textContent.includes('first place')"
     )
     assert "You dropped to rank 2." in page_b.inner_text("#announcer")
     wait_for_status(page_a, "+25 points")
@@ -89,9 +90,7 @@ def test_the_page_reconnects_after_a_server_restart_and_shows_the_current_board(
     # the page can only learn it from the snapshot a new connection brings.
     browsing.allow_refused_connections()
     server.stop()
-    page.wait_for_function(
-        "() => document.getElementById('connection').dataset.state === 'reconnecting'"
-    )
+    wait_state(page, "reconnecting")
     other = ServerThread(page_config.replace(server={"port": 0})).start()
     try:
         perform(other, bob, "win_match")
@@ -247,7 +246,7 @@ def test_a_player_outside_the_top_10_sees_their_rank_and_screenshots(
     page = browsing.new_page()
     log_in(page, server, me)
 
-    page.wait_for_function("() => document.getElementById('me-rank').dataset.rank === '12'")
+    page.wait_for_function("() => document.getElementById('me-rank')?.dataset.rank === '12'")
     assert page.inner_text("#me-rank") == "#12"
     assert len(board(page)) == 10
     assert me.user_id not in {row["user_id"] for row in board(page)}
@@ -256,7 +255,7 @@ def test_a_player_outside_the_top_10_sees_their_rank_and_screenshots(
     # Within reach of the top 10: the page follows without a reload.
     click_action(page, "win_match")
     wait_for_row(page, me, rank=10, score=27)  # 110, 100, …, 30, then 27
-    page.wait_for_function("() => document.getElementById('me-rank').dataset.rank === '10'")
+    page.wait_for_function("() => document.getElementById('me-rank')?.dataset.rank === '10'")
     screenshot(page, "board-desktop-busy")
     page.set_viewport_size(PHONE)
     screenshot(page, "board-phone-busy")

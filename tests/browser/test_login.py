@@ -17,6 +17,7 @@ from tests.browser.board_page import (
     wait_for_row,
     wait_for_status,
     wait_live,
+    wait_state,
 )
 from tests.browser.conftest import PASSWORD, Browsing, Player, ServerThread
 
@@ -56,7 +57,7 @@ def test_register_then_log_in_through_the_login_form_and_the_board_shows_the_use
     assert [(r["username"], r["rank"], r["score"], r["me"]) for r in rows] == [
         (username, 1, 10, True)
     ]
-    page.wait_for_function("() => document.getElementById('me-rank').dataset.rank === '1'")
+    page.wait_for_function("() => document.getElementById('me-rank')?.dataset.rank === '1'")
 
 
 @pytest.mark.server_config(auth={"access_token_ttl_s": SHORT_TTL_S})
@@ -92,12 +93,12 @@ def test_logging_out_revokes_the_refresh_token(
 
     page.click("#logout")
     page.wait_for_function(
-        "() => document.getElementById('notice').textContent === 'You are logged out.'"
+        "() => document.getElementById('notice')?.textContent === 'You are logged out.'"
     )
     assert page.evaluate("() => sessionStorage.getItem('scoreboard.tokens')") is None
     assert page.is_visible("#login")
     assert page.is_hidden("#actions")
-    page.wait_for_function("() => document.getElementById('connection').dataset.state === 'public'")
+    wait_state(page, "public")
     refused = httpx.post(
         f"{server.url}/api/v1/oauth/token",
         data={
@@ -109,3 +110,27 @@ def test_logging_out_revokes_the_refresh_token(
     )
     assert refused.status_code == 400
     assert refused.json()["error"] == "invalid_grant"
+
+
+def test_a_reloaded_tab_stays_logged_in_and_renews_a_due_token_before_connecting(
+    server: ServerThread, browsing: Browsing, player: Player
+) -> None:
+    page = browsing.new_page()
+    log_in(page, server, player)
+    old = stored_tokens(page)["access_token"]
+    # As if the tab had been away for most of the token's lifetime.
+    page.evaluate(
+        """() => {
+            const tokens = JSON.parse(sessionStorage.getItem('scoreboard.tokens'));
+            tokens.expires_at = Date.now() + 1000;
+            sessionStorage.setItem('scoreboard.tokens', JSON.stringify(tokens));
+        }"""
+    )
+    sockets = Sockets().watch(page)
+    page.reload()
+    wait_live(page)
+
+    assert page.inner_text("#whoami") == f"Signed in as {player.username}"
+    assert len(sockets.opened) == 1
+    assert stored_tokens(page)["access_token"] != old
+    assert sockets.auth_frames[0] == (0, stored_tokens(page)["access_token"])
