@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import trio
+from authlib.oauth2.rfc6749.errors import InsecureTransportError
 from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
@@ -95,10 +96,17 @@ def _json(status: int, body: Any, headers: dict[str, str]) -> Response:
 
 def _oauth_request(svc: Services, params: MultiDict[str, str]) -> OAuthRequest:
     # The public origin, not the address Hypercorn saw: behind a TLS proxy that is what the
-    # client used (and Authlib refuses plain http except on loopback).
-    return OAuthRequest(
-        request.method, svc.public_origin + request.path, dict(request.headers), params
-    )
+    # client used. OAuth needs TLS (RFC 9700): Authlib refuses plain http except on loopback.
+    try:
+        return OAuthRequest(
+            request.method, svc.public_origin + request.path, request.headers, params
+        )
+    except InsecureTransportError:
+        raise OAuthRejected(
+            400,
+            "insecure_transport",
+            "OAuth needs https: set SCOREBOARD_PUBLIC_ORIGIN to the https origin clients use",
+        ) from None
 
 
 def _ip(svc: Services) -> str:

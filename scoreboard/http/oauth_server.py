@@ -27,14 +27,14 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
 from authlib.oauth2 import rfc6749, rfc7009, rfc7636
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
-from werkzeug.datastructures import MultiDict
+from werkzeug.datastructures import Headers, MultiDict
 
 from scoreboard.auth.clients import SCOPES, WEB_CLIENT_ID, secret_matches, web_client
 from scoreboard.auth.tokens import AccessClaims, InvalidToken, issue_access_token
@@ -91,9 +91,10 @@ class OAuthRequest(rfc6749.OAuth2Request):  # type: ignore[misc]
     The parameters come from the query of a GET and from the body of a POST, never both."""
 
     def __init__(
-        self, method: str, uri: str, headers: Mapping[str, str], params: MultiDict[str, str]
+        self, method: str, uri: str, headers: Headers, params: MultiDict[str, str]
     ) -> None:
-        super().__init__(method=method, uri=uri, headers=dict(headers))
+        # A copy that still matches header names case-insensitively.
+        super().__init__(method=method, uri=uri, headers=Headers(headers))
         self._params = params
         self.payload = OAuthPayload(params)
 
