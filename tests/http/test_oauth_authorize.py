@@ -263,3 +263,16 @@ class TestLoginLimitPerAddress:
             for n in range(4)
         ]
         assert statuses == [401, 401, 401, 429]
+
+
+class TestPlainHttpOrigin:
+    @pytest.fixture
+    def app_config(self, config: Config) -> Config:
+        return config.replace(public={"origin": "http://board.example"})
+
+    async def test_oauth_refuses_a_public_origin_without_tls(
+        self, client: httpx.AsyncClient, server: ServerHandle
+    ) -> None:
+        params = new_authorization(server).params()
+        response = await client.get(AUTHORIZE, params=params)
+        assert (response.status_code, response.json()["error"]) == (400, "insecure_transport")
