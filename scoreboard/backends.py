@@ -17,13 +17,13 @@ import trio
 from scoreboard.adapters.embedded_broker import EmbeddedBroker
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
 from scoreboard.adapters.memory_board import MemoryBoard, MemoryEdgeGuard
+from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.postgres import open_postgres_store
 from scoreboard.adapters.rabbitmq import open_rabbitmq
 from scoreboard.adapters.redis import open_redis
 from scoreboard.adapters.sqlite import SQLiteStore, database_path, open_sqlite
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import Config, ConfigError
-from scoreboard.migrate import load_sqlite_migrations
 
 log = logging.getLogger(__name__)
 

@@ -10,39 +10,13 @@ created first.
 
 from __future__ import annotations
 
-import re
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from scoreboard.adapters.postgres import Migration, MigrationError, apply_migrations
+from scoreboard.adapters.migrations import load_migrations, load_sqlite_migrations
+from scoreboard.adapters.postgres import apply_migrations
 from scoreboard.adapters.sqlite import migrate_sqlite
 from scoreboard.bridge import open_bridge
 from scoreboard.config import Config
-
-MIGRATION_FILE = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql")
-
-
-def load_migrations(directory: Traversable | None = None) -> list[Migration]:
-    """The migration files of `directory` (the package's PostgreSQL ones by default), oldest
-    first."""
-    folder = directory or resources.files("scoreboard") / "migrations"
-    migrations: dict[str, Migration] = {}
-    for entry in folder.iterdir():
-        if not entry.name.endswith(".sql"):
-            continue
-        match = MIGRATION_FILE.fullmatch(entry.name)
-        if match is None:
-            raise MigrationError(f"{entry.name}: a migration file is named NNNN_name.sql")
-        version = match["version"]
-        if version in migrations:
-            raise MigrationError(f"two migration files have version {version}")
-        migrations[version] = Migration(version, match["name"], entry.read_text(encoding="utf-8"))
-    return [migrations[version] for version in sorted(migrations)]
-
-
-def load_sqlite_migrations() -> list[Migration]:
-    return load_migrations(resources.files("scoreboard") / "migrations" / "sqlite")
 
 
 async def migrate(database_url: str) -> list[str]:

@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 import trio
 
-from scoreboard.adapters.postgres import Migration, MigrationError, apply_migrations
+from scoreboard.adapters.migrations import Migration, MigrationError, load_migrations
+from scoreboard.adapters.postgres import apply_migrations
 from scoreboard.bridge import Bridge, open_bridge
-from scoreboard.migrate import load_migrations, migrate
+from scoreboard.migrate import migrate
 from tests.conftest import PG_ADMIN_URL, RUN_ID, _pg_admin, _with_database
 
 

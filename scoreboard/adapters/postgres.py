@@ -16,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import trio
 
+from scoreboard.adapters.commit_plan import (
+    ScoreChange,
+    Settled,
+    StoredAction,
+    check_deltas,
+    plan_commit,
+)
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     ClientExists,
@@ -36,6 +41,7 @@ from scoreboard.adapters.interfaces import (
     UnknownUser,
     UsernameTaken,
 )
+from scoreboard.adapters.migrations import Migration, MigrationError
 from scoreboard.bridge import Bridge
 from scoreboard.config import DatabaseConfig
 from scoreboard.model import (
@@ -68,7 +74,6 @@ POOL_CLOSE_TIMEOUT_S = 10.0
 MAINTENANCE_DATABASE = "postgres"
 # Any bigint of our own: every `scoreboard migrate` takes it, so only one migrates at a time.
 MIGRATION_LOCK_KEY = 0x73622D6D69677261
-DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLISECOND = dt.timedelta(milliseconds=1)
@@ -88,22 +93,6 @@ async def _crossing(bridge: Bridge, job: Callable[..., Awaitable[T]], *args: Any
 
 # ---------------------------------------------------------------------------------------------
 # Migrations
-
-
-class MigrationError(RuntimeError):
-    """The migration files and the database's record of them disagree."""
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: str
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
 
 _CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -222,8 +211,7 @@ class PostgresStore(Store):
     async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
         if not decisions:
             return []
-        if negative := [d.envelope.action_id for d in decisions if d.score_delta < 0]:
-            raise ValueError(f"negative score deltas for actions {negative}")
+        check_deltas(decisions)
         return await _crossing(self._bridge, _commit_actions, self._pool, decisions)
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
@@ -399,86 +387,13 @@ WHERE u.id = d.user_id
 RETURNING u.id, u.score_reached_at
 """
 
-_SettledStatus = Literal["completed", "rejected", "failed"]
+
+def _stored_actions(rows: Sequence[asyncpg.Record]) -> list[StoredAction]:
+    # `_STORED_ACTIONS` selects exactly `StoredAction`'s fields, by name.
+    return [StoredAction(**row) for row in rows]
 
 
-@dataclass(frozen=True, slots=True)
-class _Settled:
-    """How one action of a batch ended, before its user's final `score_reached_at` is known."""
-
-    status: _SettledStatus
-    score_delta: int
-    old_score: int
-    new_score: int
-    error: str | None
-    message: str | None
-    retry_after_s: int | None
-    duplicate: bool
-
-
-def _stored_as_settled(row: asyncpg.Record) -> _Settled:
-    return _Settled(
-        status=row["status"],
-        score_delta=row["score_delta"],
-        old_score=row["new_score"] - row["score_delta"],
-        new_score=row["new_score"],
-        error=row["error"],
-        message=row["message"],
-        retry_after_s=row["retry_after_s"],
-        duplicate=True,
-    )
-
-
-def _settle_in_order(
-    decisions: Sequence[Decision], scores: dict[int, int], stored: Sequence[asyncpg.Record]
-) -> tuple[list[_Settled], list[tuple[Decision, _Settled]]]:
-    """Walk the batch in input order: each action is a redelivery of a stored (or earlier) one,
-    a replayed nonce, or new; a new one moves its user's running score. Returns how each ended
-    and the new ones, to insert."""
-    running = dict(scores)
-    by_action_id = {row["action_id"]: _stored_as_settled(row) for row in stored}
-    nonces_taken = {(row["user_id"], row["nonce"]) for row in stored}
-    settled: list[_Settled] = []
-    new: list[tuple[Decision, _Settled]] = []
-    for decision in decisions:
-        envelope = decision.envelope
-        score = running[envelope.user_id]
-        if (earlier := by_action_id.get(envelope.action_id)) is not None:
-            settled.append(earlier)
-            continue
-        if (envelope.user_id, envelope.nonce) in nonces_taken:
-            replayed_nonce = _Settled(
-                status="rejected",
-                score_delta=0,
-                old_score=score,
-                new_score=score,
-                error="invalid_action",
-                message=DUPLICATE_NONCE_MESSAGE,
-                retry_after_s=None,
-                duplicate=True,
-            )
-            settled.append(replayed_nonce)
-            continue
-        delta = decision.score_delta if decision.status == "completed" else 0
-        running[envelope.user_id] = score + delta
-        outcome = _Settled(
-            status=decision.status,
-            score_delta=delta,
-            old_score=score,
-            new_score=score + delta,
-            error=decision.error,
-            message=decision.message,
-            retry_after_s=decision.retry_after_s,
-            duplicate=False,
-        )
-        settled.append(outcome)
-        new.append((decision, outcome))
-        by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
-        nonces_taken.add((envelope.user_id, envelope.nonce))
-    return settled, new
-
-
-def _insert_columns(new: Sequence[tuple[Decision, _Settled]]) -> list[list[Any]]:
+def _insert_columns(new: Sequence[tuple[Decision, Settled]]) -> list[list[Any]]:
     rows = [
         (
             d.envelope.action_id,
@@ -503,20 +418,12 @@ def _insert_columns(new: Sequence[tuple[Decision, _Settled]]) -> list[list[Any]]
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _score_changes(new: Sequence[tuple[Decision, _Settled]]) -> list[list[int]]:
-    """Per user with new actions: (user id, sum of their deltas, latest received_at_ms)."""
-    changes: dict[int, tuple[int, int]] = {}
-    for decision, outcome in new:
-        user_id = decision.envelope.user_id
-        delta, latest = changes.get(user_id, (0, decision.envelope.received_at_ms))
-        changes[user_id] = (
-            delta + outcome.score_delta,
-            max(latest, decision.envelope.received_at_ms),
-        )
+def _score_change_columns(changes: dict[int, ScoreChange]) -> list[list[int]]:
+    """`_ADD_TO_SCORES`'s arrays: user ids, deltas, latest received_at_ms."""
     return [
         list(changes),
-        [delta for delta, _ in changes.values()],
-        [ms for _, ms in changes.values()],
+        [change.delta for change in changes.values()],
+        [change.last_received_at_ms for change in changes.values()],
     ]
 
 
@@ -532,37 +439,26 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
             [d.envelope.user_id for d in decisions],
             [d.envelope.nonce for d in decisions],
         )
-        settled, new = _settle_in_order(
-            decisions, {user_id: row["score"] for user_id, row in users.items()}, stored
+        plan = plan_commit(
+            decisions,
+            {user_id: row["score"] for user_id, row in users.items()},
+            _stored_actions(stored),
         )
         reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
-        if new:
-            inserted = await conn.fetch(_INSERT_ACTIONS, *_insert_columns(new))
-            if len(inserted) != len(new):
+        if plan.new:
+            inserted = await conn.fetch(_INSERT_ACTIONS, *_insert_columns(plan.new))
+            if len(inserted) != len(plan.new):
                 raise RuntimeError(
                     "an action was stored while its user was locked: a writer of action_logs "
                     "skipped the user lock"
                 )
-            for row in await conn.fetch(_ADD_TO_SCORES, *_score_changes(new)):
+            changes = _score_change_columns(plan.score_changes())
+            for row in await conn.fetch(_ADD_TO_SCORES, *changes):
                 reached_at[row["id"]] = row["score_reached_at"]
-    return [
-        CommitResult(
-            action_id=decision.envelope.action_id,
-            user_id=decision.envelope.user_id,
-            username=users[decision.envelope.user_id]["username"],
-            nonce=decision.envelope.nonce,
-            status=outcome.status,
-            score_delta=outcome.score_delta,
-            old_score=outcome.old_score,
-            new_score=outcome.new_score,
-            score_reached_at_ms=_epoch_ms(reached_at[decision.envelope.user_id]),
-            error=outcome.error,
-            message=outcome.message,
-            retry_after_s=outcome.retry_after_s,
-            duplicate=outcome.duplicate,
-        )
-        for decision, outcome in zip(decisions, settled, strict=True)
-    ]
+    return plan.results(
+        {user_id: row["username"] for user_id, row in users.items()},
+        {user_id: _epoch_ms(moment) for user_id, moment in reached_at.items()},
+    )
 
 
 # -- actions

@@ -21,12 +21,12 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
+from scoreboard.adapters.commit_plan import StoredAction, check_deltas, plan_commit
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     ClientExists,
@@ -35,7 +35,7 @@ from scoreboard.adapters.interfaces import (
     UnknownUser,
     UsernameTaken,
 )
-from scoreboard.adapters.postgres import DUPLICATE_NONCE_MESSAGE, Migration, MigrationError
+from scoreboard.adapters.migrations import Migration, MigrationError
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
@@ -242,8 +242,7 @@ class SQLiteStore(Store):
     async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
         if not decisions:
             return []
-        if negative := [d.envelope.action_id for d in decisions if d.score_delta < 0]:
-            raise ValueError(f"negative score deltas for actions {negative}")
+        check_deltas(decisions)
         return await self._db.write(functools.partial(_commit_actions, list(decisions)))
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
@@ -369,74 +368,16 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-# -- commit_actions (the rules of `postgres._commit_actions`, in one SQLite transaction)
-
-_SettledStatus = Literal["completed", "rejected", "failed"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Settled:
-    status: _SettledStatus
-    score_delta: int
-    old_score: int
-    new_score: int
-    error: str | None
-    message: str | None
-    retry_after_s: int | None
-    duplicate: bool
-
+# -- commit_actions (planned by `commit_plan`, in one SQLite transaction)
 
 _STORED_COLUMNS = (
     "action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s"
 )
 
 
-def _stored_as_settled(row: sqlite3.Row) -> _Settled:
-    return _Settled(
-        status=row["status"],
-        score_delta=row["score_delta"],
-        old_score=row["new_score"] - row["score_delta"],
-        new_score=row["new_score"],
-        error=row["error"],
-        message=row["message"],
-        retry_after_s=row["retry_after_s"],
-        duplicate=True,
-    )
-
-
-def _settle_in_order(
-    decisions: Sequence[Decision], scores: dict[int, int], stored: Sequence[sqlite3.Row]
-) -> tuple[list[_Settled], list[tuple[Decision, _Settled]]]:
-    """Each action in input order is a redelivery of a stored (or earlier) one, a replayed
-    nonce, or new; a new one moves its user's running score."""
-    running = dict(scores)
-    by_action_id = {uuid.UUID(row["action_id"]): _stored_as_settled(row) for row in stored}
-    nonces_taken = {(row["user_id"], row["nonce"]) for row in stored}
-    settled: list[_Settled] = []
-    new: list[tuple[Decision, _Settled]] = []
-    for decision in decisions:
-        envelope = decision.envelope
-        score = running[envelope.user_id]
-        if (earlier := by_action_id.get(envelope.action_id)) is not None:
-            settled.append(earlier)
-            continue
-        if (envelope.user_id, envelope.nonce) in nonces_taken:
-            settled.append(
-                _Settled("rejected", 0, score, score, "invalid_action", DUPLICATE_NONCE_MESSAGE,
-                         None, duplicate=True)
-            )
-            continue
-        delta = decision.score_delta if decision.status == "completed" else 0
-        running[envelope.user_id] = score + delta
-        outcome = _Settled(
-            decision.status, delta, score, score + delta, decision.error, decision.message,
-            decision.retry_after_s, duplicate=False,
-        )
-        settled.append(outcome)
-        new.append((decision, outcome))
-        by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
-        nonces_taken.add((envelope.user_id, envelope.nonce))
-    return settled, new
+def _stored_action(row: sqlite3.Row) -> StoredAction:
+    # `_STORED_COLUMNS` are exactly `StoredAction`'s fields, by name; SQLite keeps UUIDs as text.
+    return StoredAction(**{**row, "action_id": uuid.UUID(row["action_id"])})
 
 
 _INSERT_ACTION = """
@@ -480,8 +421,10 @@ def _commit_actions(
             (str(envelope.action_id), envelope.user_id, envelope.nonce),
         ):
             stored[row["action_id"]] = row
-    settled, new = _settle_in_order(
-        decisions, {user_id: row["score"] for user_id, row in users.items()}, list(stored.values())
+    plan = plan_commit(
+        decisions,
+        {user_id: row["score"] for user_id, row in users.items()},
+        [_stored_action(row) for row in stored.values()],
     )
     reached_at = {user_id: row["score_reached_at_ms"] for user_id, row in users.items()}
     now = now_ms()
@@ -495,44 +438,28 @@ def _commit_actions(
                 json.dumps(list(d.flags)), d.envelope.ip, d.envelope.user_agent,
                 json.dumps(dict(d.envelope.headers)), d.envelope.received_at_ms, now, now,
             )
-            for d, s in new
+            for d, s in plan.new
         ],
     )
-    changes: dict[int, tuple[int, int]] = {}
-    for decision, outcome in new:
-        user_id = decision.envelope.user_id
-        delta, latest = changes.get(user_id, (0, decision.envelope.received_at_ms))
-        changes[user_id] = (
-            delta + outcome.score_delta, max(latest, decision.envelope.received_at_ms)
-        )
+    changes = plan.score_changes()
     connection.executemany(
         _ADD_TO_SCORE,
         [
-            {"delta": delta, "latest": latest, "now": now, "user_id": user_id}
-            for user_id, (delta, latest) in changes.items()
+            {
+                "delta": change.delta,
+                "latest": change.last_received_at_ms,
+                "now": now,
+                "user_id": user_id,
+            }
+            for user_id, change in changes.items()
         ],
     )
-    for user_id, (delta, _latest) in changes.items():
-        if delta > 0:
+    for user_id, change in changes.items():
+        if change.delta > 0:
             reached_at[user_id] = now
-    return [
-        CommitResult(
-            action_id=decision.envelope.action_id,
-            user_id=decision.envelope.user_id,
-            username=users[decision.envelope.user_id]["username"],
-            nonce=decision.envelope.nonce,
-            status=outcome.status,
-            score_delta=outcome.score_delta,
-            old_score=outcome.old_score,
-            new_score=outcome.new_score,
-            score_reached_at_ms=reached_at[decision.envelope.user_id],
-            error=outcome.error,
-            message=outcome.message,
-            retry_after_s=outcome.retry_after_s,
-            duplicate=outcome.duplicate,
-        )
-        for decision, outcome in zip(decisions, settled, strict=True)
-    ]
+    return plan.results(
+        {user_id: row["username"] for user_id, row in users.items()}, reached_at
+    )
 
 
 # -- actions

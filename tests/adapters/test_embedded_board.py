@@ -14,9 +14,9 @@ import trio
 from scoreboard.adapters.embedded_broker import EmbeddedBroker
 from scoreboard.adapters.interfaces import Accepted, PendingAction, Replayed
 from scoreboard.adapters.memory_board import MemoryBoard, MemoryEdgeGuard
+from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import SQLiteStore, open_sqlite
 from scoreboard.config import AmqpConfig
-from scoreboard.migrate import load_sqlite_migrations
 from scoreboard.model import ActionEnvelope, Decision
 from tests.adapters.test_redis import (
     T0,

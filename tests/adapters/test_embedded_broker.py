@@ -12,9 +12,9 @@ import trio
 
 from scoreboard.adapters.embedded_broker import EXPIRED_REASON, EmbeddedBroker
 from scoreboard.adapters.interfaces import PublishFailed
+from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import database_path, open_sqlite
 from scoreboard.config import AmqpConfig
-from scoreboard.migrate import load_sqlite_migrations
 from scoreboard.model import ActionEnvelope
 from tests.adapters.test_rabbitmq import (
     Consumer,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import SQLiteStore, database_path, open_sqlite
-from scoreboard.migrate import load_sqlite_migrations
 from tests.adapters.test_postgres import (
     RECEIVED_AT_MS,
     completed,

@@ -1,0 +1,168 @@
+"""The rules of `Store.commit_actions` that no database decides: how each action of a batch ends.
+
+Both stores read the batch's users (their scores, locked) and the stored actions that share an
+action id or a (user, nonce) with the batch, then let `plan_commit` walk the batch in input order:
+each action is a redelivery of a stored (or earlier) one, a replayed nonce, or new; a new one
+moves its user's running score. The store then inserts the plan's new actions, adds each user's
+`score_changes` and answers with the plan's `results`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from scoreboard.model import CommitResult, Decision
+
+DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
+
+SettledStatus = Literal["completed", "rejected", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How one action of a batch ended, before its user's final `score_reached_at` is known."""
+
+    status: SettledStatus
+    score_delta: int
+    old_score: int
+    new_score: int
+    error: str | None
+    message: str | None
+    retry_after_s: int | None
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAction:
+    """A row of `action_logs` that the batch redelivers (same action id) or replays the nonce of
+    (same user and nonce)."""
+
+    action_id: uuid.UUID
+    user_id: int
+    nonce: str
+    status: SettledStatus
+    score_delta: int
+    new_score: int
+    error: str | None
+    message: str | None
+    retry_after_s: int | None
+
+    def as_settled(self) -> Settled:
+        return Settled(
+            status=self.status,
+            score_delta=self.score_delta,
+            old_score=self.new_score - self.score_delta,
+            new_score=self.new_score,
+            error=self.error,
+            message=self.message,
+            retry_after_s=self.retry_after_s,
+            duplicate=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreChange:
+    """What a batch's new actions do to one user: the sum of their deltas, and the latest
+    acceptance among them (the user's `last_action_at`)."""
+
+    delta: int
+    last_received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPlan:
+    decisions: Sequence[Decision]
+    settled: list[Settled]  # one per decision, in input order
+    new: list[tuple[Decision, Settled]]  # the actions to insert
+
+    def score_changes(self) -> dict[int, ScoreChange]:
+        """Per user with new actions, in the order of their first new action."""
+        changes: dict[int, ScoreChange] = {}
+        for decision, outcome in self.new:
+            envelope = decision.envelope
+            change = changes.get(envelope.user_id, ScoreChange(0, envelope.received_at_ms))
+            changes[envelope.user_id] = ScoreChange(
+                change.delta + outcome.score_delta,
+                max(change.last_received_at_ms, envelope.received_at_ms),
+            )
+        return changes
+
+    def results(
+        self, usernames: Mapping[int, str], score_reached_at_ms: Mapping[int, int]
+    ) -> list[CommitResult]:
+        """The batch's answer, given each user's name and `score_reached_at` after the commit."""
+        return [
+            CommitResult(
+                action_id=decision.envelope.action_id,
+                user_id=decision.envelope.user_id,
+                username=usernames[decision.envelope.user_id],
+                nonce=decision.envelope.nonce,
+                status=outcome.status,
+                score_delta=outcome.score_delta,
+                old_score=outcome.old_score,
+                new_score=outcome.new_score,
+                score_reached_at_ms=score_reached_at_ms[decision.envelope.user_id],
+                error=outcome.error,
+                message=outcome.message,
+                retry_after_s=outcome.retry_after_s,
+                duplicate=outcome.duplicate,
+            )
+            for decision, outcome in zip(self.decisions, self.settled, strict=True)
+        ]
+
+
+def check_deltas(decisions: Sequence[Decision]) -> None:
+    """A score only grows: a negative delta is a bug upstream, refused before any I/O."""
+    if negative := [d.envelope.action_id for d in decisions if d.score_delta < 0]:
+        raise ValueError(f"negative score deltas for actions {negative}")
+
+
+def plan_commit(
+    decisions: Sequence[Decision], scores: Mapping[int, int], stored: Sequence[StoredAction]
+) -> CommitPlan:
+    """Walk the batch in input order, from each user's stored score (`scores`) and the stored
+    actions it may repeat."""
+    running = dict(scores)
+    by_action_id = {action.action_id: action.as_settled() for action in stored}
+    nonces_taken = {(action.user_id, action.nonce) for action in stored}
+    settled: list[Settled] = []
+    new: list[tuple[Decision, Settled]] = []
+    for decision in decisions:
+        envelope = decision.envelope
+        score = running[envelope.user_id]
+        if (earlier := by_action_id.get(envelope.action_id)) is not None:
+            settled.append(earlier)
+            continue
+        if (envelope.user_id, envelope.nonce) in nonces_taken:
+            replayed_nonce = Settled(
+                status="rejected",
+                score_delta=0,
+                old_score=score,
+                new_score=score,
+                error="invalid_action",
+                message=DUPLICATE_NONCE_MESSAGE,
+                retry_after_s=None,
+                duplicate=True,
+            )
+            settled.append(replayed_nonce)
+            continue
+        delta = decision.score_delta if decision.status == "completed" else 0
+        running[envelope.user_id] = score + delta
+        outcome = Settled(
+            status=decision.status,
+            score_delta=delta,
+            old_score=score,
+            new_score=score + delta,
+            error=decision.error,
+            message=decision.message,
+            retry_after_s=decision.retry_after_s,
+            duplicate=False,
+        )
+        settled.append(outcome)
+        new.append((decision, outcome))
+        by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
+        nonces_taken.add((envelope.user_id, envelope.nonce))
+    return CommitPlan(decisions, settled, new)
