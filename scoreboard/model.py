@@ -122,6 +122,7 @@ class ActionRecord:
     new_score: int | None
     error: str | None
     message: str | None
+    # When the API accepted it (`received_at`), as while it was pending: not the row's insert.
     created_at_ms: int
     processed_at_ms: int | None
 

@@ -513,7 +513,7 @@ async def _recent_actions(pool: asyncpg.Pool, user_id: int, since_ms: int) -> li
 
 _ACTION_COLUMNS = """
 action_id, user_id, action_type, nonce, status, score_delta, new_score, error, message,
-created_at, processed_at
+received_at, processed_at
 """
 
 
@@ -531,7 +531,7 @@ def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
         new_score=row["new_score"],
         error=row["error"],
         message=row["message"],
-        created_at_ms=_epoch_ms(row["created_at"]),
+        created_at_ms=_epoch_ms(row["received_at"]),
         processed_at_ms=None if processed_at is None else _epoch_ms(processed_at),
     )
 

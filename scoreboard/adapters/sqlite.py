@@ -509,7 +509,7 @@ def _one_action(
 ) -> ActionRecord | None:
     row = connection.execute(
         "SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error,"
-        f" message, created_at_ms, processed_at_ms FROM action_logs WHERE {where}",
+        f" message, received_at_ms, processed_at_ms FROM action_logs WHERE {where}",
         args,
     ).fetchone()
     if row is None:
@@ -524,7 +524,7 @@ def _one_action(
         new_score=row["new_score"],
         error=row["error"],
         message=row["message"],
-        created_at_ms=row["created_at_ms"],
+        created_at_ms=row["received_at_ms"],
         processed_at_ms=row["processed_at_ms"],
     )
 

@@ -418,6 +418,7 @@ async def test_rejected_actions_are_stored_with_no_delta_and_their_reason(
     assert record is not None
     assert (record.status, record.score_delta, record.new_score) == ("rejected", 0, 10)
     assert (record.error, record.message) == ("invalid_action", "task already completed")
+    assert record.created_at_ms == RECEIVED_AT_MS  # accepted then, whenever it was stored
     [redelivered] = await store.commit_actions([decisions[1]])
     assert (redelivered.duplicate, redelivered.retry_after_s) == (True, 4)
     assert await store.score_discrepancies() == []
@@ -551,6 +552,7 @@ async def test_fail_action_records_a_failure_once_and_never_moves_a_score(
     assert record is not None
     assert (record.status, record.score_delta, record.new_score) == ("failed", 0, 8)
     assert (record.error, record.message) == (None, "exhausted 3 attempts")
+    assert record.created_at_ms == RECEIVED_AT_MS
     [redelivered] = await store.commit_actions([completed(poison, 5)])
     assert (redelivered.status, redelivered.duplicate, redelivered.new_score) == ("failed", True, 8)
     user = await store.get_user(user_id)
