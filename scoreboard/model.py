@@ -151,6 +151,7 @@ class RecentAction:
     """An action the user actor must remember to keep its limits exact across restarts."""
 
     action_id: uuid.UUID
+    nonce: str
     action_type: str
     received_at_ms: int
     status: ActionStatus

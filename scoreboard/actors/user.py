@@ -9,8 +9,8 @@ windows it has not seen, so the limits survive restarts. Before its first load i
 scorer has committed everything sent to it so far (a `Barrier`), so the decisions of a reaped or
 restarted predecessor are in the store when it reads. For each action, in order:
 
-1. an action it already knows (same action id, or the same nonce as one it decided) is a
-   redelivery: forwarded as first decided, never counted again (the store returns its outcome);
+1. an action it already knows (same action id, or the same nonce as one it decided or loaded) is
+   a redelivery: forwarded as first decided, never counted again (the store returns its outcome);
 2. the action must match the catalogue and its times must be believable (`invalid_action`);
 3. with limits on: the action type's cooldown since a completed action of that type, and at most
    `user_actions_per_minute` completed actions in any 60 s window (`rate_limit_exceeded`);
@@ -81,7 +81,9 @@ class Ledger:
         # Every rule looks at most this far from an action, either way.
         self.window_ms = max(RATE_WINDOW_MS, *cooldowns_ms)
         self._known: dict[uuid.UUID, _Known] = {}
-        self._by_nonce: dict[str, Decision] = {}
+        # The remembered action that used each nonce first: a new action id with that nonce is
+        # a replay of it.
+        self._by_nonce: dict[str, uuid.UUID] = {}
         self._times: list[int] = []
         self._completed_times: list[int] = []
         self._completed_by_type: dict[str, list[int]] = {}
@@ -102,7 +104,7 @@ class Ledger:
             if action.action_id not in self._known:
                 completed = action.status == "completed"
                 known = _Known(action.received_at_ms, action.action_type, completed, None)
-                self._remember(action.action_id, known)
+                self._remember(action.action_id, action.nonce, known)
         if self._loaded_since_ms is None or since_ms < self._loaded_since_ms:
             self._loaded_since_ms = since_ms
 
@@ -114,25 +116,24 @@ class Ledger:
         decision = self._judge(envelope)
         completed = decision.status == "completed"
         known = _Known(envelope.received_at_ms, envelope.action_type, completed, decision)
-        self._remember(envelope.action_id, known)
-        self._by_nonce[envelope.nonce] = decision
+        self._remember(envelope.action_id, envelope.nonce, known)
         if len(self._known) > self._prune_above:
             self._prune(envelope.received_at_ms)
         return decision
 
     def _earlier_decision(self, envelope: ActionEnvelope) -> Decision | None:
-        known = self._known.get(envelope.action_id)
-        if known is not None:
-            if known.decision is not None:
-                return dataclasses.replace(known.decision, envelope=envelope)
-            # Stored already: the store answers with the stored outcome, whatever this says.
-            entry = self._catalogue.get(known.action_type)
-            delta = entry.points if known.completed and entry is not None else 0
-            return Decision(envelope, "completed" if known.completed else "rejected", delta)
-        same_nonce = self._by_nonce.get(envelope.nonce)
-        if same_nonce is not None:
-            return dataclasses.replace(same_nonce, envelope=envelope)
-        return None
+        action_id = envelope.action_id
+        if action_id not in self._known:
+            action_id = self._by_nonce.get(envelope.nonce, action_id)
+        known = self._known.get(action_id)
+        if known is None:
+            return None
+        if known.decision is not None:
+            return dataclasses.replace(known.decision, envelope=envelope)
+        # Stored already: the store answers with the stored outcome, whatever this says.
+        entry = self._catalogue.get(known.action_type)
+        delta = entry.points if known.completed and entry is not None else 0
+        return Decision(envelope, "completed" if known.completed else "rejected", delta)
 
     def _judge(self, envelope: ActionEnvelope) -> Decision:
         now = envelope.received_at_ms
@@ -207,8 +208,9 @@ class Ledger:
                 return anchor + RATE_WINDOW_MS - now
         return None
 
-    def _remember(self, action_id: uuid.UUID, known: _Known) -> None:
+    def _remember(self, action_id: uuid.UUID, nonce: str, known: _Known) -> None:
         self._known[action_id] = known
+        self._by_nonce.setdefault(nonce, action_id)
         bisect.insort(self._times, known.received_at_ms)
         if known.completed:
             bisect.insort(self._completed_times, known.received_at_ms)
@@ -223,9 +225,9 @@ class Ledger:
             key: known for key, known in self._known.items() if known.received_at_ms >= cutoff
         }
         self._by_nonce = {
-            nonce: decision
-            for nonce, decision in self._by_nonce.items()
-            if decision.envelope.received_at_ms >= cutoff
+            nonce: action_id
+            for nonce, action_id in self._by_nonce.items()
+            if action_id in self._known
         }
         del self._times[: bisect.bisect_left(self._times, cutoff)]
         del self._completed_times[: bisect.bisect_left(self._completed_times, cutoff)]

@@ -492,7 +492,7 @@ async def _fail_action(pool: asyncpg.Pool, envelope: ActionEnvelope, reason: str
 
 
 _RECENT_ACTIONS = f"""
-SELECT action_id, action_type, received_at, status FROM action_logs
+SELECT action_id, nonce, action_type, received_at, status FROM action_logs
 WHERE user_id = $1 AND received_at >= {_FROM_EPOCH_MS.format("$2::bigint")}
 ORDER BY received_at, id
 """
@@ -503,6 +503,7 @@ async def _recent_actions(pool: asyncpg.Pool, user_id: int, since_ms: int) -> li
     return [
         RecentAction(
             action_id=row["action_id"],
+            nonce=row["nonce"],
             action_type=row["action_type"],
             received_at_ms=_epoch_ms(row["received_at"]),
             status=row["status"],

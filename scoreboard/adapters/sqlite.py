@@ -492,13 +492,17 @@ def _recent_actions(
     user_id: int, since_ms: int, connection: sqlite3.Connection
 ) -> list[RecentAction]:
     rows = connection.execute(
-        "SELECT action_id, action_type, received_at_ms, status FROM action_logs"
+        "SELECT action_id, nonce, action_type, received_at_ms, status FROM action_logs"
         " WHERE user_id = ? AND received_at_ms >= ? ORDER BY received_at_ms, id",
         (user_id, since_ms),
     )
     return [
         RecentAction(
-            uuid.UUID(row["action_id"]), row["action_type"], row["received_at_ms"], row["status"]
+            uuid.UUID(row["action_id"]),
+            row["nonce"],
+            row["action_type"],
+            row["received_at_ms"],
+            row["status"],
         )
         for row in rows
     ]

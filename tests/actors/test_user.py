@@ -47,10 +47,17 @@ class RecentActions:
         )
 
     def add(
-        self, at_ms: int, action_type: str = "complete_task", status: ActionStatus = "completed"
+        self,
+        at_ms: int,
+        action_type: str = "complete_task",
+        status: ActionStatus = "completed",
+        *,
+        nonce: str | None = None,
     ) -> uuid.UUID:
         action_id = uuid.uuid4()
-        self.stored.append(RecentAction(action_id, action_type, at_ms, status))
+        self.stored.append(
+            RecentAction(action_id, nonce or uuid.uuid4().hex, action_type, at_ms, status)
+        )
         return action_id
 
 
@@ -504,6 +511,19 @@ async def test_a_stored_action_redelivered_after_a_restart_is_not_counted_again(
         assert redelivered.envelope.action_id == last_id
         # Ten in the window, counting the redelivered one once; the oldest leaves at T0 + 6 s.
         assert rate_limited(await actor.one(envelope(T0 + 1_000, "win_match")), 5)
+
+
+async def test_a_stored_nonce_under_a_new_action_id_after_a_restart_is_not_counted_again(
+    store: RecentActions,
+) -> None:
+    store.add(T0, nonce="nonce-00000001")
+    async with start_user(store, config()) as actor:
+        # Past the stored action's cooldown: judged afresh, the copy would complete and start one.
+        copy = envelope(T0 + 6_000, nonce="nonce-00000001")
+        duplicate = await actor.one(copy)
+        assert duplicate.envelope == copy
+        assert completed(duplicate)  # as the stored one was; the store answers for it
+        assert completed(await actor.one(envelope(T0 + 8_000)))  # no cooldown from the copy
 
 
 async def test_an_action_older_than_the_loaded_history_loads_more(store: RecentActions) -> None:

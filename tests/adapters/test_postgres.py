@@ -497,6 +497,7 @@ async def test_recent_actions_since_a_time_oldest_first(store: PostgresStore) ->
         (9_000, "completed"),
     ]
     assert recent[0].action_id == decisions[2].envelope.action_id
+    assert recent[0].nonce == decisions[2].envelope.nonce
     assert {r.action_type for r in recent} == {"complete_task"}
 
 
