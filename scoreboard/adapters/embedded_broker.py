@@ -4,6 +4,7 @@ It shares the store's SQLite file (`sqlite.py`). RabbitMQ's contract, kept:
 
 - `publish_action` returns once the row is committed (WAL, `synchronous=FULL`): the 202 that
   follows survives `kill -9`. A failed write is `PublishFailed`: nothing was accepted.
+  `publish_actions` writes its whole batch in one transaction, so all of it fails together.
 - One consumer at a time (an exclusive consumer); another `consume_actions` stands by until the
   first ends. Deliveries go oldest first, at most `prefetch` unsettled, handed to trio without
   blocking. A delivery's tag is its row; its `channel_id` is the consumer's incarnation.
@@ -94,11 +95,18 @@ class EmbeddedBroker(Broker):
         """Nothing to declare: the tables are created by the SQLite migrations."""
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:
+        [failure] = await self.publish_actions([envelope])
+        if failure is not None:
+            raise failure
+
+    async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
+        """One transaction (one fsync) for the whole batch: all of it is accepted, or none."""
         try:
-            await self._db.write(functools.partial(_enqueue, [envelope.encode()]))
+            await self._db.write(functools.partial(_enqueue, [e.encode() for e in envelopes]))
         except BackendUnavailable as exc:
-            raise PublishFailed(f"the outbox write failed: {exc}") from exc
+            return [PublishFailed(f"the outbox write failed: {exc}") for _ in envelopes]
         self._notify()
+        return [None for _ in envelopes]
 
     # Consuming
 

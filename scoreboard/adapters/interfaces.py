@@ -305,6 +305,12 @@ class Broker(Protocol):
         Raises `PublishFailed` on nack, return, or channel error."""
         ...
 
+    async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
+        """`publish_action` for each envelope, in one crossing, all confirmed together: the
+        outcome of each, in input order (None once confirmed, else what `publish_action` would
+        have raised). One envelope's failure does not fail the others."""
+        ...
+
     async def consume_actions(
         self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
     ) -> None:

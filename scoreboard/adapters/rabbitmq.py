@@ -175,6 +175,21 @@ class RabbitBroker:
     async def publish_action(self, envelope: ActionEnvelope) -> None:
         await self._bridge.run(self._publish_action, envelope)
 
+    async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
+        return await self._bridge.run(self._publish_actions, list(envelopes))
+
+    async def _publish_actions(self, envelopes: list[ActionEnvelope]) -> list[Exception | None]:
+        """All on the confirm channel at once, so the batch costs about one confirm round trip."""
+        results = await asyncio.gather(
+            *(self._publish_action(envelope) for envelope in envelopes), return_exceptions=True
+        )
+        outcomes: list[Exception | None] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # a cancellation is the whole call's, not one envelope's
+            outcomes.append(result)
+        return outcomes
+
     async def _publish_action(self, envelope: ActionEnvelope) -> None:
         message = _action_message(envelope.encode(), str(envelope.action_id))
         await self._publish_confirmed(

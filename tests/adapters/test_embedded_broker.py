@@ -19,6 +19,7 @@ from scoreboard.model import ActionEnvelope
 from tests.adapters.test_rabbitmq import (
     Consumer,
     envelope,
+    test_a_batch_of_publishes_is_confirmed_together,
     test_a_full_delivery_channel_sends_deliveries_back,
     test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable,
     test_dead_letters_keep_their_reason_and_can_be_replayed,
@@ -31,6 +32,7 @@ from tests.adapters.test_rabbitmq import (
 )
 
 __all__ = [
+    "test_a_batch_of_publishes_is_confirmed_together",
     "test_a_full_delivery_channel_sends_deliveries_back",
     "test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable",
     "test_dead_letters_keep_their_reason_and_can_be_replayed",
@@ -142,3 +144,19 @@ async def test_a_publish_that_cannot_be_written_fails(data_dir: Path) -> None:
             locker.execute("ROLLBACK")
             locker.close()
         await broker.publish_action(envelope())  # usable again
+
+
+async def test_a_batch_that_cannot_be_written_fails_every_envelope(data_dir: Path) -> None:
+    async with open_sqlite(data_dir, load_sqlite_migrations()) as database:
+        broker = EmbeddedBroker(database, AmqpConfig())
+        locker = sqlite3.connect(database_path(data_dir), isolation_level=None, timeout=0)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            await database.read(lambda c: c.execute("PRAGMA busy_timeout = 100"))
+            outcomes = await broker.publish_actions([envelope() for _ in range(20)])
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert len(outcomes) == 20
+        assert all(isinstance(outcome, PublishFailed) for outcome in outcomes), outcomes
+        assert await broker.publish_actions([envelope()]) == [None]  # usable again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import time
 import uuid
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 PREFETCH = 64
 THROUGHPUT_MESSAGES = 5000
 THROUGHPUT_TASKS = 200
+BATCH_MESSAGES = 500
 
 
 @pytest.fixture
@@ -384,6 +386,52 @@ async def test_many_concurrent_publishes_pipeline(broker: RabbitBroker) -> None:
         f"({THROUGHPUT_TASKS} trio tasks); consume+ack: {THROUGHPUT_MESSAGES / consume_s:,.0f}/s "
         f"(prefetch {PREFETCH}, one settle per batch)"
     )
+
+
+async def test_a_batch_of_publishes_is_confirmed_together(broker: RabbitBroker) -> None:
+    items = [envelope() for _ in range(BATCH_MESSAGES)]
+    started = time.perf_counter()
+    outcomes = await broker.publish_actions(items)
+    publish_s = time.perf_counter() - started
+    assert outcomes == [None] * len(items)
+    wanted = {item.action_id for item in items}
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        while wanted:
+            delivery = await consumer.receive()
+            wanted.remove(ActionEnvelope.decode(delivery.body).action_id)
+            await broker.settle(ack=[delivery])
+        consumer.stop()
+    print(f"\none batch of {len(items)} confirmed publishes: {len(items) / publish_s:,.0f}/s")
+
+
+async def test_a_batch_the_queue_refuses_fails_every_envelope(
+    broker: RabbitBroker, amqp_config: AmqpConfig
+) -> None:
+    policy = f"refuse-{amqp_config.queue}"
+    await rabbitmqctl(
+        amqp_config,
+        "set_policy",
+        "--apply-to",
+        "queues",
+        policy,
+        f"^{re.escape(amqp_config.queue)}$",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+    )
+    try:
+        # The broker applies a policy asynchronously; the queue reports it once it has.
+        with trio.fail_after(20):
+            while policy not in await rabbitmqctl(amqp_config, "list_queues", "name", "policy"):
+                await trio.sleep(0.1)
+        outcomes = await broker.publish_actions([envelope() for _ in range(20)])
+        assert all(isinstance(outcome, PublishFailed) for outcome in outcomes), outcomes
+        assert len(outcomes) == 20
+    finally:
+        await rabbitmqctl(amqp_config, "clear_policy", policy)
+    with trio.fail_after(20):
+        while policy in await rabbitmqctl(amqp_config, "list_queues", "name", "policy"):
+            await trio.sleep(0.1)
+    assert await broker.publish_actions([envelope()]) == [None]  # the channel is still usable
 
 
 async def test_shutdown_with_consumers_running_hangs_nowhere(amqp_config: AmqpConfig) -> None:
