@@ -1,8 +1,9 @@
 """Every actor's inbox messages: frozen, slotted dataclasses, one union per inbox.
 
 Worker: consumer → router → user actor (`Route`) → scorer (`Score`) → keeper (`Committed`).
-API: events actor and connections → hub (`HubMsg`). Requests that need an answer carry their
-own reply channel, which the answering actor fills with `send_nowait` and never waits on.
+API: request handlers → publisher (`Publish`); events actor and connections → hub (`HubMsg`).
+Requests that need an answer carry their own reply channel, which the answering actor fills with
+`send_nowait` and never waits on.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ class Committed:
 KeeperMsg = Committed
 
 # API side.
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish the envelope durably; answer `reply` (capacity ≥ 1) with None once the broker
+    confirmed it, else with the failure. A reply channel whose receiver is closed means the
+    requester gave up: the envelope is not published."""
+
+    envelope: ActionEnvelope
+    reply: trio.MemorySendChannel[Exception | None]
+
+
+PublisherMsg = Publish
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,76 @@
+"""The publisher: the API process's durable publishes of accepted actions, in batches.
+
+Request handlers send `Publish` and wait for the reply (each under its own
+`amqp.publish_timeout_s`). Batching is natural: the publisher waits for one request, takes
+whatever else is already waiting, up to `MAX_BATCH`, and hands the envelopes to
+`Broker.publish_actions`: one bridge crossing and about one confirm round trip for the batch (one
+SQLite transaction in embedded mode) instead of one of each per request. Every requester is
+answered with its own envelope's outcome; one refused envelope fails no other.
+
+It never waits on a requester: replies go out with `send_nowait` into channels of capacity 1.
+A requester that gave up before its batch was sent has closed its reply receiver; its envelope
+is skipped, so an action whose claim the handler has released is not published behind its back.
+
+A batch not confirmed within `amqp.publish_timeout_s` is abandoned (the bridge cancels it) and
+each of its requesters answered `PublishFailed`, so a stuck broker holds the publisher no longer
+than it holds a request. Anything the broker raises instead of answering goes to every requester
+of the batch, as if each had published by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from scoreboard.actors.messages import Publish, PublisherMsg
+from scoreboard.adapters.interfaces import Broker, PublishFailed
+from scoreboard.config import Config
+
+# Enough to amortise the confirm round trip over a burst of requests, small enough that one
+# batch's confirms come back well within a request's publish timeout.
+MAX_BATCH = 256
+
+
+async def run(
+    inbox: trio.MemoryReceiveChannel[PublisherMsg],
+    *,
+    broker: Broker,
+    config: Config,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with inbox:
+        task_status.started()
+        while True:
+            try:
+                batch = [await inbox.receive()]
+            except trio.EndOfChannel:
+                return
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(inbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            wanted = [publish for publish in batch if _requester_waits(publish)]
+            if wanted:
+                await _publish(broker, config, wanted)
+
+
+def _requester_waits(publish: Publish) -> bool:
+    return publish.reply.statistics().open_receive_channels > 0
+
+
+async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> None:
+    timeout_s = config.amqp.publish_timeout_s
+    failures: list[Exception | None] = [
+        PublishFailed(f"the broker did not confirm within {timeout_s} s") for _ in batch
+    ]
+    with trio.move_on_after(timeout_s):
+        try:
+            failures = await broker.publish_actions([publish.envelope for publish in batch])
+        except Exception as exc:
+            failures = [exc for _ in batch]
+    for publish, failure in zip(batch, failures, strict=True):
+        # A requester that gave up meanwhile has closed its receiver: nobody to tell.
+        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+            publish.reply.send_nowait(failure)
