@@ -20,8 +20,17 @@ from typing import Any
 
 import trio
 
-from scoreboard.actors import consumer, events, hub, keeper, revocations, router, scorer
-from scoreboard.actors.messages import HubMsg, KeeperMsg, RouterMsg, ScorerMsg
+from scoreboard.actors import (
+    consumer,
+    events,
+    hub,
+    keeper,
+    publisher,
+    revocations,
+    router,
+    scorer,
+)
+from scoreboard.actors.messages import HubMsg, KeeperMsg, PublisherMsg, RouterMsg, ScorerMsg
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
 from scoreboard.backends import Backends, describe_backends, open_backends, wait_for_backends
@@ -40,6 +49,7 @@ ROUTER_INBOX = 1024  # the consumer's burst of up to `prefetch` deliveries
 SCORER_INBOX = 1024  # one full group commit waiting while the previous one commits
 KEEPER_INBOX = 64  # batches, not actions
 HUB_INBOX = 4096  # events, registrations and waiters from every connection of the process
+PUBLISHER_INBOX = 1024  # requests waiting while a batch is confirmed; past it, handlers wait
 # Design §8: with the default thresholds the collector eats half the CPU at 5k sockets.
 GC_THRESHOLDS = (50_000, 20, 100)
 
@@ -128,6 +138,7 @@ def api_children(
     backends: Backends,
     services: Services,
     hub_receive: trio.MemoryReceiveChannel[HubMsg],
+    publisher_receive: trio.MemoryReceiveChannel[PublisherMsg],
     http_started: Callable[[list[str]], None],
 ) -> list[ChildSpec]:
     hub_send = services.hub
@@ -169,6 +180,13 @@ def api_children(
                 config=config,
             ),
         ),
+        ChildSpec(
+            id="publisher",
+            start=_clone_start(
+                publisher.run, inbox=publisher_receive, broker=backends.broker, config=config
+            ),
+            inbox=services.publisher,
+        ),
         ChildSpec(id="http", start=run_http, shutdown=lambda: http_shutdown.set()),
     ]
 
@@ -195,6 +213,9 @@ async def run_server(
             roles.append(ChildSpec(id="worker", start=worker.run))
         if role in ("all", "api"):
             hub_send, hub_receive = trio.open_memory_channel[HubMsg](HUB_INBOX)
+            publisher_send, publisher_receive = trio.open_memory_channel[PublisherMsg](
+                PUBLISHER_INBOX
+            )
             services = Services(
                 config=config,
                 catalogue=catalogue,
@@ -208,6 +229,7 @@ async def run_server(
                 ),
                 passwords=Passwords(),
                 hub=hub_send,
+                publisher=publisher_send,
                 statistics=lambda: root.statistics(),
                 all_running=lambda: root.all_running,
                 public_origin=config.public_origin,
@@ -219,7 +241,9 @@ async def run_server(
                     services.public_origin = binds[0]
 
             api = Supervisor(
-                api_children(config, backends, services, hub_receive, http_started),
+                api_children(
+                    config, backends, services, hub_receive, publisher_receive, http_started
+                ),
                 strategy="rest_for_one",
                 name="api",
             )

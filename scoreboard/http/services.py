@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from scoreboard.actors.messages import HubMsg
+from scoreboard.actors.messages import HubMsg, PublisherMsg
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
 from scoreboard.auth.keys import KeyRing
 from scoreboard.auth.passwords import Passwords
@@ -36,6 +36,7 @@ class Services:
     keyring: KeyRing
     passwords: Passwords
     hub: trio.MemorySendChannel[HubMsg]
+    publisher: trio.MemorySendChannel[PublisherMsg]
     statistics: Callable[[], list[ChildStatistics]]
     all_running: Callable[[], bool]
     public_origin: str

@@ -1,9 +1,9 @@
 """Accepting one action: the rules shared by `POST /api/v1/actions/perform` and the WebSocket.
 
 Order matters (contract §2): validate the payload, then the nonce (a replay is answered before any
-rate limit), then the limits, all in one atomic Redis step; then the durable publish. 202 only
-after the broker confirmed; if it does not, the claim is released and the client may retry with
-the same nonce.
+rate limit), then the limits, all in one atomic Redis step; then the durable publish, through
+the publisher actor (`actors/publisher.py`). 202 only after the broker confirmed; if it does not,
+the claim is released and the client may retry with the same nonce.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from scoreboard.actors.messages import Publish
 from scoreboard.adapters.interfaces import (
     Accepted,
     BackendUnavailable,
@@ -125,13 +126,24 @@ async def submit_action(
     )
     try:
         with trio.fail_after(config.amqp.publish_timeout_s):
-            await services.broker.publish_action(envelope)
+            await _publish(services, envelope)
     except (PublishFailed, BackendUnavailable, trio.TooSlowError) as exc:
         await _release(services, claims, payload, action_id)
         raise unavailable(
             UNAVAILABLE_RETRY_AFTER_S, f"the action was not accepted: {exc}"
         ) from None
     return Submitted(action_id, payload.nonce)
+
+
+async def _publish(services: Services, envelope: ActionEnvelope) -> None:
+    """Through the process's publisher, which confirms it in a batch with its neighbours."""
+    reply_send, reply_receive = trio.open_memory_channel[Exception | None](1)
+    # Leaving closes the receiver: a request that gave up is skipped or its answer dropped.
+    with reply_receive:
+        await services.publisher.send(Publish(envelope, reply_send))
+        failure = await reply_receive.receive()
+    if failure is not None:
+        raise failure
 
 
 async def _release(
