@@ -7,6 +7,11 @@ whatever else is already waiting, up to `MAX_BATCH`, and hands the envelopes to
 SQLite transaction in embedded mode) instead of one of each per request. Every requester is
 answered with its own envelope's outcome; one refused envelope fails no other.
 
+Up to `MAX_BATCHES_IN_FLIGHT` batches are confirmed at once: with a single one, a request that
+arrives just after a batch left waits for that batch's whole round trip before its own even
+starts. Only when every slot is taken do requests pile up in the inbox, so batches grow with the
+load and stay single requests when it is light.
+
 It never waits on a requester: replies go out with `send_nowait` into channels of capacity 1.
 A requester that gave up before its batch was sent has closed its reply receiver; its envelope
 is skipped, so an action whose claim the handler has released is not published behind its back.
@@ -30,6 +35,7 @@ from scoreboard.config import Config
 # Enough to amortise the confirm round trip over a burst of requests, small enough that one
 # batch's confirms come back well within a request's publish timeout.
 MAX_BATCH = 256
+MAX_BATCHES_IN_FLIGHT = 4
 
 
 async def run(
@@ -39,25 +45,37 @@ async def run(
     config: Config,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    free_slots = trio.Semaphore(MAX_BATCHES_IN_FLIGHT)
     with inbox:
-        task_status.started()
-        while True:
-            try:
-                batch = [await inbox.receive()]
-            except trio.EndOfChannel:
-                return
-            while len(batch) < MAX_BATCH:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await free_slots.acquire()
                 try:
-                    batch.append(inbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            wanted = [publish for publish in batch if _requester_waits(publish)]
-            if wanted:
-                await _publish(broker, config, wanted)
+                    batch = [await inbox.receive()]
+                except trio.EndOfChannel:
+                    return
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(inbox.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                wanted = [publish for publish in batch if _requester_waits(publish)]
+                nursery.start_soon(_publish_in_slot, broker, config, wanted, free_slots)
 
 
 def _requester_waits(publish: Publish) -> bool:
     return publish.reply.statistics().open_receive_channels > 0
+
+
+async def _publish_in_slot(
+    broker: Broker, config: Config, batch: list[Publish], slot: trio.Semaphore
+) -> None:
+    try:
+        if batch:
+            await _publish(broker, config, batch)
+    finally:
+        slot.release()
 
 
 async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> None:

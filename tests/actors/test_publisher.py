@@ -122,9 +122,9 @@ async def test_concurrent_publishes_go_in_few_batches() -> None:
     assert sorted(e.action_id for e in outbox.published()) == sorted(e.action_id for e in items)
     sizes = [len(batch) for batch in outbox.batches]
     assert max(sizes) <= publisher.MAX_BATCH
-    # The first batch took what was ready when the publisher woke; the rest waited for it and
+    # The first batches took what was ready when they left; the rest waited for a free slot and
     # then went in full batches.
-    assert len(sizes) <= 1 + -(-len(items) // publisher.MAX_BATCH)
+    assert len(sizes) <= publisher.MAX_BATCHES_IN_FLIGHT + -(-len(items) // publisher.MAX_BATCH)
 
 
 async def test_each_requester_gets_its_own_outcome() -> None:
@@ -166,11 +166,14 @@ async def test_an_unconfirmed_batch_fails_after_the_publish_timeout(
 
 async def test_a_requester_that_gave_up_does_not_hold_the_publisher() -> None:
     outbox = Outbox(gate=trio.Event())
-    in_flight, waiting, later = envelope(), envelope(), envelope()
+    in_flight = [envelope() for _ in range(publisher.MAX_BATCHES_IN_FLIGHT)]
+    waiting, later = envelope(), envelope()
     async with running(outbox) as inbox:
-        # One gives up while its batch is being confirmed, the next while it waits its turn.
-        with trio.move_on_after(0.1):
-            await publish(inbox, in_flight)
+        # These give up while their batches are being confirmed, taking every slot ...
+        for item in in_flight:
+            with trio.move_on_after(0.1):
+                await publish(inbox, item)
+        # ... and this one while it waits for a slot.
         with trio.move_on_after(0.1):
             await publish(inbox, waiting)
         assert outbox.gate is not None
@@ -179,4 +182,5 @@ async def test_a_requester_that_gave_up_does_not_hold_the_publisher() -> None:
         with trio.fail_after(5):
             assert await publish(inbox, later) is None
     # The one still waiting was never published: its handler had released its claim.
-    assert [e.action_id for e in outbox.published()] == [in_flight.action_id, later.action_id]
+    published = [e.action_id for e in outbox.published()]
+    assert published == [item.action_id for item in (*in_flight, later)]
