@@ -1,9 +1,10 @@
 """The application wiring: backends, channels, actors and the HTTP server under supervision.
 
-One process runs the API role (HTTP, WebSockets, hub, events), the worker role (consumer, router,
-scorer, keeper), or both. Each role is its own rest_for_one supervisor, with its children in
-dependency order, so a crash restarts the crashed actor and those that depend on it; the two
-roles sit under a one_for_one root, and a root that gives up ends the process non-zero.
+One process runs the API role (HTTP, WebSockets, hub, events, publisher), the worker role
+(consumer, router, scorer, keeper), or both. Each role is its own rest_for_one supervisor, with
+its children in dependency order, so a crash restarts the crashed actor and those that depend on
+it; the two roles sit under a one_for_one root, and a root that gives up ends the process
+non-zero.
 
 The wiring owns every channel; each incarnation of an actor gets fresh clones, so a restarted
 actor reads the same inbox and its senders just wait.
