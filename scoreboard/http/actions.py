@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
 from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.actors.messages import CancelWait, WaitForAction
@@ -21,7 +21,7 @@ from scoreboard.http.requests import (
     client_ip,
     json_body,
 )
-from scoreboard.http.services import Services
+from scoreboard.http.services import Services, current_services
 from scoreboard.http.submission import Submitted, parse_payload, submit_action
 from scoreboard.model import ActionFinished, ActionRecord
 
@@ -32,10 +32,6 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGN
 WAIT_REPLY_BUFFER = 1  # exactly one outcome per action
 COMPLETED_MESSAGE = "Action completed successfully"
 
-
-def services() -> Services:
-    found: Services = current_app.config["SERVICES"]
-    return found
 
 
 def prefer_wait_s(header: str | None) -> float:
@@ -150,7 +146,7 @@ async def wait_for_outcome(
 
 @blueprint.post("/api/v1/actions/perform")
 async def perform() -> Response:
-    svc = services()
+    svc = current_services()
     claims = authenticate(svc, bearer_token(request), "write")
     payload = parse_payload(svc, await json_body(request))
     wait_s = prefer_wait_s(request.headers.get("Prefer"))
@@ -198,12 +194,12 @@ async def perform() -> Response:
 
 @blueprint.get("/api/v1/actions/types")
 async def action_types() -> Response:
-    return jsonify(services().catalogue.as_json())
+    return jsonify(current_services().catalogue.as_json())
 
 
 @blueprint.get("/api/v1/actions/<action_id>")
 async def get_action(action_id: str) -> Response:
-    svc = services()
+    svc = current_services()
     claims = authenticate(svc, bearer_token(request), "read")
     try:
         parsed = uuid.UUID(action_id)

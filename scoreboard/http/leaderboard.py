@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 
 import trio
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
 from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.http.errors import invalid_request, unavailable
 from scoreboard.http.requests import authenticate, bearer_token
-from scoreboard.http.services import Services
+from scoreboard.http.services import current_services
 
 blueprint = Blueprint("leaderboard", __name__)
 
@@ -19,10 +19,6 @@ NEIGHBOURS = 5
 BOARD_READ_TIMEOUT_S = 5.0
 DIGITS = re.compile(r"[0-9]{1,9}")
 
-
-def services() -> Services:
-    found: Services = current_app.config["SERVICES"]
-    return found
 
 
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
@@ -36,7 +32,7 @@ def parse_limit(raw: str | None, default: int, maximum: int) -> int:
 
 @blueprint.get("/api/v1/leaderboard")
 async def leaderboard() -> Response:
-    svc = services()
+    svc = current_services()
     limit = parse_limit(
         request.args.get("limit"), svc.config.leaderboard.size, svc.config.leaderboard.max_limit
     )
@@ -52,7 +48,7 @@ async def leaderboard() -> Response:
 
 @blueprint.get("/api/v1/leaderboard/me")
 async def leaderboard_me() -> Response:
-    svc = services()
+    svc = current_services()
     claims = authenticate(svc, bearer_token(request), "read")
     try:
         with trio.fail_after(BOARD_READ_TIMEOUT_S):

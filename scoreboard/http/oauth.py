@@ -31,7 +31,7 @@ from scoreboard.http.oauth_server import (
 )
 from scoreboard.http.oauth_server import Response as OAuthResponse
 from scoreboard.http.requests import authenticate, bearer_token, client_ip, json_body
-from scoreboard.http.services import Services
+from scoreboard.http.services import Services, current_services
 
 blueprint = Blueprint("oauth", __name__)
 
@@ -75,10 +75,6 @@ async def rejected(exc: OAuthRejected) -> Response:
         {**NO_STORE, **exc.headers},
     )
 
-
-def _services() -> Services:
-    found: Services = current_app.config["SERVICES"]
-    return found
 
 
 def _server() -> AuthorizationServer:
@@ -194,7 +190,7 @@ def _authorization_outcome(outcome: OAuthResponse) -> Response:
 
 @blueprint.get(AUTHORIZE_PATH)
 async def authorize_form() -> Response:
-    svc, server = _services(), _server()
+    svc, server = current_services(), _server()
     params = MultiDict(list(request.args.items(multi=True)))
     outcome = await trio.to_thread.run_sync(server.authorize, _oauth_request(svc, params), None)
     if outcome is not None:
@@ -204,7 +200,7 @@ async def authorize_form() -> Response:
 
 @blueprint.post(AUTHORIZE_PATH)
 async def authorize_login() -> Response:
-    svc, server = _services(), _server()
+    svc, server = current_services(), _server()
     form = await request.form
     params = MultiDict(
         [(name, value) for name, value in form.items(multi=True) if name in AUTHORIZE_PARAMETERS]
@@ -317,7 +313,7 @@ def _token_endpoint_response(outcome: OAuthResponse) -> Response:
 
 @blueprint.post(TOKEN_PATH)
 async def token() -> Response:
-    svc, server = _services(), _server()
+    svc, server = current_services(), _server()
     params = await _token_endpoint_params(svc)
     if not params.get("grant_type"):
         raise OAuthRejected(400, "invalid_request", "grant_type is required")
@@ -327,7 +323,7 @@ async def token() -> Response:
 
 @blueprint.post(REVOKE_PATH)
 async def revoke() -> Response:
-    svc, server = _services(), _server()
+    svc, server = current_services(), _server()
     params = await _token_endpoint_params(svc)
     outcome = await trio.to_thread.run_sync(server.revocation, _oauth_request(svc, params))
     return _token_endpoint_response(outcome)
@@ -338,7 +334,7 @@ async def revoke() -> Response:
 
 @blueprint.get(USERINFO_PATH)
 async def userinfo() -> Response:
-    svc = _services()
+    svc = current_services()
     claims = authenticate(svc, bearer_token(request), None)
     try:
         user = await svc.store.get_user(claims.user_id)
@@ -368,7 +364,7 @@ async def userinfo() -> Response:
 
 @blueprint.get("/.well-known/oauth-authorization-server")
 async def metadata() -> Response:
-    svc = _services()
+    svc = current_services()
     origin = svc.public_origin
     return _json(
         200,
@@ -395,7 +391,7 @@ async def metadata() -> Response:
 @blueprint.get(JWKS_PATH)
 async def jwks() -> Response:
     # Short caching: a rotated-in key must reach verifiers before it signs (key_activation_s).
-    return _json(200, _services().keyring.jwks(), {"Cache-Control": "public, max-age=10"})
+    return _json(200, current_services().keyring.jwks(), {"Cache-Control": "public, max-age=10"})
 
 
 def install(app: Any, services: Services) -> None:

@@ -6,9 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, jsonify
 
-from scoreboard.http.services import Services
+from scoreboard.http.services import Services, current_services
 
 blueprint = Blueprint("ops", __name__)
 
@@ -18,10 +18,6 @@ BACKEND_NAMES = {
     "embedded": ("sqlite", "memory_board", "sqlite_outbox"),
 }
 
-
-def services() -> Services:
-    found: Services = current_app.config["SERVICES"]
-    return found
 
 
 async def _answers(ping: Callable[[], Awaitable[None]]) -> bool:
@@ -55,7 +51,7 @@ async def healthz() -> Response:
 
 @blueprint.get("/readyz")
 async def readyz() -> Response:
-    svc = services()
+    svc = current_services()
     backends = await backend_health(svc)
     actors_running = svc.all_running()
     ready = actors_running and all(backends.values())
@@ -76,7 +72,7 @@ async def readyz() -> Response:
 
 @blueprint.get("/api/v1/supervisor")
 async def supervisor() -> Response:
-    return jsonify({"actors": [statistics_json(stat) for stat in services().statistics()]})
+    return jsonify({"actors": [statistics_json(stat) for stat in current_services().statistics()]})
 
 
 def statistics_json(stat: Any) -> dict[str, Any]:
@@ -93,7 +89,7 @@ def statistics_json(stat: Any) -> dict[str, Any]:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    svc = services()
+    svc = current_services()
     lines = [
         "# HELP scoreboard_actor_restarts_total Restarts of each supervised actor.",
         "# TYPE scoreboard_actor_restarts_total counter",

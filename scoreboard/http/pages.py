@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from urllib.parse import urlsplit
 
-from quart import Blueprint, Response, abort, current_app, request
+from quart import Blueprint, Response, abort, request
 
-from scoreboard.http.services import Services
+from scoreboard.http.services import current_services
 
 blueprint = Blueprint("pages", __name__)
 
@@ -106,7 +106,7 @@ def content_security_policy(public_origin: str) -> str:
 
 @blueprint.after_request
 async def security_headers(response: Response) -> Response:
-    svc: Services = current_app.config["SERVICES"]
+    svc = current_services()
     response.headers["Content-Security-Policy"] = content_security_policy(svc.public_origin)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+from quart import current_app
 
 from scoreboard.actors.messages import HubMsg, PublisherMsg
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
@@ -42,3 +43,9 @@ class Services:
     public_origin: str
     connections: ConnectionCounts = field(default_factory=ConnectionCounts)
     revocations: RevocationList = field(default_factory=RevocationList)
+
+
+def current_services() -> Services:
+    """The `Services` of the application handling the current request or WebSocket."""
+    found: Services = current_app.config["SERVICES"]
+    return found

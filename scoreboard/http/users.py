@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
 from scoreboard.adapters.interfaces import BackendUnavailable, EmailTaken, UsernameTaken
 from scoreboard.auth.users import RegistrationError, register_user
 from scoreboard.http.errors import RequestRejected, unavailable
 from scoreboard.http.requests import json_body
-from scoreboard.http.services import Services
+from scoreboard.http.services import current_services
 
 blueprint = Blueprint("users", __name__)
 
@@ -21,7 +21,7 @@ def _oauth_error(status: int, error: str, description: str) -> RequestRejected:
 
 @blueprint.post("/api/v1/users")
 async def register() -> Response:
-    svc: Services = current_app.config["SERVICES"]
+    svc = current_services()
     try:
         body = await json_body(request)
     except RequestRejected as exc:

@@ -14,16 +14,16 @@ import uuid
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, websocket
+from quart import Blueprint, Response, websocket
 
-from scoreboard.actors.frames import encode_frame, rfc3339_ms
+from scoreboard.actors.frames import Frame, encode_frame, rfc3339_ms
 from scoreboard.actors.mailbox import TOKEN_REVOKED, Mailbox
 from scoreboard.actors.messages import Rebind, Register, Unregister
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.http.errors import RequestRejected
 from scoreboard.http.requests import audited_headers, authenticate, client_ip
-from scoreboard.http.services import Services
+from scoreboard.http.services import Services, current_services
 from scoreboard.http.submission import parse_payload, rejected_before_queueing, submit_action
 
 blueprint = Blueprint("ws", __name__)
@@ -43,10 +43,6 @@ class CloseConnection(Exception):
         self.frame = frame
 
 
-def services() -> Services:
-    found: Services = current_app.config["SERVICES"]
-    return found
-
 
 def error_frame(error: str, message: str | None = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "error", "error": error}
@@ -57,7 +53,7 @@ def error_frame(error: str, message: str | None = None) -> dict[str, Any]:
 
 @blueprint.websocket("/api/v1/ws")
 async def ws() -> Response | None:
-    svc = services()
+    svc = current_services()
     if websocket.headers.get("Origin", "") not in allowed_origins(svc):
         return Response("origin not allowed", status=403)
     if "access_token" in websocket.args or "token" in websocket.args:
@@ -250,13 +246,16 @@ class Connection:
             raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
 
     async def send_now(self, frame: dict[str, Any]) -> None:
+        await self.send_encoded(encode_frame(frame))
+
+    async def send_encoded(self, frame: Frame) -> None:
+        """A client that does not take a frame within the send timeout is behind: 1013."""
         with trio.move_on_after(self.svc.config.websocket.send_timeout_s) as scope:
-            await websocket.send(encode_frame(frame))
+            await websocket.send(frame)
         if scope.cancelled_caught:
             raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
 
     async def write_frames(self) -> None:
-        send_timeout = self.svc.config.websocket.send_timeout_s
         while True:
             frames = await self.mailbox.wait_frames()
             if not frames and self.mailbox.closed:
@@ -264,10 +263,7 @@ class Connection:
                     raise CloseConnection(CLOSE_UNAUTHORIZED, error_frame("token_revoked"))
                 raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
             for frame in frames:
-                with trio.move_on_after(send_timeout) as scope:
-                    await websocket.send(frame)
-                if scope.cancelled_caught:
-                    raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
+                await self.send_encoded(frame)
 
     async def watch_expiry(self) -> None:
         while True:
