@@ -58,6 +58,7 @@ from scoreboard.model import (
     Revocation,
     SigningKeyRecord,
     UserRecord,
+    normalized_identity,
 )
 
 T = TypeVar("T")
@@ -132,6 +133,10 @@ async def _apply_migrations(database_url: str, migrations: Sequence[Migration]) 
                     )
                 continue
             async with conn.transaction():
+                if migration.check is not None:
+                    problems = [row[0] for row in await conn.fetch(migration.check)]
+                    if problems:
+                        raise migration.refuse(problems)
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -620,15 +625,18 @@ def _user_record(row: asyncpg.Record | None) -> UserRecord | None:
 async def _create_user(pool: asyncpg.Pool, username: str, email: str, password_hash: str) -> int:
     try:
         user_id: int = await pool.fetchval(
-            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO users (username, email, password_hash, username_normalized,"
+            " email_normalized) VALUES ($1, $2, $3, $4, $5) RETURNING id",
             username,
             email,
             password_hash,
+            normalized_identity(username),
+            normalized_identity(email),
         )
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "users_username_key":
+        if exc.constraint_name == "users_username_normalized_key":
             raise UsernameTaken(username) from None
-        if exc.constraint_name == "users_email_key":
+        if exc.constraint_name == "users_email_normalized_key":
             raise EmailTaken(email) from None
         raise
     return user_id
@@ -641,7 +649,10 @@ async def _get_user(pool: asyncpg.Pool, user_id: int) -> UserRecord | None:
 
 
 async def _get_user_by_username(pool: asyncpg.Pool, username: str) -> UserRecord | None:
-    row = await pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
+    row = await pool.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE username_normalized = $1",
+        normalized_identity(username),
+    )
     return _user_record(row)
 
 
@@ -783,8 +794,9 @@ async def _remove_client(
 async def _disable_user(pool: asyncpg.Pool, username: str, expires_at_ms: int) -> list[str] | None:
     async with pool.acquire() as conn, conn.transaction():
         user_id = await conn.fetchval(
-            "UPDATE users SET disabled = true, updated_at = now() WHERE username = $1 RETURNING id",
-            username,
+            "UPDATE users SET disabled = true, updated_at = now() WHERE username_normalized = $1"
+            " RETURNING id",
+            normalized_identity(username),
         )
         if user_id is None:
             return None

@@ -50,6 +50,7 @@ from scoreboard.model import (
     Revocation,
     SigningKeyRecord,
     UserRecord,
+    normalized_identity,
 )
 
 T = TypeVar("T")
@@ -180,6 +181,10 @@ def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migrat
                     )
                 connection.execute("ROLLBACK")
                 continue
+            if migration.check is not None:
+                problems = [row[0] for row in connection.execute(migration.check)]
+                if problems:
+                    raise migration.refuse(problems)
             # executescript() would commit first; each statement runs inside our transaction.
             for statement in _statements(migration.sql):
                 connection.execute(statement)
@@ -278,7 +283,9 @@ class SQLiteStore(Store):
         return await self._db.read(functools.partial(_one_user, "id = ?", user_id))
 
     async def get_user_by_username(self, username: str) -> UserRecord | None:
-        return await self._db.read(functools.partial(_one_user, "username = ?", username))
+        return await self._db.read(
+            functools.partial(_one_user, "username_normalized = ?", normalized_identity(username))
+        )
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Every key, retired ones included, oldest first."""
@@ -584,15 +591,19 @@ def _create_user(
     now = now_ms()
     try:
         cursor = connection.execute(
-            "INSERT INTO users (username, email, password_hash, score_reached_at_ms,"
-            " created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            (username, email, password_hash, now, now, now),
+            "INSERT INTO users (username, email, password_hash, username_normalized,"
+            " email_normalized, score_reached_at_ms, created_at_ms, updated_at_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                username, email, password_hash, normalized_identity(username),
+                normalized_identity(email), now, now, now,
+            ),
         )
     except sqlite3.IntegrityError as exc:
         # SQLite names the column, not the constraint: "UNIQUE constraint failed: users.email".
-        if "users.username" in str(exc):
+        if "users.username_normalized" in str(exc):
             raise UsernameTaken(username) from None
-        if "users.email" in str(exc):
+        if "users.email_normalized" in str(exc):
             raise EmailTaken(email) from None
         raise
     user_id = cursor.lastrowid
@@ -744,8 +755,9 @@ def _disable_user(
     username: str, expires_at_ms: int, connection: sqlite3.Connection
 ) -> list[str] | None:
     row = connection.execute(
-        "UPDATE users SET disabled = 1, updated_at_ms = ? WHERE username = ? RETURNING id",
-        (now_ms(), username),
+        "UPDATE users SET disabled = 1, updated_at_ms = ? WHERE username_normalized = ?"
+        " RETURNING id",
+        (now_ms(), normalized_identity(username)),
     ).fetchone()
     if row is None:
         return None

@@ -196,6 +196,15 @@ async def test_bad_credentials_show_the_form_again_with_an_error(
     assert hidden_fields(response.text)["state"] == authorization.state
 
 
+async def test_a_username_signs_in_in_any_case(
+    client: httpx.AsyncClient, server: ServerHandle
+) -> None:
+    player = await new_player(client, server)
+    for typed in (player.username.upper(), player.username.capitalize()):
+        response = await sign_in(client, new_authorization(server).params(), typed)
+        assert response.status_code == 302, response.text
+
+
 async def test_a_tampered_or_unsigned_form_is_not_processed(
     client: httpx.AsyncClient, server: ServerHandle
 ) -> None:
