@@ -94,6 +94,10 @@ class AuthConfig:
     audience: str = "scoreboard-api"
     access_token_ttl_s: int = 900
     leeway_s: int = 30
+    # The key-encryption key(s) of the signing keys (scoreboard/auth/key_encryption.py), or a
+    # file holding them; set by the environment, never in a file of the repository.
+    key_encryption_key: str = field(default="", repr=False)
+    key_encryption_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,9 +101,20 @@ class Store(Protocol):
 
     async def get_user_by_username(self, username: str) -> UserRecord | None: ...
 
-    async def signing_keys(self) -> list[SigningKeyRecord]: ...
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every key, decrypted. Raises `KeyEncryptionError` (a `ConfigError`) for a key no
+        configured key-encryption key opens."""
+        ...
 
-    async def add_signing_key(self, key: SigningKeyRecord) -> None: ...
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        """Stored sealed with the store's key-encryption key, if it has one."""
+        ...
+
+    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
+        """Seal every key stored in plain text with the first key-encryption key and, unless
+        `plain_only`, every key sealed with another one (a KEK rotation); the kids changed.
+        Nothing changes without a KEK. Raises `KeyEncryptionError` as `signing_keys` does."""
+        ...
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         """Stop publishing and verifying with this key (a retired key stays, so its kid is

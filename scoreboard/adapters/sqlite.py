@@ -36,6 +36,7 @@ from scoreboard.adapters.interfaces import (
     UsernameTaken,
 )
 from scoreboard.adapters.migrations import Migration, MigrationError
+from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
@@ -52,6 +53,7 @@ from scoreboard.model import (
     UserRecord,
     normalized_identity,
 )
+from scoreboard.private_files import private_directory, private_file, restrict_if_present
 
 T = TypeVar("T")
 
@@ -66,6 +68,16 @@ def now_ms() -> int:
 
 def database_path(data_dir: Path) -> Path:
     return data_dir / DATABASE_FILE
+
+
+def private_database(data_dir: Path) -> None:
+    """The data directory (0700) and the database file (0600), before SQLite opens it: SQLite
+    gives its -wal and -shm files the database file's mode."""
+    path = database_path(data_dir)
+    private_directory(data_dir)
+    private_file(path)
+    for companion in ("-wal", "-shm", "-journal"):
+        restrict_if_present(path.with_name(path.name + companion))
 
 
 class SQLiteDatabase:
@@ -129,7 +141,7 @@ async def open_sqlite(
     path = database_path(data_dir)
 
     def open_migrated() -> sqlite3.Connection:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_database(data_dir)
         connection = connect(path)
         try:
             apply_migrations(connection, migrations)
@@ -221,7 +233,7 @@ async def migrate_sqlite(data_dir: Path, migrations: Sequence[Migration]) -> lis
     """`scoreboard migrate` in embedded mode."""
 
     def run() -> list[str]:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_database(data_dir)
         connection = connect(database_path(data_dir))
         try:
             return apply_migrations(connection, migrations)
@@ -238,8 +250,9 @@ async def migrate_sqlite(data_dir: Path, migrations: Sequence[Migration]) -> lis
 class SQLiteStore(Store):
     """The `Store` on SQLite. Build it on a database from `open_sqlite`."""
 
-    def __init__(self, database: SQLiteDatabase):
+    def __init__(self, database: SQLiteDatabase, key_encryption: KeyEncryption | None = None):
         self._db = database
+        self._key_encryption = key_encryption or KeyEncryption()
 
     async def ping(self) -> None:
         await self._db.read(lambda connection: connection.execute("SELECT 1").fetchone())
@@ -288,12 +301,25 @@ class SQLiteStore(Store):
         )
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
-        """Every key, retired ones included, oldest first."""
-        return await self._db.read(_signing_keys)
+        """Every key, retired ones included, oldest first, decrypted."""
+        stored = await self._db.read(_signing_keys)
+        return [self._key_encryption.opened(record) for record in stored]
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """A key whose `kid` is stored already is left as it is."""
-        await self._db.write(functools.partial(_add_signing_key, key))
+        sealed = self._key_encryption.sealed(key)
+        await self._db.write(functools.partial(_add_signing_key, sealed))
+
+    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
+        stored = await self._db.read(_signing_keys)
+        changes = [
+            (record.kid, record.private_pem, resealed)
+            for record in stored
+            if (resealed := self._key_encryption.resealed(record, plain_only=plain_only))
+        ]
+        if not changes:
+            return []
+        return await self._db.write(functools.partial(_replace_private_pems, changes))
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         await self._db.write(
@@ -659,6 +685,20 @@ def _add_signing_key(key: SigningKeyRecord, connection: sqlite3.Connection) -> N
             key.retired_at_ms,
         ),
     )
+
+
+def _replace_private_pems(
+    changes: Sequence[tuple[str, str, str]], connection: sqlite3.Connection
+) -> list[str]:
+    return [
+        kid
+        for kid, stored, replacement in changes
+        if connection.execute(
+            "UPDATE signing_keys SET private_pem = ? WHERE kid = ? AND private_pem = ?"
+            " RETURNING kid",
+            (replacement, kid, stored),
+        ).fetchone()
+    ]
 
 
 # -- OAuth (the rules of the Postgres store; the one writer's transaction makes each atomic)
