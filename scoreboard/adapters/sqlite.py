@@ -626,10 +626,11 @@ def _create_user(
             ),
         )
     except sqlite3.IntegrityError as exc:
-        # SQLite names the column, not the constraint: "UNIQUE constraint failed: users.email".
-        if "users.username_normalized" in str(exc):
+        # SQLite names the column, not the constraint: "UNIQUE constraint failed: users.email",
+        # or `users.email_normalized` (the case-sensitive constraints stay, implied).
+        if "users.username" in str(exc):
             raise UsernameTaken(username) from None
-        if "users.email_normalized" in str(exc):
+        if "users.email" in str(exc):
             raise EmailTaken(email) from None
         raise
     user_id = cursor.lastrowid

@@ -20,7 +20,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
 from scoreboard.adapters.interfaces import BackendUnavailable, FailureDelay
-from scoreboard.auth.clients import SCOPES, WEB_CLIENT_ID, secret_matches
+from scoreboard.auth.clients import CLIENT_ID_PATTERN, SCOPES, secret_matches
 from scoreboard.auth.login_form import AUTHORIZE_PARAMETERS, form_token, form_token_valid
 from scoreboard.auth.users import authenticate_user
 from scoreboard.http import revocation
@@ -318,12 +318,21 @@ async def _confidential_client(svc: Services, params: MultiDict[str, str]) -> st
     """The id of the confidential client this request authenticates as (Basic or
     `client_secret_post`, checked as Authlib will check them), or None. A client id alone
     proves nothing, so only an authenticated client has a limit of its own: anyone else
-    shares their address's, and a flood from one address never reaches other users."""
-    basic: tuple[str | None, str | None] = extract_basic_authorization(request.headers)
+    shares their address's, and a flood from one address never reaches other users. (A
+    well-formed client id with a secret costs one look-up by primary key before the limit.)"""
+    try:
+        basic: tuple[str | None, str | None] = extract_basic_authorization(request.headers)
+    except UnicodeDecodeError:
+        raise OAuthRejected(
+            401,
+            "invalid_client",
+            "the Basic credentials are not UTF-8",
+            {"WWW-Authenticate": 'Basic realm="scoreboard"'},
+        ) from None
     client_id, secret = basic
     if not (client_id and secret):
         client_id, secret = params.get("client_id"), params.get("client_secret")
-    if not (client_id and secret) or client_id == WEB_CLIENT_ID:
+    if not (client_id and secret) or not CLIENT_ID_PATTERN.fullmatch(client_id):
         return None
     record = await svc.store.get_client(client_id)
     if record is None or record.client_type != "confidential" or not secret_matches(record, secret):

@@ -8,6 +8,7 @@ A second client address is 127.0.0.2: all of 127.0.0.0/8 is loopback on Linux, a
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -122,6 +123,20 @@ class TestConfidentialClientsHaveTheirOwnLimit:
             assert (right.status_code, right.json()["error"]) == (400, "invalid_grant")
         # The web client from that address is still held back.
         assert (await refresh(client, "x")).status_code == 429
+
+
+async def test_basic_credentials_that_are_not_utf8_are_invalid_client(
+    client: httpx.AsyncClient,
+) -> None:
+    header = {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:secret").decode()}
+    for path in (TOKEN, REVOKE):
+        response = await client.post(
+            path,
+            data={"grant_type": "refresh_token", "refresh_token": "x", "token": "x"},
+            headers=header,
+        )
+        assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
 
 
 # -- sign-in
