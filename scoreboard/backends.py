@@ -22,8 +22,10 @@ from scoreboard.adapters.postgres import open_postgres_store
 from scoreboard.adapters.rabbitmq import open_rabbitmq
 from scoreboard.adapters.redis import open_redis
 from scoreboard.adapters.sqlite import SQLiteStore, database_path, open_sqlite
+from scoreboard.auth.key_encryption import load_key_encryption
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import Config, ConfigError
+from scoreboard.private_files import private_directory, private_file
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,10 @@ async def open_backends(config: Config, *, exclusive: bool = True) -> AsyncItera
         async with _open_embedded(config, exclusive=exclusive) as backends:
             yield backends
         return
+    key_encryption = load_key_encryption(config)
     async with (
         open_bridge() as bridge,
-        open_postgres_store(bridge, config.database) as store,
+        open_postgres_store(bridge, config.database, key_encryption) as store,
         open_redis(bridge, config.redis) as redis,
         open_rabbitmq(bridge, config.amqp) as broker,
     ):
@@ -89,8 +92,9 @@ async def _open_embedded(config: Config, *, exclusive: bool) -> AsyncIterator[Ba
     from the store."""
     data_dir = Path(config.embedded.data_dir)
     with _held_exclusively(data_dir) if exclusive else contextlib.nullcontext():
+        key_encryption = load_key_encryption(config)
         async with open_sqlite(data_dir, load_sqlite_migrations()) as database:
-            store = SQLiteStore(database)
+            store = SQLiteStore(database, key_encryption)
             broker = EmbeddedBroker(database, config.amqp)
             board = MemoryBoard()
             await board.rebuild(await store.board_entries())
@@ -101,7 +105,8 @@ async def _open_embedded(config: Config, *, exclusive: bool) -> AsyncIterator[Ba
 
 @contextlib.contextmanager
 def _held_exclusively(data_dir: Path) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(data_dir)
+    private_file(data_dir / SERVE_LOCK_FILE)
     with (data_dir / SERVE_LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

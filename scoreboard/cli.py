@@ -8,7 +8,7 @@ import getpass
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys_commands.add_parser(
         "rotate", help="add a new signing key; retire old keys whose tokens have all expired"
     )
+    keys_commands.add_parser(
+        "rewrap",
+        help="encrypt every signing key with the first key-encryption key (after a KEK rotation)",
+    )
+    keys_commands.add_parser("new-kek", help="print a new random key-encryption key")
 
     clients = commands.add_parser("clients", help="OAuth clients")
     clients_commands = clients.add_subparsers(dest="clients_command", required=True)
@@ -167,9 +172,29 @@ async def _announce_revoked(backends: Backends, grant_ids: list[str], expires_at
 
 
 async def run_keys(config: Config, args: argparse.Namespace) -> int:
+    from scoreboard.auth.key_encryption import kek_id, load_key_encryption, new_kek
     from scoreboard.auth.keys import rotate_keys
     from scoreboard.backends import open_backends
 
+    if args.keys_command == "new-kek":
+        print(new_kek())
+        return 0
+    if args.keys_command == "rewrap":
+        key_encryption = load_key_encryption(config)
+        if not key_encryption.enabled:
+            print(
+                "scoreboard: no key-encryption key is configured: set "
+                "SCOREBOARD_AUTH_KEY_ENCRYPTION_KEY (or _FILE), the new key first",
+                file=sys.stderr,
+            )
+            return 2
+        async with open_backends(config, exclusive=False) as backends:
+            rewrapped = await backends.store.reseal_signing_keys(plain_only=False)
+        print(
+            f"encrypted {len(rewrapped)} signing key(s) with the key-encryption key "
+            f"{kek_id(key_encryption.keks[0])}{': ' if rewrapped else ''}{', '.join(rewrapped)}"
+        )
+        return 0
     lifetime_s = (
         config.auth.access_token_ttl_s
         + config.auth.leeway_s
@@ -268,18 +293,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from scoreboard.server import run_until_signalled
 
-        return trio.run(run_until_signalled, config)
+        return _run(run_until_signalled, config)
     if args.command == "migrate":
-        return trio.run(run_migrate, config)
+        return _run(run_migrate, config)
     if args.command == "verify":
-        return trio.run(run_verify, config)
+        return _run(run_verify, config)
     operator_tools = {
         "failed": run_failed,
         "keys": run_keys,
         "clients": run_clients,
         "users": run_users,
     }
-    return trio.run(operator_tools[args.command], config, args)
+    return _run(operator_tools[args.command], config, args)
+
+
+def _run(command: Callable[..., Awaitable[int]], *args: object) -> int:
+    """Run a command; what the operator must fix (a setting, a key-encryption key, data a
+    migration cannot take) is one clear message on stderr and exit code 2, not a traceback."""
+    from scoreboard.adapters.migrations import MigrationError
+
+    refusals: list[BaseException] = []
+    try:
+        return trio.run(command, *args)
+    except* (ConfigError, MigrationError) as group:
+        refusals.extend(_leaves(group))
+    for refusal in refusals:
+        kind = "configuration error" if isinstance(refusal, ConfigError) else "migration refused"
+        print(f"scoreboard: {kind}: {refusal}", file=sys.stderr)
+    return 2
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 if __name__ == "__main__":

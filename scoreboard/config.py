@@ -84,6 +84,8 @@ class LimitsConfig:
     enabled: bool = True
     ip_requests_per_minute: int = 100
     user_actions_per_minute: int = 10
+    registrations_per_minute_per_ip: int = 10
+    registrations_per_minute: int = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,10 @@ class AuthConfig:
     audience: str = "scoreboard-api"
     access_token_ttl_s: int = 900
     leeway_s: int = 30
+    # The key-encryption key(s) of the signing keys (scoreboard/auth/key_encryption.py), or a
+    # file holding them; set by the environment, never in a file of the repository.
+    key_encryption_key: str = field(default="", repr=False)
+    key_encryption_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,13 @@ class OAuthConfig:
     # How long a login form may be posted after it was shown.
     login_form_ttl_s: int = 600
     login_attempts_per_minute_per_ip: int = 20
-    login_attempts_per_minute_per_username: int = 10
+    # Failed sign-ins per (username, IP) before each further attempt waits 1, 2, 4 … s, at most
+    # the maximum; no account is ever locked. Failures are forgotten a while after the last one.
+    login_failures_before_delay: int = 5
+    login_failure_delay_max_s: int = 60
+    login_failures_forgotten_after_s: int = 900
+    # Token and revocation requests per client IP; an authenticated confidential client is
+    # counted on its own client id instead (its server's IP is shared by all of its users).
     token_requests_per_minute_per_ip: int = 60
     token_requests_per_minute_per_client: int = 600
     # The deny-list is reloaded from the store this often (events deliver revocations at once;

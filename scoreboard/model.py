@@ -8,6 +8,7 @@ returns. Each codec is strict: a message that does not decode raises `MalformedM
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -190,6 +191,12 @@ class RankChange:
     user_id: int
     old_rank: int | None
     new_rank: int
+
+
+def normalized_identity(text: str) -> str:
+    """The form usernames and emails are unique on, and looked up by: NFKC, case-folded (and
+    NFKC again, which case folding can undo): `Alice`, `ALICE` and a fullwidth `alice` are one."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 @dataclass(frozen=True, slots=True)

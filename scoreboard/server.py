@@ -32,6 +32,7 @@ from scoreboard.actors import (
     scorer,
 )
 from scoreboard.actors.messages import HubMsg, KeeperMsg, PublisherMsg, RouterMsg, ScorerMsg
+from scoreboard.auth.key_encryption import load_key_encryption
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
 from scoreboard.backends import Backends, describe_backends, open_backends, wait_for_backends
@@ -201,8 +202,18 @@ async def run_server(
     if not config.limits.enabled:
         log.warning("rate limits and cooldowns are DISABLED (SCOREBOARD_LIMITS_ENABLED=false)")
     catalogue = load_catalogue(config.config_dir / "actions.toml")
+    # A key-encryption key that cannot be used stops the start here, not in a retry loop.
+    key_encryption = load_key_encryption(config)
+    if not key_encryption.enabled:
+        log.warning(
+            "the JWT signing keys are stored in plain text: set SCOREBOARD_AUTH_KEY_ENCRYPTION_KEY"
+            " (or _FILE) to encrypt them (`scoreboard keys new-kek` makes a key)"
+        )
     await wait_for_backends(config)
     async with open_backends(config) as backends:
+        sealed = await backends.store.reseal_signing_keys(plain_only=True)
+        if sealed:
+            log.info("encrypted the signing keys %s at rest", ", ".join(sealed))
         await backends.broker.declare_topology()
         roles: list[ChildSpec] = []
         services: Services | None = None

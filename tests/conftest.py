@@ -168,7 +168,9 @@ def amqp_names() -> dict[str, str]:
 def config(request: pytest.FixtureRequest, backend_mode: str, tmp_path: Path) -> Config:
     """The server's configuration: pointed at this test's own database, prefix and queues, or,
     in embedded mode, at a data directory of its own."""
-    base = load_config(environ={})
+    # Tests register their players from one address, dozens a minute; the registration limits
+    # have tests of their own (tests/http/test_account_limits.py), which set them.
+    base = load_config(environ={}).replace(limits={"registrations_per_minute_per_ip": 10_000})
     if backend_mode == "embedded":
         return base.replace(server={"port": 0}, embedded={"data_dir": str(tmp_path / "var")})
     return base.replace(

@@ -124,3 +124,35 @@ def test_two_files_with_one_version_are_refused(tmp_path: Path) -> None:
     (tmp_path / "0001_other.sql").write_text("SELECT 1")
     with pytest.raises(MigrationError, match="version 0001"):
         load_migrations(tmp_path)
+
+
+def test_a_check_belongs_to_a_migration_of_its_name(tmp_path: Path) -> None:
+    (tmp_path / "0001_one.sql").write_text("SELECT 1")
+    (tmp_path / "0001_one.check.sql").write_text("-- advice\nSELECT 'problem' WHERE false")
+    (loaded,) = load_migrations(tmp_path)
+    assert loaded.check is not None
+    assert loaded.checksum == Migration("0001", "one", "SELECT 1").checksum
+    (tmp_path / "0002_two.check.sql").write_text("SELECT 1")
+    with pytest.raises(MigrationError, match=r"has no 0002_two\.sql"):
+        load_migrations(tmp_path)
+
+
+async def test_a_check_with_rows_stops_its_migration_with_them_and_its_advice(
+    database_url: str,
+) -> None:
+    shipped = load_migrations()
+    checked = Migration(
+        "9001",
+        "checked",
+        "CREATE TABLE never_made (id int)",
+        check="-- Fix them,\n-- then migrate again.\nSELECT 'one' UNION ALL SELECT 'two'",
+    )
+    async with open_bridge() as bridge:
+        with pytest.raises(MigrationError) as refused:
+            await apply_migrations(bridge, database_url, [*shipped, checked])
+        made = await fetch(bridge, database_url, "SELECT to_regclass('never_made') AS t")
+    assert str(refused.value) == (
+        "migration 9001_checked cannot be applied to this database:\n  one\n  two\n"
+        "Fix them, then migrate again."
+    )
+    assert made[0]["t"] is None

@@ -17,6 +17,7 @@ import trio
 
 from scoreboard.actors.messages import HubMsg
 from scoreboard.adapters.interfaces import BackendUnavailable, Store
+from scoreboard.auth.key_encryption import KeyEncryptionError
 from scoreboard.auth.keys import KeyRing, NoSigningKey
 from scoreboard.auth.revocations import RevocationList
 from scoreboard.config import Config
@@ -56,3 +57,5 @@ async def run(
                     await keyring.refresh(store)
                 except (BackendUnavailable, NoSigningKey) as exc:
                     log.warning("keys: refresh failed (%s); keeping the current keys", exc)
+                except KeyEncryptionError as exc:
+                    log.error("keys: cannot decrypt (%s); keeping the current keys", exc)

@@ -101,9 +101,20 @@ class Store(Protocol):
 
     async def get_user_by_username(self, username: str) -> UserRecord | None: ...
 
-    async def signing_keys(self) -> list[SigningKeyRecord]: ...
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every key, decrypted. Raises `KeyEncryptionError` (a `ConfigError`) for a key no
+        configured key-encryption key opens."""
+        ...
 
-    async def add_signing_key(self, key: SigningKeyRecord) -> None: ...
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        """Stored sealed with the store's key-encryption key, if it has one."""
+        ...
+
+    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
+        """Seal every key stored in plain text with the first key-encryption key and, unless
+        `plain_only`, every key sealed with another one (a KEK rotation); the kids changed.
+        Nothing changes without a KEK. Raises `KeyEncryptionError` as `signing_keys` does."""
+        ...
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         """Stop publishing and verifying with this key (a retired key stays, so its kid is
@@ -197,6 +208,30 @@ class Limited:
 
 Claim = Accepted | Replayed | Limited
 
+FAILURE_DELAY_BASE_MS = 1000
+# 2**20 s is past any sensible maximum: the cap always wins before the exponent grows further.
+FAILURE_DELAY_MAX_DOUBLINGS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDelay:
+    """The first `free_failures` failures cost nothing; each one after them doubles the wait
+    before the next attempt, from 1 s up to `max_delay_ms`. Failures are forgotten
+    `forget_after_ms` after the last one."""
+
+    free_failures: int
+    max_delay_ms: int
+    forget_after_ms: int
+
+    def wait_ms(self, failures: int, last_failure_ms: int, now_ms: int) -> int:
+        """How long until the next attempt may run (0: now)."""
+        if failures < self.free_failures:
+            return 0
+        doublings = min(failures - self.free_failures, FAILURE_DELAY_MAX_DOUBLINGS)
+        delay = min(FAILURE_DELAY_BASE_MS << doublings, self.max_delay_ms)
+        return max(0, last_failure_ms + delay - now_ms)
+
+
 
 @dataclass(frozen=True, slots=True)
 class PendingAction:
@@ -275,11 +310,21 @@ class EdgeGuard(Protocol):
         before the scorer has stored it."""
         ...
 
-    async def count_attempt(self, key: str, *, limit_per_minute: int, now_ms: int) -> int:
-        """Count one attempt against `key`'s sliding one-minute window (login attempts per IP
-        and per username, token requests per IP and per client). 0 if admitted (and counted),
-        else the seconds until the window has room (and nothing counted)."""
+    async def count_attempts(self, limits: Sequence[tuple[str, int]], *, now_ms: int) -> int:
+        """Count one attempt against the sliding one-minute window of each (key, per-minute
+        limit) (sign-ins per IP, token requests per IP or per client, registrations per IP and
+        in all), as one atomic step: if every window has room, it is counted in all of them and
+        the answer is 0; otherwise nothing is counted anywhere and the answer is the seconds
+        until every window has room. A request one key refuses never uses up another's room."""
         ...
+
+    async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
+        """A progressive delay on `key`'s recent failures (sign-ins per username and IP): 0 if
+        an attempt may run now, and then it is recorded, atomically, as one more failure (call
+        `forget_failures` when it succeeds); else the seconds to wait, nothing recorded."""
+        ...
+
+    async def forget_failures(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ loop without awaiting in the middle, so each is atomic by construction.
 - The board orders by score descending, then by who reached the score first, then by user id
   (the store's order). It is empty and "not built" at start: `apply` answers None until
   `rebuild`, exactly like a missing Redis key, and `open_backends` rebuilds it from SQLite.
-- The guard keeps nonces (24 h), sliding one-minute windows per IP and per user, and cooldowns.
+- The guard keeps nonces (24 h), sliding one-minute windows per IP and per user, cooldowns,
+  and the sign-in, token and registration attempt windows and sign-in failure counts.
   Its memory dies with the process, while a nonce must never be accepted twice: a nonce it does
   not know is looked up in the durable history (`ClaimHistory`: the action log, the outbox and
   the dead letters) before it is claimed.
@@ -27,6 +28,7 @@ from scoreboard.adapters.interfaces import (
     Board,
     Claim,
     EdgeGuard,
+    FailureDelay,
     Limited,
     MeView,
     PendingAction,
@@ -153,6 +155,13 @@ class _Nonce:
 
 
 @dataclass(frozen=True, slots=True)
+class _Failures:
+    count: int
+    last_ms: int
+    forget_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Cooldown:
     until_ms: int
     action_id: uuid.UUID
@@ -168,6 +177,7 @@ class MemoryEdgeGuard(EdgeGuard):
         self._user_windows: dict[int, list[tuple[int, uuid.UUID]]] = {}
         self._cooldowns: dict[tuple[int, str], _Cooldown] = {}
         self._attempts: dict[str, list[tuple[int, uuid.UUID]]] = {}
+        self._failures: dict[str, _Failures] = {}
         self._next_sweep_ms = 0
 
     async def ping(self) -> None:
@@ -246,16 +256,35 @@ class MemoryEdgeGuard(EdgeGuard):
             return pending
         return await self._history.queued_action(action_id)
 
-    async def count_attempt(self, key: str, *, limit_per_minute: int, now_ms: int) -> int:
-        if limit_per_minute < 1:
+    async def count_attempts(self, limits: Sequence[tuple[str, int]], *, now_ms: int) -> int:
+        if any(limit < 1 for _key, limit in limits):
             raise ValueError("a limit must admit at least one attempt a minute")
         self._sweep(now_ms)
-        window = self._attempts.setdefault(key, [])
-        wait_ms = _window_wait(window, limit_per_minute, now_ms)
+        wait_ms = max(
+            (_window_wait(self._attempts.get(key, []), limit, now_ms) for key, limit in limits),
+            default=0,
+        )
         if wait_ms > 0:
             return math.ceil(wait_ms / 1000)
-        bisect.insort(window, (now_ms, uuid.uuid4()))
+        attempt = uuid.uuid4()
+        for key, _limit in limits:
+            bisect.insort(self._attempts.setdefault(key, []), (now_ms, attempt))
         return 0
+
+    async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
+        self._sweep(now_ms)
+        known = self._failures.get(key)
+        if known is not None and known.forget_at_ms <= now_ms:
+            known = None
+        failures, last_ms = (known.count, known.last_ms) if known else (0, 0)
+        wait_ms = delay.wait_ms(failures, last_ms, now_ms)
+        if wait_ms > 0:
+            return math.ceil(wait_ms / 1000)
+        self._failures[key] = _Failures(failures + 1, now_ms, now_ms + delay.forget_after_ms)
+        return 0
+
+    async def forget_failures(self, key: str) -> None:
+        self._failures.pop(key, None)
 
     def _sweep(self, now_ms: int) -> None:
         """Forget what has expired, now and then, so quiet users and IPs cost no memory."""
@@ -265,6 +294,8 @@ class MemoryEdgeGuard(EdgeGuard):
         _prune_all(self._ip_windows, now_ms)
         _prune_all(self._user_windows, now_ms)
         _prune_all(self._attempts, now_ms)
+        for failures_key in [k for k, f in self._failures.items() if f.forget_at_ms <= now_ms]:
+            del self._failures[failures_key]
         for cooldown_key in [k for k, c in self._cooldowns.items() if c.until_ms <= now_ms]:
             del self._cooldowns[cooldown_key]
         for nonce_key in [k for k, n in self._nonces.items() if n.expires_ms <= now_ms]:

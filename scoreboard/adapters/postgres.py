@@ -42,6 +42,7 @@ from scoreboard.adapters.interfaces import (
     UsernameTaken,
 )
 from scoreboard.adapters.migrations import Migration, MigrationError
+from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.bridge import Bridge
 from scoreboard.config import DatabaseConfig
 from scoreboard.model import (
@@ -58,6 +59,7 @@ from scoreboard.model import (
     Revocation,
     SigningKeyRecord,
     UserRecord,
+    normalized_identity,
 )
 
 T = TypeVar("T")
@@ -132,6 +134,10 @@ async def _apply_migrations(database_url: str, migrations: Sequence[Migration]) 
                     )
                 continue
             async with conn.transaction():
+                if migration.check is not None:
+                    problems = [row[0] for row in await conn.fetch(migration.check)]
+                    if problems:
+                        raise migration.refuse(problems)
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -173,12 +179,13 @@ async def _create_database(database_url: str) -> None:
 
 @contextlib.asynccontextmanager
 async def open_postgres_store(
-    bridge: Bridge, config: DatabaseConfig
+    bridge: Bridge, config: DatabaseConfig, key_encryption: KeyEncryption | None = None
 ) -> AsyncIterator[PostgresStore]:
-    """A connection pool on the bridge loop for the block's duration; closed, shielded, after."""
+    """A connection pool on the bridge loop for the block's duration; closed, shielded, after.
+    Signing keys are sealed with `key_encryption` (kept as they are without it)."""
     pool = await _crossing(bridge, _open_pool, config)
     try:
-        yield PostgresStore(bridge, pool)
+        yield PostgresStore(bridge, pool, key_encryption or KeyEncryption())
     finally:
         with trio.CancelScope(shield=True):
             await bridge.run(_close_pool, pool)
@@ -201,9 +208,10 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
 class PostgresStore(Store):
     """The `Store` on PostgreSQL. Build it with `open_postgres_store`."""
 
-    def __init__(self, bridge: Bridge, pool: asyncpg.Pool) -> None:
+    def __init__(self, bridge: Bridge, pool: asyncpg.Pool, key_encryption: KeyEncryption) -> None:
         self._bridge = bridge
         self._pool = pool
+        self._key_encryption = key_encryption
 
     async def ping(self) -> None:
         await _crossing(self._bridge, _ping, self._pool)
@@ -245,13 +253,26 @@ class PostgresStore(Store):
         return await _crossing(self._bridge, _get_user_by_username, self._pool, username)
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
-        """Every key, retired ones included, oldest first."""
-        return await _crossing(self._bridge, _signing_keys, self._pool)
+        """Every key, retired ones included, oldest first, decrypted."""
+        stored = await _crossing(self._bridge, _signing_keys, self._pool)
+        return [self._key_encryption.opened(record) for record in stored]
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """A key whose `kid` is stored already is left as it is: concurrent creators of one
         generation agree on whichever was inserted first."""
-        await _crossing(self._bridge, _add_signing_key, self._pool, key)
+        sealed = self._key_encryption.sealed(key)
+        await _crossing(self._bridge, _add_signing_key, self._pool, sealed)
+
+    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
+        stored = await _crossing(self._bridge, _signing_keys, self._pool)
+        changes = [
+            (record.kid, record.private_pem, resealed)
+            for record in stored
+            if (resealed := self._key_encryption.resealed(record, plain_only=plain_only))
+        ]
+        if not changes:
+            return []
+        return await _crossing(self._bridge, _replace_private_pems, self._pool, changes)
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         await _crossing(self._bridge, _retire_signing_key, self._pool, kid, retired_at_ms)
@@ -620,15 +641,18 @@ def _user_record(row: asyncpg.Record | None) -> UserRecord | None:
 async def _create_user(pool: asyncpg.Pool, username: str, email: str, password_hash: str) -> int:
     try:
         user_id: int = await pool.fetchval(
-            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO users (username, email, password_hash, username_normalized,"
+            " email_normalized) VALUES ($1, $2, $3, $4, $5) RETURNING id",
             username,
             email,
             password_hash,
+            normalized_identity(username),
+            normalized_identity(email),
         )
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "users_username_key":
+        if exc.constraint_name == "users_username_normalized_key":
             raise UsernameTaken(username) from None
-        if exc.constraint_name == "users_email_key":
+        if exc.constraint_name == "users_email_normalized_key":
             raise EmailTaken(email) from None
         raise
     return user_id
@@ -641,7 +665,10 @@ async def _get_user(pool: asyncpg.Pool, user_id: int) -> UserRecord | None:
 
 
 async def _get_user_by_username(pool: asyncpg.Pool, username: str) -> UserRecord | None:
-    row = await pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
+    row = await pool.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE username_normalized = $1",
+        normalized_identity(username),
+    )
     return _user_record(row)
 
 
@@ -682,6 +709,25 @@ async def _add_signing_key(pool: asyncpg.Pool, key: SigningKeyRecord) -> None:
         key.created_at_ms,
         key.retired_at_ms,
     )
+
+
+async def _replace_private_pems(
+    pool: asyncpg.Pool, changes: Sequence[tuple[str, str, str]]
+) -> list[str]:
+    """Each (kid, stored value, new value) in one transaction; a row another process changed
+    since it was read is left to that process. The kids changed here."""
+    changed = []
+    async with pool.acquire() as conn, conn.transaction():
+        for kid, stored, replacement in changes:
+            if await conn.fetchval(
+                "UPDATE signing_keys SET private_pem = $3 WHERE kid = $1 AND private_pem = $2"
+                " RETURNING kid",
+                kid,
+                stored,
+                replacement,
+            ):
+                changed.append(kid)
+    return changed
 
 
 async def _retire_signing_key(pool: asyncpg.Pool, kid: str, retired_at_ms: int) -> None:
@@ -783,8 +829,9 @@ async def _remove_client(
 async def _disable_user(pool: asyncpg.Pool, username: str, expires_at_ms: int) -> list[str] | None:
     async with pool.acquire() as conn, conn.transaction():
         user_id = await conn.fetchval(
-            "UPDATE users SET disabled = true, updated_at = now() WHERE username = $1 RETURNING id",
-            username,
+            "UPDATE users SET disabled = true, updated_at = now() WHERE username_normalized = $1"
+            " RETURNING id",
+            normalized_identity(username),
         )
         if user_id is None:
             return None

@@ -14,7 +14,8 @@ Key layout, all under `RedisConfig.prefix` (`P`):
 - `P limit:user:{user}`           the same per user
 - `P cooldown:{user}:{type}`      "{until_ms} {action_id}"
 - `P action:{action_id}`          hash of a claimed action (`pending_action`), lives as its nonce
-- `P attempts:{key}`              sorted set of attempt ids by time (login and token endpoints)
+- `P attempts:{key}`              sorted set of attempt ids by time (sign-in, token, registration)
+- `P failures:{key}`              hash `count`, `last` (ms): failed sign-ins per username and IP
 
 Equal scores must rank by who reached the score first, and Redis orders equal scores by member
 bytes; ZREVRANGE reverses that order too, so the member starts with the reach time subtracted
@@ -37,9 +38,12 @@ import trio
 from redis.typing import EncodableT
 
 from scoreboard.adapters.interfaces import (
+    FAILURE_DELAY_BASE_MS,
+    FAILURE_DELAY_MAX_DOUBLINGS,
     Accepted,
     BackendUnavailable,
     Claim,
+    FailureDelay,
     Limited,
     MeView,
     PendingAction,
@@ -240,18 +244,44 @@ redis.call('SET', KEYS[1], string.match(known, '^%S+') .. ' ' .. ARGV[1], 'KEEPT
 return true
 """
 
-# KEYS: the attempts window. ARGV: now_ms, window ms, limit, a unique member for this attempt.
-# Answers 0 (counted) or the ms until the window has room (nothing counted).
-_COUNT_ATTEMPT = """
-local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count >= limit then
-  local leaving = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-  return math.max(1, tonumber(leaving[2]) + window - now)
+# KEYS: the attempt windows. ARGV: now_ms, window ms, a unique member for this attempt, then
+# each window's limit, in the order of KEYS. Answers 0 (counted in every window) or the ms until
+# every window has room (nothing counted anywhere).
+_COUNT_ATTEMPTS = """
+local now, window, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[3 + i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local leaving = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    wait = math.max(wait, tonumber(leaving[2]) + window - now, 1)
+  end
 end
-redis.call('ZADD', KEYS[1], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], window)
+if wait > 0 then return wait end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, window)
+end
+return 0
+"""
+
+# KEYS: a failures hash {count, last}. ARGV: now_ms, free failures, base delay ms, max delay ms,
+# max doublings, forget-after ms. Answers 0 (admitted, and recorded as one more failure) or the
+# ms to wait (nothing recorded). The arithmetic is `FailureDelay.wait_ms`.
+_ADMIT_AFTER_FAILURES = """
+local now = tonumber(ARGV[1])
+local free, base, max_delay = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+if count >= free then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
+  local delay = math.min(base * 2 ^ math.min(count - free, tonumber(ARGV[5])), max_delay)
+  local wait = last + delay - now
+  if wait > 0 then return wait end
+end
+redis.call('HSET', KEYS[1], 'count', count + 1, 'last', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 0
 """
 
@@ -388,7 +418,8 @@ class RedisEdgeGuard(_RedisAdapter):
         self._claim_script = client.register_script(_CLAIM)
         self._release_script = client.register_script(_RELEASE)
         self._set_first_status_script = client.register_script(_SET_FIRST_STATUS)
-        self._count_attempt_script = client.register_script(_COUNT_ATTEMPT)
+        self._count_attempts_script = client.register_script(_COUNT_ATTEMPTS)
+        self._admit_after_failures_script = client.register_script(_ADMIT_AFTER_FAILURES)
 
     def _nonce_key(self, user_id: int, nonce: str) -> str:
         return f"{self._prefix}nonce:{user_id}:{nonce}"
@@ -468,15 +499,38 @@ class RedisEdgeGuard(_RedisAdapter):
             created_at_ms=int(fields["created_at_ms"]),
         )
 
-    async def count_attempt(self, key: str, *, limit_per_minute: int, now_ms: int) -> int:
-        if limit_per_minute < 1:
+    async def count_attempts(self, limits: Sequence[tuple[str, int]], *, now_ms: int) -> int:
+        if any(limit < 1 for _key, limit in limits):
             raise ValueError("a limit must admit at least one attempt a minute")
+        if not limits:
+            return 0
         wait_ms = await self._run(
-            self._count_attempt_script,
-            [f"{self._prefix}attempts:{key}"],
-            [now_ms, LIMIT_WINDOW_MS, limit_per_minute, uuid.uuid4().hex],
+            self._count_attempts_script,
+            [f"{self._prefix}attempts:{key}" for key, _limit in limits],
+            [now_ms, LIMIT_WINDOW_MS, uuid.uuid4().hex, *(limit for _key, limit in limits)],
         )
         return math.ceil(int(wait_ms) / 1000)
+
+    async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
+        wait_ms = await self._run(
+            self._admit_after_failures_script,
+            [self._failures_key(key)],
+            [
+                now_ms,
+                delay.free_failures,
+                FAILURE_DELAY_BASE_MS,
+                delay.max_delay_ms,
+                FAILURE_DELAY_MAX_DOUBLINGS,
+                delay.forget_after_ms,
+            ],
+        )
+        return math.ceil(int(wait_ms) / 1000)
+
+    async def forget_failures(self, key: str) -> None:
+        await self._run(self._client.delete, self._failures_key(key))
+
+    def _failures_key(self, key: str) -> str:
+        return f"{self._prefix}failures:{key}"
 
     async def _pending_action(self, action_id: uuid.UUID) -> dict[str, str]:
         fields = await self._client.hgetall(self._action_key(action_id))

@@ -36,6 +36,7 @@ from scoreboard.adapters.interfaces import (
     UsernameTaken,
 )
 from scoreboard.adapters.migrations import Migration, MigrationError
+from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
@@ -50,7 +51,9 @@ from scoreboard.model import (
     Revocation,
     SigningKeyRecord,
     UserRecord,
+    normalized_identity,
 )
+from scoreboard.private_files import private_directory, private_file, restrict_if_present
 
 T = TypeVar("T")
 
@@ -65,6 +68,16 @@ def now_ms() -> int:
 
 def database_path(data_dir: Path) -> Path:
     return data_dir / DATABASE_FILE
+
+
+def private_database(data_dir: Path) -> None:
+    """The data directory (0700) and the database file (0600), before SQLite opens it: SQLite
+    gives its -wal and -shm files the database file's mode."""
+    path = database_path(data_dir)
+    private_directory(data_dir)
+    private_file(path)
+    for companion in ("-wal", "-shm", "-journal"):
+        restrict_if_present(path.with_name(path.name + companion))
 
 
 class SQLiteDatabase:
@@ -128,7 +141,7 @@ async def open_sqlite(
     path = database_path(data_dir)
 
     def open_migrated() -> sqlite3.Connection:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_database(data_dir)
         connection = connect(path)
         try:
             apply_migrations(connection, migrations)
@@ -180,6 +193,10 @@ def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migrat
                     )
                 connection.execute("ROLLBACK")
                 continue
+            if migration.check is not None:
+                problems = [row[0] for row in connection.execute(migration.check)]
+                if problems:
+                    raise migration.refuse(problems)
             # executescript() would commit first; each statement runs inside our transaction.
             for statement in _statements(migration.sql):
                 connection.execute(statement)
@@ -216,7 +233,7 @@ async def migrate_sqlite(data_dir: Path, migrations: Sequence[Migration]) -> lis
     """`scoreboard migrate` in embedded mode."""
 
     def run() -> list[str]:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_database(data_dir)
         connection = connect(database_path(data_dir))
         try:
             return apply_migrations(connection, migrations)
@@ -233,8 +250,9 @@ async def migrate_sqlite(data_dir: Path, migrations: Sequence[Migration]) -> lis
 class SQLiteStore(Store):
     """The `Store` on SQLite. Build it on a database from `open_sqlite`."""
 
-    def __init__(self, database: SQLiteDatabase):
+    def __init__(self, database: SQLiteDatabase, key_encryption: KeyEncryption | None = None):
         self._db = database
+        self._key_encryption = key_encryption or KeyEncryption()
 
     async def ping(self) -> None:
         await self._db.read(lambda connection: connection.execute("SELECT 1").fetchone())
@@ -278,15 +296,30 @@ class SQLiteStore(Store):
         return await self._db.read(functools.partial(_one_user, "id = ?", user_id))
 
     async def get_user_by_username(self, username: str) -> UserRecord | None:
-        return await self._db.read(functools.partial(_one_user, "username = ?", username))
+        return await self._db.read(
+            functools.partial(_one_user, "username_normalized = ?", normalized_identity(username))
+        )
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
-        """Every key, retired ones included, oldest first."""
-        return await self._db.read(_signing_keys)
+        """Every key, retired ones included, oldest first, decrypted."""
+        stored = await self._db.read(_signing_keys)
+        return [self._key_encryption.opened(record) for record in stored]
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """A key whose `kid` is stored already is left as it is."""
-        await self._db.write(functools.partial(_add_signing_key, key))
+        sealed = self._key_encryption.sealed(key)
+        await self._db.write(functools.partial(_add_signing_key, sealed))
+
+    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
+        stored = await self._db.read(_signing_keys)
+        changes = [
+            (record.kid, record.private_pem, resealed)
+            for record in stored
+            if (resealed := self._key_encryption.resealed(record, plain_only=plain_only))
+        ]
+        if not changes:
+            return []
+        return await self._db.write(functools.partial(_replace_private_pems, changes))
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         await self._db.write(
@@ -584,12 +617,17 @@ def _create_user(
     now = now_ms()
     try:
         cursor = connection.execute(
-            "INSERT INTO users (username, email, password_hash, score_reached_at_ms,"
-            " created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            (username, email, password_hash, now, now, now),
+            "INSERT INTO users (username, email, password_hash, username_normalized,"
+            " email_normalized, score_reached_at_ms, created_at_ms, updated_at_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                username, email, password_hash, normalized_identity(username),
+                normalized_identity(email), now, now, now,
+            ),
         )
     except sqlite3.IntegrityError as exc:
-        # SQLite names the column, not the constraint: "UNIQUE constraint failed: users.email".
+        # SQLite names the column, not the constraint: "UNIQUE constraint failed: users.email",
+        # or `users.email_normalized` (the case-sensitive constraints stay, implied).
         if "users.username" in str(exc):
             raise UsernameTaken(username) from None
         if "users.email" in str(exc):
@@ -648,6 +686,20 @@ def _add_signing_key(key: SigningKeyRecord, connection: sqlite3.Connection) -> N
             key.retired_at_ms,
         ),
     )
+
+
+def _replace_private_pems(
+    changes: Sequence[tuple[str, str, str]], connection: sqlite3.Connection
+) -> list[str]:
+    return [
+        kid
+        for kid, stored, replacement in changes
+        if connection.execute(
+            "UPDATE signing_keys SET private_pem = ? WHERE kid = ? AND private_pem = ?"
+            " RETURNING kid",
+            (replacement, kid, stored),
+        ).fetchone()
+    ]
 
 
 # -- OAuth (the rules of the Postgres store; the one writer's transaction makes each atomic)
@@ -744,8 +796,9 @@ def _disable_user(
     username: str, expires_at_ms: int, connection: sqlite3.Connection
 ) -> list[str] | None:
     row = connection.execute(
-        "UPDATE users SET disabled = 1, updated_at_ms = ? WHERE username = ? RETURNING id",
-        (now_ms(), username),
+        "UPDATE users SET disabled = 1, updated_at_ms = ? WHERE username_normalized = ?"
+        " RETURNING id",
+        (now_ms(), normalized_identity(username)),
     ).fetchone()
     if row is None:
         return None

@@ -71,7 +71,13 @@ async def register_user(
 ) -> int:
     """Validate, hash and store a new account; return its user id. Raises `RegistrationError`,
     or the store's `UsernameTaken` / `EmailTaken`."""
-    registration = validate_registration(username, email, password)
+    return await create_account(store, passwords, validate_registration(username, email, password))
+
+
+async def create_account(store: UserStore, passwords: Passwords, registration: Registration) -> int:
+    """Hash and store a validated registration; its user id. Raises the store's
+    `UsernameTaken` / `EmailTaken` (taken in any case: names are unique case-insensitively),
+    or `HashingBusy`."""
     password_hash = await passwords.hash(registration.password)
     return await store.create_user(registration.username, registration.email, password_hash)
 

@@ -15,15 +15,17 @@ from typing import Any
 
 import trio
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
-from scoreboard.adapters.interfaces import BackendUnavailable
-from scoreboard.auth.clients import SCOPES
+from scoreboard.adapters.interfaces import BackendUnavailable, FailureDelay
+from scoreboard.auth.clients import CLIENT_ID_PATTERN, SCOPES, secret_matches
 from scoreboard.auth.login_form import AUTHORIZE_PARAMETERS, form_token, form_token_valid
 from scoreboard.auth.users import authenticate_user
 from scoreboard.http import revocation
 from scoreboard.http.errors import RequestRejected
+from scoreboard.http.limits import over_limit
 from scoreboard.http.oauth_server import (
     TOKEN_AUTH_METHODS,
     AuthorizationServer,
@@ -32,6 +34,7 @@ from scoreboard.http.oauth_server import (
 from scoreboard.http.oauth_server import Response as OAuthResponse
 from scoreboard.http.requests import authenticate, bearer_token, client_ip, json_body
 from scoreboard.http.services import Services, current_services
+from scoreboard.model import normalized_identity
 
 blueprint = Blueprint("oauth", __name__)
 
@@ -109,16 +112,31 @@ def _ip(svc: Services) -> str:
     return client_ip(request.remote_addr, request.headers, svc.config.server.trusted_proxies)
 
 
-async def _over_limit(svc: Services, limits: list[tuple[str, int]]) -> int:
-    """Count an attempt against each (key, per-minute limit); the longest wait, 0 if admitted."""
+def sign_in_failures_key(ip: str, username: str) -> str:
+    """The key of a (username, IP) pair's failed sign-ins. The IP comes first and holds no
+    `|`, so no crafted username can name another address's pair."""
+    return f"login:{ip}|{normalized_identity(username)}"
+
+
+async def _sign_in_delay(svc: Services, username: str) -> int:
+    """The progressive delay of this (username, IP) pair: 0 if a password check may run now
+    (it counts as a failure until `_signed_in` forgets them), else the seconds to wait."""
     if not svc.config.limits.enabled:
         return 0
-    now_ms = time.time_ns() // 1_000_000
-    waits = [
-        await svc.guard.count_attempt(key, limit_per_minute=limit, now_ms=now_ms)
-        for key, limit in limits
-    ]
-    return max(waits, default=0)
+    oauth = svc.config.oauth
+    delay = FailureDelay(
+        free_failures=oauth.login_failures_before_delay,
+        max_delay_ms=oauth.login_failure_delay_max_s * 1000,
+        forget_after_ms=oauth.login_failures_forgotten_after_s * 1000,
+    )
+    return await svc.guard.admit_after_failures(
+        sign_in_failures_key(_ip(svc), username), now_ms=time.time_ns() // 1_000_000, delay=delay
+    )
+
+
+async def _signed_in(svc: Services, username: str) -> None:
+    if svc.config.limits.enabled:
+        await svc.guard.forget_failures(sign_in_failures_key(_ip(svc), username))
 
 
 # -- the authorization endpoint and its login form
@@ -214,16 +232,18 @@ async def authorize_login() -> Response:
             svc, params, error="This sign-in form has expired. Please sign in again.", status=400
         )
     username, password = form.get("username", ""), form.get("password", "")
-    limits = [(f"login:ip:{_ip(svc)}", svc.config.oauth.login_attempts_per_minute_per_ip)]
-    if len(username) <= MAX_USERNAME_CHARS:
-        limits.append(
-            (f"login:user:{username}", svc.config.oauth.login_attempts_per_minute_per_username)
-        )
+    ip_limit = [(f"login:ip:{_ip(svc)}", svc.config.oauth.login_attempts_per_minute_per_ip)]
     try:
-        wait_s = await _over_limit(svc, limits)
+        # Every attempt counts against its address; only a password check that fails counts
+        # against its (username, address) pair, so nobody can hold an account back elsewhere.
+        wait_s = await over_limit(svc, ip_limit)
         user = None
         if not wait_s and len(username) <= MAX_USERNAME_CHARS:
-            user = await authenticate_user(svc.store, svc.passwords, username, password)
+            wait_s = await _sign_in_delay(svc, username)
+            if not wait_s:
+                user = await authenticate_user(svc.store, svc.passwords, username, password)
+                if user is not None:
+                    await _signed_in(svc, username)
     except BackendUnavailable:
         return _page(
             "Try again later",
@@ -253,8 +273,8 @@ async def authorize_login() -> Response:
 
 
 async def _token_endpoint_params(svc: Services) -> MultiDict[str, str]:
-    """The body, form-encoded (RFC 6749) or JSON (proposal §6.1); rate-limited per client IP
-    and per client id."""
+    """The body, form-encoded (RFC 6749) or JSON (proposal §6.1), once the rate limit admits
+    the request: per client IP, or per client for an authenticated confidential client."""
     if request.mimetype == "application/x-www-form-urlencoded":
         form = await request.form
         params: MultiDict[str, str] = MultiDict(list(form.items(multi=True)))
@@ -273,15 +293,13 @@ async def _token_endpoint_params(svc: Services) -> MultiDict[str, str]:
             "the body must be application/x-www-form-urlencoded or application/json",
         )
     oauth = svc.config.oauth
-    limits = [(f"token:ip:{_ip(svc)}", oauth.token_requests_per_minute_per_ip)]
-    client_id = request.authorization.username if request.authorization else None
-    client_id = client_id or params.get("client_id")
-    if client_id:
-        limits.append(
-            (f"token:client:{client_id[:128]}", oauth.token_requests_per_minute_per_client)
-        )
     try:
-        wait_s = await _over_limit(svc, limits)
+        client_id = await _confidential_client(svc, params)
+        if client_id is not None:
+            limit = (f"token:client:{client_id}", oauth.token_requests_per_minute_per_client)
+        else:
+            limit = (f"token:ip:{_ip(svc)}", oauth.token_requests_per_minute_per_ip)
+        wait_s = await over_limit(svc, [limit])
     except BackendUnavailable:
         raise OAuthRejected(
             503, "temporarily_unavailable", "try again", {"Retry-After": "1"}
@@ -294,6 +312,32 @@ async def _token_endpoint_params(svc: Services) -> MultiDict[str, str]:
             {"Retry-After": str(wait_s)},
         )
     return params
+
+
+async def _confidential_client(svc: Services, params: MultiDict[str, str]) -> str | None:
+    """The id of the confidential client this request authenticates as (Basic or
+    `client_secret_post`, checked as Authlib will check them), or None. A client id alone
+    proves nothing, so only an authenticated client has a limit of its own: anyone else
+    shares their address's, and a flood from one address never reaches other users. (A
+    well-formed client id with a secret costs one look-up by primary key before the limit.)"""
+    try:
+        basic: tuple[str | None, str | None] = extract_basic_authorization(request.headers)
+    except UnicodeDecodeError:
+        raise OAuthRejected(
+            401,
+            "invalid_client",
+            "the Basic credentials are not UTF-8",
+            {"WWW-Authenticate": 'Basic realm="scoreboard"'},
+        ) from None
+    client_id, secret = basic
+    if not (client_id and secret):
+        client_id, secret = params.get("client_id"), params.get("client_secret")
+    if not (client_id and secret) or not CLIENT_ID_PATTERN.fullmatch(client_id):
+        return None
+    record = await svc.store.get_client(client_id)
+    if record is None or record.client_type != "confidential" or not secret_matches(record, secret):
+        return None
+    return client_id
 
 
 def _token_endpoint_response(outcome: OAuthResponse) -> Response:

@@ -1,13 +1,16 @@
-"""`POST /api/v1/users`: registration (contract §1)."""
+"""`POST /api/v1/users`: registration (contract §1), limited per client IP and in all, and
+hashed in a bounded share of the hashing capacity that never delays a sign-in."""
 
 from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify, request
 
 from scoreboard.adapters.interfaces import BackendUnavailable, EmailTaken, UsernameTaken
-from scoreboard.auth.users import RegistrationError, register_user
+from scoreboard.auth.passwords import HashingBusy
+from scoreboard.auth.users import RegistrationError, create_account, validate_registration
 from scoreboard.http.errors import RequestRejected, unavailable
-from scoreboard.http.requests import json_body
+from scoreboard.http.limits import over_limit
+from scoreboard.http.requests import client_ip, json_body
 from scoreboard.http.services import current_services
 
 blueprint = Blueprint("users", __name__)
@@ -33,11 +36,35 @@ async def register() -> Response:
     if unknown:
         raise _oauth_error(400, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
     try:
-        user_id = await register_user(
-            svc.store, svc.passwords, body.get("username"), body.get("email"), body.get("password")
+        registration = validate_registration(
+            body.get("username"), body.get("email"), body.get("password")
         )
     except RegistrationError as exc:
         raise _oauth_error(400, "invalid_request", str(exc)) from None
+    limits = svc.config.limits
+    ip = client_ip(request.remote_addr, request.headers, svc.config.server.trusted_proxies)
+    try:
+        # Per address, and from all addresses together: each registration hashes a password.
+        wait_s = await over_limit(
+            svc,
+            [
+                (f"register:ip:{ip}", limits.registrations_per_minute_per_ip),
+                ("register:all", limits.registrations_per_minute),
+            ],
+        )
+        if wait_s:
+            raise RequestRejected(
+                429,
+                "rate_limit_exceeded",
+                headers={"Retry-After": str(wait_s)},
+                extra={
+                    "retry_after": wait_s,
+                    "error_description": f"too many registrations; retry in {wait_s} s",
+                },
+            )
+        user_id = await create_account(svc.store, svc.passwords, registration)
+    except HashingBusy:
+        raise unavailable(1, "too many registrations at once") from None
     except UsernameTaken:
         raise RequestRejected(409, "username_taken") from None
     except EmailTaken:

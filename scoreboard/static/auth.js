@@ -3,7 +3,7 @@
 // the tab, never in a URL or a cookie. Each tab has its own refresh token family, so two tabs
 // never race each other's rotation.
 
-import { ApiError, revoke, tokenRequest } from "./api.js";
+import { ApiError, retriable, retryDelayMs, revoke, sleep, tokenRequest } from "./api.js";
 import { Backoff } from "./backoff.js";
 import { challengeFor, randomToken } from "./pkce.js";
 
@@ -15,6 +15,14 @@ const LOGIN_KEY = "scoreboard.login"; // state and verifier of a login under way
 // renewed at 840 s, a 5 s test token at 3.75 s. The WebSocket closes at `exp` exactly, so the
 // new token must reach it before then.
 const MAX_REFRESH_MARGIN_MS = 60_000;
+// The server's word that the refresh token is dead (RFC 6749 §5.2): only these end a session.
+// A rate limit, an outage or a lost connection leaves the token good: try again.
+const SESSION_ENDING_ERRORS = new Set(["invalid_grant", "invalid_client"]);
+// A code lives 60 s: trying to redeem it a few times within that is worth it, more is not.
+const CODE_EXCHANGE_ATTEMPTS = 3;
+const MAX_CODE_EXCHANGE_WAIT_MS = 20_000;
+// A logout tells the server a few times, as long as it asks to be asked again.
+const REVOKE_ATTEMPTS = 5;
 
 export class LoginError extends Error {}
 
@@ -49,17 +57,31 @@ export async function completeLogin(url) {
   if (!pending || !params.get("code") || params.get("state") !== pending.state) {
     throw new LoginError("That login did not start in this tab. Please log in again.");
   }
-  try {
-    const body = await tokenRequest({
-      grant_type: "authorization_code",
-      code: params.get("code"),
-      redirect_uri: redirectUri(),
-      client_id: CLIENT_ID,
-      code_verifier: pending.verifier,
-    });
-    return Session.create(body);
-  } catch (error) {
-    throw new LoginError(`Login failed: ${error.message}. Please try again.`);
+  const exchange = {
+    grant_type: "authorization_code",
+    code: params.get("code"),
+    redirect_uri: redirectUri(),
+    client_id: CLIENT_ID,
+    code_verifier: pending.verifier,
+  };
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return Session.create(await tokenRequest(exchange));
+    } catch (error) {
+      // Only a refusal the server gave before looking at the code (a rate limit or outage,
+      // with the wait it asks for) leaves it unspent: anything else, tried again, would be a
+      // code reused.
+      const unspent =
+        error instanceof ApiError && [429, 503].includes(error.status) && error.retryAfterS !== null;
+      if (
+        !unspent ||
+        attempt === CODE_EXCHANGE_ATTEMPTS ||
+        error.retryAfterS * 1000 > MAX_CODE_EXCHANGE_WAIT_MS
+      ) {
+        throw new LoginError(`Login failed: ${error.message}. Please try again.`);
+      }
+      await sleep(error.retryAfterS * 1000);
+    }
   }
 }
 
@@ -149,27 +171,38 @@ export class Session extends EventTarget {
         this.dispatchEvent(new Event("refreshed"));
         return true;
       } catch (error) {
-        // The server said no (revoked, rotated elsewhere, expired): only a new login helps.
-        if (error instanceof ApiError && error.status < 500) {
+        // The refresh token is dead (revoked, rotated elsewhere, expired): only a new login helps.
+        if (error instanceof ApiError && SESSION_ENDING_ERRORS.has(error.code)) {
           this.end("Your session has ended. Please log in again.");
           return false;
         }
-        // The server is unreachable or failing: try again, the refresh token is still good.
-        await new Promise((resolve) => setTimeout(resolve, this.backoff.next()));
+        // Rate-limited, unreachable or failing: the refresh token is still good, try again
+        // when the server says (Retry-After), or after a backoff.
+        await sleep(retryDelayMs(error, this.backoff));
       }
     }
     return false;
   }
 
-  /** Revokes the refresh token (and with it the grant's access tokens and sockets). */
+  /**
+   * Ends the session here at once, then revokes the refresh token (and with it the grant's
+   * access tokens and sockets), again while the server is rate-limiting or unreachable.
+   * Resolves true once the server has revoked it, false if it could not be told.
+   */
   async logout() {
     const refreshToken = this.tokens.refresh_token;
     this.end(null);
-    if (!refreshToken) return;
-    try {
-      await revoke({ token: refreshToken, token_type_hint: "refresh_token", client_id: CLIENT_ID });
-    } catch {
-      // Nothing more a page can do; the token expires on its own.
+    if (!refreshToken) return true;
+    const backoff = new Backoff({ baseMs: 1000, capMs: 15_000 });
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await revoke({ token: refreshToken, token_type_hint: "refresh_token", client_id: CLIENT_ID });
+        return true;
+      } catch (error) {
+        // Past that, nothing more a page can do: the token expires on its own.
+        if (!retriable(error) || attempt === REVOKE_ATTEMPTS) return false;
+        await sleep(retryDelayMs(error, backoff));
+      }
     }
   }
 

@@ -167,8 +167,16 @@ async function loadCatalogue() {
 async function main() {
   document.getElementById("login").addEventListener("click", () => beginLogin());
   document.getElementById("logout").addEventListener("click", async () => {
-    await session?.logout();
-    notice("You are logged out."); // said once the server has revoked the refresh token
+    if (!session) return;
+    const revoked = session.logout(); // the page is public from here on
+    notice("Logging out…");
+    // Said once the server has revoked the refresh token (which it may ask to be retried).
+    notice(
+      (await revoked)
+        ? "You are logged out."
+        : "You are logged out here, but the server could not be reached: your session there " +
+            "ends when it expires.",
+    );
   });
   initSignup(beginLogin);
   loadCatalogue();

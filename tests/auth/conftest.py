@@ -1,8 +1,9 @@
 """Scaffolding for the pure parts of auth: the few `Store` methods they call, kept in memory.
 
 `MemoryStore` is not a stand-in for PostgreSQL's behaviour in general; it implements exactly the
-contract auth relies on (unique username and email, signing keys inserted with ON CONFLICT (kid)
-DO NOTHING) and yields to the scheduler in each call so that concurrent callers interleave.
+contract auth relies on (username and email unique in any case, signing keys inserted with ON
+CONFLICT (kid) DO NOTHING) and yields to the scheduler in each call so that concurrent callers
+interleave.
 The same tests run against the real store in `test_postgres_store.py`.
 """
 
@@ -18,7 +19,7 @@ import trio
 from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
 from scoreboard.auth.passwords import Passwords
 from scoreboard.config import Config
-from scoreboard.model import SigningKeyRecord, UserRecord
+from scoreboard.model import SigningKeyRecord, UserRecord, normalized_identity
 
 # The smallest argon2id cost, so tests that only need *a* hash stay fast.
 FAST_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -32,9 +33,11 @@ class MemoryStore:
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
         await trio.lowlevel.checkpoint()
-        if any(u.username == username for u in self.users.values()):
+        name = normalized_identity(username)
+        if any(normalized_identity(u.username) == name for u in self.users.values()):
             raise UsernameTaken(username)
-        if any(u.email == email for u in self.users.values()):
+        address = normalized_identity(email)
+        if any(normalized_identity(u.email) == address for u in self.users.values()):
             raise EmailTaken(email)
         user_id = next(self._ids)
         self.users[user_id] = UserRecord(user_id, username, email, password_hash, 0, False, 0)
@@ -46,7 +49,10 @@ class MemoryStore:
 
     async def get_user_by_username(self, username: str) -> UserRecord | None:
         await trio.lowlevel.checkpoint()
-        return next((u for u in self.users.values() if u.username == username), None)
+        name = normalized_identity(username)
+        return next(
+            (u for u in self.users.values() if normalized_identity(u.username) == name), None
+        )
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         await trio.lowlevel.checkpoint()

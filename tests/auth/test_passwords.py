@@ -5,9 +5,11 @@ import time
 from typing import Literal
 
 import argon2
+import pytest
 import trio
+import trio.testing
 
-from scoreboard.auth.passwords import DEFAULT_HASHER, Passwords
+from scoreboard.auth.passwords import DEFAULT_HASHER, HashingBusy, Passwords
 from tests.auth.conftest import FAST_HASHER
 
 
@@ -91,7 +93,7 @@ class OverlapHasher(argon2.PasswordHasher):
 
 async def test_concurrent_verifies_are_capped_by_the_limiter() -> None:
     hasher = OverlapHasher()
-    passwords = Passwords(hasher, concurrent_hashes=2)
+    passwords = Passwords(hasher, concurrent_verifies=2)
     password_hash = await passwords.hash("correct horse battery")
     results: list[bool] = []
 
@@ -104,3 +106,50 @@ async def test_concurrent_verifies_are_capped_by_the_limiter() -> None:
                 nursery.start_soon(log_in)
     assert results == [True] * 8
     assert hasher.most_at_once == 2
+
+
+class BlockedHasher(argon2.PasswordHasher):
+    """New hashes wait in their worker threads until released; verifies run at once."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.started.release()
+        self.release.wait()
+        return super().hash(password, salt=salt)
+
+
+async def test_sign_ins_are_checked_while_registrations_hold_the_hashing_threads() -> None:
+    hasher = BlockedHasher()
+    password_hash = FAST_HASHER.hash("correct horse battery")
+    passwords = Passwords(hasher, concurrent_verifies=2, concurrent_new_hashes=1)
+    async with trio.open_nursery() as nursery:
+        try:
+            for n in range(5):
+                nursery.start_soon(passwords.hash, f"registration {n}")
+            await trio.to_thread.run_sync(hasher.started.acquire)
+            # Registrations hold the new-hash thread and queue behind it; sign-ins go past.
+            with trio.fail_after(30):
+                for _ in range(4):
+                    assert await passwords.verify(password_hash, "correct horse battery")
+            assert not hasher.started.acquire(blocking=False), "one new hash at a time"
+        finally:
+            hasher.release.set()  # the threads are not cancellable: let them finish
+
+
+async def test_registrations_past_the_bounded_queue_are_refused() -> None:
+    hasher = BlockedHasher()
+    passwords = Passwords(hasher, concurrent_new_hashes=1, max_waiting_new_hashes=2)
+    async with trio.open_nursery() as nursery:
+        try:
+            for n in range(3):  # one hashing, two waiting
+                nursery.start_soon(passwords.hash, f"registration {n}")
+            await trio.to_thread.run_sync(hasher.started.acquire)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(HashingBusy):
+                await passwords.hash("one too many")
+        finally:
+            hasher.release.set()

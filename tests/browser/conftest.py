@@ -106,6 +106,7 @@ class Browsing:
     errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     allow_refused: bool = False
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
 
     def new_page(self, viewport: dict[str, int] | None = None) -> Page:
         """A page in a context of its own (its own sessionStorage: its own user)."""
@@ -121,8 +122,13 @@ class Browsing:
         expected: Chromium logs each failed WebSocket or fetch attempt as a console error."""
         self.allow_refused = True
 
+    def allow_console_errors(self, pattern: re.Pattern[str]) -> None:
+        """Console errors matching `pattern` are expected (a test that refuses requests on
+        purpose: Chromium logs each answer of 400 or more)."""
+        self.allowed.append(pattern)
+
     def _console(self, message: ConsoleMessage) -> None:
-        if message.type != "error":
+        if message.type != "error" or any(p.search(message.text) for p in self.allowed):
             return
         text = f"console.error: {message.text} ({message.location.get('url', '')})"
         if self.allow_refused and self._refused_by_our_server(message):

@@ -3,8 +3,13 @@ the access token on the open WebSocket, and logging out (the refresh token is re
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
+
 import httpx
 import pytest
+from playwright.sync_api import Request, Route
 
 from tests.browser.board_page import (
     Sockets,
@@ -22,6 +27,8 @@ from tests.browser.board_page import (
 from tests.browser.conftest import PASSWORD, Browsing, Player, ServerThread
 
 SHORT_TTL_S = 5
+# Chromium logs every answer of 400 or more as a console error: these the test itself made.
+REFUSED_BY_THE_TEST = re.compile(r"status of (400|429|503) \(")
 
 
 def test_register_then_log_in_through_the_login_form_and_the_board_shows_the_user(
@@ -134,3 +141,90 @@ def test_a_reloaded_tab_stays_logged_in_and_renews_a_due_token_before_connecting
     assert len(sockets.opened) == 1
     assert stored_tokens(page)["access_token"] != old
     assert sockets.auth_frames[0] == (0, stored_tokens(page)["access_token"])
+
+
+def refuse_first(
+    refusals: list[tuple[int, str]], grant_type: str | None = None
+) -> Callable[[Route, Request], None]:
+    """A route handler that answers the first requests with these (status, error) and a
+    one-second Retry-After, then lets requests through to the server."""
+
+    def handle(route: Route, request: Request) -> None:
+        if refusals and (grant_type is None or f"grant_type={grant_type}" in request.post_data):
+            status, error = refusals.pop(0)
+            route.fulfill(
+                status=status,
+                headers={"Retry-After": "1", "Cache-Control": "no-store"},
+                content_type="application/json",
+                body=json.dumps({"error": error, "error_description": "not now"}),
+            )
+        else:
+            route.continue_()
+
+    return handle
+
+
+@pytest.mark.server_config(auth={"access_token_ttl_s": SHORT_TTL_S})
+def test_a_rate_limited_or_failing_refresh_is_retried_and_the_session_goes_on(
+    server: ServerThread, browsing: Browsing, player: Player
+) -> None:
+    page = browsing.new_page()
+    browsing.allow_console_errors(REFUSED_BY_THE_TEST)
+    refusals = [(429, "rate_limit_exceeded"), (503, "temporarily_unavailable")]
+    page.route("**/api/v1/oauth/token", refuse_first(refusals, "refresh_token"))
+    log_in(page, server, player)
+    first = stored_tokens(page)
+
+    # Each refusal asked for a second: the page waits that long and asks again, and the
+    # socket closed at the old token's expiry comes back with the new token.
+    wait_for_new_access_token(page, first["access_token"], timeout=SHORT_TTL_S * 4 * 1000)
+    assert refusals == []
+    wait_live(page)
+    assert page.inner_text("#whoami") == f"Signed in as {player.username}"
+    assert stored_tokens(page)["refresh_token"] != first["refresh_token"]
+
+
+@pytest.mark.server_config(auth={"access_token_ttl_s": SHORT_TTL_S})
+def test_a_refused_refresh_token_ends_the_session(
+    server: ServerThread, browsing: Browsing, player: Player
+) -> None:
+    page = browsing.new_page()
+    browsing.allow_console_errors(REFUSED_BY_THE_TEST)
+    page.route("**/api/v1/oauth/token", refuse_first([(400, "invalid_grant")], "refresh_token"))
+    log_in(page, server, player)
+
+    page.wait_for_function(
+        "() => document.getElementById('notice')?.textContent"
+        " === 'Your session has ended. Please log in again.'",
+        timeout=SHORT_TTL_S * 4 * 1000,
+    )
+    wait_state(page, "public")
+    assert page.evaluate("() => sessionStorage.getItem('scoreboard.tokens')") is None
+
+
+def test_logging_out_tells_the_server_again_when_it_asks_to_wait(
+    server: ServerThread, browsing: Browsing, player: Player
+) -> None:
+    page = browsing.new_page()
+    browsing.allow_console_errors(REFUSED_BY_THE_TEST)
+    log_in(page, server, player)
+    refresh_token = stored_tokens(page)["refresh_token"]
+    refusals = [(429, "rate_limit_exceeded"), (503, "temporarily_unavailable")]
+    page.route("**/api/v1/oauth/revoke", refuse_first(refusals))
+
+    page.click("#logout")
+    wait_state(page, "public")
+    page.wait_for_function(
+        "() => document.getElementById('notice')?.textContent === 'You are logged out.'"
+    )
+    assert refusals == []
+    refused = httpx.post(
+        f"{server.url}/api/v1/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": "scoreboard-web",
+        },
+        timeout=30,
+    )
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")

@@ -23,7 +23,7 @@ HIDDEN_FIELD = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">
 # Limits high enough for batteries that sign in a hundred times from one address.
 GENEROUS_LIMITS = {
     "login_attempts_per_minute_per_ip": 100_000,
-    "login_attempts_per_minute_per_username": 100_000,
+    "login_failures_before_delay": 100_000,
     "token_requests_per_minute_per_ip": 100_000,
     "token_requests_per_minute_per_client": 100_000,
 }

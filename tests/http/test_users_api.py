@@ -140,6 +140,22 @@ async def test_a_taken_username_or_email_is_409(
     assert response.json()["error"] in ("username_taken", "email_taken")
 
 
+async def test_names_are_taken_in_every_case(
+    server: ServerHandle, client: httpx.AsyncClient
+) -> None:
+    username = f"Alice_{uuid.uuid4().hex[:8]}"
+    first = registration(username=username, email=f"{username}@example.com")
+    created = await client.post(USERS, json=first)
+    assert created.status_code == 201, created.text
+    assert created.json()["username"] == username  # shown as it was registered
+    for other_case in (username.lower(), username.upper()):
+        response = await client.post(USERS, json=registration(username=other_case))
+        assert_oauth_error(response, 409, "username_taken")
+    # The whole address, its local part too, is compared without case.
+    response = await client.post(USERS, json=registration(email=first["email"].upper()))
+    assert_oauth_error(response, 409, "email_taken")
+
+
 async def test_a_body_that_is_not_json_is_415(
     server: ServerHandle, client: httpx.AsyncClient
 ) -> None:
