@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 1024  # connections and the events actor send here; the hub never blocks, drains fast
 RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcome still gets it
 INITIAL_TOP_TIMEOUT_S = 5.0
-MAX_BROADCAST_SHARE = 0.5  # of the process's time a fan-out may take; the tick stretches beyond
+# Of the process's time a fan-out may take (wall time: a process starved of CPU is behind too);
+# beyond it the tick stretches, leaving the rest to reading clients and serving HTTP.
+MAX_BROADCAST_SHARE = 0.75
 
 
 @dataclass

@@ -22,6 +22,7 @@ import binascii
 import itertools
 import json
 import logging
+import random
 import socket
 import time
 import uuid
@@ -271,6 +272,7 @@ class Connection:
         "message_bytes",
         "message_parts",
         "outbox",
+        "ping_spread",
         "scope",
         "sock",
         "svc",
@@ -302,6 +304,8 @@ class Connection:
         self.expiry_deadline = float("inf")
         self.last_heard = now
         self.last_ping = now
+        # Sockets opened together would all be pinged together: spread them over ±10 %.
+        self.ping_spread = random.uniform(0.9, 1.1)
         self.message_parts: list[Any] = []  # of one message: all str (text) or all bytes
         self.message_bytes = 0
         # Cancelled when the server shuts down: the connection then closes 1001.
@@ -466,7 +470,9 @@ class Connection:
         if self.claims is None:
             return self.auth_deadline
         websocket = self.svc.config.websocket
-        ping_at = max(self.last_heard, self.last_ping) + websocket.ping_interval_s
+        ping_at = (
+            max(self.last_heard, self.last_ping) + websocket.ping_interval_s * self.ping_spread
+        )
         return min(self.expiry_deadline, self.last_heard + websocket.idle_timeout_s, ping_at)
 
     def deadline_passed(self) -> None:
