@@ -61,6 +61,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # to finish a partly sent frame, send the close, hear the reply
+UNREGISTER_TIMEOUT_S = 2.0
 CLOSING_READ_LIMIT = 64 * 1024  # what a closing client may still send before we stop listening
 RECEIVE_BYTES = 8192
 PING = Frame("", bytes(FrameConnection(SERVER).send(Ping())))
@@ -400,7 +401,8 @@ class Connection:
         )
 
     async def close_session(self, claims: AccessClaims) -> None:
-        with trio.CancelScope(shield=True):
+        # Shielded, but bounded: a hub that is down (and will restart empty) cannot hold us.
+        with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT_S):
             await self.svc.hub.send(Unregister(self.id))
         counts = self.svc.connections.per_user
         counts[claims.user_id] -= 1
@@ -411,8 +413,11 @@ class Connection:
         while True:
             raw = await self.receive_message()
             try:
-                message = json.loads(raw)
-            except (ValueError, UnicodeDecodeError, RecursionError):
+                # As strict as the HTTP bodies: UTF-8 only, no NaN or Infinity; and a nesting
+                # too deep for the parser is a bad message, not a server error.
+                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+                message = json.loads(text, parse_constant=_not_json)
+            except (ValueError, RecursionError):
                 message = None
             if isinstance(message, dict) and isinstance(message.get("type"), str):
                 return message
@@ -595,6 +600,10 @@ class Connection:
                 await linger(self.sock, self.frames)
             except (OSError, SlowReader):
                 return
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def outgoing_control(wire: bytes) -> Frame:

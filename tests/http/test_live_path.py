@@ -224,6 +224,29 @@ async def test_a_compressed_frame_is_never_inflated(
     assert (await client.get("/healthz")).status_code == 200
 
 
+async def test_a_message_nested_too_deep_or_not_strict_json_is_an_error_frame(
+    server: ServerHandle, client: httpx.AsyncClient
+) -> None:
+    raw = await raw_authenticated(server, await new_player(client, server))
+    try:
+        nested = b"[" * 2000 + b"]" * 2000  # under the 4 KiB cap, deeper than the parser goes
+        for message, opcode in (
+            (nested, 0x1),
+            (b'{"type": "ping", "timestamp": NaN}', 0x1),
+            ('{"type": "ping"}'.encode("utf-16"), 0x2),  # binary, but not UTF-8
+        ):
+            await raw.send_frame(opcode, message)
+            answer = await raw.receive_json()
+            while answer["type"] == "leaderboard_update":
+                answer = await raw.receive_json()
+            assert answer["type"] == "error", answer
+            assert answer["error"] == "invalid_message"
+        await raw.send_json({"type": "ping", "timestamp": 3})
+        assert await raw.receive_json() == {"type": "pong", "timestamp": 3}
+    finally:
+        await raw.aclose()
+
+
 # The hub's direct writes, and the writer when a kernel buffer fills
 
 
