@@ -276,24 +276,31 @@ class TestBackloggedSocket(FastTicks):
         )
         stalled = await raw_authenticated(server, stalled_player, receive_buffer=4096)
         watcher = await raw_authenticated(server, watcher_player)
+        seen: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                seen.append(leader_score(await watcher.receive_json()))
+
         sequence = 0
         try:
-            # Stop reading: the client's receive buffer, then the server's send buffer, fill.
-            with trio.fail_after(WAIT_S * 3):
-                while counts.backlogged == 0:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                # Stop reading: the client's receive buffer, then the server's send buffer, fill.
+                with trio.fail_after(WAIT_S * 3):
+                    while counts.backlogged == 0:
+                        sequence += 1
+                        await server.services.hub.send(snapshot(sequence, padding=200))
+                        await trio.sleep(0.005)
+                # Keep the board moving while the socket is backlogged; the watcher keeps up.
+                backlogged_from = sequence
+                for _ in range(20):
                     sequence += 1
                     await server.services.hub.send(snapshot(sequence, padding=200))
-                    await trio.sleep(0.005)
-            # Keep the board moving while the socket is backlogged; the watcher keeps up.
-            backlogged_from = sequence
-            for _ in range(20):
-                sequence += 1
-                await server.services.hub.send(snapshot(sequence, padding=200))
-                await trio.sleep(0.03)
-            assert counts.backlogged == 1
-            seen: list[int] = []
-            while not seen or seen[-1] != sequence:
-                seen.append(leader_score(await watcher.receive_json()))
+                    await trio.sleep(0.03)
+                assert counts.backlogged == 1
+                await wait_for(lambda: bool(seen) and seen[-1] == sequence)
+                nursery.cancel_scope.cancel()
             assert seen == sorted(set(seen))
             # Read again: every frame parses, in order, ending with the newest board; the ones
             # the backlog skipped were replaced by newer ones, never queued.
