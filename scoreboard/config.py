@@ -39,6 +39,12 @@ class ServerConfig:
     role: Role = "all"
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_s: float = 10.0
+    # SO_REUSEPORT on the listening socket, so that several processes serve one port.
+    reuse_port: bool = False
+    # Open TCP connections (HTTP and WebSocket) this process accepts; past it, 503 and close.
+    max_connections: int = 16_000
+    # A new connection's first request head must arrive within this long, or it is closed.
+    header_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,9 @@ class WebsocketConfig:
     ping_interval_s: float = 20.0
     idle_timeout_s: float = 60.0
     send_timeout_s: float = 10.0
+    # The kernel send buffer of a live-feed socket (0: the kernel's autotuning, up to
+    # net.ipv4.tcp_wmem). Bounded, a client that stops reading is noticed after this much.
+    send_buffer_bytes: int = 65_536
     min_update_interval_s: float = 0.1
     max_connections_per_user: int = 10
     max_connections_per_ip: int = 100

@@ -39,7 +39,8 @@ from scoreboard.backends import Backends, describe_backends, open_backends, wait
 from scoreboard.catalogue import Catalogue, load_catalogue
 from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
-from scoreboard.http.app import create_app, hypercorn_config, serve_http
+from scoreboard.http.app import create_app
+from scoreboard.http.listener import bind_socket, serve_http, socket_url
 from scoreboard.http.services import Services
 from scoreboard.supervisor import ChildSpec, Supervisor, SupervisorGaveUp
 
@@ -150,16 +151,22 @@ def api_children(
     async def run_http(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal http_shutdown
         http_shutdown = trio.Event()
-        hyper = hypercorn_config(services, config.server.host, config.server.port)
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(serve_http, app, hyper, http_shutdown)
-            http_started(binds)
-            task_status.started()
+        with bind_socket(config.server) as listening:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_http, app, services, listening, http_shutdown)
+                http_started([socket_url(listening)])
+                task_status.started()
 
     return [
         ChildSpec(
             id="hub",
-            start=_clone_start(hub.run, inbox=hub_receive, board=backends.board, config=config),
+            start=_clone_start(
+                hub.run,
+                inbox=hub_receive,
+                board=backends.board,
+                config=config,
+                stats=services.broadcast,
+            ),
             inbox=hub_send,
         ),
         ChildSpec(

@@ -1,21 +1,39 @@
 """The WebSocket frames the server sends (contract §4), as compact JSON text.
 
-The hub encodes each leaderboard snapshot once and hands the same string to every mailbox; the
-HTTP layer builds its own frames (auth_ok, pong, error, accepted action results) with the same
-helpers so every frame on the wire looks alike.
+The hub encodes each leaderboard snapshot once, JSON and WebSocket framing both, and hands the
+same `Frame` to every mailbox; the HTTP layer builds its own frames (auth_ok, pong, error,
+accepted action results) with the same helpers so every frame on the wire looks alike.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from wsproto.connection import SERVER, Connection
+from wsproto.events import TextMessage
+
 from scoreboard.model import ActionFinished, RankedEntry, ScoreChanged
 
-Frame = str | bytes
-"""What a mailbox carries: one ready-to-send WebSocket message (text as str, binary as bytes)."""
+# Server-to-client frames are not masked and the live path negotiates no extension, so a message
+# has the same bytes on every connection: one encoder frames them all.
+_FRAMER = Connection(SERVER)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One text message as the server sends it: its JSON, and its bytes on the wire (a final
+    uncompressed text frame), built once however many sockets it goes to."""
+
+    text: str
+    wire: bytes
+
+
+def outgoing(text: str) -> Frame:
+    return Frame(text, bytes(_FRAMER.send(TextMessage(data=text))))
 
 
 def rfc3339_ms(epoch_ms: int) -> str:

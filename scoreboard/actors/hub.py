@@ -1,9 +1,13 @@
 """The fan-out hub: one per API process, between the events exchange and every WebSocket.
 
 It owns the connection registry and never waits for a connection: each connection has a
-`Mailbox` whose offers return at once. A leaderboard snapshot is encoded once and the same frame
-is offered to every mailbox, at most once per `websocket.min_update_interval_s` (a tick): the
-newest snapshot of a tick replaces the older ones. A user's own frames (score updates, action
+`Mailbox` whose offers return at once (a socket's mailbox writes the frame straight into the
+socket when its kernel buffer has room). A leaderboard snapshot is encoded once, JSON and
+WebSocket framing, and the same frame is offered to every mailbox, at most once per tick: the
+newest snapshot of a tick replaces the older ones. A tick is `websocket.min_update_interval_s`,
+stretched while fan-outs take long: a fan-out may take at most `MAX_BROADCAST_SHARE` of the
+time, so with many sockets every client gets fewer updates instead of the process falling
+behind on everything else. A user's own frames (score updates, action
 results) go to that user's connections only, and action results also to HTTP requests waiting
 for them (`Prefer: wait=N`). A revoked grant or access token (`TokensRevoked`) closes the
 connections authenticated with it: their writers send `token_revoked` and close 4401.
@@ -17,11 +21,18 @@ import math
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TypeVar, assert_never
 
 import trio
 
-from scoreboard.actors.frames import action_result_frame, leaderboard_frame, score_update_frame
+from scoreboard.actors.frames import (
+    Frame,
+    action_result_frame,
+    leaderboard_frame,
+    outgoing,
+    score_update_frame,
+)
 from scoreboard.actors.mailbox import TOKEN_REVOKED, Mailbox
 from scoreboard.actors.messages import (
     CancelWait,
@@ -42,17 +53,33 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 1024  # connections and the events actor send here; the hub never blocks, drains fast
 RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcome still gets it
 INITIAL_TOP_TIMEOUT_S = 5.0
+# Of the process's time a fan-out may take (wall time: a process starved of CPU is behind too);
+# beyond it the tick stretches, leaving the rest to reading clients and serving HTTP.
+MAX_BROADCAST_SHARE = 0.75
+
+
+@dataclass
+class BroadcastStats:
+    """What the hub reports about its fan-outs (read by /metrics)."""
+
+    broadcasts: int = 0
+    last_fanout_s: float = 0.0
+    interval_s: float = 0.0
 
 
 class _Hub:
-    def __init__(self, tick_s: float, latest: LeaderboardChanged | None) -> None:
+    def __init__(
+        self, tick_s: float, latest: LeaderboardChanged | None, stats: BroadcastStats
+    ) -> None:
         self.tick_s = tick_s
+        self.stats = stats
+        stats.interval_s = tick_s
         self.connections: dict[int, tuple[int | None, Mailbox]] = {}
         self.by_user: dict[int, dict[int, Mailbox]] = {}
         # Each connection's token: (grant_id, jti).
         self.credentials: dict[int, tuple[str | None, str | None]] = {}
         self.latest = latest
-        self.latest_frame: str | None = None
+        self.latest_frame: Frame | None = None
         self.unsent = False
         self.next_broadcast_at = -math.inf
         self.waiters: dict[uuid.UUID, list[trio.MemorySendChannel[ActionFinished]]] = {}
@@ -61,21 +88,28 @@ class _Hub:
     def broadcast_due_at(self) -> float:
         return self.next_broadcast_at if self.unsent else math.inf
 
-    def snapshot_frame(self) -> str | None:
+    def snapshot_frame(self) -> Frame | None:
         if self.latest is None:
             return None
         if self.latest_frame is None:
-            self.latest_frame = leaderboard_frame(self.latest.entries, self.latest.updated_at_ms)
+            self.latest_frame = outgoing(
+                leaderboard_frame(self.latest.entries, self.latest.updated_at_ms)
+            )
         return self.latest_frame
 
     def broadcast(self) -> None:
         frame = self.snapshot_frame()
         self.unsent = False
-        self.next_broadcast_at = trio.current_time() + self.tick_s
-        if frame is None:
-            return
-        for _user_id, mailbox in self.connections.values():
-            mailbox.offer_snapshot(frame)
+        began = time.perf_counter()
+        if frame is not None:
+            for _user_id, mailbox in self.connections.values():
+                mailbox.offer_snapshot(frame)
+        fanout_s = time.perf_counter() - began
+        interval_s = max(self.tick_s, fanout_s / MAX_BROADCAST_SHARE)
+        self.next_broadcast_at = trio.current_time() + interval_s
+        self.stats.broadcasts += 1
+        self.stats.last_fanout_s = fanout_s
+        self.stats.interval_s = interval_s
 
     def handle(self, msg: HubMsg) -> None:
         match msg:
@@ -107,12 +141,14 @@ class _Hub:
                 self.latest_frame = None
                 self.unsent = True
             case ScoreChanged():
-                self.offer_personal(msg.user_id, score_update_frame(msg))
+                if msg.user_id in self.by_user:
+                    self.offer_personal(msg.user_id, outgoing(score_update_frame(msg)))
             case ActionFinished():
                 self.remember(msg)
                 for reply in self.waiters.pop(msg.action_id, ()):
                     answer(reply, msg)
-                self.offer_personal(msg.user_id, action_result_frame(msg))
+                if msg.user_id in self.by_user:
+                    self.offer_personal(msg.user_id, outgoing(action_result_frame(msg)))
             case TokensRevoked(grant_ids, jtis):
                 self.close_revoked(frozenset(grant_ids), frozenset(jtis))
             case _:
@@ -143,7 +179,7 @@ class _Hub:
             if not mailboxes:
                 del self.by_user[user_id]
 
-    def offer_personal(self, user_id: int, frame: str) -> None:
+    def offer_personal(self, user_id: int, frame: Frame) -> None:
         overflowed = [
             connection_id
             for connection_id, mailbox in self.by_user.get(user_id, {}).items()
@@ -182,11 +218,12 @@ async def run(
     *,
     board: Board,
     config: Config,
+    stats: BroadcastStats | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with inbox:
         latest = await _initial_snapshot(board, config.leaderboard.size)
-        hub = _Hub(config.websocket.min_update_interval_s, latest)
+        hub = _Hub(config.websocket.min_update_interval_s, latest, stats or BroadcastStats())
         task_status.started()
         while True:
             if trio.current_time() >= hub.broadcast_due_at():

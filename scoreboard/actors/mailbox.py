@@ -21,11 +21,14 @@ TOKEN_REVOKED = "token_revoked"
 
 
 class Mailbox:
+    __slots__ = ("_close_reason", "_personal", "_personal_limit", "_snapshot", "_wakeup")
+
     def __init__(self, personal_limit: int = PERSONAL_FRAMES_LIMIT) -> None:
         self._personal_limit = personal_limit
         self._personal: deque[Frame] = deque()
         self._snapshot: Frame | None = None
-        self._wakeup = trio.Event()
+        # Made only while a writer waits: thousands of idle mailboxes need no event each.
+        self._wakeup: trio.Event | None = None
         self._close_reason: str | None = None
 
     @property
@@ -45,7 +48,7 @@ class Mailbox:
         if self.closed:
             return
         self._snapshot = frame
-        self._wakeup.set()
+        self._wake()
 
     def offer_personal(self, frame: Frame) -> bool:
         """Queue a frame for this client; False, and the mailbox closes, when it is behind."""
@@ -55,7 +58,7 @@ class Mailbox:
             self.close(OVERFLOW)
             return False
         self._personal.append(frame)
-        self._wakeup.set()
+        self._wake()
         return True
 
     def close(self, reason: str) -> None:
@@ -65,7 +68,11 @@ class Mailbox:
         self._close_reason = reason
         self._personal.clear()
         self._snapshot = None
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def wait_frames(self) -> list[Frame]:
         """The pending personal frames, then the latest snapshot; waits until there is one of
@@ -73,12 +80,16 @@ class Mailbox:
         if self._personal or self._snapshot is not None or self.closed:
             await trio.lowlevel.checkpoint()
         else:
+            self._wakeup = trio.Event()
             await self._wakeup.wait()
+            self._wakeup = None
+        return self.take_frames()
+
+    def take_frames(self) -> list[Frame]:
+        """What `wait_frames` returns, without waiting: possibly nothing."""
         frames = list(self._personal)
         self._personal.clear()
         if self._snapshot is not None:
             frames.append(self._snapshot)
             self._snapshot = None
-        self._wakeup = trio.Event()
         return frames
-

@@ -1,22 +1,16 @@
-"""The Quart-Trio application and its Hypercorn server, run as a supervised child."""
+"""The Quart-Trio application: every route but the live feed's WebSocket, which the listener
+(`http/listener.py`) serves on its own lean path."""
 
 from __future__ import annotations
 
-import logging
-
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from scoreboard.http import actions, leaderboard, oauth, ops, pages, users, ws
+from scoreboard.http import actions, leaderboard, oauth, ops, pages, users
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
-
-log = logging.getLogger(__name__)
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -24,9 +18,23 @@ def create_app(services: Services) -> QuartTrio:
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
-    for module in (actions, leaderboard, users, ws, ops, pages):
+    for module in (actions, leaderboard, users, ops, pages):
         app.register_blueprint(module.blueprint)
     oauth.install(app, services)
+
+    @app.get("/api/v1/ws")
+    async def live_feed_without_upgrade() -> Response:
+        """Only a WebSocket upgrade reaches the live feed; the listener takes those itself."""
+        response = jsonify(
+            {
+                "success": False,
+                "error": "invalid_request",
+                "message": "GET /api/v1/ws is a WebSocket: send an upgrade request",
+            }
+        )
+        response.status_code = 426
+        response.headers["Upgrade"] = "websocket"
+        return response
 
     @app.errorhandler(RequestRejected)
     async def rejected(exc: RequestRejected) -> Response:
@@ -43,24 +51,3 @@ def create_app(services: Services) -> QuartTrio:
         return response
 
     return app
-
-
-def hypercorn_config(services: Services, host: str, port: int) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.websocket_max_message_size = services.config.websocket.max_message_bytes
-    config.graceful_timeout = services.config.server.shutdown_grace_s
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    return config
-
-
-async def serve_http(
-    app: QuartTrio,
-    config: HypercornConfig,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve until `shutdown` is set; report the bound addresses once listening."""
-    await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)

@@ -87,6 +87,40 @@ def statistics_json(stat: Any) -> dict[str, Any]:
     }
 
 
+def connection_metrics(svc: Services) -> list[str]:
+    """The listener's and the live feed's figures: open connections, how WebSockets closed,
+    sockets whose kernel buffer is full, and the hub's fan-outs."""
+    counts, broadcast = svc.connections, svc.broadcast
+    lines = [
+        "# HELP scoreboard_connections_open Open TCP connections (HTTP and WebSocket).",
+        "# TYPE scoreboard_connections_open gauge",
+        f"scoreboard_connections_open {counts.open}",
+        "# HELP scoreboard_websocket_backlogged WebSockets whose kernel send buffer is full.",
+        "# TYPE scoreboard_websocket_backlogged gauge",
+        f"scoreboard_websocket_backlogged {counts.backlogged}",
+        "# HELP scoreboard_websocket_closes_total WebSockets closed, by close code (1006: the "
+        "client vanished without a close).",
+        "# TYPE scoreboard_websocket_closes_total counter",
+    ]
+    lines += [
+        f'scoreboard_websocket_closes_total{{code="{code}"}} {count}'
+        for code, count in sorted(counts.closes.items())
+    ]
+    lines += [
+        "# HELP scoreboard_broadcasts_total Leaderboard snapshots sent to every WebSocket.",
+        "# TYPE scoreboard_broadcasts_total counter",
+        f"scoreboard_broadcasts_total {broadcast.broadcasts}",
+        "# HELP scoreboard_broadcast_fanout_seconds How long the last snapshot's fan-out took.",
+        "# TYPE scoreboard_broadcast_fanout_seconds gauge",
+        f"scoreboard_broadcast_fanout_seconds {broadcast.last_fanout_s:.6f}",
+        "# HELP scoreboard_broadcast_interval_seconds The current least time between snapshots "
+        "(the configured minimum, stretched while fan-outs take long).",
+        "# TYPE scoreboard_broadcast_interval_seconds gauge",
+        f"scoreboard_broadcast_interval_seconds {broadcast.interval_s:.6f}",
+    ]
+    return lines
+
+
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     svc = current_services()
@@ -113,6 +147,7 @@ async def metrics() -> Response:
         "# TYPE scoreboard_websocket_connections gauge",
         f"scoreboard_websocket_connections {sum(svc.connections.per_ip.values())}",
     ]
+    lines += connection_metrics(svc)
     return Response(
         "\n".join(lines) + "\n", content_type="text/plain; version=0.0.4; charset=utf-8"
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 from quart import current_app
 
+from scoreboard.actors.hub import BroadcastStats
 from scoreboard.actors.messages import HubMsg, PublisherMsg
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
 from scoreboard.auth.keys import KeyRing
@@ -20,10 +22,15 @@ from scoreboard.supervisor import ChildStatistics
 
 @dataclass
 class ConnectionCounts:
-    """Open WebSockets per user and per client IP, for the caps of design §7."""
+    """Open connections: all of them (the process-wide cap), and WebSockets per user and per
+    client address key (`requests.address_key`: an IPv6 client counts by its /64), for their
+    caps; how WebSockets ended, by close code; how many wait for a full kernel buffer."""
 
+    open: int = 0
     per_user: dict[int, int] = field(default_factory=dict)
     per_ip: dict[str, int] = field(default_factory=dict)
+    closes: Counter[int] = field(default_factory=Counter)
+    backlogged: int = 0
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Services:
     all_running: Callable[[], bool]
     public_origin: str
     connections: ConnectionCounts = field(default_factory=ConnectionCounts)
+    broadcast: BroadcastStats = field(default_factory=BroadcastStats)
     revocations: RevocationList = field(default_factory=RevocationList)
 
 

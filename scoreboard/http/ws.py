@@ -1,47 +1,92 @@
-"""`GET /api/v1/ws` (contract §4): one connection actor per socket.
+"""`GET /api/v1/ws` (contract §4) on the project's own lean WebSocket path.
 
-The connection owns its socket and a latest-value mailbox registered with the hub. Everything the
-server sends goes through that mailbox and one writer task, so the hub never waits for this
-client, and a client that stops reading is closed 1013 without slowing anyone else.
+The listener (`http/listener.py`) hands over each WebSocket upgrade of this path with the request
+head it read. Here the handshake is checked (Origin allow-list → 403, a token in the URL → 401,
+too many sockets from the client's address → 429) and answered without any extension: no
+permessage-deflate, so every frame the hub builds is the same bytes for every client, and no
+client frame is ever inflated. Then one connection: wsproto parses what the client sends, and
+everything the server sends goes through the connection's `SocketOutbox` (straight into the
+socket while its kernel buffer has room, else its latest-value mailbox and a writer task).
+
+One task per connection reads the client and keeps its deadlines: auth within
+`websocket.auth_timeout_s` (else 1008 `auth_timeout`), the token's `exp` (4401
+`token_expired`), a WebSocket ping after `websocket.ping_interval_s` of silence, and a close
+after `websocket.idle_timeout_s` of silence (1008 `idle_timeout`: a client that answers neither
+pings nor anything else is gone or stuck). A server that shuts down closes its sockets 1001.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
+import logging
+import random
+import socket
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import h11
 import trio
-from quart import Blueprint, Response, websocket
+from werkzeug.datastructures import Headers
+from wsproto.connection import SERVER, ConnectionState
+from wsproto.connection import Connection as FrameConnection
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import ParseFailed
+from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from scoreboard.actors.frames import Frame, encode_frame, rfc3339_ms
-from scoreboard.actors.mailbox import TOKEN_REVOKED, Mailbox
+from scoreboard.actors.frames import Frame, encode_frame, outgoing, rfc3339_ms
+from scoreboard.actors.mailbox import TOKEN_REVOKED
 from scoreboard.actors.messages import Rebind, Register, Unregister
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.http.errors import RequestRejected
-from scoreboard.http.requests import audited_headers, authenticate, client_ip
-from scoreboard.http.services import Services, current_services
+from scoreboard.http.outbox import GONE, MailboxClosed, SlowReader, SocketOutbox
+from scoreboard.http.requests import address_key, audited_headers, authenticate, client_ip
+from scoreboard.http.services import Services
 from scoreboard.http.submission import parse_payload, rejected_before_queueing, submit_action
 
-blueprint = Blueprint("ws", __name__)
+log = logging.getLogger(__name__)
 
+PATH = "/api/v1/ws"
+CLOSE_GOING_AWAY = 1001
+CLOSE_ABNORMAL = 1006  # recorded when the client vanished without a close frame; never sent
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
-CLOSE_SEND_TIMEOUT_S = 2.0
+CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # to finish a partly sent frame, send the close, hear the reply
+UNREGISTER_TIMEOUT_S = 2.0
+CLOSING_READ_LIMIT = 64 * 1024  # what a closing client may still send before we stop listening
+RECEIVE_BYTES = 8192
+PING = Frame("", bytes(FrameConnection(SERVER).send(Ping())))
 _connection_ids = itertools.count(1)
 
 
-class CloseConnection(Exception):
+class Closing(Exception):
+    """Close the connection with `code`, after sending `frame` if any."""
+
     def __init__(self, code: int, frame: dict[str, Any] | None = None):
         super().__init__(code)
         self.code = code
         self.frame = frame
 
+
+class ClientClosed(Exception):
+    """The client sent a close frame: answer it and close."""
+
+    def __init__(self, event: CloseConnection):
+        super().__init__(event.code)
+        self.event = event
+
+
+class PeerGone(Exception):
+    """The TCP connection ended without a close frame."""
 
 
 def error_frame(error: str, message: str | None = None) -> dict[str, Any]:
@@ -51,88 +96,296 @@ def error_frame(error: str, message: str | None = None) -> dict[str, Any]:
     return frame
 
 
-@blueprint.websocket("/api/v1/ws")
-async def ws() -> Response | None:
-    svc = current_services()
-    if websocket.headers.get("Origin", "") not in allowed_origins(svc):
-        return Response("origin not allowed", status=403)
-    if "access_token" in websocket.args or "token" in websocket.args:
-        return Response("tokens are not accepted in the URL", status=401)
-    ip = client_ip(websocket.remote_addr, websocket.headers, svc.config.server.trusted_proxies)
-    if svc.connections.per_ip.get(ip, 0) >= svc.config.websocket.max_connections_per_ip:
-        return Response("too many connections from this address", status=429)
-    svc.connections.per_ip[ip] = svc.connections.per_ip.get(ip, 0) + 1
+def is_live_path_upgrade(head: bytes) -> h11.Request | None:
+    """The request of `head` if it asks to upgrade `GET /api/v1/ws` to a WebSocket, else None
+    (every other request, also one h11 cannot parse, is Hypercorn's to answer)."""
+    prefix = b"GET " + PATH.encode()
+    if not head.startswith(prefix) or head[len(prefix) : len(prefix) + 1] not in (b" ", b"?"):
+        return None
+    parser = h11.Connection(h11.SERVER)
     try:
-        await websocket.accept()
-        await Connection(svc, ip).run()
+        parser.receive_data(head)
+        event = parser.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    upgrade = b",".join(value for name, value in event.headers if name == b"upgrade")
+    if b"websocket" not in upgrade.lower():
+        return None
+    return event
+
+
+async def serve(
+    svc: Services,
+    sock: socket.socket,
+    peer: str,
+    request: h11.Request,
+    trailing: bytes,
+    live: set[trio.CancelScope],
+) -> None:
+    """Answer the upgrade, or refuse it, and run the connection to its end. The caller closes
+    the socket afterwards."""
+    headers = Headers(
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers]
+    )
+    key = headers.get("Sec-WebSocket-Key", "")
+    if headers.get("Origin", "") not in allowed_origins(svc):
+        await refuse(sock, 403, "Forbidden", "origin not allowed")
+        return
+    query = parse_qs(urlsplit(request.target.decode("latin-1")).query)
+    if "access_token" in query or "token" in query:
+        await refuse(sock, 401, "Unauthorized", "tokens are not accepted in the URL")
+        return
+    if headers.get("Sec-WebSocket-Version") != "13":
+        version = [("Sec-WebSocket-Version", "13")]
+        await refuse(sock, 426, "Upgrade Required", "WebSocket version 13 only", version)
+        return
+    if not _valid_key(key) or "upgrade" not in headers.get("Connection", "").lower():
+        await refuse(sock, 400, "Bad Request", "not a valid WebSocket handshake")
+        return
+    ip = client_ip(peer, headers, svc.config.server.trusted_proxies)
+    counted_as = address_key(ip)
+    counts = svc.connections.per_ip
+    if counts.get(counted_as, 0) >= svc.config.websocket.max_connections_per_ip:
+        await refuse(sock, 429, "Too Many Requests", "too many connections from this address")
+        return
+    counts[counted_as] = counts.get(counted_as, 0) + 1
+    if svc.config.websocket.send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, svc.config.websocket.send_buffer_bytes)
+    try:
+        accept = (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {generate_accept_token(key.encode()).decode()}\r\n\r\n"
+        )
+        with trio.move_on_after(svc.config.websocket.send_timeout_s) as too_slow:
+            await send_all(sock, accept.encode())
+        if too_slow.cancelled_caught:
+            return
+        connection = Connection(
+            svc,
+            sock,
+            ip,
+            user_agent=headers.get("User-Agent", ""),
+            audited=audited_headers(headers),
+        )
+        live.add(connection.scope)
+        try:
+            await connection.run(trailing)
+        finally:
+            live.discard(connection.scope)
     finally:
-        remaining = svc.connections.per_ip[ip] - 1
+        remaining = counts[counted_as] - 1
         if remaining:
-            svc.connections.per_ip[ip] = remaining
+            counts[counted_as] = remaining
         else:
-            del svc.connections.per_ip[ip]
-    return None
+            del counts[counted_as]
 
 
 def allowed_origins(svc: Services) -> set[str]:
     return {svc.public_origin}
 
 
+def _valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+async def refuse(
+    sock: socket.socket,
+    status: int,
+    reason: str,
+    body: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> None:
+    """An HTTP answer instead of the upgrade; then the connection closes."""
+    payload = body.encode()
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(payload)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers or ()),
+    ]
+    with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S):
+        await send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        await linger(sock)
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        await trio.lowlevel.wait_writable(sock)
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            continue
+        view = view[sent:]
+
+
+async def receive_some(sock: socket.socket) -> bytes:
+    """The next bytes from the client; b"" at its end. Raises `PeerGone` on a reset."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise PeerGone from exc
+
+
+async def linger(sock: socket.socket, frames: FrameConnection | None = None) -> None:
+    """Half-close and read what the client still sends until it closes too (or, given its
+    frame parser, until its close frame arrives): closing a socket with unread data would reset
+    the connection and could lose what was sent last."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        read = 0
+        while read < CLOSING_READ_LIMIT:
+            data = await receive_some(sock)
+            if not data:
+                return
+            read += len(data)
+            if frames is not None:
+                frames.receive_data(data)
+                if any(isinstance(event, CloseConnection) for event in frames.events()):
+                    return
+    except (OSError, PeerGone, ParseFailed, LocalProtocolError):
+        return
+
+
 class Connection:
-    def __init__(self, svc: Services, ip: str):
+    """One authenticated WebSocket: its socket, outbox, frame parser and deadlines."""
+
+    __slots__ = (
+        "audited",
+        "auth_deadline",
+        "claims",
+        "expiry_deadline",
+        "frames",
+        "id",
+        "ip",
+        "last_heard",
+        "last_ping",
+        "message_bytes",
+        "message_parts",
+        "outbox",
+        "ping_spread",
+        "scope",
+        "sock",
+        "svc",
+        "user_agent",
+        "username",
+    )
+
+    def __init__(
+        self,
+        svc: Services,
+        sock: socket.socket,
+        ip: str,
+        *,
+        user_agent: str,
+        audited: dict[str, str],
+    ) -> None:
         self.svc = svc
+        self.sock = sock
         self.ip = ip
+        self.user_agent = user_agent[:512]
+        self.audited = audited
         self.id = next(_connection_ids)
-        self.mailbox = Mailbox()
+        self.frames = FrameConnection(SERVER)
+        self.outbox: SocketOutbox | None = None
         self.claims: AccessClaims | None = None
         self.username: str | None = None
-        self.expiry_deadline = 0.0
+        now = trio.current_time()
+        self.auth_deadline = now + svc.config.websocket.auth_timeout_s
+        self.expiry_deadline = float("inf")
+        self.last_heard = now
+        self.last_ping = now
+        # Sockets opened together would all be pinged together: spread them over ±10 %.
+        self.ping_spread = random.uniform(0.9, 1.1)
+        self.message_parts: list[Any] = []  # of one message: all str (text) or all bytes
+        self.message_bytes = 0
+        # Cancelled when the server shuts down: the connection then closes 1001.
+        self.scope = trio.CancelScope()
 
-    async def run(self) -> None:
-        try:
-            claims = await self.authenticate_first()
-            self.claims = claims
-            self.count_connection(claims)
-            # Released whatever ends the session, also a client gone while auth_ok is sent.
+    async def run(self, trailing: bytes) -> None:
+        closing: Closing | ClientClosed | None = None
+        with self.scope:
             try:
-                await self.open_session(claims)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.write_frames)
-                    nursery.start_soon(self.watch_expiry)
-                    await self.read_messages()
-                    nursery.cancel_scope.cancel()
-            finally:
-                await self.close_session(claims)
-        except* CloseConnection as group:
-            closing = group.exceptions[0]
-            assert isinstance(closing, CloseConnection)
-            await self.close(closing.code, closing.frame)
+                    self.outbox = SocketOutbox(
+                        self.sock,
+                        spawn=nursery.start_soon,
+                        send_timeout_s=self.svc.config.websocket.send_timeout_s,
+                        counts=self.svc.connections,
+                    )
+                    try:
+                        await self.converse(trailing)
+                    finally:
+                        self.outbox.detach()
+            except* Exception as group:
+                closing = self.closing_for(group)
+        if self.scope.cancelled_caught and closing is None:
+            closing = Closing(CLOSE_GOING_AWAY)
+        await self.finish(closing)
+
+    def closing_for(self, group: BaseExceptionGroup[Exception]) -> Closing | ClientClosed | None:
+        """How to end, from what ended the connection: the first deliberate close wins; a
+        client that vanished needs none; anything else is a bug, logged, and closes 1011."""
+        errors = _leaves(group)
+        for error in errors:
+            match error:
+                case Closing() | ClientClosed():
+                    return error
+                case MailboxClosed(reason=reason) if reason == TOKEN_REVOKED:
+                    return Closing(CLOSE_UNAUTHORIZED, error_frame("token_revoked"))
+                case MailboxClosed() | SlowReader():
+                    return Closing(CLOSE_TRY_AGAIN_LATER)
+        if all(isinstance(error, PeerGone | OSError) for error in errors):
+            return None
+        log.error("WebSocket connection %d failed", self.id, exc_info=group)
+        return Closing(CLOSE_INTERNAL_ERROR)
+
+    async def converse(self, trailing: bytes) -> None:
+        if trailing:
+            self.frames.receive_data(trailing)
+        claims = await self.authenticate_first()
+        self.claims = claims
+        self.count_connection(claims)
+        # Released whatever ends the session, also a client gone while auth_ok is sent.
+        try:
+            await self.open_session(claims)
+            await self.read_messages()
+        finally:
+            await self.close_session(claims)
 
     async def authenticate_first(self) -> AccessClaims:
-        with trio.move_on_after(self.svc.config.websocket.auth_timeout_s):
-            message = await self.receive_json()
-            if message.get("type") != "auth":
-                raise CloseConnection(
-                    CLOSE_POLICY, error_frame("auth_required", "the first message must be auth")
-                )
-            return self.verify(message)
-        raise CloseConnection(CLOSE_POLICY, error_frame("auth_timeout"))
+        message = await self.receive_json()
+        if message.get("type") != "auth":
+            raise Closing(
+                CLOSE_POLICY, error_frame("auth_required", "the first message must be auth")
+            )
+        return self.verify(message)
 
     def verify(self, message: dict[str, Any]) -> AccessClaims:
         token = message.get("token")
         if not isinstance(token, str):
-            raise CloseConnection(CLOSE_UNAUTHORIZED, error_frame("invalid_token"))
+            raise Closing(CLOSE_UNAUTHORIZED, error_frame("invalid_token"))
         try:
             claims = authenticate(self.svc, token, "read")
         except RequestRejected:
-            raise CloseConnection(CLOSE_UNAUTHORIZED, error_frame("invalid_token")) from None
+            raise Closing(CLOSE_UNAUTHORIZED, error_frame("invalid_token")) from None
         self.expiry_deadline = trio.current_time() + (claims.expires_at - time.time())
         return claims
 
     def count_connection(self, claims: AccessClaims) -> None:
         counts = self.svc.connections.per_user
         if counts.get(claims.user_id, 0) >= self.svc.config.websocket.max_connections_per_user:
-            raise CloseConnection(CLOSE_POLICY, error_frame("too_many_connections"))
+            raise Closing(CLOSE_POLICY, error_frame("too_many_connections"))
         counts[claims.user_id] = counts.get(claims.user_id, 0) + 1
 
     async def open_session(self, claims: AccessClaims) -> None:
@@ -141,13 +394,15 @@ class Connection:
         except BackendUnavailable:
             user = None
         self.username = user.username if user else None
-        await self.send_now(self.auth_ok(claims))
+        self.personal(self.auth_ok(claims))
+        assert self.outbox is not None
         await self.svc.hub.send(
-            Register(self.id, claims.user_id, self.mailbox, claims.grant_id, claims.jti)
+            Register(self.id, claims.user_id, self.outbox, claims.grant_id, claims.jti)
         )
 
     async def close_session(self, claims: AccessClaims) -> None:
-        with trio.CancelScope(shield=True):
+        # Shielded, but bounded: a hub that is down (and will restart empty) cannot hold us.
+        with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT_S):
             await self.svc.hub.send(Unregister(self.id))
         counts = self.svc.connections.per_user
         counts[claims.user_id] -= 1
@@ -156,16 +411,85 @@ class Connection:
 
     async def receive_json(self) -> dict[str, Any]:
         while True:
-            raw = await websocket.receive()
+            raw = await self.receive_message()
             try:
-                message = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+                # As strict as the HTTP bodies: UTF-8 only, no NaN or Infinity; and a nesting
+                # too deep for the parser is a bad message, not a server error.
+                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+                message = json.loads(text, parse_constant=_not_json)
+            except (ValueError, RecursionError):
                 message = None
             if isinstance(message, dict) and isinstance(message.get("type"), str):
                 return message
-            await self.send_now(
-                error_frame("invalid_message", "messages are JSON objects with a type")
-            )
+            self.personal(error_frame("invalid_message", "messages are JSON objects with a type"))
+
+    async def receive_message(self) -> str | bytes:
+        """The client's next complete message. Meanwhile: pongs answer pings, and the
+        connection's deadlines are kept (each raises `Closing`, except a ping's)."""
+        while True:
+            message = self.next_parsed_message()
+            if message is not None:
+                return message
+            with trio.move_on_at(self.next_deadline()):
+                data = await receive_some(self.sock)
+                if not data:
+                    raise PeerGone
+                self.last_heard = trio.current_time()
+                self.frames.receive_data(data)
+                continue
+            self.deadline_passed()
+
+    def next_parsed_message(self) -> str | bytes | None:
+        try:
+            for event in self.frames.events():
+                match event:
+                    case TextMessage(data=text):
+                        self.take_part(text, len(text.encode()))
+                        if event.message_finished:
+                            return "".join(self.take_message())
+                    case BytesMessage(data=data):
+                        self.take_part(bytes(data), len(data))
+                        if event.message_finished:
+                            return b"".join(self.take_message())
+                    case Ping():
+                        self.control(outgoing_control(self.frames.send(event.response())))
+                    case Pong():
+                        pass
+                    case CloseConnection():
+                        raise ClientClosed(event)
+        except ParseFailed as exc:
+            raise Closing(exc.code) from None
+        return None
+
+    def take_part(self, part: str | bytes, size: int) -> None:
+        self.message_bytes += size
+        if self.message_bytes > self.svc.config.websocket.max_message_bytes:
+            raise Closing(CLOSE_TOO_BIG)
+        self.message_parts.append(part)
+
+    def take_message(self) -> list[Any]:
+        parts, self.message_parts, self.message_bytes = self.message_parts, [], 0
+        return parts
+
+    def next_deadline(self) -> float:
+        if self.claims is None:
+            return self.auth_deadline
+        websocket = self.svc.config.websocket
+        ping_at = (
+            max(self.last_heard, self.last_ping) + websocket.ping_interval_s * self.ping_spread
+        )
+        return min(self.expiry_deadline, self.last_heard + websocket.idle_timeout_s, ping_at)
+
+    def deadline_passed(self) -> None:
+        now = trio.current_time()
+        if self.claims is None:
+            raise Closing(CLOSE_POLICY, error_frame("auth_timeout"))
+        if now >= self.expiry_deadline:
+            raise Closing(CLOSE_UNAUTHORIZED, error_frame("token_expired"))
+        if now >= self.last_heard + self.svc.config.websocket.idle_timeout_s:
+            raise Closing(CLOSE_POLICY, error_frame("idle_timeout"))
+        self.last_ping = now
+        self.control(PING)
 
     async def read_messages(self) -> None:
         while True:
@@ -184,7 +508,7 @@ class Connection:
         claims = self.verify(message)
         assert self.claims is not None
         if claims.user_id != self.claims.user_id:
-            raise CloseConnection(CLOSE_FORBIDDEN, error_frame("sub_mismatch"))
+            raise Closing(CLOSE_FORBIDDEN, error_frame("sub_mismatch"))
         self.claims = claims
         await self.svc.hub.send(Rebind(self.id, claims.user_id, claims.grant_id, claims.jti))
         self.personal(self.auth_ok(claims))
@@ -212,8 +536,8 @@ class Connection:
                 payload,
                 action_id=uuid.uuid4(),
                 ip=self.ip,
-                user_agent=websocket.headers.get("User-Agent", ""),
-                headers=audited_headers(websocket.headers),
+                user_agent=self.user_agent,
+                headers=self.audited,
             )
         except RequestRejected as exc:
             self.personal({"type": "action_result", "data": rejected_before_queueing(exc, nonce)})
@@ -242,37 +566,55 @@ class Connection:
         self.personal({"type": "action_result", "data": data})
 
     def personal(self, frame: dict[str, Any]) -> None:
-        if not self.mailbox.offer_personal(encode_frame(frame)):
-            raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
+        self.control(outgoing(encode_frame(frame)))
 
-    async def send_now(self, frame: dict[str, Any]) -> None:
-        await self.send_encoded(encode_frame(frame))
+    def control(self, frame: Frame) -> None:
+        assert self.outbox is not None
+        if not self.outbox.offer_personal(frame) and self.outbox.close_reason != GONE:
+            raise Closing(CLOSE_TRY_AGAIN_LATER)
 
-    async def send_encoded(self, frame: Frame) -> None:
-        """A client that does not take a frame within the send timeout is behind: 1013."""
-        with trio.move_on_after(self.svc.config.websocket.send_timeout_s) as scope:
-            await websocket.send(frame)
-        if scope.cancelled_caught:
-            raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
+    async def finish(self, closing: Closing | ClientClosed | None) -> None:
+        """The closing handshake (bounded), then the socket closes."""
+        code = (
+            CLOSE_ABNORMAL
+            if closing is None
+            else closing.event.code
+            if isinstance(closing, ClientClosed)
+            else closing.code
+        )
+        self.svc.connections.closes[code] += 1
+        if closing is None:
+            return
+        assert self.outbox is not None
+        with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S):
+            try:
+                # What is left of a frame the writer had begun goes first: frames stay whole.
+                await self.outbox.flush(CLOSE_HANDSHAKE_TIMEOUT_S)
+                if isinstance(closing, ClientClosed):
+                    await send_all(self.sock, self.frames.send(closing.event.response()))
+                    return
+                data = b"" if closing.frame is None else outgoing(encode_frame(closing.frame)).wire
+                if self.frames.state is ConnectionState.OPEN:
+                    data += self.frames.send(CloseConnection(code=closing.code))
+                await send_all(self.sock, data)
+                await linger(self.sock, self.frames)
+            except (OSError, SlowReader):
+                return
 
-    async def write_frames(self) -> None:
-        while True:
-            frames = await self.mailbox.wait_frames()
-            if not frames and self.mailbox.closed:
-                if self.mailbox.close_reason == TOKEN_REVOKED:
-                    raise CloseConnection(CLOSE_UNAUTHORIZED, error_frame("token_revoked"))
-                raise CloseConnection(CLOSE_TRY_AGAIN_LATER)
-            for frame in frames:
-                await self.send_encoded(frame)
 
-    async def watch_expiry(self) -> None:
-        while True:
-            await trio.sleep_until(self.expiry_deadline)
-            if trio.current_time() >= self.expiry_deadline:
-                raise CloseConnection(CLOSE_UNAUTHORIZED, error_frame("token_expired"))
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
-    async def close(self, code: int, frame: dict[str, Any] | None) -> None:
-        with trio.move_on_after(CLOSE_SEND_TIMEOUT_S):
-            if frame is not None:
-                await websocket.send(encode_frame(frame))
-            await websocket.close(code)
+
+def outgoing_control(wire: bytes) -> Frame:
+    return Frame("", bytes(wire))
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    leaves: list[Exception] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves += _leaves(error)
+        else:
+            leaves.append(error)
+    return leaves

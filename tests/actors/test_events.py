@@ -107,7 +107,7 @@ async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: St
         mailbox = Mailbox()
         await hub_send.send(Register(1, 7, mailbox))
         (first,) = await mailbox.wait_frames()
-        assert json.loads(first)["data"]["leaderboard"] == []  # the empty board, from Redis
+        assert json.loads(first.text)["data"]["leaderboard"] == []  # the empty board, from Redis
         result = outcome(7)
         with trio.fail_after(10):
             while True:  # until the subscription is up, a published outcome can miss it
@@ -115,7 +115,7 @@ async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: St
                 with trio.move_on_after(0.2):
                     frames = await mailbox.wait_frames()
                     break
-        frame = json.loads(frames[0])
+        frame = json.loads(frames[0].text)
         assert frame["type"] == "action_result"
         assert frame["data"]["action_id"] == str(result.action_id)
         nursery.cancel_scope.cancel()

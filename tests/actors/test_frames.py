@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 
-from scoreboard.actors.frames import action_result_frame, leaderboard_frame, rfc3339_ms
+from wsproto.connection import CLIENT, Connection
+from wsproto.events import TextMessage
+
+from scoreboard.actors.frames import action_result_frame, leaderboard_frame, outgoing, rfc3339_ms
 from scoreboard.model import ActionFinished, RankedEntry
 
 
@@ -43,3 +46,17 @@ def test_an_action_result_carries_message_and_retry_after_only_when_present() ->
         "slow down",
         4,
     )
+
+
+def test_a_frame_is_built_once_as_the_unmasked_uncompressed_text_frame_every_client_reads() -> None:
+    client = Connection(CLIENT)
+    for size in (0, 125, 126, 65_535, 65_536, 200_000):  # every length encoding of RFC 6455
+        text = "é" * (size // 2) + "x" * (size % 2)
+        frame = outgoing(text)
+        assert frame.text == text
+        assert frame.wire[0] == 0x81  # FIN, no RSV bit (nothing compressed), text
+        assert not frame.wire[1] & 0x80  # a server's frames are not masked
+        client.receive_data(frame.wire)
+        (message,) = client.events()
+        assert isinstance(message, TextMessage)
+        assert (message.data, message.message_finished) == (text, True)

@@ -115,7 +115,7 @@ async def running_hub() -> AsyncIterator[Hub]:
 
 
 def decoded(frame: Frame) -> dict[str, object]:
-    value = json.loads(frame)
+    value = json.loads(frame.text)
     assert isinstance(value, dict)
     return value
 
@@ -187,25 +187,49 @@ async def test_personal_frames_go_only_to_that_users_connections(running_hub: Hu
             user_id=7, username="alice", old_score=100, new_score=110, rank=3, rank_change=1
         ),
         finished(7, action_id),
-        finished(7, error="rate_limit_exceeded", status="rejected", score_delta=0, new_score=100,
-                 message="rate limit exceeded", retry_after_s=4),
+        finished(
+            7,
+            error="rate_limit_exceeded",
+            status="rejected",
+            score_delta=0,
+            new_score=100,
+            message="rate limit exceeded",
+            retry_after_s=4,
+        ),
     )
     for mailbox in (alice_phone, alice_laptop):
         score, result, rejected = (decoded(frame) for frame in await mailbox.wait_frames())
         assert score == {
             "type": "score_update",
-            "data": {"user_id": 7, "username": "alice", "old_score": 100, "new_score": 110,
-                     "rank": 3, "rank_change": 1},
+            "data": {
+                "user_id": 7,
+                "username": "alice",
+                "old_score": 100,
+                "new_score": 110,
+                "rank": 3,
+                "rank_change": 1,
+            },
         }
         assert result == {
             "type": "action_result",
-            "data": {"action_id": str(action_id), "nonce": "nonce-0001", "status": "completed",
-                     "score_delta": 10, "new_score": 110, "error": None},
+            "data": {
+                "action_id": str(action_id),
+                "nonce": "nonce-0001",
+                "status": "completed",
+                "score_delta": 10,
+                "new_score": 110,
+                "error": None,
+            },
         }
         assert rejected["data"] == {
             "action_id": rejected["data"]["action_id"],  # type: ignore[index]
-            "nonce": "nonce-0001", "status": "rejected", "score_delta": 0, "new_score": 100,
-            "error": "rate_limit_exceeded", "message": "rate limit exceeded", "retry_after": 4,
+            "nonce": "nonce-0001",
+            "status": "rejected",
+            "score_delta": 0,
+            "new_score": 100,
+            "error": "rate_limit_exceeded",
+            "message": "rate limit exceeded",
+            "retry_after": 4,
         }
     with trio.move_on_after(0.5) as nothing_for_bob:
         await bob.wait_frames()
@@ -339,3 +363,58 @@ async def test_a_client_that_never_reads_does_not_delay_the_others() -> None:
         median = statistics.median(latencies)
         # 500 offers and 500 reader wake-ups per round; generous for a loaded CI machine.
         assert p99 < 0.25, f"p99 {p99 * 1000:.1f} ms, median {median * 1000:.1f} ms"
+
+
+class SlowMailbox(CountingMailbox):
+    """A mailbox whose offers take real time, as thousands of socket writes do."""
+
+    def offer_snapshot(self, frame: Frame) -> None:
+        time.sleep(0.004)
+        super().offer_snapshot(frame)
+
+
+async def test_the_tick_stretches_while_fan_outs_take_long(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """25 offers of 4 ms each: a 100 ms fan-out, so at most one every 133 ms (three quarters of
+    the time), however often the board changes or however short the configured tick."""
+    stats = hub.BroadcastStats()
+    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    top = BoardTop(list(board(1)))
+    run = functools.partial(hub.run, receive, board=top, config=config(0.01), stats=stats)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run)
+        mailboxes = [SlowMailbox() for _ in range(25)]
+        async with send:
+            for n, mailbox in enumerate(mailboxes):
+                await send.send(Register(n, None, mailbox))
+            start = trio.current_time()
+            for n in range(100):  # a change every 10 ms for 1 s
+                await send.send(LeaderboardChanged(board(100 + n), T0_MS + n))
+                await trio.sleep(0.01)
+            elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    broadcasts = len(mailboxes[0].snapshots) - 1
+    assert stats.last_fanout_s >= 0.1
+    assert stats.interval_s >= stats.last_fanout_s / hub.MAX_BROADCAST_SHARE
+    assert broadcasts <= elapsed / (0.1 / hub.MAX_BROADCAST_SHARE) + 1
+    assert broadcasts == stats.broadcasts
+
+
+async def test_the_tick_is_the_configured_one_while_fan_outs_are_quick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stats = hub.BroadcastStats()
+    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    top = BoardTop(list(board(1)))
+    run = functools.partial(hub.run, receive, board=top, config=config(0.1), stats=stats)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run)
+        async with send:
+            await send.send(Register(1, None, Mailbox()))
+            for n in range(10):
+                await send.send(LeaderboardChanged(board(100 + n), T0_MS + n))
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert stats.interval_s == 0.1
+    assert stats.broadcasts >= 9
