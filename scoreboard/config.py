@@ -45,6 +45,9 @@ class ServerConfig:
     max_connections: int = 16_000
     # A new connection's first request head must arrive within this long, or it is closed.
     header_timeout_s: float = 10.0
+    # A request body (at most 4 KiB) that has not fully arrived this long after its head is
+    # answered 408 and its connection closed.
+    body_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

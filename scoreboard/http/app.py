@@ -8,6 +8,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from scoreboard.http import actions, leaderboard, oauth, ops, pages, users
+from scoreboard.http.body_guard import BodyGuard
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
@@ -51,3 +52,13 @@ def create_app(services: Services) -> QuartTrio:
         return response
 
     return app
+
+
+def create_asgi_app(services: Services) -> BodyGuard:
+    """The application as the listener serves it: each request's body is read (bounded in size
+    and time) before the application sees the request (`body_guard.py`)."""
+    return BodyGuard(
+        create_app(services),
+        max_body_bytes=MAX_BODY_BYTES,
+        body_timeout_s=services.config.server.body_timeout_s,
+    )
