@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ FIELD_TYPES: tuple[FieldType, ...] = ("string", "integer", "unix_seconds")
 ACTION_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 MAX_STRING_FIELD = 200
 MAX_INTEGER_FIELD = 2**31 - 1
+# Refused in string fields: controls (NUL, ESC…), surrogates (an unpaired one is not text) and
+# format characters (bidi overrides, zero-width characters), which no identifier needs and which
+# one backend may store while another refuses the whole batch.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 
 
 class CatalogueError(ValueError):
@@ -83,10 +88,21 @@ def _check_field(name: str, kind: FieldType, value: Any) -> None:
             raise InvalidActionData(
                 f"action_data.{name} must be a string of 1 to {MAX_STRING_FIELD} characters"
             )
+        if has_refused_characters(value):
+            raise InvalidActionData(
+                f"action_data.{name} holds a control, format or surrogate character"
+            )
     elif isinstance(value, bool) or not isinstance(value, int):
         raise InvalidActionData(f"action_data.{name} must be an integer")
     elif not 0 <= value <= MAX_INTEGER_FIELD:
         raise InvalidActionData(f"action_data.{name} is out of range")
+
+
+def has_refused_characters(text: str) -> bool:
+    # `isprintable` (in C) passes nearly every real string; the categories decide the rest.
+    return not text.isprintable() and any(
+        unicodedata.category(char) in REFUSED_CATEGORIES for char in text
+    )
 
 
 def load_catalogue(path: Path) -> Catalogue:
