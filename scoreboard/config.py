@@ -7,6 +7,7 @@ The object is passed explicitly to whatever needs it; nothing reads the environm
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -48,6 +49,17 @@ class ServerConfig:
     # A request body (at most 4 KiB) that has not fully arrived this long after its head is
     # answered 408 and its connection closed.
     body_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        # Checked at start: a bad entry would otherwise fail every request that reads the IP.
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"server.trusted_proxies ({ENV_PREFIX}SERVER_TRUSTED_PROXIES): {entry!r} is "
+                    "not an IP address or network (e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True)

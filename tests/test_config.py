@@ -49,6 +49,9 @@ def test_environment_overrides_every_section_key() -> None:
         ("SCOREBOARD_LIMITS_ENABLED", "maybe"),
         ("SCOREBOARD_SERVER_ROLE", "janitor"),
         ("SCOREBOARD_DATABASE_NOPE", "x"),
+        ("SCOREBOARD_SERVER_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
+        ("SCOREBOARD_SERVER_TRUSTED_PROXIES", '["10.0.0.0/33"]'),
+        ("SCOREBOARD_SERVER_TRUSTED_PROXIES", "192.0.2.300"),
     ],
 )
 def test_bad_settings_are_clear_errors(name: str, value: str) -> None:
