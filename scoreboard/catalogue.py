@@ -1,4 +1,4 @@
-"""The action catalogue (`config/actions.toml`): the only source of score deltas.
+"""The action catalogue (`actions.toml`, see `scoreboard.config`): the only source of score deltas.
 
 Clients name an action type and give its data; the server looks up the points. `action_data`
 must carry exactly the fields the catalogue lists, each of its declared type.
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from scoreboard.config import Config, config_file
 
 FieldType = Literal["string", "integer", "unix_seconds"]
 FIELD_TYPES: tuple[FieldType, ...] = ("string", "integer", "unix_seconds")
@@ -105,9 +107,22 @@ def has_refused_characters(text: str) -> bool:
     )
 
 
+def configured_catalogue(config: Config) -> Catalogue:
+    """The operator's `actions.toml` if their configuration directory has one, else the
+    packaged catalogue."""
+    source, text = config_file(config.config_dir, "actions.toml")
+    return parse_catalogue(text, source)
+
+
 def load_catalogue(path: Path) -> Catalogue:
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh)
+    return parse_catalogue(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_catalogue(text: str, path: str) -> Catalogue:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{path}: {exc}") from None
     types: dict[str, ActionType] = {}
     for name, spec in raw.items():
         if not ACTION_TYPE_PATTERN.match(name) or not isinstance(spec, dict):

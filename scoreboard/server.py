@@ -36,7 +36,7 @@ from scoreboard.auth.key_encryption import load_key_encryption
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
 from scoreboard.backends import Backends, describe_backends, open_backends, wait_for_backends
-from scoreboard.catalogue import Catalogue, load_catalogue
+from scoreboard.catalogue import Catalogue, configured_catalogue
 from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
 from scoreboard.http.app import create_asgi_app
@@ -208,7 +208,7 @@ async def run_server(
     log.info("%s", describe_backends(config))
     if not config.limits.enabled:
         log.warning("rate limits and cooldowns are DISABLED (SCOREBOARD_LIMITS_ENABLED=false)")
-    catalogue = load_catalogue(config.config_dir / "actions.toml")
+    catalogue = configured_catalogue(config)
     # A key-encryption key that cannot be used stops the start here, not in a retry loop.
     key_encryption = load_key_encryption(config)
     if not key_encryption.enabled:
