@@ -182,6 +182,14 @@ class WebsocketConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JanitorConfig:
+    interval_s: float = 60.0
+    batch_size: int = 500
+    # Expired codes and refresh tokens are kept this long, so that their reuse is still caught.
+    retention_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
@@ -195,6 +203,7 @@ class Config:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
+    janitor: JanitorConfig = field(default_factory=JanitorConfig)
     # The operator's configuration directory; None: the packaged defaults alone.
     config_dir: Path | None = None
 

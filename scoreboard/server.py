@@ -25,6 +25,7 @@ from scoreboard.actors import (
     consumer,
     events,
     hub,
+    janitor,
     keeper,
     publisher,
     revocations,
@@ -132,6 +133,10 @@ def worker_children(config: Config, backends: Backends, catalogue: Catalogue) ->
             start=_clone_start(
                 consumer.run, router=router_send, broker=backends.broker, config=config
             ),
+        ),
+        ChildSpec(
+            id="janitor",
+            start=_clone_start(janitor.run, store=backends.store, config=config.janitor),
         ),
     ]
 
