@@ -149,3 +149,51 @@ async def test_control_characters_over_the_websocket_are_a_rejected_action_resul
         assert result["data"]["status"] == "accepted", result
         assert "replayed" not in result["data"], result
     assert_no_tracebacks(caplog)
+
+
+async def test_oauth_parameters_outside_rfc_6749s_grammar_are_400_not_500(
+    server: ServerHandle, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Authlib repeats response_type, grant_type and redirect_uri in its error descriptions,
+    # where a non-ASCII character, a quote or a backslash made it raise (a 500).
+    params = new_authorization(server).params()
+    for name, value in (
+        ("response_type", "\u00b3code"),
+        ("response_type", 'co"de'),
+        ("redirect_uri", 'https://app.example/"cb'),
+        ("client_id", "scoreboard-web\u000e"),
+        ("state", "caf\u00e9"),
+    ):
+        response = await client.get("/api/v1/oauth/authorize", params={**params, name: value})
+        assert response.status_code == 400, (name, value, response.text)
+        assert response.json()["error"] == "invalid_request"
+    for grant_type in ("\u00e9", 'authorization_code"', "refresh_token\\"):
+        response = await client.post(
+            "/api/v1/oauth/token", data={"grant_type": grant_type, "client_id": "scoreboard-web"}
+        )
+        assert response.status_code == 400, (grant_type, response.text)
+        assert response.json()["error"] == "invalid_request"
+    assert_no_tracebacks(caplog)
+
+
+async def test_an_unknown_token_type_hint_is_ignored(client: httpx.AsyncClient) -> None:
+    # RFC 7009 §2.1: "An invalid token type hint value is ignored".
+    response = await client.post(
+        "/api/v1/oauth/revoke", data={"token": "whatever", "token_type_hint": "bogus"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"revoked": True}
+
+
+async def test_an_empty_binary_frame_gets_an_error_frame_and_the_socket_stays(
+    server: ServerHandle, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    player = await new_player(client, server)
+    async with connect(server) as socket:
+        await authenticate(socket, player)
+        await socket.send_message(b"")
+        error = await receive_until(socket, of_type("error"))
+        assert error["error"] == "invalid_message", error
+        await socket.send_message(json.dumps({"type": "ping", "timestamp": 2}))
+        assert (await receive_until(socket, of_type("pong")))["timestamp"] == 2
+    assert_no_tracebacks(caplog)
