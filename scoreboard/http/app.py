@@ -7,7 +7,7 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from scoreboard.http import actions, leaderboard, oauth, ops, pages, users
+from scoreboard.http import actions, leaderboard, oauth, openapi, ops, pages, users
 from scoreboard.http.body_guard import BodyGuard
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
@@ -15,11 +15,12 @@ from scoreboard.http.services import Services
 
 
 def create_app(services: Services) -> QuartTrio:
-    app = QuartTrio("scoreboard")
+    # No automatic /static/<filename> route: the page's assets are served versioned (pages.py).
+    app = QuartTrio("scoreboard", static_folder=None)
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
-    for module in (actions, leaderboard, users, ops, pages):
+    for module in (actions, leaderboard, users, ops, pages, openapi):
         app.register_blueprint(module.blueprint)
     oauth.install(app, services)
 
