@@ -197,3 +197,18 @@ async def test_an_empty_binary_frame_gets_an_error_frame_and_the_socket_stays(
         await socket.send_message(json.dumps({"type": "ping", "timestamp": 2}))
         assert (await receive_until(socket, of_type("pong")))["timestamp"] == 2
     assert_no_tracebacks(caplog)
+
+
+async def test_a_sign_in_with_nul_in_the_username_is_401_not_500(
+    server: ServerHandle, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL's text cannot hold NUL: the lookup itself used to fail.
+    page = await client.get("/api/v1/oauth/authorize", params=new_authorization(server).params())
+    fields = hidden_fields(page.text)
+    response = await client.post(
+        "/api/v1/oauth/authorize",
+        data={**fields, "username": "some\x00one", "password": "x" * 12},
+    )
+    assert response.status_code == 401, response.text
+    assert "Wrong username or password" in response.text
+    assert_no_tracebacks(caplog)
