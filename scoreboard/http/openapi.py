@@ -235,7 +235,11 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "token": {"type": "string"},
-            "token_type_hint": {"enum": ["access_token", "refresh_token"]},
+            "token_type_hint": {
+                "type": "string",
+                "description": "access_token or refresh_token; another value is ignored "
+                "(RFC 7009 §2.1)",
+            },
             "client_id": {"type": "string"},
             "client_secret": {"type": "string"},
         },
