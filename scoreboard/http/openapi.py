@@ -514,6 +514,7 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
                 "The live feed: a WebSocket (see the README); a plain request is refused",
                 {
                     "400": _json(_ref("Error"), "not a WebSocket handshake"),
+                    "426": _json(_ref("Error"), "not a WebSocket handshake: upgrade required"),
                     "403": {"description": "Origin not allowed"},
                 },
                 errors=(401, 429),
