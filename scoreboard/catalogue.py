@@ -1,4 +1,4 @@
-"""The action catalogue (`config/actions.toml`): the only source of score deltas.
+"""The action catalogue (`actions.toml`, see `scoreboard.config`): the only source of score deltas.
 
 Clients name an action type and give its data; the server looks up the points. `action_data`
 must carry exactly the fields the catalogue lists, each of its declared type.
@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from scoreboard.config import Config, config_file
 
 FieldType = Literal["string", "integer", "unix_seconds"]
 FIELD_TYPES: tuple[FieldType, ...] = ("string", "integer", "unix_seconds")
 ACTION_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 MAX_STRING_FIELD = 200
 MAX_INTEGER_FIELD = 2**31 - 1
+# Refused in string fields: controls (NUL, ESC…), surrogates (an unpaired one is not text) and
+# format characters (bidi overrides, zero-width characters), which no identifier needs and which
+# one backend may store while another refuses the whole batch.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 
 
 class CatalogueError(ValueError):
@@ -83,15 +90,39 @@ def _check_field(name: str, kind: FieldType, value: Any) -> None:
             raise InvalidActionData(
                 f"action_data.{name} must be a string of 1 to {MAX_STRING_FIELD} characters"
             )
+        if has_refused_characters(value):
+            raise InvalidActionData(
+                f"action_data.{name} holds a control, format or surrogate character"
+            )
     elif isinstance(value, bool) or not isinstance(value, int):
         raise InvalidActionData(f"action_data.{name} must be an integer")
     elif not 0 <= value <= MAX_INTEGER_FIELD:
         raise InvalidActionData(f"action_data.{name} is out of range")
 
 
+def has_refused_characters(text: str) -> bool:
+    # `isprintable` (in C) passes nearly every real string; the categories decide the rest.
+    return not text.isprintable() and any(
+        unicodedata.category(char) in REFUSED_CATEGORIES for char in text
+    )
+
+
+def configured_catalogue(config: Config) -> Catalogue:
+    """The operator's `actions.toml` if their configuration directory has one, else the
+    packaged catalogue."""
+    source, text = config_file(config.config_dir, "actions.toml")
+    return parse_catalogue(text, source)
+
+
 def load_catalogue(path: Path) -> Catalogue:
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh)
+    return parse_catalogue(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_catalogue(text: str, path: str) -> Catalogue:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{path}: {exc}") from None
     types: dict[str, ActionType] = {}
     for name, spec in raw.items():
         if not ACTION_TYPE_PATTERN.match(name) or not isinstance(spec, dict):

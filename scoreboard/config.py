@@ -1,12 +1,19 @@
-"""One frozen configuration object, built at start from `config/*.toml` and the environment.
+"""One frozen configuration object, built at start from the defaults, the operator's
+configuration directory and the environment, in that order.
 
-Every key of `config/default.toml` can be overridden by `SCOREBOARD_<SECTION>_<KEY>` (contract §6).
-The object is passed explicitly to whatever needs it; nothing reads the environment later.
+The defaults ship inside the package (`scoreboard/defaults/`, which in a checkout is a link to
+`config/`): `default.toml` and the action catalogue `actions.toml`. The operator's directory is
+`SCOREBOARD_CONFIG_DIR`, else `./config` when it holds either file: a `default.toml` there changes
+the keys it names, an `actions.toml` there replaces the catalogue. Every key can then be
+overridden by `SCOREBOARD_<SECTION>_<KEY>`. The object is passed explicitly to whatever needs
+it; nothing reads the environment later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import ipaddress
 import json
 import os
 import tomllib
@@ -18,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 ENV_PREFIX = "SCOREBOARD_"
+CONFIG_DIR_VARIABLE = f"{ENV_PREFIX}CONFIG_DIR"
+CONFIG_FILES = ("default.toml", "actions.toml")
 Role = Literal["all", "api", "worker"]
 BackendMode = Literal["embedded", "real"]
 # The settings that choose the backends: all empty is embedded mode, all set is the real stack.
@@ -45,6 +54,20 @@ class ServerConfig:
     max_connections: int = 16_000
     # A new connection's first request head must arrive within this long, or it is closed.
     header_timeout_s: float = 10.0
+    # A request body (at most 4 KiB) that has not fully arrived this long after its head is
+    # answered 408 and its connection closed.
+    body_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        # Checked at start: a bad entry would otherwise fail every request that reads the IP.
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"server.trusted_proxies ({ENV_PREFIX}SERVER_TRUSTED_PROXIES): {entry!r} is "
+                    "not an IP address or network (e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +182,14 @@ class WebsocketConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JanitorConfig:
+    interval_s: float = 60.0
+    batch_size: int = 500
+    # Expired codes and refresh tokens are kept this long, so that their reuse is still caught.
+    retention_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
@@ -172,7 +203,9 @@ class Config:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
-    config_dir: Path = field(default_factory=lambda: default_config_dir())
+    janitor: JanitorConfig = field(default_factory=JanitorConfig)
+    # The operator's configuration directory; None: the packaged defaults alone.
+    config_dir: Path | None = None
 
     @property
     def public_origin(self) -> str:
@@ -217,15 +250,31 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def default_config_dir() -> Path:
-    """`SCOREBOARD_CONFIG_DIR`, else `./config` if it exists, else the checkout's `config/`."""
-    explicit = os.environ.get(f"{ENV_PREFIX}CONFIG_DIR")
+def default_config_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """`SCOREBOARD_CONFIG_DIR`, else `./config` if it holds a configuration file, else None."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(CONFIG_DIR_VARIABLE)
     if explicit:
+        if not Path(explicit).is_dir():
+            raise ConfigError(f"{CONFIG_DIR_VARIABLE}={explicit}: no such directory")
         return Path(explicit)
     local = Path.cwd() / "config"
-    if (local / "default.toml").is_file():
+    if any((local / name).is_file() for name in CONFIG_FILES):
         return local
-    return Path(__file__).resolve().parent.parent / "config"
+    return None
+
+
+def config_file(config_dir: Path | None, name: str) -> tuple[str, str]:
+    """A configuration file's source (for messages) and text: the operator's copy in
+    `config_dir` if there is one, else the packaged default."""
+    if config_dir is not None and (config_dir / name).is_file():
+        path = config_dir / name
+        return str(path), path.read_text(encoding="utf-8")
+    return f"the packaged {name}", _packaged_text(name)
+
+
+def _packaged_text(name: str) -> str:
+    return importlib.resources.files("scoreboard").joinpath("defaults", name).read_text("utf-8")
 
 
 def _section_types() -> dict[str, type[Any]]:
@@ -298,7 +347,7 @@ def _env_overrides(
 ) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG_DIR":
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_DIR_VARIABLE:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section, _, key = rest.partition("_")
@@ -310,18 +359,24 @@ def _env_overrides(
 
 
 def load_config(config_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Defaults from `<config_dir>/default.toml`, then `SCOREBOARD_*` from the environment."""
-    directory = config_dir or default_config_dir()
+    """The packaged defaults, then the operator's `<config_dir>/default.toml` (by default from
+    `default_config_dir`), then `SCOREBOARD_*` from the environment."""
     env = os.environ if environ is None else environ
+    directory = config_dir if config_dir is not None else default_config_dir(env)
     sections = _section_types()
     merged: dict[str, dict[str, Any]] = {name: {} for name in sections}
-    default_file = directory / "default.toml"
-    if default_file.is_file():
-        with default_file.open("rb") as fh:
-            data = tomllib.load(fh)
+    layers = [("the packaged default.toml", _packaged_text("default.toml"))]
+    if directory is not None and (directory / "default.toml").is_file():
+        path = directory / "default.toml"
+        layers.append((str(path), path.read_text(encoding="utf-8")))
+    for source, text in layers:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         for name, values in data.items():
             if name not in sections or not isinstance(values, dict):
-                raise ConfigError(f"{default_file}: unknown section [{name}]")
+                raise ConfigError(f"{source}: unknown section [{name}]")
             merged[name].update(values)
     for name, values in _env_overrides(env, sections).items():
         merged[name].update(values)

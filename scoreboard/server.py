@@ -25,6 +25,7 @@ from scoreboard.actors import (
     consumer,
     events,
     hub,
+    janitor,
     keeper,
     publisher,
     revocations,
@@ -36,10 +37,10 @@ from scoreboard.auth.key_encryption import load_key_encryption
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
 from scoreboard.backends import Backends, describe_backends, open_backends, wait_for_backends
-from scoreboard.catalogue import Catalogue, load_catalogue
+from scoreboard.catalogue import Catalogue, configured_catalogue
 from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
-from scoreboard.http.app import create_app
+from scoreboard.http.app import create_asgi_app
 from scoreboard.http.listener import bind_socket, serve_http, socket_url
 from scoreboard.http.services import Services
 from scoreboard.supervisor import ChildSpec, Supervisor, SupervisorGaveUp
@@ -133,6 +134,10 @@ def worker_children(config: Config, backends: Backends, catalogue: Catalogue) ->
                 consumer.run, router=router_send, broker=backends.broker, config=config
             ),
         ),
+        ChildSpec(
+            id="janitor",
+            start=_clone_start(janitor.run, store=backends.store, config=config.janitor),
+        ),
     ]
 
 
@@ -145,7 +150,7 @@ def api_children(
     http_started: Callable[[list[str]], None],
 ) -> list[ChildSpec]:
     hub_send = services.hub
-    app = create_app(services)
+    app = create_asgi_app(services)
     http_shutdown = trio.Event()
 
     async def run_http(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -208,7 +213,7 @@ async def run_server(
     log.info("%s", describe_backends(config))
     if not config.limits.enabled:
         log.warning("rate limits and cooldowns are DISABLED (SCOREBOARD_LIMITS_ENABLED=false)")
-    catalogue = load_catalogue(config.config_dir / "actions.toml")
+    catalogue = configured_catalogue(config)
     # A key-encryption key that cannot be used stops the start here, not in a retry loop.
     key_encryption = load_key_encryption(config)
     if not key_encryption.enabled:

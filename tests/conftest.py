@@ -32,7 +32,12 @@ AMQP_HOST = os.environ.get("SCOREBOARD_TEST_AMQP_HOST", "127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:8]
 
 BACKEND_MODES = ("real", "embedded")
-CONTRACT_SUITES = ("tests/http/", "tests/e2e/test_pipeline.py", "tests/e2e/test_slow_client.py")
+CONTRACT_SUITES = (
+    "tests/http/",
+    "tests/fuzz/",
+    "tests/e2e/test_pipeline.py",
+    "tests/e2e/test_slow_client.py",
+)
 # Tests of a contract suite that reach into RabbitMQ itself (rabbitmqctl delete_queue), or run
 # the API and worker roles apart, which only the real backends can (embedded mode is one process).
 REAL_ONLY_TESTS = frozenset(

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from scoreboard.catalogue import configured_catalogue
 from scoreboard.config import ConfigError, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -49,6 +50,9 @@ def test_environment_overrides_every_section_key() -> None:
         ("SCOREBOARD_LIMITS_ENABLED", "maybe"),
         ("SCOREBOARD_SERVER_ROLE", "janitor"),
         ("SCOREBOARD_DATABASE_NOPE", "x"),
+        ("SCOREBOARD_SERVER_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
+        ("SCOREBOARD_SERVER_TRUSTED_PROXIES", '["10.0.0.0/33"]'),
+        ("SCOREBOARD_SERVER_TRUSTED_PROXIES", "192.0.2.300"),
     ],
 )
 def test_bad_settings_are_clear_errors(name: str, value: str) -> None:
@@ -61,3 +65,37 @@ def test_unrelated_environment_is_ignored() -> None:
         CONFIG_DIR, environ={"SCOREBOARD_CONFIG_DIR": "/elsewhere", "PATH": "/bin"}
     )
     assert config.server.port == 8000
+
+
+def test_an_operator_directory_changes_only_the_keys_it_names(tmp_path: Path) -> None:
+    (tmp_path / "default.toml").write_text("[server]\nport = 9100\n")
+    config = load_config(tmp_path, environ={"SCOREBOARD_SERVER_HOST": "0.0.0.0"})
+    assert config.config_dir == tmp_path
+    assert config.server.port == 9100
+    assert config.server.host == "0.0.0.0"
+    assert config.amqp.queue == "user-actions"  # packaged default
+    assert "complete_task" in configured_catalogue(config).types
+
+
+def test_an_operator_catalogue_replaces_the_packaged_one(tmp_path: Path) -> None:
+    (tmp_path / "actions.toml").write_text('[jump]\npoints = 1\nfields = { height = "integer" }\n')
+    catalogue = configured_catalogue(load_config(environ={"SCOREBOARD_CONFIG_DIR": str(tmp_path)}))
+    assert list(catalogue.types) == ["jump"]
+
+
+def test_without_a_config_directory_the_packaged_defaults_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={})
+    assert config.config_dir is None
+    assert config.server.port == 8000
+    assert len(configured_catalogue(config).types) == 4
+
+
+def test_a_missing_or_malformed_operator_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SCOREBOARD_CONFIG_DIR=/nonexistent"):
+        load_config(environ={"SCOREBOARD_CONFIG_DIR": "/nonexistent"})
+    (tmp_path / "default.toml").write_text("[server\n")
+    with pytest.raises(ConfigError, match=str(tmp_path / "default.toml")):
+        load_config(tmp_path, environ={})

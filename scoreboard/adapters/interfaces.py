@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
@@ -163,7 +163,7 @@ class Store(Protocol):
         self, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
     ) -> bool:
         """Add the newest refresh token of the grant's family; False (nothing stored) if the
-        grant was revoked meanwhile."""
+        grant was revoked, or deleted by the janitor, meanwhile."""
         ...
 
     async def rotate_refresh_token(
@@ -186,8 +186,23 @@ class Store(Protocol):
         ...
 
     async def revocations(self, now_ms: int) -> list[Revocation]:
-        """Every deny-list entry that has not expired (expired ones may be deleted)."""
+        """Every deny-list entry that has not expired (the janitor deletes the others)."""
         ...
+
+    async def purge_expired(self, what: Purgeable, before_ms: int, limit: int) -> Purged:
+        """Delete at most `limit` authorization codes, refresh tokens or deny-list entries that
+        expired before `before_ms`, and the grants that deleting codes or refresh tokens left
+        with neither, in one short transaction (the janitor's batch)."""
+        ...
+
+
+Purgeable = Literal["codes", "refresh_tokens", "revocations"]
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    rows: int
+    grants: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     ClientExists,
     EmailTaken,
+    Purgeable,
+    Purged,
     Store,
     UnknownUser,
     UsernameTaken,
@@ -339,6 +341,9 @@ class PostgresStore(Store):
 
     async def revocations(self, now_ms: int) -> list[Revocation]:
         return await _crossing(self._bridge, _revocations, self._pool, now_ms)
+
+    async def purge_expired(self, what: Purgeable, before_ms: int, limit: int) -> Purged:
+        return await _crossing(self._bridge, _purge_expired, self._pool, what, before_ms, limit)
 
 
 # The asyncio side: one coroutine per store method, each run on the bridge loop.
@@ -906,16 +911,19 @@ async def _redeem_authorization_code(
 async def _add_refresh_token(
     pool: asyncpg.Pool, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
 ) -> bool:
-    status = await pool.execute(
-        "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, created_at, expires_at)"
-        f" SELECT $1, grant_id, {_FROM_EPOCH_MS.format('$3::bigint')},"
-        f" {_FROM_EPOCH_MS.format('$4::bigint')}"
-        " FROM oauth_grants WHERE grant_id = $2 AND revoked_at IS NULL",
-        token_hash,
-        grant_id,
-        now_ms,
-        expires_at_ms,
-    )
+    try:
+        status = await pool.execute(
+            "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, created_at, expires_at)"
+            f" SELECT $1, grant_id, {_FROM_EPOCH_MS.format('$3::bigint')},"
+            f" {_FROM_EPOCH_MS.format('$4::bigint')}"
+            " FROM oauth_grants WHERE grant_id = $2 AND revoked_at IS NULL",
+            token_hash,
+            grant_id,
+            now_ms,
+            expires_at_ms,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        return False  # the janitor removed the grant meanwhile
     return bool(status == "INSERT 0 1")
 
 
@@ -977,8 +985,64 @@ async def _revoke(
 
 
 async def _revocations(pool: asyncpg.Pool, now_ms: int) -> list[Revocation]:
-    now = _FROM_EPOCH_MS.format("$1::bigint")
-    async with pool.acquire() as conn:
-        await conn.execute(f"DELETE FROM oauth_revocations WHERE expires_at <= {now}", now_ms)
-        rows = await conn.fetch("SELECT kind, value, expires_at FROM oauth_revocations")
+    rows = await pool.fetch(
+        "SELECT kind, value, expires_at FROM oauth_revocations"
+        f" WHERE expires_at > {_FROM_EPOCH_MS.format('$1::bigint')}",
+        now_ms,
+    )
     return [Revocation(row["kind"], row["value"], _epoch_ms(row["expires_at"])) for row in rows]
+
+
+# The janitor's batches: the oldest expired rows first, skipping rows another process's janitor
+# holds. Codes and refresh tokens return their grant, which goes too once it has neither left.
+_PURGE = {
+    "codes": """
+        WITH doomed AS (
+            SELECT code_hash FROM oauth_codes WHERE expires_at < {before}
+            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM oauth_codes AS c USING doomed WHERE c.code_hash = doomed.code_hash
+        RETURNING c.grant_id
+    """,
+    "refresh_tokens": """
+        WITH doomed AS (
+            SELECT token_hash FROM oauth_refresh_tokens WHERE expires_at < {before}
+            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM oauth_refresh_tokens AS t USING doomed WHERE t.token_hash = doomed.token_hash
+        RETURNING t.grant_id
+    """,
+    "revocations": """
+        WITH doomed AS (
+            SELECT kind, value FROM oauth_revocations WHERE expires_at < {before}
+            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM oauth_revocations AS r USING doomed
+        WHERE r.kind = doomed.kind AND r.value = doomed.value
+        RETURNING NULL AS grant_id
+    """,
+}
+
+_LOCK_GRANTS = (
+    "SELECT grant_id FROM oauth_grants WHERE grant_id = ANY($1::text[]) ORDER BY grant_id"
+    " FOR UPDATE"
+)
+_PURGE_EMPTY_GRANTS = """
+DELETE FROM oauth_grants AS g WHERE g.grant_id = ANY($1::text[])
+  AND NOT EXISTS (SELECT 1 FROM oauth_codes AS c WHERE c.grant_id = g.grant_id)
+  AND NOT EXISTS (SELECT 1 FROM oauth_refresh_tokens AS t WHERE t.grant_id = g.grant_id)
+"""
+
+
+async def _purge_expired(pool: asyncpg.Pool, what: str, before_ms: int, limit: int) -> Purged:
+    statement = _PURGE[what].format(before=_FROM_EPOCH_MS.format("$1::bigint"))
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(statement, before_ms, limit)
+        grant_ids = sorted({row["grant_id"] for row in rows if row["grant_id"] is not None})
+        if not grant_ids:
+            return Purged(len(rows))
+        # Locked first, so that a refresh token added meanwhile either committed before the
+        # check below (which then keeps its grant) or waits and finds the grant gone.
+        await conn.execute(_LOCK_GRANTS, grant_ids)
+        status = await conn.execute(_PURGE_EMPTY_GRANTS, grant_ids)
+    return Purged(len(rows), int(status.rsplit(" ", 1)[1]))

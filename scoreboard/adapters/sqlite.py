@@ -31,6 +31,8 @@ from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     ClientExists,
     EmailTaken,
+    Purgeable,
+    Purged,
     Store,
     UnknownUser,
     UsernameTaken,
@@ -394,7 +396,10 @@ class SQLiteStore(Store):
         )
 
     async def revocations(self, now_ms: int) -> list[Revocation]:
-        return await self._db.write(functools.partial(_revocations, now_ms))
+        return await self._db.read(functools.partial(_revocations, now_ms))
+
+    async def purge_expired(self, what: Purgeable, before_ms: int, limit: int) -> Purged:
+        return await self._db.write(functools.partial(_purge_expired, what, before_ms, limit))
 
 
 def _marks(count: int) -> str:
@@ -908,8 +913,39 @@ def _revoke(
 
 
 def _revocations(now: int, connection: sqlite3.Connection) -> list[Revocation]:
-    connection.execute("DELETE FROM oauth_revocations WHERE expires_at_ms <= ?", (now,))
     return [
         Revocation(row["kind"], row["value"], row["expires_at_ms"])
-        for row in connection.execute("SELECT kind, value, expires_at_ms FROM oauth_revocations")
+        for row in connection.execute(
+            "SELECT kind, value, expires_at_ms FROM oauth_revocations WHERE expires_at_ms > ?",
+            (now,),
+        )
     ]
+
+
+# The janitor's batches, oldest expired first: (table, the grant its rows return). Codes and
+# refresh tokens return their grant, which goes too once it has neither left.
+_PURGE = {
+    "codes": ("oauth_codes", "grant_id"),
+    "refresh_tokens": ("oauth_refresh_tokens", "grant_id"),
+    "revocations": ("oauth_revocations", "NULL"),
+}
+
+
+def _purge_expired(what: str, before_ms: int, limit: int, connection: sqlite3.Connection) -> Purged:
+    table, grant = _PURGE[what]
+    rows = connection.execute(
+        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"
+        f" WHERE expires_at_ms < ? ORDER BY expires_at_ms LIMIT ?) RETURNING {grant} AS grant_id",
+        (before_ms, limit),
+    ).fetchall()
+    grant_ids = sorted({row["grant_id"] for row in rows if row["grant_id"] is not None})
+    grants = 0
+    if grant_ids:
+        grants = connection.execute(
+            f"DELETE FROM oauth_grants AS g WHERE g.grant_id IN ({_marks(len(grant_ids))})"
+            " AND NOT EXISTS (SELECT 1 FROM oauth_codes AS c WHERE c.grant_id = g.grant_id)"
+            " AND NOT EXISTS"
+            " (SELECT 1 FROM oauth_refresh_tokens AS t WHERE t.grant_id = g.grant_id)",
+            grant_ids,
+        ).rowcount
+    return Purged(len(rows), grants)

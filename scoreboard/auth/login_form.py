@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 
 from scoreboard.auth.keys import KeyRing
 
+EXPIRES_PATTERN = re.compile(r"[0-9]{1,12}")
 AUTHORIZE_PARAMETERS = (
     "response_type",
     "client_id",
@@ -51,7 +53,8 @@ def form_token_valid(
     kid, _, rest = token.partition(".")
     expires_text, _, mac = rest.partition(".")
     secret = ring.form_secret(kid)
-    if secret is None or not expires_text.isdigit() or len(expires_text) > 12:
+    # ASCII digits only: `str.isdigit` also admits "²", which `int` refuses.
+    if secret is None or not EXPIRES_PATTERN.fullmatch(expires_text):
         return False
     expires = int(expires_text)
     if expires < (int(time.time()) if now is None else now):

@@ -87,7 +87,8 @@ async def authenticate_user(
 ) -> UserRecord | None:
     """The account if the password is right and the account is enabled, else None. Takes the
     same time whether or not the username exists (and whether or not the account is disabled)."""
-    user = await store.get_user_by_username(username)
+    # No account is named with NUL, which PostgreSQL's text cannot even be asked about.
+    user = None if "\x00" in username else await store.get_user_by_username(username)
     usable_hash = user.password_hash if user is not None and not user.disabled else None
     if not await passwords.verify(usable_hash, password):
         return None

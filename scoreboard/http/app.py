@@ -7,18 +7,20 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from scoreboard.http import actions, leaderboard, oauth, ops, pages, users
+from scoreboard.http import actions, leaderboard, oauth, openapi, ops, pages, users
+from scoreboard.http.body_guard import BodyGuard
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
 
 
 def create_app(services: Services) -> QuartTrio:
-    app = QuartTrio("scoreboard")
+    # No automatic /static/<filename> route: the page's assets are served versioned (pages.py).
+    app = QuartTrio("scoreboard", static_folder=None)
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
-    for module in (actions, leaderboard, users, ops, pages):
+    for module in (actions, leaderboard, users, ops, pages, openapi):
         app.register_blueprint(module.blueprint)
     oauth.install(app, services)
 
@@ -51,3 +53,13 @@ def create_app(services: Services) -> QuartTrio:
         return response
 
     return app
+
+
+def create_asgi_app(services: Services) -> BodyGuard:
+    """The application as the listener serves it: each request's body is read (bounded in size
+    and time) before the application sees the request (`body_guard.py`)."""
+    return BodyGuard(
+        create_app(services),
+        max_body_bytes=MAX_BODY_BYTES,
+        body_timeout_s=services.config.server.body_timeout_s,
+    )

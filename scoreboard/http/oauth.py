@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 import time
 from typing import Any
 
@@ -55,6 +56,9 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+ECHOED_PARAMETERS = frozenset({"response_type", "grant_type", "redirect_uri"})
+_VSCHAR = re.compile(r"[\x20-\x7e]*")
+_ECHOED_PARAMETER = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 
 class OAuthRejected(Exception):
@@ -93,7 +97,23 @@ def _json(status: int, body: Any, headers: dict[str, str]) -> Response:
     return response
 
 
+def _unusable_parameter(params: MultiDict[str, str]) -> str | None:
+    """The first parameter outside RFC 6749's grammar that Authlib would choke on: every value
+    is printable ASCII (Appendix A), and those Authlib repeats in an error description may not
+    hold `"` or `\\` there (§5.2; it raises instead of answering)."""
+    for name, value in params.items(multi=True):
+        allowed = _ECHOED_PARAMETER if name in ECHOED_PARAMETERS else _VSCHAR
+        if not allowed.fullmatch(value):
+            return name
+    return None
+
+
 def _oauth_request(svc: Services, params: MultiDict[str, str]) -> OAuthRequest:
+    unusable = _unusable_parameter(params)
+    if unusable is not None:
+        raise OAuthRejected(
+            400, "invalid_request", f"{unusable[:64]} holds characters it may not (RFC 6749)"
+        )
     # The public origin, not the address Hypercorn saw: behind a TLS proxy that is what the
     # client used. OAuth needs TLS (RFC 9700): Authlib refuses plain http except on loopback.
     try:

@@ -312,6 +312,11 @@ class TokenRevocation(rfc7009.RevocationEndpoint):  # type: ignore[misc]
         client: Client = super().authenticate_endpoint_client(request)
         return client
 
+    def check_params(self, request: OAuthRequest, client: Client | None) -> None:
+        # RFC 7009 §2.1: an invalid token type hint is ignored (Authlib answers an error, 401).
+        if "token" not in request.form:
+            raise InvalidRequestError()
+
     def query_token(
         self, token_string: str, token_type_hint: str | None
     ) -> AccessCredential | RefreshCredential | None:

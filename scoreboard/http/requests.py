@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 
 from quart import Request
@@ -20,6 +21,13 @@ from scoreboard.http.errors import (
 from scoreboard.http.services import Services
 
 MAX_BODY_BYTES = 4096
+# No request of the contract nests deeper than 3; the parser's recursion (and whatever walks
+# the result) must never see the 1,000-odd levels that fit in 4 KiB.
+MAX_JSON_DEPTH = 32
+# Escapes that may decode to NUL or half a surrogate pair: then the parsed strings are checked.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+# A JSON string (an unterminated one runs to the end), or a bracket: scanned in one linear pass.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 AUDITED_HEADERS = ("user-agent", "origin", "referer", "accept-language", "x-forwarded-for")
 
 
@@ -102,13 +110,65 @@ async def json_body(request: Request) -> Any:
         ) from None
     if len(raw) > MAX_BODY_BYTES:
         raise RequestRejected(413, "invalid_request", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    return decode_body(raw if isinstance(raw, bytes) else raw.encode("utf-8"))
+
+
+def decode_body(raw: bytes) -> Any:
+    """A JSON request body (at most 4 KiB, already read) as parsed by `parse_json`, or 400; its
+    strings, which may end up in the store, are text that PostgreSQL keeps."""
     try:
-        # UTF-8 only (contract preamble; `json.loads` would guess UTF-16 or UTF-32 from bytes),
-        # and no NaN or Infinity, which are not JSON (RFC 8259).
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text, parse_constant=_not_json)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_request("the body is not valid JSON") from None
+        value = parse_json(raw)
+    except ValueError as exc:
+        raise invalid_request(f"the body is not valid JSON: {exc}") from None
+    if _SUSPECT_ESCAPE.search(raw) and not _storable(value):
+        raise invalid_request("a string of the body holds NUL or an unpaired surrogate")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """A JSON document from a request body or a WebSocket frame; `ValueError` saying why not.
+
+    UTF-8 only (`json.loads` would guess UTF-16 or UTF-32 from bytes), no NaN or Infinity, which
+    are not JSON (RFC 8259), and at most `MAX_JSON_DEPTH` levels of arrays and objects."""
+    # Fewer opening brackets than the limit cannot nest past it: the scan is for the rare rest.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except ValueError:
+        raise ValueError("malformed") from None
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in `raw`, brackets inside strings aside (for any input:
+    it does not check that `raw` is JSON)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.finditer(raw):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _storable(value: Any) -> bool:
+    """Every string in `value` (keys too) is UTF-8 text without NUL (RFC 8259 §8.2 leaves an
+    unpaired surrogate's meaning open; PostgreSQL stores neither)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    return True
 
 
 def _not_json(constant: str) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
 import logging
 import random
 import socket
@@ -45,7 +44,13 @@ from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.http.errors import RequestRejected
 from scoreboard.http.outbox import GONE, MailboxClosed, SlowReader, SocketOutbox
-from scoreboard.http.requests import address_key, audited_headers, authenticate, client_ip
+from scoreboard.http.requests import (
+    address_key,
+    audited_headers,
+    authenticate,
+    client_ip,
+    parse_json,
+)
 from scoreboard.http.services import Services
 from scoreboard.http.submission import parse_payload, rejected_before_queueing, submit_action
 
@@ -413,11 +418,9 @@ class Connection:
         while True:
             raw = await self.receive_message()
             try:
-                # As strict as the HTTP bodies: UTF-8 only, no NaN or Infinity; and a nesting
-                # too deep for the parser is a bad message, not a server error.
-                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-                message = json.loads(text, parse_constant=_not_json)
-            except (ValueError, RecursionError):
+                # As strict as the HTTP bodies, and by the same parser (bounded nesting).
+                message = parse_json(raw.encode("utf-8") if isinstance(raw, str) else raw)
+            except ValueError:
                 message = None
             if isinstance(message, dict) and isinstance(message.get("type"), str):
                 return message
@@ -600,10 +603,6 @@ class Connection:
                 await linger(self.sock, self.frames)
             except (OSError, SlowReader):
                 return
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
 
 
 def outgoing_control(wire: bytes) -> Frame:

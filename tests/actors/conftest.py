@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -14,14 +13,14 @@ from scoreboard.adapters.postgres import open_postgres_store
 from scoreboard.adapters.rabbitmq import open_rabbitmq
 from scoreboard.adapters.redis import open_redis
 from scoreboard.bridge import open_bridge
-from scoreboard.catalogue import load_catalogue
+from scoreboard.catalogue import configured_catalogue
 from scoreboard.config import Config
 from tests.actors.stack import Stack
 
 
 @pytest.fixture
 async def stack(config: Config) -> AsyncIterator[Stack]:
-    catalogue = load_catalogue(Path(config.config_dir) / "actions.toml")
+    catalogue = configured_catalogue(config)
     async with contextlib.AsyncExitStack() as backends:
         with trio.fail_after(30):
             bridge = await backends.enter_async_context(open_bridge())
