@@ -7,12 +7,13 @@ returns. Each codec is strict: a message that does not decode raises `MalformedM
 
 from __future__ import annotations
 
-import json
 import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from scoreboard import json_codec
 
 ActionStatus = Literal["accepted", "completed", "rejected", "failed"]
 ActionError = Literal["rate_limit_exceeded", "invalid_action"]
@@ -53,7 +54,7 @@ class ActionEnvelope:
     attempts: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return json_codec.dumps(
             {
                 "v": SCHEMA_VERSION,
                 "action_id": str(self.action_id),
@@ -66,15 +67,14 @@ class ActionEnvelope:
                 "user_agent": self.user_agent,
                 "headers": dict(self.headers),
                 "attempts": self.attempts,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, body: bytes) -> ActionEnvelope:
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json_codec.loads(body)
+        except ValueError as exc:
             raise MalformedMessage(f"not JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
             raise MalformedMessage("not an action envelope of this schema version")
@@ -362,13 +362,13 @@ def encode_event(event: Event) -> bytes:
                 "expires_at_ms": expires_at_ms,
             }
     body["v"] = SCHEMA_VERSION
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json_codec.dumps(body)
 
 
 def decode_event(raw: bytes) -> Event:
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json_codec.loads(raw)
+    except ValueError as exc:
         raise MalformedMessage(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
         raise MalformedMessage("not an event of this schema version")
