@@ -39,7 +39,7 @@ from scoreboard.backends import Backends, describe_backends, open_backends, wait
 from scoreboard.catalogue import Catalogue, load_catalogue
 from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
-from scoreboard.http.app import create_app
+from scoreboard.http.app import asgi_app
 from scoreboard.http.listener import bind_socket, serve_http, socket_url
 from scoreboard.http.services import Services
 from scoreboard.processes import ParentLink
@@ -146,7 +146,7 @@ def api_children(
     http_started: Callable[[list[str]], None],
 ) -> list[ChildSpec]:
     hub_send = services.hub
-    app = create_app(services)
+    app = asgi_app(services)
     http_shutdown = trio.Event()
 
     async def run_http(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

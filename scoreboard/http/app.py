@@ -3,18 +3,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Response, jsonify
+from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from scoreboard import json_codec
 from scoreboard.http import actions, leaderboard, oauth, ops, pages, users
+from scoreboard.http.action_route import ActionRoute
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
 
 
+class OrjsonProvider(DefaultJSONProvider):
+    """Quart's JSON through orjson: `jsonify` writes what it wrote before (sorted keys, compact,
+    a final newline; non-ASCII text as UTF-8 rather than escapes) at a fraction of the cost."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return json_codec.dumps(obj, sort_keys=self.sort_keys).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return json_codec.loads(s)
+
+
 def create_app(services: Services) -> QuartTrio:
+    """The Quart application with every route."""
     app = QuartTrio("scoreboard")
+    app.json = OrjsonProvider(app)
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
@@ -51,3 +69,8 @@ def create_app(services: Services) -> QuartTrio:
         return response
 
     return app
+
+
+def asgi_app(services: Services) -> ActionRoute:
+    """What the server serves: the lean perform route in front of the Quart application."""
+    return ActionRoute(create_app(services), services)
