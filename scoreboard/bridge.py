@@ -12,6 +12,7 @@ once per unit of work: write each multi-step job as one coroutine inside the ada
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -47,6 +48,11 @@ class Bridge:
         self._loop = loop
         self.trio_token = trio_token
         self._closed = False
+        # Hand-offs to trio wait here; one `run_sync_soon` runs all that gathered meanwhile.
+        self._to_trio: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._drain_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -59,7 +65,6 @@ class Bridge:
         done = trio.Event()
         result: list[outcome.Outcome[T]] = []
         tasks: list[asyncio.Future[T]] = []
-        token = self.trio_token
 
         def deliver(value: outcome.Outcome[T]) -> None:
             result.append(value)
@@ -74,7 +79,7 @@ class Bridge:
             else:
                 value = outcome.Value(task.result())
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(deliver, value)
+                self.to_trio_nowait(deliver, value)
 
         def start() -> None:
             task = asyncio.ensure_future(fn(*args), loop=self._loop)
@@ -99,8 +104,23 @@ class Bridge:
         return result[0].unwrap()
 
     def to_trio_nowait(self, fn: Callable[..., object], *args: Any) -> None:
-        """From the asyncio thread: run a quick synchronous `fn(*args)` in trio, never blocking."""
-        self.trio_token.run_sync_soon(fn, *args)
+        """From the asyncio thread: run a quick synchronous `fn(*args)` in trio, never blocking.
+
+        Calls keep their order. Each `run_sync_soon` wakes trio with a write to its wake-up
+        socket; under load results and deliveries come faster than trio drains them, so only
+        the first of a run schedules a drain and the drain runs every call queued by then."""
+        self._to_trio.append((fn, args))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.trio_token.run_sync_soon(self._drain_to_trio)
+
+    def _drain_to_trio(self) -> None:
+        # Cleared before draining: a call queued after the last pop schedules a drain of its
+        # own, so none is left behind (under the GIL, deque and flag updates are atomic).
+        self._drain_scheduled = False
+        while self._to_trio:
+            fn, args = self._to_trio.popleft()
+            fn(*args)
 
 
 async def _cancel_leftovers() -> None:

@@ -159,3 +159,27 @@ async def test_shutdown_while_the_trio_side_is_cancelled_still_stops_the_loop() 
             await bridge.run(forever)
     assert started.is_set()
     assert bridge.loop.is_closed()
+
+
+async def test_hand_offs_to_trio_all_arrive_in_order_however_they_bunch_up() -> None:
+    arrived: list[int] = []
+    done = trio.Event()
+    total = 10_000
+
+    def note(value: int) -> None:
+        arrived.append(value)
+        if value == total - 1:
+            done.set()
+
+    async with open_bridge() as bridge:
+
+        async def flood() -> None:
+            for value in range(total):
+                bridge.to_trio_nowait(note, value)
+                if value % 1000 == 0:
+                    await asyncio.sleep(0)  # let trio drain part of it meanwhile
+
+        await bridge.run(flood)
+        with trio.fail_after(10):
+            await done.wait()
+    assert arrived == list(range(total))
