@@ -44,6 +44,19 @@ STORED_TIMEOUT_S = 180
 POLL_S = 0.05
 BOARD_CONVERGENCE_TIMEOUT_S = 10.0
 TOP_FUNCTIONS = 15
+EVERY_STACK = (
+    "Thread.",
+    "_run_module_as_main",
+    "_run_code",
+    "<module>",
+    "main (scoreboard/cli.py)",
+    "run_serve",
+    "_run (scoreboard/cli.py)",
+    "run (trio/_core/_run.py)",
+    "unrolled_run",
+    "Supervisor._run_incarnation",
+    "_clone_start",
+)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STARTED = re.compile(r"started child (\S+) \(pid (\d+)\)")
 STORED = "SELECT count(*) AS stored, count(DISTINCT action_id) AS distinct_ids FROM action_logs"
@@ -200,17 +213,19 @@ async def wait_until_stored(backends: IsolatedBackends, accepted: int) -> float:
 
 
 def summarise_profile(raw: Path) -> list[str]:
-    """Top functions of a py-spy `raw` (collapsed stacks) file, inclusive and self."""
+    """Top functions of a py-spy `raw` (collapsed stacks) file, inclusive and self; the thread,
+    interpreter start-up and trio's scheduler frames, which every stack has, are left out."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
-        frames = [_short(frame) for frame in stack.split(";")]
+        frames = [_short(frame) for frame in stack.split(";")[1:]]
         total += count
         for frame in set(frames):
-            inclusive[frame] += count
+            if not frame.startswith(EVERY_STACK):
+                inclusive[frame] += count
         own[frames[-1]] += count
     lines = [f"{total} samples; inclusive:"]
     lines += [f"  {n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(TOP_FUNCTIONS)]
@@ -361,6 +376,8 @@ def start_py_spy(arguments: argparse.Namespace, pid: int, label: str) -> subproc
             "200",
             "--format",
             "raw",
+            # Only the thread holding the GIL: the process's Python CPU, not threads waiting.
+            "--gil",
             "--threads",
             "--output",
             str(arguments.profile / f"{label}.txt"),

@@ -48,11 +48,14 @@ class Bridge:
         self._loop = loop
         self.trio_token = trio_token
         self._closed = False
-        # Hand-offs to trio wait here; one `run_sync_soon` runs all that gathered meanwhile.
+        # Hand-offs each way wait in a queue; one wake-up of the other side runs all that
+        # gathered meanwhile (each wake-up is a write to a socket or an eventfd).
         self._to_trio: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
             collections.deque()
         )
         self._drain_scheduled = False
+        self._to_asyncio: collections.deque[Callable[[], object]] = collections.deque()
+        self._asyncio_drain_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -90,10 +93,7 @@ class Bridge:
             if tasks:
                 tasks[0].cancel()
 
-        try:
-            self._loop.call_soon_threadsafe(start)
-        except RuntimeError as exc:
-            raise BridgeClosed("the asyncio bridge is closed") from exc
+        self._start_in_asyncio(start)
         try:
             await done.wait()
         except trio.Cancelled:
@@ -102,6 +102,23 @@ class Bridge:
                 await done.wait()
             raise
         return result[0].unwrap()
+
+    def _start_in_asyncio(self, fn: Callable[[], object]) -> None:
+        """Run `fn()` on the loop soon, in order; one `call_soon_threadsafe` for a whole run."""
+        self._to_asyncio.append(fn)
+        if not self._asyncio_drain_scheduled:
+            self._asyncio_drain_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_to_asyncio)
+            except RuntimeError as exc:
+                self._to_asyncio.clear()
+                self._asyncio_drain_scheduled = False
+                raise BridgeClosed("the asyncio bridge is closed") from exc
+
+    def _drain_to_asyncio(self) -> None:
+        self._asyncio_drain_scheduled = False  # first: see `_drain_to_trio`
+        while self._to_asyncio:
+            self._to_asyncio.popleft()()
 
     def to_trio_nowait(self, fn: Callable[..., object], *args: Any) -> None:
         """From the asyncio thread: run a quick synchronous `fn(*args)` in trio, never blocking.
