@@ -114,6 +114,14 @@ class ServerProcess:
         self._process.send_signal(signal.SIGKILL)
         self._process.wait(10)
 
+    async def wait_exit(self, timeout_s: float = 20) -> int:
+        """Until the process exits by itself; its exit status."""
+        assert self._process is not None
+        with trio.fail_after(timeout_s):
+            while self._process.poll() is None:
+                await trio.sleep(0.05)
+        return self._process.returncode
+
     async def terminate(self, timeout_s: float = 20) -> int:
         """SIGTERM and wait: the graceful drain."""
         assert self._process is not None

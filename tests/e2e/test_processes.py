@@ -183,6 +183,18 @@ async def test_two_api_processes_share_the_port_and_the_parent_keeps_them_runnin
     assert "child api-0 was killed by SIGKILL" in server.log()
     assert alive(api_pids[1])
 
+    # A second server on the same port is refused, rather than take a share of the connections.
+    second = ServerProcess(
+        config, server.log_path.parent, role="all", processes=2, port=server.port
+    )
+    second.start()
+    try:
+        assert await second.wait_exit(timeout_s=30) == 1, second.log()
+    finally:
+        second.stop()
+    assert "cannot listen on 127.0.0.1" in second.log()
+    assert "Address already in use" in second.log()
+
     # SIGTERM: every child drains and exits, then the parent exits 0.
     latest = list(children(server).values())
     assert await server.terminate(timeout_s=60) == 0, server.log()
