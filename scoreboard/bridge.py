@@ -12,6 +12,7 @@ once per unit of work: write each multi-step job as one coroutine inside the ada
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -47,6 +48,14 @@ class Bridge:
         self._loop = loop
         self.trio_token = trio_token
         self._closed = False
+        # Hand-offs each way wait in a queue; one wake-up of the other side runs all that
+        # gathered meanwhile (each wake-up is a write to a socket or an eventfd).
+        self._to_trio: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._drain_scheduled = False
+        self._to_asyncio: collections.deque[Callable[[], object]] = collections.deque()
+        self._asyncio_drain_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -59,7 +68,6 @@ class Bridge:
         done = trio.Event()
         result: list[outcome.Outcome[T]] = []
         tasks: list[asyncio.Future[T]] = []
-        token = self.trio_token
 
         def deliver(value: outcome.Outcome[T]) -> None:
             result.append(value)
@@ -74,7 +82,7 @@ class Bridge:
             else:
                 value = outcome.Value(task.result())
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(deliver, value)
+                self.to_trio_nowait(deliver, value)
 
         def start() -> None:
             task = asyncio.ensure_future(fn(*args), loop=self._loop)
@@ -85,10 +93,7 @@ class Bridge:
             if tasks:
                 tasks[0].cancel()
 
-        try:
-            self._loop.call_soon_threadsafe(start)
-        except RuntimeError as exc:
-            raise BridgeClosed("the asyncio bridge is closed") from exc
+        self._start_in_asyncio(start)
         try:
             await done.wait()
         except trio.Cancelled:
@@ -98,9 +103,41 @@ class Bridge:
             raise
         return result[0].unwrap()
 
+    def _start_in_asyncio(self, fn: Callable[[], object]) -> None:
+        """Run `fn()` on the loop soon, in order; one `call_soon_threadsafe` for a whole run."""
+        self._to_asyncio.append(fn)
+        if not self._asyncio_drain_scheduled:
+            self._asyncio_drain_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_to_asyncio)
+            except RuntimeError as exc:
+                self._to_asyncio.clear()
+                self._asyncio_drain_scheduled = False
+                raise BridgeClosed("the asyncio bridge is closed") from exc
+
+    def _drain_to_asyncio(self) -> None:
+        self._asyncio_drain_scheduled = False  # first: see `_drain_to_trio`
+        while self._to_asyncio:
+            self._to_asyncio.popleft()()
+
     def to_trio_nowait(self, fn: Callable[..., object], *args: Any) -> None:
-        """From the asyncio thread: run a quick synchronous `fn(*args)` in trio, never blocking."""
-        self.trio_token.run_sync_soon(fn, *args)
+        """From the asyncio thread: run a quick synchronous `fn(*args)` in trio, never blocking.
+
+        Calls keep their order. Each `run_sync_soon` wakes trio with a write to its wake-up
+        socket; under load results and deliveries come faster than trio drains them, so only
+        the first of a run schedules a drain and the drain runs every call queued by then."""
+        self._to_trio.append((fn, args))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.trio_token.run_sync_soon(self._drain_to_trio)
+
+    def _drain_to_trio(self) -> None:
+        # Cleared before draining: a call queued after the last pop schedules a drain of its
+        # own, so none is left behind (under the GIL, deque and flag updates are atomic).
+        self._drain_scheduled = False
+        while self._to_trio:
+            fn, args = self._to_trio.popleft()
+            fn(*args)
 
 
 async def _cancel_leftovers() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default from config: 8000)")
     serve.add_argument("--role", choices=("all", "api", "worker"), help="which actors to run")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="real stack: run the role in N child processes under this one (--role all: N API "
+        "processes on the port and one worker process); default from config: one per CPU core; "
+        "1 runs everything in this process, as embedded mode always does",
+    )
+    # A child of --processes N: its log prefix and its end of the link to the parent.
+    serve.add_argument("--child-name", help=argparse.SUPPRESS)
+    serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
 
     commands.add_parser("migrate", help="create the database if needed and apply migrations")
     commands.add_parser(
@@ -94,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, process_name: str | None = None) -> None:
+    prefix = f"[{process_name}] " if process_name else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -110,7 +122,40 @@ def apply_serve_arguments(config: Config, args: argparse.Namespace) -> Config:
         server["port"] = args.port
     if args.role is not None:
         server["role"] = args.role
+    if args.processes is not None:
+        if args.processes < 1:
+            raise ConfigError("--processes must be at least 1")
+        server["processes"] = args.processes
+    if args.parent_fd is not None:
+        server["reuse_port"] = True  # the siblings listen on the same port
     return config.replace(server=server) if server else config
+
+
+def run_serve(config: Config, args: argparse.Namespace) -> int:
+    from scoreboard.processes import plan_children, run_parent
+    from scoreboard.server import run_until_signalled
+
+    if args.parent_fd is not None:
+        # Ctrl-C reaches the whole process group; the parent stops its children itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return _run(run_child, config, args.parent_fd)
+    children, notice = plan_children(config)
+    if notice:
+        log.warning("%s", notice)
+    if not children:
+        return _run(run_until_signalled, config)
+    return _run(run_parent, config, children, args.log_level)
+
+
+async def run_child(config: Config, parent_fd: int) -> int:
+    from scoreboard.processes import ParentLink
+    from scoreboard.server import run_until_signalled
+
+    parent = ParentLink(parent_fd)
+    try:
+        return await run_until_signalled(config, parent)
+    finally:
+        parent.close()
 
 
 async def run_migrate(config: Config) -> int:
@@ -281,7 +326,7 @@ async def run_users(config: Config, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, getattr(args, "child_name", None))
     try:
         config = load_config()
         if args.command == "serve":
@@ -291,9 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scoreboard: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from scoreboard.server import run_until_signalled
-
-        return _run(run_until_signalled, config)
+        return run_serve(config, args)
     if args.command == "migrate":
         return _run(run_migrate, config)
     if args.command == "verify":

@@ -48,7 +48,11 @@ class ServerConfig:
     role: Role = "all"
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_s: float = 10.0
-    # SO_REUSEPORT on the listening socket, so that several processes serve one port.
+    # `scoreboard serve` on the real stack: how many API processes share the port (0: one per
+    # CPU core); the embedded backends live in one process, which runs alone.
+    processes: int = 0
+    # SO_REUSEPORT on the listening socket, so that several processes serve one port (the
+    # children of `--processes N` set it).
     reuse_port: bool = False
     # Open TCP connections (HTTP and WebSocket) this process accepts; past it, 503 and close.
     max_connections: int = 16_000

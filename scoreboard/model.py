@@ -7,12 +7,13 @@ returns. Each codec is strict: a message that does not decode raises `MalformedM
 
 from __future__ import annotations
 
-import json
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from scoreboard import json_codec
 
 ActionStatus = Literal["accepted", "completed", "rejected", "failed"]
 ActionError = Literal["rate_limit_exceeded", "invalid_action"]
@@ -53,7 +54,7 @@ class ActionEnvelope:
     attempts: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return json_codec.dumps(
             {
                 "v": SCHEMA_VERSION,
                 "action_id": str(self.action_id),
@@ -66,15 +67,14 @@ class ActionEnvelope:
                 "user_agent": self.user_agent,
                 "headers": dict(self.headers),
                 "attempts": self.attempts,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, body: bytes) -> ActionEnvelope:
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json_codec.loads(body)
+        except ValueError as exc:
             raise MalformedMessage(f"not JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
             raise MalformedMessage("not an action envelope of this schema version")
@@ -324,6 +324,21 @@ Event = LeaderboardChanged | ScoreChanged | ActionFinished | TokensRevoked
 
 
 def encode_event(event: Event) -> bytes:
+    """One event as a broker message."""
+    body = _event_body(event)
+    body["v"] = SCHEMA_VERSION
+    return json_codec.dumps(body)
+
+
+def encode_events(events: Sequence[Event]) -> bytes:
+    """Several events as one broker message: the keeper publishes each committed batch's events
+    together, so that a batch costs every API process one delivery, not one per event."""
+    return json_codec.dumps(
+        {"v": SCHEMA_VERSION, "kind": "batch", "events": [_event_body(e) for e in events]}
+    )
+
+
+def _event_body(event: Event) -> dict[str, Any]:
     match event:
         case LeaderboardChanged(entries, updated_at_ms):
             body: dict[str, Any] = {
@@ -361,17 +376,36 @@ def encode_event(event: Event) -> bytes:
                 "jtis": list(jtis),
                 "expires_at_ms": expires_at_ms,
             }
-    body["v"] = SCHEMA_VERSION
-    return json.dumps(body, separators=(",", ":")).encode()
+    return body
 
 
-def decode_event(raw: bytes) -> Event:
+def decode_events(raw: bytes) -> list[Event]:
+    """The events of one broker message: a batch (`encode_events`) or a single event."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json_codec.loads(raw)
+    except ValueError as exc:
         raise MalformedMessage(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
         raise MalformedMessage("not an event of this schema version")
+    if data.get("kind") != "batch":
+        return [_decode_event(data)]
+    events = []
+    for item in _require(data, "events", list):
+        if not isinstance(item, dict):
+            raise MalformedMessage("an event of the batch is not an object")
+        events.append(_decode_event(item))
+    return events
+
+
+def decode_event(raw: bytes) -> Event:
+    """A message that holds one event."""
+    events = decode_events(raw)
+    if len(events) != 1:
+        raise MalformedMessage(f"{len(events)} events where one was expected")
+    return events[0]
+
+
+def _decode_event(data: Mapping[str, Any]) -> Event:
     kind = data.get("kind")
     if kind == "leaderboard":
         entries = []

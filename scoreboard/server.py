@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from scoreboard.demo import announcement, create_demo_user
 from scoreboard.http.app import create_asgi_app
 from scoreboard.http.listener import bind_socket, serve_http, socket_url
 from scoreboard.http.services import Services
+from scoreboard.processes import ParentLink
 from scoreboard.supervisor import ChildSpec, Supervisor, SupervisorGaveUp
 
 log = logging.getLogger("scoreboard.server")
@@ -275,7 +276,6 @@ async def run_server(
         root = Supervisor(roles, strategy="one_for_one", name="root")
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)
-            log.info("scoreboard ready: role=%s%s", role, f" on {bound[0]}" if bound else "")
             task_status.started(
                 ServerHandle(
                     url=bound[0] if bound else None,
@@ -298,24 +298,52 @@ async def _announce(config: Config, handle: ServerHandle) -> None:
         print(line, flush=True)
 
 
-async def run_until_signalled(config: Config) -> int:
-    """The `scoreboard serve` main: SIGTERM or SIGINT drains and exits 0; a root give-up exits 1."""
+async def run_until_signalled(config: Config, parent: ParentLink | None = None) -> int:
+    """The `scoreboard serve` main: SIGTERM or SIGINT drains and exits 0; a root give-up exits 1.
+
+    A child of `--processes N` (`parent` given) reports ready to its parent instead of announcing
+    itself, ignores SIGINT (its parent stops it), and drains when its parent is gone.
+    """
     gc.set_threshold(*GC_THRESHOLDS)
     exit_code = 0
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    stop_signals = (signal.SIGTERM,) if parent else (signal.SIGTERM, signal.SIGINT)
+    with trio.open_signal_receiver(*stop_signals) as signals:
         try:
             async with trio.open_nursery() as nursery:
                 handle: ServerHandle = await nursery.start(run_server, config)
                 # What start-up allocated lives as long as the process: keep the collector off it.
                 gc.collect()
                 gc.freeze()
-                await _announce(config, handle)
-                async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    await handle.supervisor.shutdown()
-                    nursery.cancel_scope.cancel()
-                    break
+                where = f" on {handle.url}" if handle.url else ""
+                if parent is None:
+                    log.info("scoreboard ready: role=%s%s", config.server.role, where)
+                    await _announce(config, handle)
+                else:
+                    log.info("process ready: role=%s%s", config.server.role, where)
+                    await parent.report_ready(handle.url)
+                log.info("%s: shutting down", await _wait_for_stop(signals, parent))
+                await handle.supervisor.shutdown()
+                nursery.cancel_scope.cancel()
         except* SupervisorGaveUp as group:
             log.critical("supervisor gave up: %s", group.exceptions[0])
             exit_code = 1
     return exit_code
+
+
+async def _wait_for_stop(signals: AsyncIterator[int], parent: ParentLink | None) -> str:
+    """Why the server stops: a signal, or the parent process gone."""
+    reason = "the parent process has gone"
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            nonlocal reason
+            async for signum in signals:
+                reason = f"received {signal.Signals(signum).name}"
+                break
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_signal)
+        if parent is not None:
+            await parent.wait_until_gone()
+            nursery.cancel_scope.cancel()
+    return reason

@@ -159,3 +159,48 @@ async def test_shutdown_while_the_trio_side_is_cancelled_still_stops_the_loop() 
             await bridge.run(forever)
     assert started.is_set()
     assert bridge.loop.is_closed()
+
+
+async def test_hand_offs_to_trio_all_arrive_in_order_however_they_bunch_up() -> None:
+    arrived: list[int] = []
+    done = trio.Event()
+    total = 10_000
+
+    def note(value: int) -> None:
+        arrived.append(value)
+        if value == total - 1:
+            done.set()
+
+    async with open_bridge() as bridge:
+
+        async def flood() -> None:
+            for value in range(total):
+                bridge.to_trio_nowait(note, value)
+                if value % 1000 == 0:
+                    await asyncio.sleep(0)  # let trio drain part of it meanwhile
+
+        await bridge.run(flood)
+        with trio.fail_after(10):
+            await done.wait()
+    assert arrived == list(range(total))
+
+
+async def test_calls_started_together_all_run_once_and_answer_their_caller() -> None:
+    started: list[int] = []
+
+    async def note(value: int) -> int:
+        started.append(value)
+        await asyncio.sleep(0)
+        return value * 2
+
+    async with open_bridge() as bridge:
+        results: dict[int, int] = {}
+
+        async def call(value: int) -> None:
+            results[value] = await bridge.run(note, value)
+
+        async with trio.open_nursery() as nursery:
+            for value in range(2000):
+                nursery.start_soon(call, value)
+    assert sorted(started) == list(range(2000))
+    assert results == {value: value * 2 for value in range(2000)}

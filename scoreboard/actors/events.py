@@ -1,9 +1,10 @@
 """The events actor: the API process's subscription to the worker's events fanout.
 
 It runs the broker's events consumer in its own nursery and forwards each decoded event to the
-hub; a revocation is first added to the process's deny-list, so that requests are refused
-before the hub has closed the sockets. A body that does not decode is dropped with a warning:
-events are notifications, and the next leaderboard snapshot supersedes whatever was lost.
+hub (a message holds one event, or all the events of a committed batch); a revocation is first
+added to the process's deny-list, so that requests are refused before the hub has closed the
+sockets. A body that does not decode is dropped with a warning: events are notifications, and
+the next leaderboard snapshot supersedes whatever was lost.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import trio
 from scoreboard.actors.messages import HubMsg
 from scoreboard.adapters.interfaces import Broker
 from scoreboard.auth.revocations import RevocationList
-from scoreboard.model import MalformedMessage, TokensRevoked, decode_event
+from scoreboard.model import MalformedMessage, TokensRevoked, decode_events
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,14 @@ async def run(
             task_status.started()
             async for raw in events_out:
                 try:
-                    event = decode_event(raw)
+                    events = decode_events(raw)
                 except MalformedMessage as exc:
                     log.warning("events: dropped a malformed event (%s)", exc)
                     continue
-                if isinstance(event, TokensRevoked):
-                    revocations.add(event)
-                await hub.send(event)
+                for event in events:
+                    if isinstance(event, TokensRevoked):
+                        revocations.add(event)
+                    await hub.send(event)
             raise EventsSubscriptionEnded("the events subscription ended")
 
 

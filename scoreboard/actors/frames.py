@@ -7,7 +7,6 @@ accepted action results) with the same helpers so every frame on the wire looks 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 from wsproto.connection import SERVER, Connection
 from wsproto.events import TextMessage
 
+from scoreboard import json_codec
 from scoreboard.model import ActionFinished, RankedEntry, ScoreChanged
 
 # Server-to-client frames are not masked and the live path negotiates no extension, so a message
@@ -44,7 +44,7 @@ def rfc3339_ms(epoch_ms: int) -> str:
 
 def encode_frame(frame: dict[str, Any]) -> str:
     """One frame as compact JSON text."""
-    return json.dumps(frame, separators=(",", ":"))
+    return json_codec.dumps_text(frame)
 
 
 def leaderboard_data(entries: Iterable[RankedEntry], updated_at_ms: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from scoreboard.model import (
     RankChange,
     RankedEntry,
     ScoreChanged,
-    encode_event,
+    encode_events,
 )
 
 log = logging.getLogger(__name__)
@@ -174,13 +174,12 @@ class _Keeper:
             events.append(LeaderboardChanged(tuple(top), int(time.time() * 1000)))
 
     async def _publish(self, events: list[Event]) -> None:
-        """One broker call for all of them. Events are notifications: if the broker cannot take
+        """One broker message for all of them. Events are notifications: if the broker cannot take
         them they are dropped with a warning (the committed outcomes are safe in Postgres), and
         the top is published again with the next batch."""
         try:
-            bodies = [encode_event(event) for event in events]
             await call_with_retries(
-                functools.partial(self._broker.publish_events, bodies),
+                functools.partial(self._broker.publish_events, [encode_events(events)]),
                 what=f"publishing {len(events)} events",
                 timeout_s=PUBLISH_TIMEOUT_S,
                 attempts=PUBLISH_ATTEMPTS,

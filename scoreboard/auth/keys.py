@@ -76,6 +76,9 @@ class KeyRing:
     ) -> None:
         self._activation_delay_ms = activation_delay_ms
         self._keys = _build(records, activation_delay_ms)
+        self._selection = _selection(records, activation_delay_ms)
+        self.generation = 0
+        """Counts the changes of the verifying keys and the signer (`VerifiedTokens` reads it)."""
 
     def signer(self) -> tuple[str, RSAKey]:
         """The kid and private key that sign new tokens."""
@@ -96,7 +99,12 @@ class KeyRing:
         """Pick up keys added or retired by other processes. Raises `NoSigningKey` (and keeps
         the current keys) if the store has no active key."""
         records = await store.signing_keys()
+        selection = _selection(records, self._activation_delay_ms)
+        if selection == self._selection:
+            return  # parsing the keys again costs some 40 ms of CPU for nothing
         self._keys = await trio.to_thread.run_sync(_build, records, self._activation_delay_ms)
+        self._selection = selection
+        self.generation += 1
 
 
 async def load_or_create_keyring(store: KeyStore, *, activation_delay_ms: int = 0) -> KeyRing:
@@ -135,7 +143,10 @@ def _public_jwk(jwk: Mapping[str, Any], kid: str) -> dict[str, Any]:
             "use": "sig"}
 
 
-def _build(records: Sequence[SigningKeyRecord], activation_delay_ms: int = 0) -> _Keys:
+def _active_and_signing(
+    records: Sequence[SigningKeyRecord], activation_delay_ms: int
+) -> tuple[list[SigningKeyRecord], SigningKeyRecord]:
+    """The keys that verify (oldest first) and the one that signs."""
     active = sorted(
         (r for r in records if r.retired_at_ms is None), key=lambda r: (r.created_at_ms, r.kid)
     )
@@ -145,11 +156,24 @@ def _build(records: Sequence[SigningKeyRecord], activation_delay_ms: int = 0) ->
     activated = [
         r for r in active if not activation_delay_ms or r.created_at_ms <= activated_before
     ]
-    signing = activated[-1:] or active[:1]
+    return active, (activated[-1:] or active[:1])[0]
+
+
+def _selection(
+    records: Sequence[SigningKeyRecord], activation_delay_ms: int
+) -> tuple[tuple[str, ...], str]:
+    """What a ring built from `records` now would hold: kids are never reused, so the active
+    kids and the signer's identify it."""
+    active, signing = _active_and_signing(records, activation_delay_ms)
+    return tuple(r.kid for r in active), signing.kid
+
+
+def _build(records: Sequence[SigningKeyRecord], activation_delay_ms: int = 0) -> _Keys:
+    active, signer = _active_and_signing(records, activation_delay_ms)
     public_jwks = tuple(_public_jwk(r.public_jwk, r.kid) for r in active)
     return _Keys(
-        signing_kid=signing[0].kid,
-        signing_key=RSAKey.import_key(signing[0].private_pem),
+        signing_kid=signer.kid,
+        signing_key=RSAKey.import_key(signer.private_pem),
         # Verify with exactly what is published, so we accept what outside verifiers would.
         verifying=MappingProxyType({jwk["kid"]: RSAKey.import_key(jwk) for jwk in public_jwks}),
         public_jwks=public_jwks,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from quart import Blueprint, Response, jsonify, request
+from werkzeug.datastructures import Headers
 
 from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.actors.messages import CancelWait, WaitForAction
@@ -17,9 +20,11 @@ from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
 from scoreboard.http.requests import (
     audited_headers,
     authenticate,
+    bearer_from,
     bearer_token,
     client_ip,
-    json_body,
+    read_json,
+    request_data,
 )
 from scoreboard.http.services import Services, current_services
 from scoreboard.http.submission import Submitted, parse_payload, submit_action
@@ -46,15 +51,46 @@ def location(action_id: uuid.UUID) -> str:
     return f"/api/v1/actions/{action_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON answer of `POST /api/v1/actions/perform`, whichever layer sends it: the Quart
+    route (`as_response`) or the lean ASGI route (`http/action_route.py`)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def refusal(cls, rejection: RequestRejected) -> Answer:
+        return cls(rejection.status, rejection.body(), dict(rejection.headers))
+
+    def as_response(self) -> Response:
+        response = jsonify(self.body)
+        response.status_code = self.status
+        for name, value in self.headers.items():
+            response.headers[name] = value
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class PerformRequest:
+    """What performing an action reads of the HTTP request."""
+
+    headers: Headers
+    token_in_url: bool
+    remote_addr: str | None
+    content_length: int | None
+    read_body: Callable[[], Awaitable[bytes]]
+
+
 def accepted_response(
     action_id: uuid.UUID, status: str = "accepted", *, replayed: bool = False
-) -> Response:
-    response = jsonify({"success": True, "action_id": str(action_id), "status": status})
-    response.status_code = 202
-    response.headers["Location"] = location(action_id)
+) -> Answer:
+    headers = {"Location": location(action_id)}
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+        headers["Idempotent-Replayed"] = "true"
+    body = {"success": True, "action_id": str(action_id), "status": status}
+    return Answer(202, body, headers)
 
 
 def outcome_response(
@@ -65,7 +101,7 @@ def outcome_response(
     error: str | None,
     message: str | None,
     retry_after_s: int | None,
-) -> Response:
+) -> Answer:
     """The proposal's §6.2 body for a finished action (200), or its refusal (422 / 429)."""
     body: dict[str, Any]
     if status == "completed":
@@ -88,12 +124,10 @@ def outcome_response(
         if error == "rate_limit_exceeded" and retry_after_s is not None:
             body["retry_after"] = retry_after_s
             code = 429
-    response = jsonify(body)
-    response.status_code = code
-    response.headers["Location"] = location(action_id)
+    headers = {"Location": location(action_id)}
     if code == 429 and retry_after_s is not None:
-        response.headers["Retry-After"] = str(retry_after_s)
-    return response
+        headers["Retry-After"] = str(retry_after_s)
+    return Answer(code, body, headers)
 
 
 def record_json(record: ActionRecord) -> dict[str, Any]:
@@ -118,10 +152,10 @@ async def stored_action(svc: Services, action_id: uuid.UUID) -> ActionRecord | N
         raise unavailable(1, "the store is unavailable") from None
 
 
-async def replay_response(svc: Services, submitted: Submitted) -> Response:
+async def replay_response(svc: Services, submitted: Submitted) -> Answer:
     record = await stored_action(svc, submitted.action_id)
     if submitted.replayed_status_code != 202 and record is not None:
-        response = outcome_response(
+        answer = outcome_response(
             record.action_id,
             record.status,
             record.score_delta,
@@ -131,9 +165,9 @@ async def replay_response(svc: Services, submitted: Submitted) -> Response:
             None,
         )
     else:
-        response = accepted_response(submitted.action_id, record.status if record else "accepted")
-    response.headers["Idempotent-Replayed"] = "true"
-    return response
+        answer = accepted_response(submitted.action_id, record.status if record else "accepted")
+    answer.headers["Idempotent-Replayed"] = "true"
+    return answer
 
 
 async def wait_for_outcome(
@@ -146,11 +180,35 @@ async def wait_for_outcome(
 
 @blueprint.post("/api/v1/actions/perform")
 async def perform() -> Response:
-    svc = current_services()
-    claims = authenticate(svc, bearer_token(request), "write")
-    payload = parse_payload(svc, await json_body(request))
-    wait_s = prefer_wait_s(request.headers.get("Prefer"))
-    ip = client_ip(request.remote_addr, request.headers, svc.config.server.trusted_proxies)
+    answer = await perform_action(
+        current_services(),
+        PerformRequest(
+            headers=request.headers,
+            token_in_url="access_token" in request.args,
+            remote_addr=request.remote_addr,
+            content_length=request.content_length,
+            read_body=lambda: request_data(request),
+        ),
+    )
+    return answer.as_response()
+
+
+async def perform_action(svc: Services, request: PerformRequest) -> Answer:
+    """`POST /api/v1/actions/perform` (contract §2), refusals included."""
+    try:
+        return await _perform(svc, request)
+    except RequestRejected as rejection:
+        return Answer.refusal(rejection)
+
+
+async def _perform(svc: Services, request: PerformRequest) -> Answer:
+    headers = request.headers
+    token = bearer_from(headers.get("Authorization", ""), token_in_url=request.token_in_url)
+    claims = authenticate(svc, token, "write")
+    body = await read_json(headers.get("Content-Type"), request.content_length, request.read_body)
+    payload = parse_payload(svc, body)
+    wait_s = prefer_wait_s(headers.get("Prefer"))
+    ip = client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies)
     action_id = uuid.uuid4()
     send_outcome, receive_outcome = trio.open_memory_channel[ActionFinished](WAIT_REPLY_BUFFER)
     if wait_s:
@@ -162,8 +220,8 @@ async def perform() -> Response:
             payload,
             action_id=action_id,
             ip=ip,
-            user_agent=request.headers.get("User-Agent", ""),
-            headers=audited_headers(request.headers),
+            user_agent=headers.get("User-Agent", ""),
+            headers=audited_headers(headers),
         )
         if submitted.replayed_status_code is not None:
             return await replay_response(svc, submitted)
@@ -176,7 +234,7 @@ async def perform() -> Response:
                 await svc.hub.send(CancelWait(action_id))
     if outcome is None:
         return accepted_response(action_id)
-    response = outcome_response(
+    answer = outcome_response(
         action_id,
         outcome.status,
         outcome.score_delta,
@@ -187,9 +245,9 @@ async def perform() -> Response:
     )
     with contextlib.suppress(BackendUnavailable):
         await svc.guard.set_first_status(
-            user_id=claims.user_id, nonce=payload.nonce, status_code=response.status_code
+            user_id=claims.user_id, nonce=payload.nonce, status_code=answer.status
         )
-    return response
+    return answer
 
 
 @blueprint.get("/api/v1/actions/types")

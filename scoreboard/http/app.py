@@ -3,20 +3,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Response, jsonify
+from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from scoreboard import json_codec
 from scoreboard.http import actions, leaderboard, oauth, openapi, ops, pages, users
+from scoreboard.http.action_route import ActionRoute
 from scoreboard.http.body_guard import BodyGuard
 from scoreboard.http.errors import RequestRejected, render
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
 
 
+class OrjsonProvider(DefaultJSONProvider):
+    """Quart's JSON through orjson: `jsonify` writes what it wrote before (sorted keys, compact,
+    a final newline; non-ASCII text as UTF-8 rather than escapes) at a fraction of the cost."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return json_codec.dumps(obj, sort_keys=self.sort_keys).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return json_codec.loads(s)
+
+
 def create_app(services: Services) -> QuartTrio:
+    """The Quart application with every route."""
     # No automatic /static/<filename> route: the page's assets are served versioned (pages.py).
     app = QuartTrio("scoreboard", static_folder=None)
+    app.json = OrjsonProvider(app)
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
@@ -57,9 +75,10 @@ def create_app(services: Services) -> QuartTrio:
 
 def create_asgi_app(services: Services) -> BodyGuard:
     """The application as the listener serves it: each request's body is read (bounded in size
-    and time) before the application sees the request (`body_guard.py`)."""
+    and time) before the application sees the request (`body_guard.py`), then the lean perform
+    route (`action_route.py`) in front of the Quart application."""
     return BodyGuard(
-        create_app(services),
+        ActionRoute(create_app(services), services),
         max_body_bytes=MAX_BODY_BYTES,
         body_timeout_s=services.config.server.body_timeout_s,
     )

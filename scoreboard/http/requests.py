@@ -5,13 +5,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_options_header
 
-from scoreboard.auth.tokens import AccessClaims, InvalidToken, verify_access_token
+from scoreboard import json_codec
+from scoreboard.auth.tokens import AccessClaims, InvalidToken
 from scoreboard.http.errors import (
     RequestRejected,
     insufficient_scope,
@@ -73,10 +76,16 @@ def audited_headers(headers: Headers) -> dict[str, str]:
 
 
 def bearer_token(request: Request) -> str:
-    if "access_token" in request.args:
+    return bearer_from(
+        request.headers.get("Authorization", ""), token_in_url="access_token" in request.args
+    )
+
+
+def bearer_from(authorization: str, *, token_in_url: bool) -> str:
+    """The token of an `Authorization: Bearer` header; tokens in the URL are refused."""
+    if token_in_url:
         raise invalid_token("tokens are not accepted in the URL")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise invalid_token("a bearer access token is required")
     return token.strip()
@@ -84,9 +93,10 @@ def bearer_token(request: Request) -> str:
 
 def authenticate(services: Services, token: str, scope: str | None) -> AccessClaims:
     try:
-        claims = verify_access_token(services.keyring, token, config=services.config)
+        claims = services.verified_tokens.verify(token)
     except InvalidToken as exc:
         raise invalid_token(str(exc)) from None
+    # Never cached: a revocation holds from the moment this process hears of it.
     if services.revocations.is_revoked(claims):
         raise invalid_token("the token has been revoked")
     if scope is not None and scope not in claims.scope:
@@ -96,21 +106,38 @@ def authenticate(services: Services, token: str, scope: str | None) -> AccessCla
 
 async def json_body(request: Request) -> Any:
     """The request's JSON body: 415 unless JSON, 413 over 4 KiB, 400 if it does not parse."""
-    mimetype = request.mimetype
-    if mimetype != "application/json":
-        raise RequestRejected(415, "invalid_request", "the body must be application/json")
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise RequestRejected(413, "invalid_request", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    return await read_json(
+        request.headers.get("Content-Type"), request.content_length, lambda: request_data(request)
+    )
+
+
+async def request_data(request: Request) -> bytes:
+    """A Quart request's body, within the cap (413 past it)."""
     try:
         raw = await request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise RequestRejected(
-            413, "invalid_request", f"the body exceeds {MAX_BODY_BYTES} bytes"
-        ) from None
+        raise body_too_large() from None
+    return raw.encode() if isinstance(raw, str) else raw
+
+
+async def read_json(
+    content_type: str | None,
+    content_length: int | None,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> Any:
+    """A JSON request body, checked the same way whichever server layer received it: 415
+    unless the media type is JSON and 413 when the declared length is over 4 KiB, both from
+    the head before any of the body is read; then 413 if the body itself is over 4 KiB and
+    400 unless it is strict JSON (UTF-8, no NaN or Infinity: `scoreboard.json_codec`).
+    `read_body` reads the whole body, raising `body_too_large()` once it passes the cap."""
+    if parse_options_header(content_type or "")[0].lower() != "application/json":
+        raise RequestRejected(415, "invalid_request", "the body must be application/json")
+    if content_length is not None and content_length > MAX_BODY_BYTES:
+        raise body_too_large()
+    raw = await read_body()
     if len(raw) > MAX_BODY_BYTES:
-        raise RequestRejected(413, "invalid_request", f"the body exceeds {MAX_BODY_BYTES} bytes")
-    return decode_body(raw if isinstance(raw, bytes) else raw.encode("utf-8"))
+        raise body_too_large()
+    return decode_body(raw)
 
 
 def decode_body(raw: bytes) -> Any:
@@ -128,17 +155,27 @@ def decode_body(raw: bytes) -> Any:
 def parse_json(raw: bytes) -> Any:
     """A JSON document from a request body or a WebSocket frame; `ValueError` saying why not.
 
-    UTF-8 only (`json.loads` would guess UTF-16 or UTF-32 from bytes), no NaN or Infinity, which
-    are not JSON (RFC 8259), and at most `MAX_JSON_DEPTH` levels of arrays and objects."""
+    Strict JSON as `scoreboard.json_codec` reads it (UTF-8 only, no NaN or Infinity, which are
+    not JSON: RFC 8259), and at most `MAX_JSON_DEPTH` levels of arrays and objects."""
     # Fewer opening brackets than the limit cannot nest past it: the scan is for the rare rest.
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
+        return json_codec.loads(raw)
+    except json_codec.JSONDecodeError:
+        if not _SUSPECT_ESCAPE.search(raw):
+            raise ValueError("malformed or not UTF-8") from None
+    # orjson refuses a lone surrogate escape outright; read so, the document would be malformed,
+    # not an action with a bad field. The standard library reads it, and the caller refuses the
+    # string by name (`decode_body`, the catalogue's checks of action data).
+    try:
         return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8") from None
     except ValueError:
-        raise ValueError("malformed") from None
+        raise ValueError("malformed or not UTF-8") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def json_depth(raw: bytes) -> int:
@@ -171,5 +208,5 @@ def _storable(value: Any) -> bool:
     return True
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
+def body_too_large() -> RequestRejected:
+    return RequestRejected(413, "invalid_request", f"the body exceeds {MAX_BODY_BYTES} bytes")

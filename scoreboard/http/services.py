@@ -15,6 +15,7 @@ from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
 from scoreboard.auth.keys import KeyRing
 from scoreboard.auth.passwords import Passwords
 from scoreboard.auth.revocations import RevocationList
+from scoreboard.auth.token_cache import VerifiedTokens
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.supervisor import ChildStatistics
@@ -51,6 +52,10 @@ class Services:
     connections: ConnectionCounts = field(default_factory=ConnectionCounts)
     broadcast: BroadcastStats = field(default_factory=BroadcastStats)
     revocations: RevocationList = field(default_factory=RevocationList)
+    verified_tokens: VerifiedTokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.verified_tokens = VerifiedTokens(self.keyring, self.config)
 
 
 def current_services() -> Services:

@@ -26,7 +26,7 @@ from scoreboard.adapters.redis import RedisBoard
 from scoreboard.bridge import Bridge
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.model import Event, LeaderboardChanged, decode_event, encode_event
+from scoreboard.model import Event, LeaderboardChanged, decode_events, encode_event
 
 PROBE_MS = -1  # the updated_at_ms of the probe events that show the tap is subscribed
 
@@ -97,12 +97,12 @@ async def tap_events(broker: RabbitBroker) -> AsyncIterator[EventTap]:
 
     async def collect() -> None:
         async for raw in receive:
-            event = decode_event(raw)
-            if isinstance(event, LeaderboardChanged) and event.updated_at_ms == PROBE_MS:
-                subscribed.set()
-                continue
-            tap.events.append(event)
-            tap.arrived.set()
+            for event in decode_events(raw):
+                if isinstance(event, LeaderboardChanged) and event.updated_at_ms == PROBE_MS:
+                    subscribed.set()
+                    continue
+                tap.events.append(event)
+                tap.arrived.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(broker.consume_events, send))

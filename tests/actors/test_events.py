@@ -22,7 +22,9 @@ from scoreboard.model import (
     LeaderboardChanged,
     RankedEntry,
     ScoreChanged,
+    decode_events,
     encode_event,
+    encode_events,
 )
 from tests.actors.stack import PROBE_MS, Stack
 
@@ -88,6 +90,25 @@ async def test_events_reach_the_hub_decoded_and_garbage_is_dropped(stack: Stack)
         await stack.broker.publish_events([b"not an event", b'{"v": 1, "kind": "gossip"}'])
         for event in published:
             await stack.broker.publish_events([encode_event(event)])
+        with trio.fail_after(10):
+            got = [await next_event(received) for _ in published]
+        assert got == published
+
+
+async def test_a_batch_of_events_in_one_message_reaches_the_hub_in_order(stack: Stack) -> None:
+    published: list[Event] = [
+        ScoreChanged(7, "alice", old_score=100, new_score=110, rank=1, rank_change=0),
+        LeaderboardChanged((RankedEntry(1, 7, "alice", 110),), 1_764_500_000_000),
+        outcome(7),
+        outcome(8),
+    ]
+    assert decode_events(encode_events(published)) == published
+    async with running_events(stack) as received:
+        # A batch with one malformed event is dropped whole, and nothing else is held up.
+        spoiled = json.loads(encode_events(published[:1]))
+        spoiled["events"].append({"kind": "score", "user_id": "seven"})
+        await stack.broker.publish_events([json.dumps(spoiled).encode()])
+        await stack.broker.publish_events([encode_events(published)])
         with trio.fail_after(10):
             got = [await next_event(received) for _ in published]
         assert got == published

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def server_environment(
-    config: Config, *, port: int, role: str, limits_enabled: bool
+    config: Config, *, port: int, role: str, limits_enabled: bool, processes: int = 1
 ) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("SCOREBOARD_")}
     env.update(
@@ -34,6 +34,7 @@ def server_environment(
             "SCOREBOARD_SERVER_HOST": "127.0.0.1",
             "SCOREBOARD_SERVER_PORT": str(port),
             "SCOREBOARD_SERVER_ROLE": role,
+            "SCOREBOARD_SERVER_PROCESSES": str(processes),
         }
     )
     if config.backend_mode == "embedded":  # the three URLs stay unset
@@ -65,6 +66,7 @@ class ServerProcess:
         role: str,
         limits_enabled: bool = False,
         port: int | None = None,
+        processes: int = 1,
     ):
         self.port = port or free_port()
         self.role = role
@@ -72,7 +74,7 @@ class ServerProcess:
         # A restart on the same port must not find the ready line of the process before it.
         self.log_path = log_dir / f"{role}-{self.port}-{uuid.uuid4().hex[:6]}.log"
         self._env = server_environment(
-            config, port=self.port, role=role, limits_enabled=limits_enabled
+            config, port=self.port, role=role, limits_enabled=limits_enabled, processes=processes
         )
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -84,6 +86,11 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -106,6 +113,14 @@ class ServerProcess:
         assert self._process is not None
         self._process.send_signal(signal.SIGKILL)
         self._process.wait(10)
+
+    async def wait_exit(self, timeout_s: float = 20) -> int:
+        """Until the process exits by itself; its exit status."""
+        assert self._process is not None
+        with trio.fail_after(timeout_s):
+            while self._process.poll() is None:
+                await trio.sleep(0.05)
+        return self._process.returncode
 
     async def terminate(self, timeout_s: float = 20) -> int:
         """SIGTERM and wait: the graceful drain."""

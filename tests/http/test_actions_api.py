@@ -176,6 +176,19 @@ async def test_perform_without_a_usable_bearer_token_is_401(
     assert_accepted(await client.post(PERFORM, json=body, headers=player.auth))
 
 
+async def test_a_revoked_token_is_refused_at_its_next_request(
+    server: ServerHandle, client: httpx.AsyncClient
+) -> None:
+    # The process keeps tokens it has verified; the deny-list is checked on every request.
+    player = await new_player(client, server)
+    assert_accepted(await client.post(PERFORM, json=action(), headers=player.auth))
+    revoked = await client.post("/api/v1/oauth/revoke", data={"token": player.token})
+    assert revoked.status_code == 200, revoked.text
+    response = await client.post(PERFORM, json=action(), headers=player.auth)
+    assert_invalid_token(response)
+    assert "revoked" in response.json()["message"]
+
+
 async def test_perform_with_a_read_only_token_is_403_insufficient_scope(
     server: ServerHandle, client: httpx.AsyncClient
 ) -> None:
@@ -264,6 +277,25 @@ async def test_perform_with_a_body_that_is_not_an_action_is_400(
     assert_invalid_request(await client.post(PERFORM, content=utf16, headers=headers))
     nan = json.dumps(action(action_type="collect_item", quantity=float("nan"))).encode()
     assert_invalid_request(await client.post(PERFORM, content=nan, headers=headers))
+    infinite = json.dumps(action(action_type="collect_item", quantity=float("inf"))).encode()
+    assert_invalid_request(await client.post(PERFORM, content=infinite, headers=headers))
+    # A byte-order mark, a lone surrogate, an integer past 64 bits (it would decode as a float).
+    bom = b"\xef\xbb\xbf" + json.dumps(action()).encode()
+    assert_invalid_request(await client.post(PERFORM, content=bom, headers=headers))
+    lone = json.dumps(action(task_id="\ud800")).encode()
+    assert b"\\ud800" in lone
+    assert_invalid_request(await client.post(PERFORM, content=lone, headers=headers))
+    huge = json.dumps(action(action_type="collect_item", quantity=2**64)).encode()
+    assert_invalid_request(await client.post(PERFORM, content=huge, headers=headers))
+    # A repeated key keeps its last value, as the standard library reads it: the nonce below
+    # is the valid second one, so the action is accepted, once.
+    first, last = uuid.uuid4().hex, uuid.uuid4().hex
+    login = action(nonce=first, action_type="daily_login")
+    repeated = json.dumps(login)[:-1] + f', "nonce": "{last}"}}'
+    accepted = await client.post(PERFORM, content=repeated.encode(), headers=headers)
+    assert_accepted(accepted)
+    replay = await client.post(PERFORM, json={**login, "nonce": last}, headers=player.auth)
+    assert replay.json()["action_id"] == accepted.json()["action_id"]
     for raw in (b"[]", b"null", b"true", b"17", b'"complete_task"'):
         assert_invalid_request(await client.post(PERFORM, content=raw, headers=headers))
     assert_invalid_request(await client.post(PERFORM, json=[action()], headers=player.auth))

@@ -3,6 +3,7 @@ framework raises (unknown route, wrong method)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import httpx
@@ -21,7 +22,7 @@ SAMPLE = re.compile(
 async def test_healthz(server: ServerHandle, client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "pid": os.getpid()}
 
 
 async def test_readyz_reports_actors_and_backends(
