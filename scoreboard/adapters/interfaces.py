@@ -58,7 +58,13 @@ class UnknownUser(LookupError):
 
 
 class PublishFailed(RuntimeError):
-    """The broker did not confirm the publish (nack, returned as unroutable, or timeout)."""
+    """The broker did not confirm the publish. As such (a nack, or returned as unroutable) the
+    broker did not queue the message; see `PublishOutcomeUnknown` for when it may have."""
+
+
+class PublishOutcomeUnknown(PublishFailed):
+    """No confirm came (in time, or before the link failed): the broker may have queued the
+    message or not. Publishing it again under the same message id is the way to be sure."""
 
 
 class Store(Protocol):
@@ -362,7 +368,8 @@ class Broker(Protocol):
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:
         """Persistent, mandatory, message id = action id; returns once the broker confirmed.
-        Raises `PublishFailed` on nack, return, or channel error."""
+        Raises `PublishFailed` on nack or return (not queued), `PublishOutcomeUnknown` when no
+        confirm came (queued or not: publishing the same envelope again is safe)."""
         ...
 
     async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
