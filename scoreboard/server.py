@@ -198,7 +198,11 @@ def api_children(
         ChildSpec(
             id="publisher",
             start=_clone_start(
-                publisher.run, inbox=publisher_receive, broker=backends.broker, config=config
+                publisher.run,
+                inbox=publisher_receive,
+                broker=backends.broker,
+                guard=backends.guard,
+                config=config,
             ),
             inbox=services.publisher,
         ),

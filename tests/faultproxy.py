@@ -7,6 +7,7 @@ faults without touching the service (other test runs use it at the same time).
     proxy.cut()        # the service is "down": connections dropped, new ones refused
     proxy.restore()    # it is back
     proxy.blackhole()  # the open connections go silent (bytes vanish); new ones work
+    proxy.hold_replies()  # what the service sends waits in the proxy until `restore`
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class FaultProxy:
         self._target = (target_host, target_port)
         self._links: set[_Link] = set()
         self._down = False
+        self._replies_flow = trio.Event()
+        self._replies_flow.set()
         self.refused = 0  # connection attempts while cut
         self.accepted = 0
         self.port = 0  # set by whoever started `serve`
@@ -50,6 +53,12 @@ class FaultProxy:
 
     def restore(self) -> None:
         self._down = False
+        self._replies_flow.set()
+
+    def hold_replies(self) -> None:
+        """Forward what the app sends, but keep what the service answers until `restore`."""
+        if self._replies_flow.is_set():
+            self._replies_flow = trio.Event()
 
     def blackhole(self) -> None:
         """Open connections stay open but forward nothing, either way, from now on (a wedged
@@ -69,8 +78,8 @@ class FaultProxy:
                 with link.scope:
                     server = await trio.open_tcp_stream(*self._target)
                     async with server, trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, client, server, link, nursery)
-                        nursery.start_soon(self._pump, server, client, link, nursery)
+                        nursery.start_soon(self._pump, client, server, link, nursery, False)
+                        nursery.start_soon(self._pump, server, client, link, nursery, True)
             finally:
                 self._links.discard(link)
 
@@ -80,9 +89,12 @@ class FaultProxy:
         sink: trio.SocketStream,
         link: _Link,
         nursery: trio.Nursery,
+        replies: bool,
     ) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while data := await source.receive_some(PUMP_CHUNK):
+                if replies:
+                    await self._replies_flow.wait()
                 if not link.silent:
                     await sink.send_all(data)
         nursery.cancel_scope.cancel()

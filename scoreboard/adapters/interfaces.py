@@ -216,10 +216,15 @@ class Accepted:
     """The nonce was claimed and the limits admit the action."""
 
 
+# A claimed nonce's state before its first request was answered 202 (or later 200/422/429):
+PUBLISHING = 0  # the publish is not confirmed yet (or its process died before it knew)
+OUTCOME_UNKNOWN = 503  # no confirm came: the action may be queued or not
+
+
 @dataclass(frozen=True, slots=True)
 class Replayed:
     action_id: uuid.UUID
-    first_status_code: int
+    first_status_code: int  # how the first request was answered; or PUBLISHING, OUTCOME_UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,14 +319,29 @@ class EdgeGuard(Protocol):
         limits_enabled: bool,
     ) -> Claim:
         """Atomically: a known nonce answers `Replayed` (before any limit); otherwise, if every
-        limit admits the action, record it in the limits, claim the nonce and answer `Accepted`;
-        otherwise `Limited` and nothing is recorded."""
+        limit admits the action, record it in the limits, claim the nonce (`PUBLISHING`) and
+        answer `Accepted`; otherwise `Limited` and nothing is recorded."""
         ...
 
     async def release(
         self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str
     ) -> None:
-        """Undo a claim whose publish failed: the client may retry with the same nonce."""
+        """Undo a claim whose publish the broker refused (nothing queued): the client may retry
+        with the same nonce. A nonce no longer `PUBLISHING` (a replay got the action queued
+        meanwhile) is left bound, with its limits."""
+        ...
+
+    async def mark_queued(self, actions: Sequence[tuple[int, str, uuid.UUID]]) -> None:
+        """These (user_id, nonce, action_id) were confirmed queued: a nonce `PUBLISHING` or
+        `OUTCOME_UNKNOWN` with that action now answers 202, and one released meanwhile is bound
+        to it again. A nonce bound to another action, or answered already, is left alone."""
+        ...
+
+    async def mark_outcome_unknown(
+        self, *, user_id: int, nonce: str, action_id: uuid.UUID
+    ) -> None:
+        """The publish of this claim got no confirm: its nonce, if still `PUBLISHING` with this
+        action, becomes `OUTCOME_UNKNOWN` (the next request with it publishes it again)."""
         ...
 
     async def set_first_status(self, *, user_id: int, nonce: str, status_code: int) -> None: ...
