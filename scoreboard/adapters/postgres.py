@@ -67,12 +67,19 @@ from scoreboard.model import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# What the database or the link to it answers instead of an answer about the data: each says
+# "try again later", never "this action is bad". asyncpg raises `InternalClientError` ("cannot
+# switch to state ...; another operation is in progress") when a connection dies mid-operation.
 CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
+    OSError,  # TimeoutError included
+    asyncpg.PostgresConnectionError,  # 08: connection exception
     asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,  # 57: admin or crash shutdown, cannot connect now, cancel
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, out of memory, disk full
+    asyncpg.TransactionRollbackError,  # 40: serialization failure, deadlock; the retry may pass
+    asyncpg.PostgresSystemError,  # 58: I/O error in the server
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 POOL_CLOSE_TIMEOUT_S = 10.0
 MAINTENANCE_DATABASE = "postgres"
