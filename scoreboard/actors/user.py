@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import math
 import uuid
 from dataclasses import dataclass
 from typing import assert_never
@@ -43,7 +44,6 @@ FUTURE_SKEW_MS = 30_000  # a time this far past acceptance is the client's clock
 RAPID_FIRE_MS = 1_000  # two actions of one user closer than this are flagged for operators
 PRUNE_ABOVE = 256  # remembered actions before the ones outside every window are dropped
 HISTORY_TIMEOUT_S = 10.0
-HISTORY_ATTEMPTS = 3
 
 RAPID_FIRE = "rapid_fire"
 IMPOSSIBLE_TIMING = "impossible_timing"
@@ -277,7 +277,8 @@ async def run(
                             functools.partial(store.recent_actions, user_id, since),
                             what=f"loading recent actions of user {user_id}",
                             timeout_s=HISTORY_TIMEOUT_S,
-                            attempts=HISTORY_ATTEMPTS,
+                            # An outage holds this user's actions; it is no reason to crash.
+                            attempts=math.inf,
                         )
                         ledger.add_history(since, recent)
                     await scorer.send(Score(ledger.decide(envelope), delivery))
