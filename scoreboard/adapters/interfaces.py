@@ -37,6 +37,11 @@ class BackendUnavailable(RuntimeError):
     """The backend did not answer, or answered with a transport error; the caller may retry."""
 
 
+class BoardMissing(BackendUnavailable):
+    """The leaderboard cache is gone (Redis restarted empty, or was flushed): rebuild it from the
+    store. Until then, reading it would show an empty board, which is not the truth."""
+
+
 class UsernameTaken(ValueError):
     pass
 
@@ -290,11 +295,20 @@ class Board(Protocol):
         """Replace the whole board atomically."""
         ...
 
-    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
-        """The top `limit` entries and the last update time (ms)."""
+    async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
+        """`rebuild`, unless the board exists by the time it would be swapped in (someone else
+        rebuilt it meanwhile, maybe from newer scores): then nothing changes. True if built."""
         ...
 
-    async def around(self, user_id: int, radius: int) -> MeView | None: ...
+    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        """The top `limit` entries and the last update time (ms). `BoardMissing` if the board is
+        missing."""
+        ...
+
+    async def around(self, user_id: int, radius: int) -> MeView | None:
+        """The user's entry and up to `radius` neighbours each side; None if the user is not on
+        the board. `BoardMissing` if the board is missing."""
+        ...
 
     async def scores(self) -> dict[int, int]:
         """Every user's score on the board (for `scoreboard verify`)."""

@@ -28,6 +28,7 @@ from scoreboard.adapters.interfaces import (
     PUBLISHING,
     Accepted,
     Board,
+    BoardMissing,
     Claim,
     EdgeGuard,
     FailureDelay,
@@ -115,10 +116,20 @@ class MemoryBoard(Board):
         self._built = True
         self._updated_at_ms = _wall_ms()
 
+    async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
+        if self._built:
+            return False
+        await self.rebuild(entries)
+        return True
+
     async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        if not self._built:
+            raise BoardMissing("the board is not built")
         return self._ranked(0, limit), self._updated_at_ms
 
     async def around(self, user_id: int, radius: int) -> MeView | None:
+        if not self._built:
+            raise BoardMissing("the board is not built")
         rank = self._rank0(user_id)
         if rank is None:
             return None

@@ -45,6 +45,7 @@ from scoreboard.adapters.interfaces import (
     PUBLISHING,
     Accepted,
     BackendUnavailable,
+    BoardMissing,
     Claim,
     FailureDelay,
     Limited,
@@ -149,8 +150,13 @@ return {changes, top}
 """
 
 # KEYS: temporary board, member hash, name hash; board, member hash, name hash, meta.
-# ARGV: "1" when the temporary keys hold entries. Swaps the new board in as one step.
+# ARGV: "1" when the temporary keys hold entries; "1" to swap only if the board is missing.
+# Swaps the new board in as one step; answers whether it did.
 _SWAP_IN = """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return false
+end
 for i = 1, 3 do
   if ARGV[1] == '1' then
     redis.call('RENAME', KEYS[i], KEYS[i + 3])
@@ -164,7 +170,8 @@ redis.call('HSET', KEYS[7], 'updated_at', now[1] * 1000 + math.floor(now[2] / 10
 return true
 """
 
-# KEYS: board, name hash, meta. ARGV: limit. Answers {updated_at or 0, entries}.
+# KEYS: board, name hash, meta. ARGV: limit. Answers {updated_at, entries}; updated_at is 0 when
+# the board is missing (the meta key is written with every build and update).
 _TOP = _RANGE_WITH_NAMES + """
 local updated_at = tonumber(redis.call('HGET', KEYS[3], 'updated_at') or '0')
 local limit = tonumber(ARGV[1])
@@ -172,9 +179,10 @@ if limit <= 0 then return {updated_at, {}} end
 return {updated_at, range_with_names(KEYS[1], KEYS[2], 0, limit - 1)}
 """
 
-# KEYS: board, member hash, name hash. ARGV: user_id, radius.
-# Answers nil when the user is not on the board, else {first rank, user's rank, entries}.
+# KEYS: board, member hash, name hash, meta. ARGV: user_id, radius. Answers 'missing' when the
+# board is, nil when the user is not on it, else {first rank, user's rank, entries}.
 _AROUND = _RANGE_WITH_NAMES + """
+if redis.call('EXISTS', KEYS[4]) == 0 then return 'missing' end
 local member = redis.call('HGET', KEYS[2], ARGV[1])
 local rank = member and redis.call('ZREVRANK', KEYS[1], member)
 if not rank then return false end
@@ -381,9 +389,12 @@ class RedisBoard(_RedisAdapter):
         return changes, _ranked(top, 1)
 
     async def rebuild(self, entries: Sequence[BoardEntry]) -> None:
-        await self._run(self._rebuild, list(entries))
+        await self._run(self._rebuild, list(entries), False)
 
-    async def _rebuild(self, entries: list[BoardEntry]) -> None:
+    async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
+        return await self._run(self._rebuild, list(entries), True)
+
+    async def _rebuild(self, entries: list[BoardEntry], only_if_missing: bool) -> bool:
         tag = uuid.uuid4().hex
         temporary = [f"{key}:rebuild:{tag}" for key in (self._board, self._members, self._names)]
         try:
@@ -405,7 +416,8 @@ class RedisBoard(_RedisAdapter):
                         pipe.pexpire(key, REBUILD_TTL_MS)
                     await pipe.execute()
             keys = [*temporary, self._board, self._members, self._names, self._meta]
-            await self._swap_in_script(keys, ["1" if entries else "0"])
+            args = ["1" if entries else "0", "1" if only_if_missing else "0"]
+            return bool(await self._swap_in_script(keys, args))
         except BaseException:
             # Drop the partial build now rather than leaving it to the TTL.
             with contextlib.suppress(*TRANSPORT_ERRORS):
@@ -416,12 +428,15 @@ class RedisBoard(_RedisAdapter):
         updated_at, flat = await self._run(
             self._top_script, [self._board, self._names, self._meta], [limit]
         )
+        if not updated_at:
+            raise BoardMissing("redis: the board is missing")
         return _ranked(flat, 1), int(updated_at)
 
     async def around(self, user_id: int, radius: int) -> MeView | None:
-        reply = await self._run(
-            self._around_script, [self._board, self._members, self._names], [user_id, radius]
-        )
+        keys = [self._board, self._members, self._names, self._meta]
+        reply = await self._run(self._around_script, keys, [user_id, radius])
+        if reply == "missing":
+            raise BoardMissing("redis: the board is missing")
         if reply is None:
             return None
         first, rank, flat = reply

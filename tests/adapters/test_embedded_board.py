@@ -24,6 +24,7 @@ from tests.adapters.test_redis import (
     entry,
     test_a_claimed_action_is_pending_until_released,
     test_a_known_nonce_is_replayed_with_its_first_answer,
+    test_a_missing_board_is_never_read_as_empty,
     test_a_queued_or_unknown_claim_is_never_released,
     test_a_refused_claim_records_nothing,
     test_apply_ignores_stale_entries,
@@ -36,17 +37,18 @@ from tests.adapters.test_redis import (
     test_limits_disabled_admits_everything_but_still_replays,
     test_marking_queued_binds_a_released_nonce_and_spares_others,
     test_ping,
+    test_rebuild_if_missing_never_replaces_a_board,
     test_rebuild_with_no_entries_leaves_an_empty_built_board,
     test_release_undoes_a_claim,
     test_replay_is_answered_even_when_limited,
     test_retry_after_is_the_longest_wait,
-    test_top_of_a_missing_board_is_empty,
     test_user_limit_is_a_sliding_minute,
 )
 
 __all__ = [
     "test_a_claimed_action_is_pending_until_released",
     "test_a_known_nonce_is_replayed_with_its_first_answer",
+    "test_a_missing_board_is_never_read_as_empty",
     "test_a_queued_or_unknown_claim_is_never_released",
     "test_a_refused_claim_records_nothing",
     "test_apply_ignores_stale_entries",
@@ -59,11 +61,11 @@ __all__ = [
     "test_limits_disabled_admits_everything_but_still_replays",
     "test_marking_queued_binds_a_released_nonce_and_spares_others",
     "test_ping",
+    "test_rebuild_if_missing_never_replaces_a_board",
     "test_rebuild_with_no_entries_leaves_an_empty_built_board",
     "test_release_undoes_a_claim",
     "test_replay_is_answered_even_when_limited",
     "test_retry_after_is_the_longest_wait",
-    "test_top_of_a_missing_board_is_empty",
     "test_user_limit_is_a_sliding_minute",
 ]
 

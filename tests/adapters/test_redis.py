@@ -13,6 +13,7 @@ from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
     PUBLISHING,
     Accepted,
+    BoardMissing,
     Limited,
     MeView,
     PendingAction,
@@ -191,10 +192,19 @@ async def test_rebuild_with_no_entries_leaves_an_empty_built_board(backend: Redi
     )
 
 
-async def test_top_of_a_missing_board_is_empty(backend: RedisBackend) -> None:
-    assert await backend.board.top(10) == ([], 0)
-    assert await backend.board.top(0) == ([], 0)
+async def test_a_missing_board_is_never_read_as_empty(backend: RedisBackend) -> None:
+    for read in (backend.board.top(10), backend.board.top(0), backend.board.around(1, 5)):
+        with pytest.raises(BoardMissing):
+            await read
+    await backend.board.rebuild([])
+    assert (await backend.board.top(10))[0] == []
     assert await backend.board.around(1, 5) is None
+
+
+async def test_rebuild_if_missing_never_replaces_a_board(backend: RedisBackend) -> None:
+    assert await backend.board.rebuild_if_missing([entry(1, 10, T0)]) is True
+    assert await backend.board.rebuild_if_missing([entry(1, 5, T0), entry(2, 7, T0)]) is False
+    assert await backend.board.scores() == {1: 10}
 
 
 async def test_around_gives_the_neighbours_on_each_side(backend: RedisBackend) -> None:
