@@ -174,7 +174,13 @@ async def _give_up_on(
     if attempt < config.amqp.max_attempts:
         outcome.retry.append((score.delivery, envelope))
         return
-    reason = f"the store refused the action: {error!r}"
+    await _record_failed(store, score, f"the store refused the action: {error!r}", outcome)
+
+
+async def _record_failed(store: Store, score: Score, reason: str, outcome: _Outcome) -> None:
+    """Record the action `failed` with `reason` (an audit row, whatever it holds), and send it
+    to the dead letters, from where an operator may replay it."""
+    envelope = score.decision.envelope
     try:
         await call_with_retries(
             functools.partial(store.fail_action, envelope, reason),

@@ -81,8 +81,10 @@ class Store(Protocol):
         """One transaction for the whole batch. Inserts each action with ON CONFLICT DO NOTHING
         (on `action_id` and on `(user_id, nonce)`) and adds its delta to the user's score only if
         the row was new; `score_reached_at` moves when the score does. An action that was already
-        stored comes back as it was stored, with `duplicate=True`. Results are in input order.
-        Raises `UnknownUser` (and writes nothing) if any action's user does not exist."""
+        stored comes back as it was stored, with `duplicate=True`, unless it was stored `failed`:
+        then it is settled afresh and its row replaced. Results are in input order. Raises
+        `UnknownUser` (and writes nothing) if any action's user does not exist. What an action
+        holds that the store cannot keep is mended in its row (`scoreboard.storable`)."""
         ...
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
@@ -102,8 +104,8 @@ class Store(Protocol):
         ...
 
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
-        """Record an action that exhausted its attempts as `failed` (no score change). Nothing is
-        recorded if the action is already stored or its user does not exist."""
+        """Record an action the store refused as `failed` (no score change), whatever its data
+        holds. Nothing is recorded if the action is already stored or its user does not exist."""
         ...
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int: ...

@@ -554,3 +554,13 @@ async def test_a_store_that_does_not_answer_holds_the_action_until_it_does(
         # An outage is no reason to crash (a restart would only find the store down again).
         assert completed(await actor.one(envelope(T0)))
     assert flaky.down_for == 0
+
+
+async def test_a_failed_action_that_comes_again_is_judged_afresh(store: RecentActions) -> None:
+    failed_id = store.add(T0, status="failed")  # the store refused it; an operator replays it
+    async with start_user(store, config()) as actor:
+        replayed = await actor.one(envelope(T0, action_id=failed_id))
+        assert completed(replayed)
+        assert replayed.envelope.action_id == failed_id
+        # And it counts from now on: its cooldown holds the next one.
+        assert rate_limited(await actor.one(envelope(T0 + 1_000)), 4)
