@@ -3,6 +3,7 @@ reached through a TCP proxy of the test's own (the shared RabbitMQ is never touc
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from typing import Any
@@ -18,6 +19,7 @@ from tests.conftest import AMQP_HOST
 from tests.faultproxy import FaultProxy
 from tests.http.conftest import action, new_player
 from tests.http.test_actions_api import assert_accepted, score_of, wait_for_status
+from tests.http.test_ws_api import authenticate, connect, receive_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,3 +173,33 @@ async def test_a_replay_before_the_confirm_answers_no_id_that_then_vanishes(
     assert retry.status_code == 202, retry.text
     await wait_for_status(client, player, action_id, "completed")
     assert await score_of(client, player) == POINTS
+
+
+async def test_over_the_websocket_an_unconfirmed_action_says_its_outcome_is_unknown(
+    proxied_server: ServerHandle, proxied_client: httpx.AsyncClient, proxy: FaultProxy
+) -> None:
+    player = await new_player(proxied_client, proxied_server)
+    frame = action()
+    async with connect(proxied_server) as socket:
+        await authenticate(socket, player)
+        proxy.hold_replies()
+        await socket.send_message(json.dumps({"type": "action", **frame}))
+        result = await receive_until(socket, lambda f: f["type"] == "action_result")
+        proxy.restore()
+        data = result["data"]
+        assert (data["error"], data["outcome"], data["action_id"]) == (
+            "unavailable",
+            "unknown",
+            None,
+        )
+        # The same nonce again gets the action queued, once, with its id.
+        await socket.send_message(json.dumps({"type": "action", **frame}))
+        with trio.fail_after(30):
+            while True:
+                result = await receive_until(socket, lambda f: f["type"] == "action_result")
+                if result["data"]["status"] != "rejected":
+                    break
+                await socket.send_message(json.dumps({"type": "action", **frame}))
+        assert result["data"]["action_id"] is not None
+    record = await wait_for_status(proxied_client, player, result["data"]["action_id"], "completed")
+    assert record["score_delta"] == POINTS
