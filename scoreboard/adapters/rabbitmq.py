@@ -311,6 +311,8 @@ class RabbitBroker:
     ) -> None:
         waiting_logged = False
         while not stop.is_set():
+            if not await self._consuming_connection_ready(stop):
+                return
             try:
                 await self._consume_actions_once(deliveries, prefetch, stop)
             except aiormq.exceptions.ChannelAccessRefused:
@@ -371,6 +373,11 @@ class RabbitBroker:
                 # Closing returns every unacknowledged delivery to the queue for the next consumer.
                 with contextlib.suppress(*TRANSPORT_ERRORS):
                     await channel.close()
+
+    async def _consuming_connection_ready(self, stop: asyncio.Event) -> bool:
+        """Wait until the consuming connection is up (it may be reconnecting), or `stop`."""
+        await _first_of(self._consuming.ready(), stop.wait())
+        return not stop.is_set()
 
     def _hand_over(self, deliveries: trio.MemorySendChannel[Delivery], delivery: Delivery) -> None:
         """Trio side: the channel holds the whole prefetch, so it is full only by mistake."""
@@ -467,6 +474,8 @@ class RabbitBroker:
         self, events: trio.MemorySendChannel[bytes], stop: asyncio.Event
     ) -> None:
         while not stop.is_set():
+            if not await self._consuming_connection_ready(stop):
+                return
             try:
                 await self._consume_events_once(events, stop)
             except TRANSPORT_ERRORS as exc:

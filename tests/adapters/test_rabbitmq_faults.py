@@ -110,3 +110,18 @@ async def test_the_watchdog_replaces_a_connection_that_went_silent(
         with trio.fail_after(ANSWER_WITHIN_S):
             await broker.ping()
         print(f"\npublishing again {back_after_s:.2f} s after the connections went silent")
+
+
+async def test_a_consumer_stops_at_once_while_the_broker_is_away(
+    bridge: Bridge, amqp_config: AmqpConfig, proxy: FaultProxy
+) -> None:
+    async with open_rabbitmq(bridge, through(proxy, amqp_config)) as broker:
+        await broker.declare_topology()
+        proxy.cut()
+        send, receive = trio.open_memory_channel[Delivery](PREFETCH)
+        with receive, trio.fail_after(1 + ANSWER_WITHIN_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(broker.consume_actions, send, PREFETCH)
+                await trio.sleep(1)  # it waits for the connection to come back
+                nursery.cancel_scope.cancel()
+        proxy.restore()
