@@ -21,7 +21,9 @@ gave up on it minutes later. So a trio cancellation never reaches an RPC here: a
 (publish, settle, ping...) goes on in the background and its caller leaves at once; a consumer
 is asked to stop and stops between RPCs, closing its channel. And a watchdog per connection
 opens a channel every `WATCHDOG_EVERY_S` and watches the oldest confirm still awaited: if either
-stalls, it closes that connection, which reconnects.
+stalls (`PROBE_TIMEOUT_S`, `amqp.publish_timeout_s`), it closes that connection, which
+reconnects. (A broker that blocks publishers for a memory or disk alarm looks stalled as well:
+its connection is replaced now and then, and publishes fail either way until the alarm clears.)
 
 A delivery's `channel_id` is the incarnation of the consuming channel (a counter of this broker
 object), not the AMQP channel number, which a reopened channel reuses with delivery tags counted
@@ -69,11 +71,11 @@ CONSUME_RETRY_INTERVAL_S = 1.0
 # How long a stopping consumer may take to finish the RPC it is in and close its channel; past
 # that it is cancelled (its connection is wedged, and the watchdog is replacing it).
 CONSUMER_STOP_TIMEOUT_S = 10.0
-# The watchdog: a channel open and close, or the oldest confirm awaited, taking longer than this
-# on a broker that answers in milliseconds means the connection is stuck.
+# The watchdog: a channel open and close taking longer than this on a broker that answers in
+# milliseconds means the connection is stuck; so does a confirm awaited longer than any request
+# waits for one (`amqp.publish_timeout_s`).
 WATCHDOG_EVERY_S = 1.0
 PROBE_TIMEOUT_S = 3.0
-CONFIRM_STALL_S = 3.0
 # The connection is down or going: the caller may retry later.
 UNAVAILABLE_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
@@ -180,7 +182,7 @@ class RabbitBroker:
             stalled = "a channel open" if not done else None
             if connection is self._publishing and self._awaiting_confirm:
                 oldest = min(self._awaiting_confirm.values())
-                if loop.time() - oldest > CONFIRM_STALL_S:
+                if loop.time() - oldest > self._config.publish_timeout_s:
                     stalled = "a publisher confirm"
             if stalled is not None:
                 await self._reset(connection, f"{stalled} stalled on the {name} connection")
