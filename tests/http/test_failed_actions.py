@@ -76,8 +76,8 @@ async def test_an_action_holding_what_no_store_can_keep_is_rejected_with_its_aud
         "user_agent holds the character U+0000": dataclasses.replace(
             raw_envelope(player), user_agent="curl\x00"
         ),
-        "headers holds the character U+D800": dataclasses.replace(
-            raw_envelope(player), headers={"x-forwarded-for": "\ud800"}
+        "headers holds the character U+0000": dataclasses.replace(
+            raw_envelope(player), headers={"x-forwarded-for": "203.0.113.9\x00"}
         ),
     }
     fine = raw_envelope(player, completion_time=int(time.time()) - 10)
