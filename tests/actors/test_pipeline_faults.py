@@ -13,6 +13,7 @@ from tests.actors.stack import Stack, running_worker, tap_events
 from tests.actors.test_pipeline import (
     all_finished,
     assert_scored_exactly_once,
+    drained,
     envelopes,
     finished_ids,
     publish,
@@ -43,6 +44,7 @@ async def test_dropped_database_connections_count_no_attempt_and_crash_nothing(
                 faults.cancel_scope.cancel()
             scored_during_faults = len(finished_ids(tap))
             await all_finished(tap, items)
+            await drained(fast)
     print(
         f"\n{terminator.terminated} connections terminated in {terminator.rounds} rounds; "
         f"{scored_during_faults} of {len(items)} actions scored during the faults"
