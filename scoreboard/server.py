@@ -4,7 +4,9 @@ One process runs the API role (HTTP, WebSockets, hub, events, publisher), the wo
 (consumer, router, scorer, keeper), or both. Each role is its own rest_for_one supervisor, with
 its children in dependency order, so a crash restarts the crashed actor and those that depend on
 it; the two roles sit under a one_for_one root, and a root that gives up ends the process
-non-zero.
+non-zero. In the API role only the hub, which the server's WebSockets register with, comes
+before the HTTP server: the publisher, the events subscription and the revocations poll come
+after it, so their trouble restarts them, never the server and every socket on it.
 
 The wiring owns every channel; each incarnation of an actor gets fresh clones, so a restarted
 actor reads the same inbox and its senders just wait.
@@ -175,6 +177,18 @@ def api_children(
             ),
             inbox=hub_send,
         ),
+        ChildSpec(id="http", start=run_http, shutdown=lambda: http_shutdown.set()),
+        ChildSpec(
+            id="publisher",
+            start=_clone_start(
+                publisher.run,
+                inbox=publisher_receive,
+                broker=backends.broker,
+                guard=backends.guard,
+                config=config,
+            ),
+            inbox=services.publisher,
+        ),
         ChildSpec(
             id="events",
             start=_clone_start(
@@ -195,14 +209,6 @@ def api_children(
                 config=config,
             ),
         ),
-        ChildSpec(
-            id="publisher",
-            start=_clone_start(
-                publisher.run, inbox=publisher_receive, broker=backends.broker, config=config
-            ),
-            inbox=services.publisher,
-        ),
-        ChildSpec(id="http", start=run_http, shutdown=lambda: http_shutdown.set()),
     ]
 
 
@@ -259,6 +265,8 @@ async def run_server(
                 all_running=lambda: root.all_running,
                 public_origin=config.public_origin,
             )
+
+            await revocations.load_deny_list(backends.store, services.revocations)
 
             def http_started(binds: list[str], services: Services = services) -> None:
                 bound[:] = binds

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import trio
 
@@ -27,7 +28,6 @@ from scoreboard.model import ActionEnvelope, MalformedMessage
 log = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT_S = 10.0
-SETTLE_ATTEMPTS = 3
 
 
 class ConsumerEnded(RuntimeError):
@@ -57,7 +57,7 @@ async def run(
                         functools.partial(broker.settle, dead=[(delivery, f"malformed: {exc}")]),
                         what="dead-lettering a malformed message",
                         timeout_s=SETTLE_TIMEOUT_S,
-                        attempts=SETTLE_ATTEMPTS,
+                        attempts=math.inf,
                         also_retry=(PublishFailed,),  # settling it again is safe
                     )
                     continue

@@ -16,32 +16,47 @@ It never waits on a requester: replies go out with `send_nowait` into channels o
 A requester that gave up before its batch was sent has closed its reply receiver; its envelope
 is skipped, so an action whose claim the handler has released is not published behind its back.
 
-A batch not confirmed within `amqp.publish_timeout_s` is abandoned (the bridge cancels it) and
-each of its requesters answered `PublishFailed`, so a stuck broker holds the publisher no longer
-than it holds a request. Anything the broker raises instead of answering goes to every requester
-of the batch, as if each had published by itself.
+A batch not confirmed within `amqp.publish_timeout_s` is abandoned and each of its requesters
+answered `PublishOutcomeUnknown` (the broker may still queue it), so a stuck broker holds the
+publisher no longer than it holds a request. Anything the broker raises instead of answering goes
+to every requester of the batch, as if each had published by itself.
+
+Once the requesters have their answers, the nonces of the confirmed actions are marked queued in
+the edge guard, in one call for the batch: from then on a replay of such a nonce is answered 202
+at once instead of publishing the action again (which is safe, but costs a message). If that
+call fails, nothing is lost: a replay publishes again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import trio
 
 from scoreboard.actors.messages import Publish, PublisherMsg
-from scoreboard.adapters.interfaces import Broker, PublishFailed
+from scoreboard.adapters.interfaces import (
+    BackendUnavailable,
+    Broker,
+    EdgeGuard,
+    PublishOutcomeUnknown,
+)
 from scoreboard.config import Config
+
+log = logging.getLogger(__name__)
 
 # Enough to amortise the confirm round trip over a burst of requests, small enough that one
 # batch's confirms come back well within a request's publish timeout.
 MAX_BATCH = 256
 MAX_BATCHES_IN_FLIGHT = 4
+MARK_TIMEOUT_S = 2.0
 
 
 async def run(
     inbox: trio.MemoryReceiveChannel[PublisherMsg],
     *,
     broker: Broker,
+    guard: EdgeGuard,
     config: Config,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -61,7 +76,7 @@ async def run(
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 wanted = [publish for publish in batch if _requester_waits(publish)]
-                nursery.start_soon(_publish_in_slot, broker, config, wanted, free_slots)
+                nursery.start_soon(_publish_in_slot, broker, guard, config, wanted, free_slots)
 
 
 def _requester_waits(publish: Publish) -> bool:
@@ -69,19 +84,25 @@ def _requester_waits(publish: Publish) -> bool:
 
 
 async def _publish_in_slot(
-    broker: Broker, config: Config, batch: list[Publish], slot: trio.Semaphore
+    broker: Broker,
+    guard: EdgeGuard,
+    config: Config,
+    batch: list[Publish],
+    slot: trio.Semaphore,
 ) -> None:
     try:
         if batch:
-            await _publish(broker, config, batch)
+            queued = await _publish(broker, config, batch)
+            await _mark_queued(guard, queued)
     finally:
         slot.release()
 
 
-async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> None:
+async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> list[Publish]:
+    """Publish the batch and answer each requester; the ones confirmed."""
     timeout_s = config.amqp.publish_timeout_s
     failures: list[Exception | None] = [
-        PublishFailed(f"the broker did not confirm within {timeout_s} s") for _ in batch
+        PublishOutcomeUnknown(f"the broker did not confirm within {timeout_s} s") for _ in batch
     ]
     with trio.move_on_after(timeout_s):
         try:
@@ -92,3 +113,15 @@ async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> None
         # A requester that gave up meanwhile has closed its receiver: nobody to tell.
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
             publish.reply.send_nowait(failure)
+    return [publish for publish, failure in zip(batch, failures, strict=True) if failure is None]
+
+
+async def _mark_queued(guard: EdgeGuard, queued: list[Publish]) -> None:
+    if not queued:
+        return
+    actions = [(p.envelope.user_id, p.envelope.nonce, p.envelope.action_id) for p in queued]
+    try:
+        with trio.fail_after(MARK_TIMEOUT_S):
+            await guard.mark_queued(actions)
+    except (BackendUnavailable, trio.TooSlowError) as exc:
+        log.warning("publisher: could not mark %d nonces queued (%r)", len(actions), exc)

@@ -1,11 +1,13 @@
 """The API process's keeper of what verification trusts: the deny-list and the signing keys.
 
-Before the HTTP server starts it loads the deny-list from the store, then reloads it every
+The wiring loads the deny-list (`load_deny_list`) before the HTTP server starts. This actor runs
+after the server (so that its trouble never restarts the server) and reloads the list every
 `oauth.revocation_poll_s`: revocations normally arrive at once as events, and the reload catches
 any whose event was lost or that no broker carried (the CLI of embedded mode). What the reload
 finds new goes to the hub, which closes the WebSockets of those grants. Every
 `oauth.key_refresh_s` it also reloads the key ring, so that keys added by `scoreboard keys
-rotate` (or by another process) verify here before they sign anywhere.
+rotate` (or by another process) verify here before they sign anywhere. A store that does not
+answer, or not in time, is logged and tried again at the next poll; it never crashes the actor.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from scoreboard.auth.revocations import RevocationList
 from scoreboard.config import Config
 
 log = logging.getLogger(__name__)
+
+STORE_TIMEOUT_S = 10.0
+
+
+async def load_deny_list(store: Store, revocations: RevocationList) -> None:
+    """Load every deny-list entry in force (before anything verifies a token)."""
+    revocations.merge(await store.revocations(time.time_ns() // 1_000_000))
 
 
 async def _reload(
@@ -42,20 +51,21 @@ async def run(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with hub:
-        await _reload(store, revocations, hub)
         task_status.started()
         keys_due = trio.current_time() + config.oauth.key_refresh_s
         while True:
-            await trio.sleep(config.oauth.revocation_poll_s)
             try:
-                await _reload(store, revocations, hub)
-            except BackendUnavailable as exc:
-                log.warning("revocations: reload failed (%s); retrying", exc)
+                with trio.fail_after(STORE_TIMEOUT_S):
+                    await _reload(store, revocations, hub)
+            except (BackendUnavailable, trio.TooSlowError) as exc:
+                log.warning("revocations: reload failed (%r); retrying", exc)
             if trio.current_time() >= keys_due:
                 keys_due = trio.current_time() + config.oauth.key_refresh_s
                 try:
-                    await keyring.refresh(store)
-                except (BackendUnavailable, NoSigningKey) as exc:
-                    log.warning("keys: refresh failed (%s); keeping the current keys", exc)
+                    with trio.fail_after(STORE_TIMEOUT_S):
+                        await keyring.refresh(store)
+                except (BackendUnavailable, NoSigningKey, trio.TooSlowError) as exc:
+                    log.warning("keys: refresh failed (%r); keeping the current keys", exc)
                 except KeyEncryptionError as exc:
                     log.error("keys: cannot decrypt (%s); keeping the current keys", exc)
+            await trio.sleep(config.oauth.revocation_poll_s)

@@ -13,12 +13,14 @@ committed and settled, so everything sent before it is in the store.
 
 Failures:
 - transient (`BackendUnavailable`, or no answer in time; for the settlement also
-  `PublishFailed`): retried with backoff a few times, then raised; the supervisor restarts the
-  pipeline and the unacknowledged deliveries come back (committed ones as duplicates);
+  `PublishFailed`): retried in place with backoff until the backend answers. A database or
+  broker outage holds the batch (and, through the bounded inboxes and the prefetch, the queue
+  behind it); it neither crashes the scorer into a restart loop nor counts against any action;
 - `UnknownUser`: the store wrote nothing; those users' actions are dead-lettered, the rest commit;
-- anything else is some action the store cannot take (a poison message): the batch is split in
-  halves until the action is found, and it is retried (republished, attempts + 1) until
-  `amqp.max_attempts`, then recorded as failed and dead-lettered.
+- anything else is the store's verdict on some action it cannot take (a poison message): the
+  batch is split in halves until the action is found, and it is retried (republished, attempts
+  + 1) until `amqp.max_attempts`, then recorded as failed and dead-lettered. Only this counts an
+  attempt.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -34,7 +37,6 @@ import trio
 from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import (
-    BackendUnavailable,
     Broker,
     Delivery,
     PublishFailed,
@@ -48,9 +50,7 @@ from scoreboard.model import ActionEnvelope, CommitResult
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT_S = 10.0
-COMMIT_ATTEMPTS = 3
 SETTLE_TIMEOUT_S = 10.0
-SETTLE_ATTEMPTS = 3
 FAIL_TIMEOUT_S = 10.0
 
 
@@ -107,7 +107,7 @@ async def _settle(broker: Broker, outcome: _Outcome) -> None:
         functools.partial(broker.settle, ack=outcome.ack, retry=outcome.retry, dead=outcome.dead),
         what="settling deliveries",
         timeout_s=SETTLE_TIMEOUT_S,
-        attempts=SETTLE_ATTEMPTS,
+        attempts=math.inf,
         also_retry=(PublishFailed,),  # settling the same deliveries again is safe
     )
 
@@ -134,7 +134,7 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
             functools.partial(store.commit_actions, [score.decision for score in scores]),
             what=f"committing {len(scores)} actions",
             timeout_s=COMMIT_TIMEOUT_S,
-            attempts=COMMIT_ATTEMPTS,
+            attempts=math.inf,
         )
     except UnknownUser as exc:
         known: list[Score] = []
@@ -149,8 +149,8 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
         if known:
             await _commit(store, config, known, outcome)
         return
-    except (BackendUnavailable, trio.TooSlowError, BridgeClosed):
-        raise
+    except BridgeClosed:
+        raise  # shutting down
     except Exception as exc:
         if len(scores) > 1:
             middle = len(scores) // 2
@@ -174,11 +174,21 @@ async def _give_up_on(
     if attempt < config.amqp.max_attempts:
         outcome.retry.append((score.delivery, envelope))
         return
-    reason = f"the store refused the action: {error!r}"
+    await _record_failed(store, score, f"the store refused the action: {error!r}", outcome)
+
+
+async def _record_failed(store: Store, score: Score, reason: str, outcome: _Outcome) -> None:
+    """Record the action `failed` with `reason` (an audit row, whatever it holds), and send it
+    to the dead letters, from where an operator may replay it."""
+    envelope = score.decision.envelope
     try:
-        with trio.fail_after(FAIL_TIMEOUT_S):
-            await store.fail_action(envelope, reason)
-    except (BackendUnavailable, trio.TooSlowError, BridgeClosed):
+        await call_with_retries(
+            functools.partial(store.fail_action, envelope, reason),
+            what=f"recording action {envelope.action_id} as failed",
+            timeout_s=FAIL_TIMEOUT_S,
+            attempts=math.inf,
+        )
+    except BridgeClosed:
         raise
     except Exception:
         log.exception("scorer: could not record action %s as failed", envelope.action_id)

@@ -11,7 +11,8 @@ restarted predecessor are in the store when it reads. For each action, in order:
 
 1. an action it already knows (same action id, or the same nonce as one it decided or loaded) is
    a redelivery: forwarded as first decided, never counted again (the store returns its outcome);
-2. the action must match the catalogue and its times must be believable (`invalid_action`);
+2. the action must match the catalogue, hold nothing the store cannot keep (a NUL character, a
+   lone surrogate: `scoreboard.storable`), and its times must be believable (`invalid_action`);
 3. with limits on: the action type's cooldown since a completed action of that type, and at most
    `user_actions_per_minute` completed actions in any 60 s window (`rate_limit_exceeded`);
 4. otherwise it completes for the catalogue's points.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import math
 import uuid
 from dataclasses import dataclass
 from typing import assert_never
@@ -37,13 +39,13 @@ from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, Decision, RecentAction
+from scoreboard.storable import unstorable_reason
 
 RATE_WINDOW_MS = 60_000
 FUTURE_SKEW_MS = 30_000  # a time this far past acceptance is the client's clock lying
 RAPID_FIRE_MS = 1_000  # two actions of one user closer than this are flagged for operators
 PRUNE_ABOVE = 256  # remembered actions before the ones outside every window are dropped
 HISTORY_TIMEOUT_S = 10.0
-HISTORY_ATTEMPTS = 3
 
 RAPID_FIRE = "rapid_fire"
 IMPOSSIBLE_TIMING = "impossible_timing"
@@ -99,8 +101,11 @@ class Ledger:
         return None
 
     def add_history(self, since_ms: int, recent: list[RecentAction]) -> None:
-        """The store's actions received at or after `since_ms` (ones known already are skipped)."""
+        """The store's actions received at or after `since_ms` (ones known already are skipped,
+        and `failed` ones: the store refused those, and one that comes again is judged afresh)."""
         for action in recent:
+            if action.status == "failed":
+                continue
             if action.action_id not in self._known:
                 completed = action.status == "completed"
                 known = _Known(action.received_at_ms, action.action_type, completed, None)
@@ -142,6 +147,8 @@ class Ledger:
             entry = self._catalogue.validate(envelope.action_type, envelope.action_data)
         except InvalidActionData as exc:
             return _invalid(envelope, str(exc), flags)
+        if (unstorable := unstorable_reason(envelope)) is not None:
+            return _invalid(envelope, f"the action cannot be stored: {unstorable}", flags)
         problem = self._future_timing(entry, envelope)
         if problem is not None:
             return _invalid(envelope, problem, [*flags, IMPOSSIBLE_TIMING])
@@ -277,7 +284,8 @@ async def run(
                             functools.partial(store.recent_actions, user_id, since),
                             what=f"loading recent actions of user {user_id}",
                             timeout_s=HISTORY_TIMEOUT_S,
-                            attempts=HISTORY_ATTEMPTS,
+                            # An outage holds this user's actions; it is no reason to crash.
+                            attempts=math.inf,
                         )
                         ledger.add_history(since, recent)
                     await scorer.send(Score(ledger.decide(envelope), delivery))

@@ -3,8 +3,13 @@
 Both stores read the batch's users (their scores, locked) and the stored actions that share an
 action id or a (user, nonce) with the batch, then let `plan_commit` walk the batch in input order:
 each action is a redelivery of a stored (or earlier) one, a replayed nonce, or new; a new one
-moves its user's running score. The store then inserts the plan's new actions, adds each user's
-`score_changes` and answers with the plan's `results`.
+moves its user's running score. The store then inserts the plan's new actions, replaces the
+`failed` rows the plan's superseding actions settle, adds each user's `score_changes` and answers
+with the plan's `results`.
+
+A `failed` row is not final: it records that the store refused the action (the reason is its
+message), and the same action delivered again (the operator's `scoreboard failed replay` once
+the cause is fixed, or a redelivery) is judged and settled afresh, replacing that row, once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Literal
 from scoreboard.model import CommitResult, Decision
 
 DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
+# An anomaly flag: this row replaces the `failed` row of the same action.
+SETTLED_AFTER_FAILURE = "settled_after_failure"
 
 SettledStatus = Literal["completed", "rejected", "failed"]
 
@@ -77,11 +84,12 @@ class CommitPlan:
     decisions: Sequence[Decision]
     settled: list[Settled]  # one per decision, in input order
     new: list[tuple[Decision, Settled]]  # the actions to insert
+    superseding: list[tuple[Decision, Settled]]  # the actions whose stored `failed` row to replace
 
     def score_changes(self) -> dict[int, ScoreChange]:
-        """Per user with new actions, in the order of their first new action."""
+        """Per user with new or superseding actions."""
         changes: dict[int, ScoreChange] = {}
-        for decision, outcome in self.new:
+        for decision, outcome in [*self.new, *self.superseding]:
             envelope = decision.envelope
             change = changes.get(envelope.user_id, ScoreChange(0, envelope.received_at_ms))
             changes[envelope.user_id] = ScoreChange(
@@ -126,17 +134,20 @@ def plan_commit(
     """Walk the batch in input order, from each user's stored score (`scores`) and the stored
     actions it may repeat."""
     running = dict(scores)
-    by_action_id = {action.action_id: action.as_settled() for action in stored}
-    nonces_taken = {(action.user_id, action.nonce) for action in stored}
+    by_action_id = {a.action_id: a.as_settled() for a in stored if a.status != "failed"}
+    failed = {a.action_id for a in stored if a.status == "failed"}
+    nonce_holders = {(a.user_id, a.nonce): a.action_id for a in stored}
     settled: list[Settled] = []
     new: list[tuple[Decision, Settled]] = []
+    superseding: list[tuple[Decision, Settled]] = []
     for decision in decisions:
         envelope = decision.envelope
         score = running[envelope.user_id]
         if (earlier := by_action_id.get(envelope.action_id)) is not None:
             settled.append(earlier)
             continue
-        if (envelope.user_id, envelope.nonce) in nonces_taken:
+        holder = nonce_holders.get((envelope.user_id, envelope.nonce))
+        if holder is not None and holder != envelope.action_id:
             replayed_nonce = Settled(
                 status="rejected",
                 score_delta=0,
@@ -162,7 +173,12 @@ def plan_commit(
             duplicate=False,
         )
         settled.append(outcome)
-        new.append((decision, outcome))
+        if envelope.action_id in failed:
+            failed.discard(envelope.action_id)
+            flagged = replace(decision, flags=(*decision.flags, SETTLED_AFTER_FAILURE))
+            superseding.append((flagged, outcome))
+        else:
+            new.append((decision, outcome))
         by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
-        nonces_taken.add((envelope.user_id, envelope.nonce))
-    return CommitPlan(decisions, settled, new)
+        nonce_holders[(envelope.user_id, envelope.nonce)] = envelope.action_id
+    return CommitPlan(decisions, settled, new, superseding)

@@ -37,6 +37,11 @@ class BackendUnavailable(RuntimeError):
     """The backend did not answer, or answered with a transport error; the caller may retry."""
 
 
+class BoardMissing(BackendUnavailable):
+    """The leaderboard cache is gone (Redis restarted empty, or was flushed): rebuild it from the
+    store. Until then, reading it would show an empty board, which is not the truth."""
+
+
 class UsernameTaken(ValueError):
     pass
 
@@ -58,7 +63,13 @@ class UnknownUser(LookupError):
 
 
 class PublishFailed(RuntimeError):
-    """The broker did not confirm the publish (nack, returned as unroutable, or timeout)."""
+    """The broker did not confirm the publish. As such (a nack, or returned as unroutable) the
+    broker did not queue the message; see `PublishOutcomeUnknown` for when it may have."""
+
+
+class PublishOutcomeUnknown(PublishFailed):
+    """No confirm came (in time, or before the link failed): the broker may have queued the
+    message or not. Publishing it again under the same message id is the way to be sure."""
 
 
 class Store(Protocol):
@@ -70,8 +81,10 @@ class Store(Protocol):
         """One transaction for the whole batch. Inserts each action with ON CONFLICT DO NOTHING
         (on `action_id` and on `(user_id, nonce)`) and adds its delta to the user's score only if
         the row was new; `score_reached_at` moves when the score does. An action that was already
-        stored comes back as it was stored, with `duplicate=True`. Results are in input order.
-        Raises `UnknownUser` (and writes nothing) if any action's user does not exist."""
+        stored comes back as it was stored, with `duplicate=True`, unless it was stored `failed`:
+        then it is settled afresh and its row replaced. Results are in input order. Raises
+        `UnknownUser` (and writes nothing) if any action's user does not exist. What an action
+        holds that the store cannot keep is mended in its row (`scoreboard.storable`)."""
         ...
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
@@ -91,8 +104,8 @@ class Store(Protocol):
         ...
 
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
-        """Record an action that exhausted its attempts as `failed` (no score change). Nothing is
-        recorded if the action is already stored or its user does not exist."""
+        """Record an action the store refused as `failed` (no score change), whatever its data
+        holds. Nothing is recorded if the action is already stored or its user does not exist."""
         ...
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int: ...
@@ -210,10 +223,15 @@ class Accepted:
     """The nonce was claimed and the limits admit the action."""
 
 
+# A claimed nonce's state before its first request was answered 202 (or later 200/422/429):
+PUBLISHING = 0  # the publish is not confirmed yet (or its process died before it knew)
+OUTCOME_UNKNOWN = 503  # no confirm came: the action may be queued or not
+
+
 @dataclass(frozen=True, slots=True)
 class Replayed:
     action_id: uuid.UUID
-    first_status_code: int
+    first_status_code: int  # how the first request was answered; or PUBLISHING, OUTCOME_UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +297,20 @@ class Board(Protocol):
         """Replace the whole board atomically."""
         ...
 
-    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
-        """The top `limit` entries and the last update time (ms)."""
+    async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
+        """`rebuild`, unless the board exists by the time it would be swapped in (someone else
+        rebuilt it meanwhile, maybe from newer scores): then nothing changes. True if built."""
         ...
 
-    async def around(self, user_id: int, radius: int) -> MeView | None: ...
+    async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        """The top `limit` entries and the last update time (ms). `BoardMissing` if the board is
+        missing."""
+        ...
+
+    async def around(self, user_id: int, radius: int) -> MeView | None:
+        """The user's entry and up to `radius` neighbours each side; None if the user is not on
+        the board. `BoardMissing` if the board is missing."""
+        ...
 
     async def scores(self) -> dict[int, int]:
         """Every user's score on the board (for `scoreboard verify`)."""
@@ -308,14 +335,29 @@ class EdgeGuard(Protocol):
         limits_enabled: bool,
     ) -> Claim:
         """Atomically: a known nonce answers `Replayed` (before any limit); otherwise, if every
-        limit admits the action, record it in the limits, claim the nonce and answer `Accepted`;
-        otherwise `Limited` and nothing is recorded."""
+        limit admits the action, record it in the limits, claim the nonce (`PUBLISHING`) and
+        answer `Accepted`; otherwise `Limited` and nothing is recorded."""
         ...
 
     async def release(
         self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str
     ) -> None:
-        """Undo a claim whose publish failed: the client may retry with the same nonce."""
+        """Undo a claim whose publish the broker refused (nothing queued): the client may retry
+        with the same nonce. A nonce no longer `PUBLISHING` (a replay got the action queued
+        meanwhile) is left bound, with its limits."""
+        ...
+
+    async def mark_queued(self, actions: Sequence[tuple[int, str, uuid.UUID]]) -> None:
+        """These (user_id, nonce, action_id) were confirmed queued: a nonce `PUBLISHING` or
+        `OUTCOME_UNKNOWN` with that action now answers 202, and one released meanwhile is bound
+        to it again. A nonce bound to another action, or answered already, is left alone."""
+        ...
+
+    async def mark_outcome_unknown(
+        self, *, user_id: int, nonce: str, action_id: uuid.UUID
+    ) -> None:
+        """The publish of this claim got no confirm: its nonce, if still `PUBLISHING` with this
+        action, becomes `OUTCOME_UNKNOWN` (the next request with it publishes it again)."""
         ...
 
     async def set_first_status(self, *, user_id: int, nonce: str, status_code: int) -> None: ...
@@ -362,7 +404,8 @@ class Broker(Protocol):
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:
         """Persistent, mandatory, message id = action id; returns once the broker confirmed.
-        Raises `PublishFailed` on nack, return, or channel error."""
+        Raises `PublishFailed` on nack or return (not queued), `PublishOutcomeUnknown` when no
+        confirm came (queued or not: publishing the same envelope again is safe)."""
         ...
 
     async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from scoreboard.adapters.interfaces import (
+    OUTCOME_UNKNOWN,
+    PUBLISHING,
     Accepted,
     Board,
+    BoardMissing,
     Claim,
     EdgeGuard,
     FailureDelay,
@@ -40,8 +43,7 @@ K = TypeVar("K")
 
 LIMIT_WINDOW_MS = 60_000
 NONCE_TTL_MS = 24 * 3600 * 1000
-# The status a replay reports until `set_first_status` says otherwise (as in `redis.py`).
-DEFAULT_FIRST_STATUS = 202
+ACCEPTED_STATUS = 202
 # How often the guard forgets expired windows, cooldowns and nonces of users gone quiet.
 SWEEP_INTERVAL_MS = 60_000
 
@@ -114,10 +116,20 @@ class MemoryBoard(Board):
         self._built = True
         self._updated_at_ms = _wall_ms()
 
+    async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
+        if self._built:
+            return False
+        await self.rebuild(entries)
+        return True
+
     async def top(self, limit: int) -> tuple[list[RankedEntry], int]:
+        if not self._built:
+            raise BoardMissing("the board is not built")
         return self._ranked(0, limit), self._updated_at_ms
 
     async def around(self, user_id: int, radius: int) -> MeView | None:
+        if not self._built:
+            raise BoardMissing("the board is not built")
         rank = self._rank0(user_id)
         if rank is None:
             return None
@@ -205,7 +217,7 @@ class MemoryEdgeGuard(EdgeGuard):
             holder = await self._history.nonce_holder(user_id, nonce)
             # Another claim of this nonce may have run while we awaited: the memory decides.
             if holder is not None and key not in self._nonces:
-                self._nonces[key] = _Nonce(holder, DEFAULT_FIRST_STATUS, now_ms + NONCE_TTL_MS)
+                self._nonces[key] = _Nonce(holder, ACCEPTED_STATUS, now_ms + NONCE_TTL_MS)
         # From here on nothing awaits: the check and the record are one atomic step.
         known = self._nonces.get(key)
         if known is not None:
@@ -226,17 +238,20 @@ class MemoryEdgeGuard(EdgeGuard):
                 self._cooldowns[(user_id, action_type)] = _Cooldown(
                     now_ms + cooldown_ms, action_id
                 )
-        self._nonces[key] = _Nonce(action_id, DEFAULT_FIRST_STATUS, now_ms + NONCE_TTL_MS)
+        self._nonces[key] = _Nonce(action_id, PUBLISHING, now_ms + NONCE_TTL_MS)
         self._pending[action_id] = PendingAction(user_id, action_type, nonce, now_ms)
         return Accepted()
 
     async def release(
         self, *, user_id: int, nonce: str, action_id: uuid.UUID, action_type: str
     ) -> None:
-        """Undo what the claim of this action recorded, and nothing a later claim did. The IP
-        window keeps the entry: the request was made, and the IP limit counts requests."""
+        """Undo what the claim of this action recorded, and nothing a later claim did (nothing
+        at all once a replay got it queued). The IP window keeps the entry: the request was
+        made, and the IP limit counts requests."""
         known = self._nonces.get((user_id, nonce))
         if known is not None and known.action_id == action_id:
+            if known.first_status_code != PUBLISHING:
+                return
             del self._nonces[(user_id, nonce)]
         window = self._user_windows.get(user_id, [])
         window[:] = [(ms, held) for ms, held in window if held != action_id]
@@ -249,6 +264,30 @@ class MemoryEdgeGuard(EdgeGuard):
         known = self._nonces.get((user_id, nonce))
         if known is not None:
             known.first_status_code = status_code
+
+    async def mark_queued(self, actions: Sequence[tuple[int, str, uuid.UUID]]) -> None:
+        now_ms = _wall_ms()
+        for user_id, nonce, action_id in actions:
+            known = self._nonces.get((user_id, nonce))
+            if known is None:
+                self._nonces[(user_id, nonce)] = _Nonce(
+                    action_id, ACCEPTED_STATUS, now_ms + NONCE_TTL_MS
+                )
+            elif known.action_id == action_id and known.first_status_code in (
+                PUBLISHING,
+                OUTCOME_UNKNOWN,
+            ):
+                known.first_status_code = ACCEPTED_STATUS
+
+    async def mark_outcome_unknown(
+        self, *, user_id: int, nonce: str, action_id: uuid.UUID
+    ) -> None:
+        known = self._nonces.get((user_id, nonce))
+        if known is not None and (known.action_id, known.first_status_code) == (
+            action_id,
+            PUBLISHING,
+        ):
+            known.first_status_code = OUTCOME_UNKNOWN
 
     async def pending_action(self, action_id: uuid.UUID) -> PendingAction | None:
         pending = self._pending.get(action_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -63,16 +64,24 @@ from scoreboard.model import (
     UserRecord,
     normalized_identity,
 )
+from scoreboard.storable import storable, storable_all
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# What the database or the link to it answers instead of an answer about the data: each says
+# "try again later", never "this action is bad". asyncpg raises `InternalClientError` ("cannot
+# switch to state ...; another operation is in progress") when a connection dies mid-operation.
 CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
+    OSError,  # TimeoutError included
+    asyncpg.PostgresConnectionError,  # 08: connection exception
     asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,  # 57: admin or crash shutdown, cannot connect now, cancel
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, out of memory, disk full
+    asyncpg.TransactionRollbackError,  # 40: serialization failure, deadlock; the retry may pass
+    asyncpg.PostgresSystemError,  # 58: I/O error in the server
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 POOL_CLOSE_TIMEOUT_S = 10.0
 MAINTENANCE_DATABASE = "postgres"
@@ -222,7 +231,7 @@ class PostgresStore(Store):
         if not decisions:
             return []
         check_deltas(decisions)
-        return await _crossing(self._bridge, _commit_actions, self._pool, decisions)
+        return await _crossing(self._bridge, _commit_actions, self._pool, storable_all(decisions))
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
         return await _crossing(self._bridge, _recent_actions, self._pool, user_id, since_ms)
@@ -240,8 +249,10 @@ class PostgresStore(Store):
         return await _crossing(self._bridge, _score_discrepancies, self._pool)
 
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
-        """Stores the reason as the action's `message`; its `error` stays empty."""
-        await _crossing(self._bridge, _fail_action, self._pool, envelope, reason)
+        """Stores the reason as the action's `message`; its `error` stays empty. The row holds
+        the action as `storable` makes it; if even that is refused, the row is kept without the
+        action's data (and the reason says so), so that no failure goes unrecorded."""
+        await _crossing(self._bridge, _fail_action, self._pool, storable(envelope), reason)
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
         return await _crossing(
@@ -399,6 +410,28 @@ ON CONFLICT DO NOTHING
 RETURNING action_id
 """
 
+# The same columns, for the actions that replace their `failed` row (users locked as above).
+_SUPERSEDE_FAILED = f"""
+UPDATE action_logs AS l
+SET action_type = a.action_type, action_data = a.action_data::jsonb, status = a.status,
+    score_delta = a.score_delta, new_score = a.new_score, error = a.error, message = a.message,
+    retry_after_s = a.retry_after_s,
+    flags = ARRAY(SELECT jsonb_array_elements_text(a.flags::jsonb)),
+    ip_address = NULLIF(a.ip_address, ''), user_agent = NULLIF(a.user_agent, ''),
+    request_headers = a.request_headers::jsonb,
+    received_at = {_FROM_EPOCH_MS.format("a.received_at_ms")}, processed_at = now()
+FROM unnest(
+    $1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+    $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[],
+    $15::text[], $16::bigint[]
+) AS a (
+    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
+    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms
+)
+WHERE l.action_id = a.action_id AND l.status = 'failed'
+RETURNING l.action_id
+"""
+
 # The score is reached when this statement runs, after the users' locks were granted; the
 # transaction's start (now()) may be long before, while it waited for a lock.
 _ADD_TO_SCORES = f"""
@@ -471,13 +504,18 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
             _stored_actions(stored),
         )
         reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
+        written = 0
         if plan.new:
-            inserted = await conn.fetch(_INSERT_ACTIONS, *_insert_columns(plan.new))
-            if len(inserted) != len(plan.new):
-                raise RuntimeError(
-                    "an action was stored while its user was locked: a writer of action_logs "
-                    "skipped the user lock"
-                )
+            written += len(await conn.fetch(_INSERT_ACTIONS, *_insert_columns(plan.new)))
+        if plan.superseding:
+            columns = _insert_columns(plan.superseding)
+            written += len(await conn.fetch(_SUPERSEDE_FAILED, *columns))
+        if written != len(plan.new) + len(plan.superseding):
+            raise RuntimeError(
+                "an action was stored while its user was locked: a writer of action_logs "
+                "skipped the user lock"
+            )
+        if plan.new or plan.superseding:
             changes = _score_change_columns(plan.score_changes())
             for row in await conn.fetch(_ADD_TO_SCORES, *changes):
                 reached_at[row["id"]] = row["score_reached_at"]
@@ -502,6 +540,17 @@ ON CONFLICT DO NOTHING
 
 
 async def _fail_action(pool: asyncpg.Pool, envelope: ActionEnvelope, reason: str) -> None:
+    try:
+        await _insert_failure(pool, envelope, reason)
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, CONNECTION_ERRORS):
+            raise
+        log.error("the failure of action %s is recorded without its data", envelope.action_id)
+        bare = dataclasses.replace(envelope, action_data={}, ip="", user_agent="", headers={})
+        await _insert_failure(pool, bare, f"{reason} (its data could not be stored: {exc!r})")
+
+
+async def _insert_failure(pool: asyncpg.Pool, envelope: ActionEnvelope, reason: str) -> None:
     await pool.execute(
         _FAIL_ACTION,
         envelope.action_id,

@@ -5,12 +5,25 @@ proposal's arguments (TTL, dead-letter exchange, max priority), so that a client
 those arguments agrees with us; the direct dead-letter exchange and the failed queue bound to it;
 the fanout events exchange.
 
-One robust connection. Publishes share one robust channel in confirm mode: many publishes from
-many trio tasks pipeline on it, each waiting for its own confirm. Consumers do NOT use robust
-channels: aio-pika would restore an exclusive consumer by itself after a reconnect, and when a hot
-standby has taken the queue meanwhile that restore fails and stalls the whole connection's
-recovery, and it cannot restore a server-named queue at all. So each consumer opens a plain
-channel, and opens a new one itself whenever that channel closes.
+Two robust connections, reconnecting `RECONNECT_INTERVAL_S` after a loss: one for publishing,
+one for consuming, so that a consumer's trouble (a flood of deliveries, a channel closing under
+load) never holds up a publish or its confirm. Publishes share one robust channel in confirm
+mode: many publishes from many trio tasks pipeline on it, each waiting for its own confirm.
+Consumers do NOT use robust channels: aio-pika would restore an exclusive consumer by itself
+after a reconnect, and when a hot standby has taken the queue meanwhile that restore fails and
+stalls the whole connection's recovery, and it cannot restore a server-named queue at all. So
+each consumer opens a plain channel, and opens a new one itself whenever that channel closes.
+
+No broker call is interrupted half-way. aiormq answers a cancelled RPC by closing its channel
+while the broker may still be answering it; a `Basic.Consume` cancelled with a backlog in the
+queue left the whole connection silent (no channel opened, no confirm read) until the heartbeat
+gave up on it minutes later. So a trio cancellation never reaches an RPC here: a one-shot call
+(publish, settle, ping...) goes on in the background and its caller leaves at once; a consumer
+is asked to stop and stops between RPCs, closing its channel. And a watchdog per connection
+opens a channel every `WATCHDOG_EVERY_S` and watches the oldest confirm still awaited: if either
+stalls (`PROBE_TIMEOUT_S`, `amqp.publish_timeout_s`), it closes that connection, which
+reconnects. (A broker that blocks publishers for a memory or disk alarm looks stalled as well:
+its connection is replaced now and then, and publishes fail either way until the alarm clears.)
 
 A delivery's `channel_id` is the incarnation of the consuming channel (a counter of this broker
 object), not the AMQP channel number, which a reopened channel reuses with delivery tags counted
@@ -26,7 +39,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,7 +49,12 @@ import aiormq
 import trio
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
-from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, PublishFailed
+from scoreboard.adapters.interfaces import (
+    BackendUnavailable,
+    Delivery,
+    PublishFailed,
+    PublishOutcomeUnknown,
+)
 from scoreboard.bridge import Bridge
 from scoreboard.config import AmqpConfig
 from scoreboard.model import ActionEnvelope, MalformedMessage
@@ -45,9 +63,19 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+# How soon a lost connection is tried again (aio-pika's default is 5 s).
+RECONNECT_INTERVAL_S = 0.5
 # How often a hot standby asks for the exclusive consumer, and how soon a consumer whose channel
 # closed tries again.
 CONSUME_RETRY_INTERVAL_S = 1.0
+# How long a stopping consumer may take to finish the RPC it is in and close its channel; past
+# that it is cancelled (its connection is wedged, and the watchdog is replacing it).
+CONSUMER_STOP_TIMEOUT_S = 10.0
+# The watchdog: a channel open and close taking longer than this on a broker that answers in
+# milliseconds means the connection is stuck; so does a confirm awaited longer than any request
+# waits for one (`amqp.publish_timeout_s`).
+WATCHDOG_EVERY_S = 1.0
+PROBE_TIMEOUT_S = 3.0
 # The connection is down or going: the caller may retry later.
 UNAVAILABLE_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
@@ -62,6 +90,7 @@ TRANSPORT_ERRORS = (aiormq.exceptions.AMQPError, *UNAVAILABLE_ERRORS)
 class BrokerStatistics:
     dropped_events: int  # events not handed to trio because its channel was full
     requeued_deliveries: int  # deliveries sent back because the trio channel was full or closed
+    watchdog_resets: int  # connections the watchdog closed because they had stalled
 
 
 class RabbitBroker:
@@ -71,12 +100,14 @@ class RabbitBroker:
         self,
         bridge: Bridge,
         config: AmqpConfig,
-        connection: AbstractRobustConnection,
+        publishing: AbstractRobustConnection,
+        consuming: AbstractRobustConnection,
         publish_channel: aio_pika.abc.AbstractRobustChannel,
     ):
         self._bridge = bridge
         self._config = config
-        self._connection = connection
+        self._publishing = publishing
+        self._consuming = consuming
         self._publish_channel = publish_channel
         self._dead_letter_exchange = self._exchange(config.dead_letter_exchange)
         self._events_exchange = self._exchange(config.events_exchange)
@@ -84,7 +115,11 @@ class RabbitBroker:
         # Asyncio side: consuming channels still open, and their unsettled deliveries.
         self._live_incarnations: set[int] = set()
         self._unsettled: dict[tuple[int, int], AbstractIncomingMessage] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        # When each publish still waiting for its confirm started (loop time), by a token.
+        self._awaiting_confirm: dict[int, float] = {}
+        self._publish_tokens = itertools.count()
+        self._watchdog_resets = 0
         # Trio side.
         self._dropped_events = 0
         self._requeued_deliveries = 0
@@ -94,28 +129,72 @@ class RabbitBroker:
         return aio_pika.Exchange(self._publish_channel, name, passive=True)
 
     def statistics(self) -> BrokerStatistics:
-        return BrokerStatistics(self._dropped_events, self._requeued_deliveries)
+        return BrokerStatistics(
+            self._dropped_events, self._requeued_deliveries, self._watchdog_resets
+        )
 
-    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """`fn(*args)` on the bridge loop, run to its end even if the trio caller leaves first."""
         try:
-            return await self._bridge.run(fn, *args)
+            return await self._bridge.run(self._detached, fn, *args)
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
 
-    async def _plain_channel(self) -> aio_pika.Channel:
+    async def _detached(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Await `fn(*args)` as a task of its own: cancelling the waiter leaves the task running,
+        so no RPC in it is cut off half-way (it ends with its answer, or with its connection)."""
+        return await asyncio.shield(self._in_background(fn(*args)))
+
+    def _in_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(_forget(self._background))
+        return task
+
+    async def _plain_channel(
+        self, connection: AbstractRobustConnection | None = None
+    ) -> aio_pika.Channel:
         """A channel that is not restored after a reconnect: its user reopens it when it must."""
-        await self._connection.ready()
-        channel = aio_pika.Channel(self._connection, publisher_confirms=False)
+        connection = connection or self._consuming
+        await connection.ready()
+        channel = aio_pika.Channel(connection, publisher_confirms=False)
         await channel.initialize()
         return channel
 
     async def ping(self) -> None:
-        """Open and close a channel: two round trips to the broker."""
+        """Open and close a channel on each connection: two round trips to the broker each."""
         await self._run(self._ping)
 
     async def _ping(self) -> None:
-        channel = await self._plain_channel()
-        await channel.close()
+        await _all(_open_and_close(self, c) for c in (self._publishing, self._consuming))
+
+    # The watchdog
+
+    async def _watch(self, connection: AbstractRobustConnection, name: str) -> None:
+        """Close `connection` (it reconnects by itself) when a probe or a confirm stalls."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            if not connection.connected.is_set():
+                continue  # reconnecting already
+            probe = self._in_background(_open_and_close(self, connection))
+            done, _ = await asyncio.wait({probe}, timeout=PROBE_TIMEOUT_S)
+            stalled = "a channel open" if not done else None
+            if connection is self._publishing and self._awaiting_confirm:
+                oldest = min(self._awaiting_confirm.values())
+                if loop.time() - oldest > self._config.publish_timeout_s:
+                    stalled = "a publisher confirm"
+            if stalled is not None:
+                await self._reset(connection, f"{stalled} stalled on the {name} connection")
+
+    async def _reset(self, connection: AbstractRobustConnection, why: str) -> None:
+        transport = connection.transport
+        if transport is None:
+            return
+        self._watchdog_resets += 1
+        log.warning("rabbitmq: %s; closing it to reconnect", why)
+        with contextlib.suppress(Exception):
+            await transport.connection.close(ConnectionResetError(why))
 
     # Topology
 
@@ -160,7 +239,10 @@ class RabbitBroker:
         *,
         mandatory: bool = True,
     ) -> None:
-        """Publish and wait for the broker's ack; anything else is `PublishFailed`."""
+        """Publish and wait for the broker's ack. A nack or a return is `PublishFailed` (the
+        broker did not queue it); anything else, `PublishOutcomeUnknown` (it may have)."""
+        token = next(self._publish_tokens)
+        self._awaiting_confirm[token] = asyncio.get_running_loop().time()
         try:
             result = await exchange.publish(message, routing_key, mandatory=mandatory)
         except aiormq.exceptions.PublishError as exc:
@@ -168,15 +250,17 @@ class RabbitBroker:
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishFailed("the broker refused the message (nack)") from exc
         except TRANSPORT_ERRORS as exc:
-            raise PublishFailed(f"the channel failed: {exc!r}") from exc
+            raise PublishOutcomeUnknown(f"the channel failed: {exc!r}") from exc
+        finally:
+            del self._awaiting_confirm[token]
         if not isinstance(result, aiormq.spec.Basic.Ack):
             raise PublishFailed(f"the broker did not confirm the message: {result!r}")
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:
-        await self._bridge.run(self._publish_action, envelope)
+        await self._bridge.run(self._detached, self._publish_action, envelope)
 
     async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
-        return await self._bridge.run(self._publish_actions, list(envelopes))
+        return await self._bridge.run(self._detached, self._publish_actions, list(envelopes))
 
     async def _publish_actions(self, envelopes: list[ActionEnvelope]) -> list[Exception | None]:
         """All on the confirm channel at once, so the batch costs about one confirm round trip."""
@@ -198,7 +282,7 @@ class RabbitBroker:
 
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
         """Transient messages to the fanout, all confirmed together; nobody listening is fine."""
-        await self._bridge.run(self._publish_events, list(bodies))
+        await self._bridge.run(self._detached, self._publish_events, list(bodies))
 
     async def _publish_events(self, bodies: list[bytes]) -> None:
         await _all(
@@ -216,33 +300,43 @@ class RabbitBroker:
     async def consume_actions(
         self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
     ) -> None:
-        await self._run(self._consume_actions, deliveries, prefetch)
+        await self._consume(self._consume_actions, deliveries, prefetch)
+
+    async def _consume(self, consumer: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await self._bridge.run(_until_stopped, consumer, *args)
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
 
     async def _consume_actions(
-        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int, stop: asyncio.Event
     ) -> None:
         waiting_logged = False
-        while True:
+        while not stop.is_set():
+            if not await self._consuming_connection_ready(stop):
+                return
             try:
-                await self._consume_actions_once(deliveries, prefetch)
+                await self._consume_actions_once(deliveries, prefetch, stop)
             except aiormq.exceptions.ChannelAccessRefused:
                 # Another worker holds the exclusive consumer: stand by until it lets go.
                 if not waiting_logged:
                     log.info("rabbitmq: %s is consumed elsewhere; standing by", self._config.queue)
                     waiting_logged = True
             except TRANSPORT_ERRORS as exc:
-                if self._connection.is_closed:
+                if self._consuming.is_closed:
                     raise
                 log.warning("rabbitmq: consuming %s failed (%r); retrying", self._config.queue, exc)
             else:
+                if stop.is_set():
+                    return
                 log.warning("rabbitmq: the channel consuming %s closed", self._config.queue)
                 waiting_logged = False
-            await asyncio.sleep(CONSUME_RETRY_INTERVAL_S)
+            await _wait_or_timeout(stop, CONSUME_RETRY_INTERVAL_S)
 
     async def _consume_actions_once(
-        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int
+        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int, stop: asyncio.Event
     ) -> None:
-        """Consume on a channel of its own until that channel closes (or this is cancelled)."""
+        """Consume on a channel of its own until that channel closes or `stop` is set."""
         incarnation = next(self._incarnations)
         channel = await self._plain_channel()
         self._live_incarnations.add(incarnation)
@@ -262,13 +356,15 @@ class RabbitBroker:
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(lambda _frame: cancelled_by_broker.set())
         try:
+            if stop.is_set():
+                return
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.get_queue(self._config.queue, ensure=False)
             await queue.consume(on_message, no_ack=False, exclusive=True)
             log.info("rabbitmq: consuming %s", self._config.queue)
             # The broker cancels a consumer whose queue was deleted but keeps the channel open.
-            await _first_of(channel.closed(), cancelled_by_broker.wait())
-            if cancelled_by_broker.is_set():
+            await _first_of(channel.closed(), cancelled_by_broker.wait(), stop.wait())
+            if cancelled_by_broker.is_set() and not stop.is_set():
                 log.warning("rabbitmq: the broker cancelled the consumer of %s", self._config.queue)
                 await self._declare_topology()
         finally:
@@ -277,7 +373,13 @@ class RabbitBroker:
                 del self._unsettled[key]
             if not channel.is_closed:
                 # Closing returns every unacknowledged delivery to the queue for the next consumer.
-                await asyncio.shield(channel.close())
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await channel.close()
+
+    async def _consuming_connection_ready(self, stop: asyncio.Event) -> bool:
+        """Wait until the consuming connection is up (it may be reconnecting), or `stop`."""
+        await _first_of(self._consuming.ready(), stop.wait())
+        return not stop.is_set()
 
     def _hand_over(self, deliveries: trio.MemorySendChannel[Delivery], delivery: Delivery) -> None:
         """Trio side: the channel holds the whole prefetch, so it is full only by mistake."""
@@ -292,11 +394,6 @@ class RabbitBroker:
         message = self._unsettled.pop(key, None)
         if message is not None:
             self._in_background(_ignoring_transport_errors(message.nack(requeue=True)))
-
-    def _in_background(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # Settling
 
@@ -373,21 +470,29 @@ class RabbitBroker:
     # Events
 
     async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
-        await self._run(self._consume_events, events)
+        await self._consume(self._consume_events, events)
 
-    async def _consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
-        while True:
+    async def _consume_events(
+        self, events: trio.MemorySendChannel[bytes], stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            if not await self._consuming_connection_ready(stop):
+                return
             try:
-                await self._consume_events_once(events)
+                await self._consume_events_once(events, stop)
             except TRANSPORT_ERRORS as exc:
-                if self._connection.is_closed:
+                if self._consuming.is_closed:
                     raise
                 log.warning("rabbitmq: the events subscription failed (%r); retrying", exc)
             else:
+                if stop.is_set():
+                    return
                 log.warning("rabbitmq: the events channel closed; subscribing again")
-            await asyncio.sleep(CONSUME_RETRY_INTERVAL_S)
+            await _wait_or_timeout(stop, CONSUME_RETRY_INTERVAL_S)
 
-    async def _consume_events_once(self, events: trio.MemorySendChannel[bytes]) -> None:
+    async def _consume_events_once(
+        self, events: trio.MemorySendChannel[bytes], stop: asyncio.Event
+    ) -> None:
         channel = await self._plain_channel()
 
         async def on_event(message: AbstractIncomingMessage) -> None:
@@ -395,14 +500,17 @@ class RabbitBroker:
                 self._bridge.to_trio_nowait(self._offer_event, events, message.body)
 
         try:
+            if stop.is_set():
+                return
             # Server-named, exclusive, auto-delete: it lives exactly as long as this subscription.
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(self._config.events_exchange)
             await queue.consume(on_event, no_ack=True)
-            await channel.closed()
+            await _first_of(channel.closed(), stop.wait())
         finally:
             if not channel.is_closed:
-                await asyncio.shield(channel.close())
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await channel.close()
 
     def _offer_event(self, events: trio.MemorySendChannel[bytes], body: bytes) -> None:
         """Trio side: an event that does not fit is dropped; the next snapshot supersedes it."""
@@ -423,7 +531,7 @@ class RabbitBroker:
         try:
             return [(m.body, _failure_reason(m)) for m in await self._get_failed(channel, limit)]
         finally:
-            await asyncio.shield(channel.close())
+            await channel.close()
 
     async def replay_failed(self, limit: int) -> int:
         """Move up to `limit` dead letters back to the actions queue with their attempts reset,
@@ -438,7 +546,7 @@ class RabbitBroker:
             await _all(self._replay(letter) for letter in letters)
             return len(letters)
         finally:
-            await asyncio.shield(channel.close())
+            await channel.close()
 
     async def _get_failed(
         self, channel: aio_pika.Channel, limit: int
@@ -467,7 +575,7 @@ class RabbitBroker:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self._connection.close()
+        await asyncio.gather(self._publishing.close(), self._consuming.close())
 
 
 def _key(delivery: Delivery) -> tuple[int, int]:
@@ -515,14 +623,29 @@ async def _ignoring_transport_errors(awaitable: Awaitable[None]) -> None:
         await awaitable
 
 
+async def _connect_one(config: AmqpConfig, role: str) -> AbstractRobustConnection:
+    return await aio_pika.connect_robust(
+        config.url,
+        timeout=CONNECT_TIMEOUT_S,
+        reconnect_interval=RECONNECT_INTERVAL_S,
+        client_properties={"connection_name": f"scoreboard {role}"},
+    )
+
+
 async def _connect(bridge: Bridge, config: AmqpConfig) -> RabbitBroker:
-    connection = await aio_pika.connect_robust(config.url, timeout=CONNECT_TIMEOUT_S)
+    connections: list[AbstractRobustConnection] = []
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return RabbitBroker(bridge, config, connection, channel)
+        for role in ("publishing", "consuming"):
+            connections.append(await _connect_one(config, role))
+        publishing, consuming = connections
+        channel = await publishing.channel(publisher_confirms=True, on_return_raises=True)
+        broker = RabbitBroker(bridge, config, publishing, consuming, channel)
     except BaseException:
-        await connection.close()
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
         raise
+    broker._in_background(broker._watch(publishing, "publishing"))
+    broker._in_background(broker._watch(consuming, "consuming"))
+    return broker
 
 
 @asynccontextmanager
@@ -538,6 +661,44 @@ async def open_rabbitmq(bridge: Bridge, config: AmqpConfig) -> AsyncIterator[Rab
     finally:
         with trio.CancelScope(shield=True):
             await bridge.run(broker._close)
+
+
+async def _open_and_close(broker: RabbitBroker, connection: AbstractRobustConnection) -> None:
+    channel = await broker._plain_channel(connection)
+    await channel.close()
+
+
+def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done callback: drop the task from `tasks`, and retrieve its exception (nobody else may)."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
+
+
+async def _until_stopped(consumer: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run `consumer(*args, stop)` until it returns; when this task is cancelled (its trio caller
+    left), set `stop` and let the consumer finish the RPC it is in and close its channel."""
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(consumer(*args, stop))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait({task}, timeout=CONSUMER_STOP_TIMEOUT_S)
+        if not task.done():
+            log.warning("rabbitmq: a consumer did not stop in time; cancelling it")
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+
+
+async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
 
 
 async def _first_of(*awaitables: Awaitable[Any]) -> None:

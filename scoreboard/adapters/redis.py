@@ -9,7 +9,8 @@ Key layout, all under `RedisConfig.prefix` (`P`):
 - `P board:member`     hash user_id -> that member (to find and replace a user's entry)
 - `P board:name`       hash user_id -> username
 - `P board:meta`       hash `updated_at` -> ms; its presence says "the board was built"
-- `P nonce:{user}:{nonce}`        "{action_id} {first_status_code}", 24 h
+- `P nonce:{user}:{nonce}`        "{action_id} {status}", 24 h; the status is how the first
+                                  request was answered, or `PUBLISHING` / `OUTCOME_UNKNOWN`
 - `P limit:ip:{ip}`               sorted set of action ids by claim time (60 s sliding window)
 - `P limit:user:{user}`           the same per user
 - `P cooldown:{user}:{type}`      "{until_ms} {action_id}"
@@ -40,8 +41,11 @@ from redis.typing import EncodableT
 from scoreboard.adapters.interfaces import (
     FAILURE_DELAY_BASE_MS,
     FAILURE_DELAY_MAX_DOUBLINGS,
+    OUTCOME_UNKNOWN,
+    PUBLISHING,
     Accepted,
     BackendUnavailable,
+    BoardMissing,
     Claim,
     FailureDelay,
     Limited,
@@ -59,9 +63,7 @@ MAX_MS = 10**13 - 1  # 13 digits of milliseconds last until the year 2286
 REACH_DIGITS = 13
 LIMIT_WINDOW_MS = 60_000
 NONCE_TTL_MS = 24 * 3600 * 1000
-# The status a replay reports until `set_first_status` says otherwise: the first answer is 202
-# unless the API waited for the outcome (`Prefer: wait`).
-DEFAULT_FIRST_STATUS = 202
+ACCEPTED_STATUS = 202
 REBUILD_CHUNK = 1000
 # Temporary rebuild keys expire on their own if the process dies before the final RENAME.
 REBUILD_TTL_MS = 3600 * 1000
@@ -148,8 +150,13 @@ return {changes, top}
 """
 
 # KEYS: temporary board, member hash, name hash; board, member hash, name hash, meta.
-# ARGV: "1" when the temporary keys hold entries. Swaps the new board in as one step.
+# ARGV: "1" when the temporary keys hold entries; "1" to swap only if the board is missing.
+# Swaps the new board in as one step; answers whether it did.
 _SWAP_IN = """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return false
+end
 for i = 1, 3 do
   if ARGV[1] == '1' then
     redis.call('RENAME', KEYS[i], KEYS[i + 3])
@@ -163,7 +170,8 @@ redis.call('HSET', KEYS[7], 'updated_at', now[1] * 1000 + math.floor(now[2] / 10
 return true
 """
 
-# KEYS: board, name hash, meta. ARGV: limit. Answers {updated_at or 0, entries}.
+# KEYS: board, name hash, meta. ARGV: limit. Answers {updated_at, entries}; updated_at is 0 when
+# the board is missing (the meta key is written with every build and update).
 _TOP = _RANGE_WITH_NAMES + """
 local updated_at = tonumber(redis.call('HGET', KEYS[3], 'updated_at') or '0')
 local limit = tonumber(ARGV[1])
@@ -171,9 +179,10 @@ if limit <= 0 then return {updated_at, {}} end
 return {updated_at, range_with_names(KEYS[1], KEYS[2], 0, limit - 1)}
 """
 
-# KEYS: board, member hash, name hash. ARGV: user_id, radius.
-# Answers nil when the user is not on the board, else {first rank, user's rank, entries}.
+# KEYS: board, member hash, name hash, meta. ARGV: user_id, radius. Answers 'missing' when the
+# board is, nil when the user is not on it, else {first rank, user's rank, entries}.
 _AROUND = _RANGE_WITH_NAMES + """
+if redis.call('EXISTS', KEYS[4]) == 0 then return 'missing' end
 local member = redis.call('HGET', KEYS[2], ARGV[1])
 local rank = member and redis.call('ZREVRANK', KEYS[1], member)
 if not rank then return false end
@@ -222,13 +231,17 @@ redis.call('PEXPIRE', KEYS[5], ARGV[9])
 return {'accepted'}
 """
 
-# KEYS: nonce, user window, cooldown, pending action. ARGV: action_id.
-# Undoes what the claim of this action recorded, and nothing that a later claim did.
+# KEYS: nonce, user window, cooldown, pending action. ARGV: action_id, the PUBLISHING status.
+# Undoes what the claim of this action recorded, and nothing that a later claim did; nothing at
+# all once a replay got the action queued (the nonce is no longer publishing).
 # The IP window keeps the entry: the request was made, and the IP limit counts requests.
 _RELEASE = """
 local action_id = ARGV[1]
 local nonce = redis.call('GET', KEYS[1])
-if nonce and string.sub(nonce, 1, #action_id) == action_id then redis.call('DEL', KEYS[1]) end
+if nonce and string.sub(nonce, 1, #action_id) == action_id then
+  if nonce ~= action_id .. ' ' .. ARGV[2] then return false end
+  redis.call('DEL', KEYS[1])
+end
 redis.call('ZREM', KEYS[2], action_id)
 local cooldown = redis.call('GET', KEYS[3])
 if cooldown and string.sub(cooldown, -#action_id) == action_id then redis.call('DEL', KEYS[3]) end
@@ -241,6 +254,31 @@ _SET_FIRST_STATUS = """
 local known = redis.call('GET', KEYS[1])
 if not known then return false end
 redis.call('SET', KEYS[1], string.match(known, '^%S+') .. ' ' .. ARGV[1], 'KEEPTTL')
+return true
+"""
+
+# KEYS: nonces. ARGV: the nonce lifetime ms, the accepted status, the statuses it replaces, then
+# each nonce's action id. A nonce of that action still publishing (or unknown) becomes accepted;
+# a missing one (released while a replay republished the action) is bound to it again.
+_MARK_QUEUED = """
+for i, key in ipairs(KEYS) do
+  local action_id = ARGV[i + 4]
+  local accepted = action_id .. ' ' .. ARGV[2]
+  local known = redis.call('GET', key)
+  if not known then
+    redis.call('SET', key, accepted, 'PX', ARGV[1])
+  elseif known == action_id .. ' ' .. ARGV[3] or known == action_id .. ' ' .. ARGV[4] then
+    redis.call('SET', key, accepted, 'KEEPTTL')
+  end
+end
+return true
+"""
+
+# KEYS: nonce. ARGV: action id, the publishing status, the unknown status.
+_MARK_OUTCOME_UNKNOWN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] .. ' ' .. ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[3], 'KEEPTTL')
+end
 return true
 """
 
@@ -351,9 +389,12 @@ class RedisBoard(_RedisAdapter):
         return changes, _ranked(top, 1)
 
     async def rebuild(self, entries: Sequence[BoardEntry]) -> None:
-        await self._run(self._rebuild, list(entries))
+        await self._run(self._rebuild, list(entries), False)
 
-    async def _rebuild(self, entries: list[BoardEntry]) -> None:
+    async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
+        return await self._run(self._rebuild, list(entries), True)
+
+    async def _rebuild(self, entries: list[BoardEntry], only_if_missing: bool) -> bool:
         tag = uuid.uuid4().hex
         temporary = [f"{key}:rebuild:{tag}" for key in (self._board, self._members, self._names)]
         try:
@@ -375,7 +416,8 @@ class RedisBoard(_RedisAdapter):
                         pipe.pexpire(key, REBUILD_TTL_MS)
                     await pipe.execute()
             keys = [*temporary, self._board, self._members, self._names, self._meta]
-            await self._swap_in_script(keys, ["1" if entries else "0"])
+            args = ["1" if entries else "0", "1" if only_if_missing else "0"]
+            return bool(await self._swap_in_script(keys, args))
         except BaseException:
             # Drop the partial build now rather than leaving it to the TTL.
             with contextlib.suppress(*TRANSPORT_ERRORS):
@@ -386,12 +428,15 @@ class RedisBoard(_RedisAdapter):
         updated_at, flat = await self._run(
             self._top_script, [self._board, self._names, self._meta], [limit]
         )
+        if not updated_at:
+            raise BoardMissing("redis: the board is missing")
         return _ranked(flat, 1), int(updated_at)
 
     async def around(self, user_id: int, radius: int) -> MeView | None:
-        reply = await self._run(
-            self._around_script, [self._board, self._members, self._names], [user_id, radius]
-        )
+        keys = [self._board, self._members, self._names, self._meta]
+        reply = await self._run(self._around_script, keys, [user_id, radius])
+        if reply == "missing":
+            raise BoardMissing("redis: the board is missing")
         if reply is None:
             return None
         first, rank, flat = reply
@@ -420,6 +465,8 @@ class RedisEdgeGuard(_RedisAdapter):
         self._set_first_status_script = client.register_script(_SET_FIRST_STATUS)
         self._count_attempts_script = client.register_script(_COUNT_ATTEMPTS)
         self._admit_after_failures_script = client.register_script(_ADMIT_AFTER_FAILURES)
+        self._mark_queued_script = client.register_script(_MARK_QUEUED)
+        self._mark_outcome_unknown_script = client.register_script(_MARK_OUTCOME_UNKNOWN)
 
     def _nonce_key(self, user_id: int, nonce: str) -> str:
         return f"{self._prefix}nonce:{user_id}:{nonce}"
@@ -458,7 +505,7 @@ class RedisEdgeGuard(_RedisAdapter):
         ]
         args = [
             str(action_id), now_ms, cooldown_ms, user_limit_per_minute, ip_limit_per_minute,
-            "1" if limits_enabled else "0", LIMIT_WINDOW_MS, f"{action_id} {DEFAULT_FIRST_STATUS}",
+            "1" if limits_enabled else "0", LIMIT_WINDOW_MS, f"{action_id} {PUBLISHING}",
             NONCE_TTL_MS, user_id, action_type, nonce,
         ]
         reply = await self._run(self._claim_script, keys, args)
@@ -481,7 +528,24 @@ class RedisEdgeGuard(_RedisAdapter):
             self._cooldown_key(user_id, action_type),
             self._action_key(action_id),
         ]
-        await self._run(self._release_script, keys, [str(action_id)])
+        await self._run(self._release_script, keys, [str(action_id), PUBLISHING])
+
+    async def mark_queued(self, actions: Sequence[tuple[int, str, uuid.UUID]]) -> None:
+        if not actions:
+            return
+        keys = [self._nonce_key(user_id, nonce) for user_id, nonce, _ in actions]
+        args: list[str | int] = [NONCE_TTL_MS, ACCEPTED_STATUS, PUBLISHING, OUTCOME_UNKNOWN]
+        args += [str(action_id) for _, _, action_id in actions]
+        await self._run(self._mark_queued_script, keys, args)
+
+    async def mark_outcome_unknown(
+        self, *, user_id: int, nonce: str, action_id: uuid.UUID
+    ) -> None:
+        await self._run(
+            self._mark_outcome_unknown_script,
+            [self._nonce_key(user_id, nonce)],
+            [str(action_id), PUBLISHING, OUTCOME_UNKNOWN],
+        )
 
     async def set_first_status(self, *, user_id: int, nonce: str, status_code: int) -> None:
         await self._run(

@@ -15,6 +15,7 @@ inserting is still true when it inserts (the Postgres store gets this from row l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sqlite3
@@ -26,7 +27,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from scoreboard.adapters.commit_plan import StoredAction, check_deltas, plan_commit
+from scoreboard.adapters.commit_plan import (
+    Settled,
+    StoredAction,
+    check_deltas,
+    plan_commit,
+)
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     ClientExists,
@@ -56,6 +62,7 @@ from scoreboard.model import (
     normalized_identity,
 )
 from scoreboard.private_files import private_directory, private_file, restrict_if_present
+from scoreboard.storable import storable, storable_all
 
 T = TypeVar("T")
 
@@ -263,7 +270,7 @@ class SQLiteStore(Store):
         if not decisions:
             return []
         check_deltas(decisions)
-        return await self._db.write(functools.partial(_commit_actions, list(decisions)))
+        return await self._db.write(functools.partial(_commit_actions, storable_all(decisions)))
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
         return await self._db.read(functools.partial(_recent_actions, user_id, since_ms))
@@ -286,8 +293,15 @@ class SQLiteStore(Store):
         return await self._db.read(_score_discrepancies)
 
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
-        """Stores the reason as the action's `message`; its `error` stays empty."""
-        await self._db.write(functools.partial(_fail_action, envelope, reason))
+        """Stores the reason as the action's `message`; its `error` stays empty. The row holds
+        the action as `storable` makes it (as PostgreSQL's does); if even that is refused, the
+        row is kept without the action's data (and the reason says so)."""
+        try:
+            await self._db.write(functools.partial(_fail_action, storable(envelope), reason))
+        except sqlite3.DatabaseError as exc:  # not an outage: `read` reports those
+            bare = dataclasses.replace(envelope, action_data={}, ip="", user_agent="", headers={})
+            why = f"{reason} (its data could not be stored: {exc!r})"
+            await self._db.write(functools.partial(_fail_action, storable(bare), why))
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
         return await self._db.write(
@@ -426,6 +440,14 @@ INSERT INTO action_logs (
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?)
 """
 
+_SUPERSEDE_FAILED = """
+UPDATE action_logs
+SET action_type = ?, action_data = ?, status = ?, score_delta = ?, new_score = ?, error = ?,
+    message = ?, retry_after_s = ?, flags = ?, ip_address = NULLIF(?, ''),
+    user_agent = NULLIF(?, ''), request_headers = ?, received_at_ms = ?, processed_at_ms = ?
+WHERE action_id = ? AND status = 'failed'
+"""
+
 _ADD_TO_SCORE = """
 UPDATE users
 SET score = score + :delta,
@@ -471,14 +493,18 @@ def _commit_actions(
         [
             (
                 str(d.envelope.action_id), d.envelope.user_id, d.envelope.nonce,
-                d.envelope.action_type, json.dumps(dict(d.envelope.action_data)), s.status,
-                s.score_delta, s.new_score, s.error, s.message, s.retry_after_s,
-                json.dumps(list(d.flags)), d.envelope.ip, d.envelope.user_agent,
-                json.dumps(dict(d.envelope.headers)), d.envelope.received_at_ms, now, now,
+                *_row_values(d, s), now, now,
             )
             for d, s in plan.new
         ],
     )
+    for d, s in plan.superseding:
+        action_type, *values = _row_values(d, s)
+        replaced = connection.execute(
+            _SUPERSEDE_FAILED, (action_type, *values, now, str(d.envelope.action_id))
+        )
+        if replaced.rowcount != 1:
+            raise RuntimeError(f"the failed row of action {d.envelope.action_id} is gone")
     changes = plan.score_changes()
     connection.executemany(
         _ADD_TO_SCORE,
@@ -497,6 +523,16 @@ def _commit_actions(
             reached_at[user_id] = now
     return plan.results(
         {user_id: row["username"] for user_id, row in users.items()}, reached_at
+    )
+
+
+def _row_values(d: Decision, s: Settled) -> tuple[object, ...]:
+    """The columns from action_type to received_at_ms, as `_INSERT_ACTION` lists them."""
+    e = d.envelope
+    return (
+        e.action_type, json.dumps(dict(e.action_data)), s.status, s.score_delta, s.new_score,
+        s.error, s.message, s.retry_after_s, json.dumps(list(d.flags)), e.ip, e.user_agent,
+        json.dumps(dict(e.headers)), e.received_at_ms,
     )
 
 

@@ -153,7 +153,14 @@ async def stored_action(svc: Services, action_id: uuid.UUID) -> ActionRecord | N
 
 
 async def replay_response(svc: Services, submitted: Submitted) -> Answer:
-    record = await stored_action(svc, submitted.action_id)
+    """The first answer again, with the action's current status. When the store does not
+    answer, a first 202 is repeated as it was (the action is queued, that much is known)."""
+    try:
+        record = await stored_action(svc, submitted.action_id)
+    except RequestRejected:
+        if submitted.replayed_status_code != 202:
+            raise
+        record = None
     if submitted.replayed_status_code != 202 and record is not None:
         answer = outcome_response(
             record.action_id,

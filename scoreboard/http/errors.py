@@ -74,13 +74,18 @@ def rate_limited(retry_after_s: int) -> RequestRejected:
     )
 
 
-def unavailable(retry_after_s: int, message: str) -> RequestRejected:
+def unavailable(retry_after_s: int, message: str, *, outcome: str | None = None) -> RequestRejected:
+    """503. `outcome` says what became of an action: `unknown` (it may have been queued: retry
+    with the same nonce to learn its state) or `not_queued` (nothing happened)."""
+    extra: dict[str, Any] = {"retry_after": retry_after_s}
+    if outcome is not None:
+        extra["outcome"] = outcome
     return RequestRejected(
         503,
         "unavailable",
         message,
         headers={"Retry-After": str(retry_after_s)},
-        extra={"retry_after": retry_after_s},
+        extra=extra,
     )
 
 

@@ -1,23 +1,60 @@
-"""`/api/v1/leaderboard` and `/api/v1/leaderboard/me` (contract §3), read from the Redis board."""
+"""`/api/v1/leaderboard` and `/api/v1/leaderboard/me` (contract §3), read from the Redis board.
+
+The board is a cache of Postgres. When it is missing (Redis restarted empty, or was flushed) it
+is never served as an empty leaderboard: the first request that finds it missing rebuilds it
+from the store, at once, and answers from the new board; requests meanwhile get 503 with
+`Retry-After`. The rebuild swaps the board in only if nobody (a keeper) has built it meanwhile,
+and it goes on even if the client that started it leaves.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 from quart import Blueprint, Response, jsonify, request
 
 from scoreboard.actors.frames import rfc3339_ms
-from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.adapters.interfaces import BackendUnavailable, BoardMissing
 from scoreboard.http.errors import invalid_request, unavailable
 from scoreboard.http.requests import authenticate, bearer_token
-from scoreboard.http.services import current_services
+from scoreboard.http.services import Services, current_services
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("leaderboard", __name__)
 
 NEIGHBOURS = 5
 BOARD_READ_TIMEOUT_S = 5.0
+REBUILD_TIMEOUT_S = 30.0  # reads every user with a score from the store, then writes them
 DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+async def read_board(svc: Services, read: Callable[[], Awaitable[T]]) -> T:
+    """`read()` from the board; a missing board is rebuilt first (or 503, Retry-After)."""
+    try:
+        with trio.fail_after(BOARD_READ_TIMEOUT_S):
+            return await read()
+    except BoardMissing:
+        pass
+    except (BackendUnavailable, trio.TooSlowError):
+        raise unavailable(1, "the leaderboard is unavailable") from None
+    if svc.board_rebuild.locked():
+        raise unavailable(1, "the leaderboard is being rebuilt")
+    async with svc.board_rebuild:
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(REBUILD_TIMEOUT_S):
+                built = await svc.board.rebuild_if_missing(await svc.store.board_entries())
+            outcome = "rebuilt it" if built else "another process rebuilt it meanwhile"
+            log.warning("leaderboard: the board was missing; %s", outcome)
+            with trio.fail_after(BOARD_READ_TIMEOUT_S):
+                return await read()
+        except (BackendUnavailable, trio.TooSlowError):
+            raise unavailable(1, "the leaderboard is being rebuilt") from None
 
 
 
@@ -36,11 +73,7 @@ async def leaderboard() -> Response:
     limit = parse_limit(
         request.args.get("limit"), svc.config.leaderboard.size, svc.config.leaderboard.max_limit
     )
-    try:
-        with trio.fail_after(BOARD_READ_TIMEOUT_S):
-            entries, updated_at_ms = await svc.board.top(limit)
-    except (BackendUnavailable, trio.TooSlowError):
-        raise unavailable(1, "the leaderboard is unavailable") from None
+    entries, updated_at_ms = await read_board(svc, lambda: svc.board.top(limit))
     return jsonify(
         {"leaderboard": [e.as_json() for e in entries], "updated_at": rfc3339_ms(updated_at_ms)}
     )
@@ -50,9 +83,9 @@ async def leaderboard() -> Response:
 async def leaderboard_me() -> Response:
     svc = current_services()
     claims = authenticate(svc, bearer_token(request), "read")
+    view = await read_board(svc, lambda: svc.board.around(claims.user_id, NEIGHBOURS))
     try:
         with trio.fail_after(BOARD_READ_TIMEOUT_S):
-            view = await svc.board.around(claims.user_id, NEIGHBOURS)
             user = None if view is not None else await svc.store.get_user(claims.user_id)
     except (BackendUnavailable, trio.TooSlowError):
         raise unavailable(1, "the leaderboard is unavailable") from None

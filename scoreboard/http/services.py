@@ -52,6 +52,8 @@ class Services:
     connections: ConnectionCounts = field(default_factory=ConnectionCounts)
     broadcast: BroadcastStats = field(default_factory=BroadcastStats)
     revocations: RevocationList = field(default_factory=RevocationList)
+    # One rebuild of a missing leaderboard at a time (`http/leaderboard.py`).
+    board_rebuild: trio.Lock = field(default_factory=trio.Lock)
     verified_tokens: VerifiedTokens = field(init=False)
 
     def __post_init__(self) -> None:

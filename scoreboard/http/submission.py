@@ -2,8 +2,21 @@
 
 Order matters (contract §2): validate the payload, then the nonce (a replay is answered before any
 rate limit), then the limits, all in one atomic Redis step; then the durable publish, through
-the publisher actor (`actors/publisher.py`). 202 only after the broker confirmed; if it does not,
-the claim is released and the client may retry with the same nonce.
+the publisher actor (`actors/publisher.py`). 202 only after the broker confirmed.
+
+When it does not, what the client is told depends on what is known:
+- the broker refused the message (a nack, or returned as unroutable): nothing was queued; the
+  claim is released and 503 says so; the same nonce may be used again for a fresh attempt;
+- no confirm came (in time, or before the link failed): the broker may have queued it or not.
+  The nonce stays bound to the action id (`OUTCOME_UNKNOWN`) and 503 says the outcome is
+  unknown and to retry with the same nonce.
+
+A request whose nonce is bound to an action that is not known to be queued (its publish is in
+flight, or its outcome is unknown) publishes that action again under the same action id, with
+this request's payload, and answers 202 only once that is confirmed. Publishing one action
+twice is safe: the worker and the store know an action by its id, so it counts at most once;
+and if the first copy never reached the queue, this one is the fresh attempt. So a replay
+never answers with an action id that does not exist.
 """
 
 from __future__ import annotations
@@ -19,10 +32,13 @@ import trio
 
 from scoreboard.actors.messages import Publish
 from scoreboard.adapters.interfaces import (
+    OUTCOME_UNKNOWN,
+    PUBLISHING,
     Accepted,
     BackendUnavailable,
     Limited,
     PublishFailed,
+    PublishOutcomeUnknown,
     Replayed,
 )
 from scoreboard.auth.tokens import AccessClaims
@@ -35,6 +51,10 @@ NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")  # whole string: fullmatch (`
 ACTION_FIELDS = frozenset({"action_type", "action_data", "nonce"})
 UNAVAILABLE_RETRY_AFTER_S = 1
 RELEASE_TIMEOUT_S = 2.0
+OUTCOME_UNKNOWN_MESSAGE = (
+    "the broker did not confirm the action in time, so it may or may not have been queued; "
+    "retry with the same nonce: the answer gives its real state, and it never counts twice"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +127,50 @@ async def submit_action(
     except BackendUnavailable:
         raise unavailable(UNAVAILABLE_RETRY_AFTER_S, "the rate limiter is unavailable") from None
     match claim:
+        case Replayed(first_action_id, first_status_code) if first_status_code in (
+            PUBLISHING,
+            OUTCOME_UNKNOWN,
+        ):
+            # Not known to be queued: make sure it is, under the same id.
+            again = _envelope(claims, payload, first_action_id, now_ms, ip, user_agent, headers)
+            try:
+                await _publish(services, again)
+            except (_NotQueued, _OutcomeUnknown):
+                # The first copy may still be queued (or in flight): unknown either way.
+                raise _outcome_unknown() from None
+            return Submitted(first_action_id, payload.nonce, replayed_status_code=202)
         case Replayed(first_action_id, first_status_code):
             return Submitted(first_action_id, payload.nonce, replayed_status_code=first_status_code)
         case Limited(retry_after_s):
             raise rate_limited(retry_after_s)
         case Accepted():
             pass
-    envelope = ActionEnvelope(
+    envelope = _envelope(claims, payload, action_id, now_ms, ip, user_agent, headers)
+    try:
+        await _publish(services, envelope)
+    except _NotQueued as exc:
+        await _release(services, claims, payload, action_id)
+        raise unavailable(
+            UNAVAILABLE_RETRY_AFTER_S,
+            f"the action was not accepted (nothing was queued: {exc}); you may retry",
+            outcome="not_queued",
+        ) from None
+    except _OutcomeUnknown:
+        await _mark_outcome_unknown(services, claims, payload, action_id)
+        raise _outcome_unknown() from None
+    return Submitted(action_id, payload.nonce)
+
+
+def _envelope(
+    claims: AccessClaims,
+    payload: ActionPayload,
+    action_id: uuid.UUID,
+    now_ms: int,
+    ip: str,
+    user_agent: str,
+    headers: Mapping[str, str],
+) -> ActionEnvelope:
+    return ActionEnvelope(
         action_id=action_id,
         user_id=claims.user_id,
         action_type=payload.action_type,
@@ -124,26 +181,50 @@ async def submit_action(
         user_agent=user_agent[:512],
         headers=dict(headers),
     )
-    try:
-        with trio.fail_after(config.amqp.publish_timeout_s):
-            await _publish(services, envelope)
-    except (PublishFailed, BackendUnavailable, trio.TooSlowError) as exc:
-        await _release(services, claims, payload, action_id)
-        raise unavailable(
-            UNAVAILABLE_RETRY_AFTER_S, f"the action was not accepted: {exc}"
-        ) from None
-    return Submitted(action_id, payload.nonce)
+
+
+class _NotQueued(Exception):
+    """The broker refused the message: it is certainly not queued."""
+
+
+class _OutcomeUnknown(Exception):
+    """No confirm came: the broker may have queued the message or not."""
+
+
+def _outcome_unknown() -> RequestRejected:
+    return unavailable(UNAVAILABLE_RETRY_AFTER_S, OUTCOME_UNKNOWN_MESSAGE, outcome="unknown")
 
 
 async def _publish(services: Services, envelope: ActionEnvelope) -> None:
-    """Through the process's publisher, which confirms it in a batch with its neighbours."""
+    """Through the process's publisher, which confirms it in a batch with its neighbours.
+    Raises `_NotQueued` or `_OutcomeUnknown` (which is also what anything unforeseen is)."""
     reply_send, reply_receive = trio.open_memory_channel[Exception | None](1)
-    # Leaving closes the receiver: a request that gave up is skipped or its answer dropped.
-    with reply_receive:
-        await services.publisher.send(Publish(envelope, reply_send))
-        failure = await reply_receive.receive()
-    if failure is not None:
-        raise failure
+    try:
+        with trio.fail_after(services.config.amqp.publish_timeout_s):
+            # Leaving closes the receiver: a request that gave up is skipped or its answer dropped.
+            with reply_receive:
+                await services.publisher.send(Publish(envelope, reply_send))
+                failure = await reply_receive.receive()
+    except trio.TooSlowError:
+        raise _OutcomeUnknown("no answer in time") from None
+    if failure is None:
+        return
+    if isinstance(failure, PublishFailed) and not isinstance(failure, PublishOutcomeUnknown):
+        raise _NotQueued(str(failure))
+    raise _OutcomeUnknown(str(failure))
+
+
+async def _mark_outcome_unknown(
+    services: Services, claims: AccessClaims, payload: ActionPayload, action_id: uuid.UUID
+) -> None:
+    """Best effort: a nonce left `PUBLISHING` is handled by a replay the same way."""
+    try:
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_S):
+            await services.guard.mark_outcome_unknown(
+                user_id=claims.user_id, nonce=payload.nonce, action_id=action_id
+            )
+    except BackendUnavailable:
+        pass
 
 
 async def _release(
@@ -173,6 +254,7 @@ def rejected_before_queueing(exc: RequestRejected, nonce: str | None) -> dict[st
     }
     if exc.message is not None:
         data["message"] = exc.message
-    if "retry_after" in exc.extra:
-        data["retry_after"] = exc.extra["retry_after"]
+    for extra in ("retry_after", "outcome"):
+        if extra in exc.extra:
+            data[extra] = exc.extra[extra]
     return data

@@ -102,6 +102,7 @@ class _Incarnation:
     ended: bool = False
     error: Exception | None = None
     nested: Supervisor | None = None
+    injected: Exception | None = None  # `inject_crash`: end as if this had been raised
 
 
 @dataclass(eq=False)
@@ -235,6 +236,23 @@ class Supervisor:
         if done is not None:
             await done.wait()
 
+    def inject_crash(self, child_id: str, error: Exception | None = None) -> None:
+        """End a running child as if it had raised `error`: it is stopped at once (cancelled)
+        and the strategy restarts what a crash of it restarts. For fault drills and tests; a
+        nested supervisor's child is named `worker/scorer`. `LookupError` if it is not running."""
+        head, _, rest = child_id.partition("/")
+        child = next((c for c in self._children if c.spec.id == head), None)
+        incarnation = child.incarnation if child is not None else None
+        if child is None or child.state != "running" or incarnation is None:
+            raise LookupError(f"{self.name}: no running child {head!r}")
+        if rest:
+            if incarnation.nested is None:
+                raise LookupError(f"{self.name}: child {head!r} is not a supervisor")
+            incarnation.nested.inject_crash(rest, error)
+            return
+        incarnation.injected = error or RuntimeError(f"a crash injected into {child_id!r}")
+        incarnation.cancel_scope.cancel()
+
     @property
     def all_running(self) -> bool:
         """Every permanent child is running, nested supervisors' included: readiness."""
@@ -360,6 +378,8 @@ class Supervisor:
         try:
             with incarnation.cancel_scope:
                 await child.spec.start(task_status=_IncarnationStatus(task_status, incarnation))
+            if incarnation.injected is not None:
+                raise incarnation.injected
         except Exception as exc:
             if incarnation.running_since is None:
                 raise

@@ -115,6 +115,7 @@ async def test_a_batch_of_events_in_one_message_reaches_the_hub_in_order(stack: 
 
 
 async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: Stack) -> None:
+    await stack.board.rebuild([])  # as a keeper's start does: an empty board, but a built one
     hub_send, hub_receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
     async with trio.open_nursery() as nursery:
         await nursery.start(

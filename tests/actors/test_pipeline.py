@@ -76,6 +76,14 @@ async def all_finished(
     await tap.wait_for(lambda events: wanted <= finished_ids(tap), timeout_s)
 
 
+async def drained(stack: Stack, timeout_s: float = 30) -> None:
+    """Until every delivery is acknowledged: an outcome is published before its delivery is
+    acknowledged, so the last outcomes can arrive while the last acks are still on their way."""
+    with trio.fail_after(timeout_s):
+        while await stack.queue_depth():
+            await trio.sleep(0.1)
+
+
 async def assert_scored_exactly_once(stack: Stack, items: Sequence[ActionEnvelope]) -> None:
     expected: dict[int, int] = {}
     for item in items:
@@ -98,6 +106,7 @@ async def test_every_action_is_scored_once_and_redis_follows_postgres(stack: Sta
     await publish(stack, items)
     async with tap_events(stack.broker) as tap, running_worker(stack):
         await all_finished(tap, items)
+        await drained(stack)
     await assert_scored_exactly_once(stack, items)
 
 
@@ -157,6 +166,7 @@ async def test_poison_is_dead_lettered_and_the_rest_is_scored(stack: Stack) -> N
         with trio.fail_after(10):
             while len(failed := await stack.broker.list_failed(10)) < 2:
                 await trio.sleep(0.05)
+        await drained(stack)
     reasons = {body: reason for body, reason in failed}
     assert reasons[stranger[0].encode()] == "unknown user 987654321"
     assert reasons[b"this is not an action"].startswith("malformed: ")

@@ -15,7 +15,7 @@ import trio.testing
 
 from scoreboard.actors import publisher
 from scoreboard.actors.messages import Publish, PublisherMsg
-from scoreboard.adapters.interfaces import PublishFailed
+from scoreboard.adapters.interfaces import PublishFailed, PublishOutcomeUnknown
 from scoreboard.bridge import BridgeClosed
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope
@@ -62,9 +62,19 @@ class Outbox:
         return [e for batch in self.batches for e in batch]
 
 
+@dataclass
+class Guard:
+    """Records the nonces marked queued (the one guard method the publisher calls)."""
+
+    marked: list[tuple[int, str, uuid.UUID]] = field(default_factory=list)
+
+    async def mark_queued(self, actions: Sequence[tuple[int, str, uuid.UUID]]) -> None:
+        self.marked.extend(actions)
+
+
 @asynccontextmanager
 async def running(
-    outbox: Outbox, config: Config | None = None
+    outbox: Outbox, config: Config | None = None, guard: Guard | None = None
 ) -> AsyncIterator[trio.MemorySendChannel[PublisherMsg]]:
     send, receive = trio.open_memory_channel[PublisherMsg](INBOX)
     async with trio.open_nursery() as nursery:
@@ -72,6 +82,7 @@ async def running(
             lambda task_status: publisher.run(
                 receive,
                 broker=outbox,  # type: ignore[arg-type]
+                guard=guard or Guard(),  # type: ignore[arg-type]
                 config=config or Config(),
                 task_status=task_status,
             )
@@ -131,7 +142,8 @@ async def test_each_requester_gets_its_own_outcome() -> None:
     items = [envelope() for _ in range(20)]
     refused = {item.action_id for item in items[::3]}
     outbox = Outbox(refused=set(refused))
-    async with running(outbox) as inbox:
+    guard = Guard()
+    async with running(outbox, guard=guard) as inbox:
         outcomes = await publish_all(inbox, items)
     for item in items:
         outcome = outcomes[item.action_id]
@@ -139,6 +151,10 @@ async def test_each_requester_gets_its_own_outcome() -> None:
             assert isinstance(outcome, PublishFailed)
         else:
             assert outcome is None
+    # Only the confirmed ones are marked queued in the edge guard.
+    assert sorted(guard.marked) == sorted(
+        (e.user_id, e.nonce, e.action_id) for e in items if e.action_id not in refused
+    )
 
 
 async def test_a_broker_that_raises_fails_its_batch_and_the_publisher_goes_on() -> None:
@@ -158,7 +174,7 @@ async def test_an_unconfirmed_batch_fails_after_the_publish_timeout(
     async with running(outbox, config) as inbox:
         started = trio.current_time()
         outcome = await publish(inbox, envelope())
-        assert isinstance(outcome, PublishFailed)
+        assert isinstance(outcome, PublishOutcomeUnknown)  # the broker may queue it yet
         assert trio.current_time() - started == pytest.approx(3.0)
         outbox.gate = None
         assert await publish(inbox, envelope()) is None
@@ -181,6 +197,6 @@ async def test_a_requester_that_gave_up_does_not_hold_the_publisher() -> None:
         outbox.gate = None
         with trio.fail_after(5):
             assert await publish(inbox, later) is None
-    # The one still waiting was never published: its handler had released its claim.
+    # The one still waiting was never published: its handler had given up on it.
     published = [e.action_id for e in outbox.published()]
     assert published == [item.action_id for item in (*in_flight, later)]

@@ -246,26 +246,18 @@ async def test_a_barrier_alone_is_answered_at_once() -> None:
     assert ledger.events == []
 
 
-async def test_a_short_outage_is_retried(autojump_clock: trio.testing.MockClock) -> None:
-    ledger = Ledger(outages=scorer.COMMIT_ATTEMPTS - 1)
-    async with start_scorer(ledger) as running:
-        await running.inbox.send(score(1))
-        await trio.testing.wait_all_tasks_blocked()
-        await trio.sleep(10)
-        assert ledger.commits() == [["nonce-00000001"]]
-        assert ledger.settlements() == [{"ack": [1], "retry": [], "dead": []}]
-
-
-async def test_a_long_outage_crashes_the_scorer_with_nothing_acknowledged(
+async def test_an_outage_holds_the_batch_until_the_store_answers_and_counts_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ledger = Ledger(outages=scorer.COMMIT_ATTEMPTS)
-    with pytest.raises(ExceptionGroup) as raised:  # noqa: PT012 - the scorer runs in a nursery
-        async with start_scorer(ledger) as running:
-            await running.inbox.send(score(1))
-            await trio.sleep_forever()
-    assert raised.group_contains(BackendUnavailable)
-    assert ledger.events == []
+    ledger = Ledger(outages=20)
+    async with start_scorer(ledger) as running:
+        for tag in range(1, 4):
+            running.inbox.send_nowait(score(tag))
+        await trio.sleep(5)
+        assert ledger.events == []  # held: not split, not retried through the broker
+        await trio.sleep(60)
+        assert ledger.commits() == [["nonce-00000001", "nonce-00000002", "nonce-00000003"]]
+        assert ledger.settlements() == [{"ack": [1, 2, 3], "retry": [], "dead": []}]
 
 
 async def test_actions_of_unknown_users_are_dead_lettered_and_the_rest_committed() -> None:

@@ -20,6 +20,8 @@ from tests.adapters.test_postgres import (
     completed,
     envelope,
     new_user,
+    test_a_failure_is_recorded_once_and_a_later_delivery_settles_it_once,
+    test_a_failure_is_recorded_whatever_the_action_holds,
     test_a_negative_delta_is_refused_before_anything_is_written,
     test_a_replayed_nonce_under_a_new_action_id_is_rejected_and_not_stored,
     test_a_taken_username_or_email_is_refused,
@@ -29,15 +31,17 @@ from tests.adapters.test_postgres import (
     test_committing_the_same_batch_again_moves_no_score,
     test_create_and_read_users,
     test_fail_action_leaves_a_stored_action_alone_and_ignores_unknown_users,
-    test_fail_action_records_a_failure_once_and_never_moves_a_score,
     test_ping,
     test_recent_actions_since_a_time_oldest_first,
     test_rejected_actions_are_stored_with_no_delta_and_their_reason,
     test_score_reached_at_moves_only_when_the_score_does,
     test_signing_keys_oldest_first_and_the_first_insert_of_a_kid_wins,
+    test_what_the_store_cannot_keep_is_mended_in_the_row_never_refused,
 )
 
 __all__ = [
+    "test_a_failure_is_recorded_once_and_a_later_delivery_settles_it_once",
+    "test_a_failure_is_recorded_whatever_the_action_holds",
     "test_a_negative_delta_is_refused_before_anything_is_written",
     "test_a_replayed_nonce_under_a_new_action_id_is_rejected_and_not_stored",
     "test_a_taken_username_or_email_is_refused",
@@ -47,12 +51,12 @@ __all__ = [
     "test_committing_the_same_batch_again_moves_no_score",
     "test_create_and_read_users",
     "test_fail_action_leaves_a_stored_action_alone_and_ignores_unknown_users",
-    "test_fail_action_records_a_failure_once_and_never_moves_a_score",
     "test_ping",
     "test_recent_actions_since_a_time_oldest_first",
     "test_rejected_actions_are_stored_with_no_delta_and_their_reason",
     "test_score_reached_at_moves_only_when_the_score_does",
     "test_signing_keys_oldest_first_and_the_first_insert_of_a_kid_wins",
+    "test_what_the_store_cannot_keep_is_mended_in_the_row_never_refused",
 ]
 
 

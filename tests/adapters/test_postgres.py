@@ -539,7 +539,7 @@ async def test_score_discrepancies_finds_a_score_changed_by_hand(
 # -- fail_action
 
 
-async def test_fail_action_records_a_failure_once_and_never_moves_a_score(
+async def test_a_failure_is_recorded_once_and_a_later_delivery_settles_it_once(
     store: PostgresStore,
 ) -> None:
     user_id = await new_user(store)
@@ -554,12 +554,65 @@ async def test_fail_action_records_a_failure_once_and_never_moves_a_score(
     assert (record.status, record.score_delta, record.new_score) == ("failed", 0, 8)
     assert (record.error, record.message) == (None, "exhausted 3 attempts")
     assert record.created_at_ms == RECEIVED_AT_MS
-    [redelivered] = await store.commit_actions([completed(poison, 5)])
-    assert (redelivered.status, redelivered.duplicate, redelivered.new_score) == ("failed", True, 8)
+    # The cause fixed, the action comes again (a replay of its dead letter): it is scored, once.
+    [replayed] = await store.commit_actions([completed(poison, 5)])
+    assert (replayed.status, replayed.duplicate, replayed.new_score) == ("completed", False, 13)
+    [again] = await store.commit_actions([completed(poison, 5)])
+    assert (again.status, again.duplicate, again.new_score) == ("completed", True, 13)
+    record = await store.get_action(poison.action_id)
+    assert record is not None
+    assert (record.status, record.score_delta, record.message) == ("completed", 5, None)
+    # Another action with its nonce is still a replay of it.
+    [copy] = await store.commit_actions([completed(envelope(user_id, nonce="poison-1"), 5)])
+    assert (copy.status, copy.message) == ("rejected", "duplicate nonce")
     user = await store.get_user(user_id)
     assert user is not None
-    assert user.score == 8
+    assert user.score == 13
     assert await store.score_discrepancies() == []
+    statuses = [a.status for a in await store.recent_actions(user_id, 0)]
+    assert statuses == ["completed", "completed"]
+
+
+async def test_what_the_store_cannot_keep_is_mended_in_the_row_never_refused(
+    store: PostgresStore,
+) -> None:
+    user_id = await new_user(store)
+    odd = {
+        "nul": envelope(user_id, action_data={"task_id": "t\x00"}),
+        "surrogate": envelope(user_id, action_data={"task\ud800": "t"}),
+        "agent": envelope(user_id, user_agent="curl\x00"),
+        "nan": envelope(user_id, action_data={"task_id": "t", "n": float("nan")}),
+        "type": envelope(user_id, action_type="x" * 51),
+        "time": envelope(user_id, received_at_ms=10**16),
+    }
+    decisions = [
+        rejected(e, "invalid_action", message="the action cannot be stored") for e in odd.values()
+    ]
+    results = await store.commit_actions([completed(envelope(user_id), 5), *decisions])
+    assert [r.status for r in results] == ["completed"] + ["rejected"] * len(odd)
+    stored = await store.recent_actions(user_id, 0)
+    assert len(stored) == 1 + len(odd)
+    record = await store.get_action(odd["type"].action_id)
+    assert record is not None
+    assert record.action_type == "x" * 50
+
+
+async def test_a_failure_is_recorded_whatever_the_action_holds(store: PostgresStore) -> None:
+    user_id = await new_user(store)
+    unstorable = envelope(
+        user_id,
+        action_type="complete_task\x00" + "x" * 60,
+        action_data={"task_id": "t\x00\ud800", "bad\x00key": float("inf")},
+        user_agent="agent\x00",
+        headers={"x-h\x00": "v\udfff"},
+        received_at_ms=-5,
+    )
+    await store.fail_action(unstorable, "the store cannot keep it: action_data holds U+0000")
+    record = await store.get_action(unstorable.action_id)
+    assert record is not None
+    assert (record.status, record.score_delta) == ("failed", 0)
+    assert record.message == "the store cannot keep it: action_data holds U+0000"
+    assert record.action_type == ("complete_task\ufffd" + "x" * 60)[:50]
 
 
 async def test_fail_action_leaves_a_stored_action_alone_and_ignores_unknown_users(

@@ -9,7 +9,16 @@ import pytest
 import redis
 import trio
 
-from scoreboard.adapters.interfaces import Accepted, Limited, MeView, PendingAction, Replayed
+from scoreboard.adapters.interfaces import (
+    OUTCOME_UNKNOWN,
+    PUBLISHING,
+    Accepted,
+    BoardMissing,
+    Limited,
+    MeView,
+    PendingAction,
+    Replayed,
+)
 from scoreboard.adapters.redis import RedisBackend, open_redis
 from scoreboard.bridge import open_bridge
 from scoreboard.config import RedisConfig
@@ -183,10 +192,19 @@ async def test_rebuild_with_no_entries_leaves_an_empty_built_board(backend: Redi
     )
 
 
-async def test_top_of_a_missing_board_is_empty(backend: RedisBackend) -> None:
-    assert await backend.board.top(10) == ([], 0)
-    assert await backend.board.top(0) == ([], 0)
+async def test_a_missing_board_is_never_read_as_empty(backend: RedisBackend) -> None:
+    for read in (backend.board.top(10), backend.board.top(0), backend.board.around(1, 5)):
+        with pytest.raises(BoardMissing):
+            await read
+    await backend.board.rebuild([])
+    assert (await backend.board.top(10))[0] == []
     assert await backend.board.around(1, 5) is None
+
+
+async def test_rebuild_if_missing_never_replaces_a_board(backend: RedisBackend) -> None:
+    assert await backend.board.rebuild_if_missing([entry(1, 10, T0)]) is True
+    assert await backend.board.rebuild_if_missing([entry(1, 5, T0), entry(2, 7, T0)]) is False
+    assert await backend.board.scores() == {1: 10}
 
 
 async def test_around_gives_the_neighbours_on_each_side(backend: RedisBackend) -> None:
@@ -219,6 +237,8 @@ async def test_ping(backend: RedisBackend) -> None:
 async def test_a_known_nonce_is_replayed_with_its_first_answer(backend: RedisBackend) -> None:
     first = uuid.uuid4()
     assert await claim(backend, nonce="nonce-0001", action_id=first) == Accepted()
+    assert await claim(backend, nonce="nonce-0001") == Replayed(first, PUBLISHING)
+    await backend.guard.mark_queued([(1, "nonce-0001", first)])
     assert await claim(backend, nonce="nonce-0001") == Replayed(first, 202)
     await backend.guard.set_first_status(user_id=1, nonce="nonce-0001", status_code=200)
     assert await claim(backend, nonce="nonce-0001") == Replayed(first, 200)
@@ -275,7 +295,7 @@ async def test_a_refused_claim_records_nothing(backend: RedisBackend) -> None:
     # The refused nonce is not claimed and the refused action is in no window.
     later = uuid.uuid4()
     assert await claim(backend, nonce="refused-1", action_id=later, now_ms=T0 + 6000) == Accepted()
-    assert await claim(backend, nonce="refused-1") == Replayed(later, 202)
+    assert await claim(backend, nonce="refused-1") == Replayed(later, PUBLISHING)
     for n in range(8):
         assert await claim(backend, action_type=f"t{n}", now_ms=T0 + 7000 + n) == Accepted()
     assert await claim(backend, action_type="last", now_ms=T0 + 8000) == Limited(52)
@@ -286,7 +306,7 @@ async def test_replay_is_answered_even_when_limited(backend: RedisBackend) -> No
     assert await claim(backend, nonce="first-nonce", action_id=first, user_limit=1) == Accepted()
     assert await claim(backend, user_limit=1, now_ms=T0 + 1) == Limited(60)
     got = await claim(backend, nonce="first-nonce", user_limit=1, now_ms=T0 + 2)
-    assert got == Replayed(first, 202)
+    assert got == Replayed(first, PUBLISHING)
 
 
 async def test_limits_disabled_admits_everything_but_still_replays(backend: RedisBackend) -> None:
@@ -302,7 +322,8 @@ async def test_limits_disabled_admits_everything_but_still_replays(backend: Redi
             limits_enabled=False,
         )
         assert got == Accepted()
-    assert await claim(backend, nonce="nonce-0000", limits_enabled=False) == Replayed(first, 202)
+    got = await claim(backend, nonce="nonce-0000", limits_enabled=False)
+    assert got == Replayed(first, PUBLISHING)
 
 
 async def test_release_undoes_a_claim(backend: RedisBackend) -> None:
@@ -327,8 +348,48 @@ async def test_release_undoes_a_claim(backend: RedisBackend) -> None:
     await backend.guard.release(
         user_id=1, nonce="failed-publish", action_id=action_id, action_type="complete_task"
     )
-    assert await claim(backend, nonce="failed-publish") == Replayed(retry, 202)
+    assert await claim(backend, nonce="failed-publish") == Replayed(retry, PUBLISHING)
     assert await claim(backend, cooldown_ms=5000, user_limit=5, now_ms=T0 + 2) == Limited(5)
+
+
+async def test_a_queued_or_unknown_claim_is_never_released(backend: RedisBackend) -> None:
+    queued, unknown = uuid.uuid4(), uuid.uuid4()
+    for nonce, action_id in (("queued-1", queued), ("unknown-1", unknown)):
+        assert await claim(backend, nonce=nonce, action_id=action_id) == Accepted()
+    await backend.guard.mark_queued([(1, "queued-1", queued)])
+    await backend.guard.mark_outcome_unknown(user_id=1, nonce="unknown-1", action_id=unknown)
+    assert await claim(backend, nonce="unknown-1") == Replayed(unknown, OUTCOME_UNKNOWN)
+    for nonce, action_id in (("queued-1", queued), ("unknown-1", unknown)):
+        await backend.guard.release(
+            user_id=1, nonce=nonce, action_id=action_id, action_type="complete_task"
+        )
+    assert await claim(backend, nonce="queued-1") == Replayed(queued, 202)
+    assert await claim(backend, nonce="unknown-1") == Replayed(unknown, OUTCOME_UNKNOWN)
+    # Unknown only replaces publishing: a later confirm (a replay's) is not undone.
+    await backend.guard.mark_queued([(1, "unknown-1", unknown)])
+    await backend.guard.mark_outcome_unknown(user_id=1, nonce="unknown-1", action_id=unknown)
+    assert await claim(backend, nonce="unknown-1") == Replayed(unknown, 202)
+
+
+async def test_marking_queued_binds_a_released_nonce_and_spares_others(
+    backend: RedisBackend,
+) -> None:
+    released, other, answered = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert await claim(backend, nonce="released-1", action_id=released) == Accepted()
+    await backend.guard.release(
+        user_id=1, nonce="released-1", action_id=released, action_type="complete_task"
+    )
+    assert await claim(backend, nonce="other-01", action_id=other) == Accepted()
+    assert await claim(backend, nonce="answered-1", action_id=answered) == Accepted()
+    await backend.guard.set_first_status(user_id=1, nonce="answered-1", status_code=200)
+    await backend.guard.mark_queued(
+        [(1, "released-1", released), (1, "other-01", uuid.uuid4()), (1, "answered-1", answered)]
+    )
+    # A replay published the released action after all: its nonce is bound to it again.
+    assert await claim(backend, nonce="released-1") == Replayed(released, 202)
+    assert await claim(backend, nonce="other-01") == Replayed(other, PUBLISHING)
+    assert await claim(backend, nonce="answered-1") == Replayed(answered, 200)
+    await backend.guard.mark_queued([])
 
 
 async def test_a_claimed_action_is_pending_until_released(backend: RedisBackend) -> None:

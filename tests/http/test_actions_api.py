@@ -741,7 +741,8 @@ async def test_503_when_the_broker_cannot_confirm_then_the_same_nonce_is_accepte
     assert refusal["error"] == "unavailable"
     assert isinstance(refusal["retry_after"], int)
     assert refusal["retry_after"] >= 1
-    assert set(refusal) <= {"success", "error", "retry_after", "message"}
+    assert set(refusal) <= {"success", "error", "retry_after", "message", "outcome"}
+    assert refusal["outcome"] == "not_queued"  # the queue refused it: no doubt about it
     assert response.headers["Retry-After"] == str(refusal["retry_after"])
     # Nothing was accepted: neither the nonce nor the cooldown is taken once the queue is back.
     await trio.to_thread.run_sync(_refuse_publishes, app_config, False)

@@ -271,3 +271,25 @@ async def test_one_for_one_restarts_do_not_wait_for_a_siblings_backoff(
         assert slow.incarnations == 4
         await slow.wait_started(5)
         assert slow.start_times[4] - crashed_at == pytest.approx(8)
+
+
+async def test_an_injected_crash_restarts_as_a_crash_would(autojump_clock: trio.abc.Clock) -> None:
+    log: list[str] = []
+    a, b, c = (Worker(id, log) for id in "abc")
+    inner = Supervisor([b.spec(), c.spec()], strategy="rest_for_one", name="inner")
+    root = Supervisor([a.spec(), ChildSpec(id="inner", start=inner.run)], strategy="one_for_one")
+    async with supervising(root):
+        del log[:]
+        root.inject_crash("inner/b", ValueError("drill"))
+        await c.wait_started(2)
+        assert log == ["stop b", "stop c", "start b", "start c"]
+        assert [(r.id, r.restarts) for r in root.statistics()][2:] == [
+            ("inner/b", 1),
+            ("inner/c", 1),
+        ]
+        assert root.statistics()[2].last_error == "ValueError: drill"
+        assert a.incarnations == 1
+        with pytest.raises(LookupError):
+            root.inject_crash("inner/nobody")
+        with pytest.raises(LookupError):
+            root.inject_crash("a/b")
