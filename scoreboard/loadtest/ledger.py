@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from scoreboard.loadtest.histogram import Histogram, Series
@@ -169,9 +170,18 @@ class Ledger:
                     self.answers[f"ws rejected {error}"] += 1
 
     def on_fetched(self, action: Action, record: dict[str, Any]) -> None:
-        """GET /api/v1/actions/<id> answered."""
+        """GET /api/v1/actions/<id> answered: the outcome, timed by the server's `processed_at`
+        (same machine, same clock) rather than by when the load test asked."""
         if record.get("status") in FINAL_STATUSES and not action.processed:
-            self._finished(action, str(record["status"]), record, time.monotonic(), via="GET")
+            at = time.monotonic()
+            stamped = record.get("processed_at")
+            if isinstance(stamped, str):
+                try:
+                    wall = datetime.fromisoformat(stamped.replace("Z", "+00:00")).timestamp()
+                    at = min(at, wall - (time.time() - time.monotonic()))
+                except ValueError:
+                    pass
+            self._finished(action, str(record["status"]), record, at, via="GET")
 
     def _accepted(self, action: Action, action_id: str, at: float) -> None:
         action.action_id = action_id
@@ -206,6 +216,9 @@ class Ledger:
 
     def measured(self) -> list[Action]:
         return [a for a in self.by_nonce.values() if a.measured]
+
+    def outcomes_via(self) -> Counter[str]:
+        return Counter(a.outcome_via for a in self.by_nonce.values() if a.outcome_via)
 
     def accepted_without_outcome(self) -> list[Action]:
         return [a for a in self.by_nonce.values() if a.accepted and not a.processed]

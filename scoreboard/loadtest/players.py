@@ -37,6 +37,7 @@ USER_AGENT = "scoreboard-loadtest/1"
 OUTBOX_FRAMES = 100_000
 RECONNECT_DELAY_S = 0.5
 AUTH_TIMEOUT_S = 10.0
+RECEIVE_BYTES = 65536  # below malloc's mmap threshold: a larger read buffer costs a mapping
 
 
 class SocketRefused(Exception):
@@ -184,7 +185,7 @@ class PlayerSocket:
             try:
                 self._messages(pending, time.monotonic())
                 while True:
-                    data = await stream.receive_some(262144)
+                    data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         reason = "closed without a close frame"
                         break

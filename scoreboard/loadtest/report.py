@@ -86,6 +86,13 @@ def render_table(result: dict[str, Any]) -> str:
             f"{actions['unavailable']:,}, not sent {actions['not_sent']:,}",
         ),
     ]
+    if actions["outcomes_via"]:
+        rows.append(
+            (
+                "outcomes",
+                ", ".join(f"via {k}: {v:,}" for k, v in sorted(actions["outcomes_via"].items())),
+            )
+        )
     if actions["resolution"]:
         rows.append(("resolved", ", ".join(f"{k}: {v}" for k, v in actions["resolution"].items())))
     rows += [

@@ -34,6 +34,9 @@ FINAL_UPDATE_GRACE_S = 1.0  # after the last outcome, for the last snapshot to r
 BOARD_CONVERGENCE_S = 15.0  # the board follows the store a moment after the commit
 DRAIN_POLL_S = 0.25
 MIN_CHART_INTERVAL_S = 0.5
+PROBE_AFTER_S = 2.0  # of draining, before asking the server for outcomes the sockets lack
+PROBE_INTERVAL_S = 1.0
+PROBE_ACTIONS = 16
 RESOLVE_CONCURRENCY = 16
 MAX_PRIMING_PER_LEADER = 2000
 TRACKED_ENTRIES_PER_PROCESS = 4_000_000  # snapshot arrivals kept for action-to-screen
@@ -651,7 +654,10 @@ class LoadTest:
     # -- after the window
 
     async def drain(self, timeout_s: float, phase: str) -> None:
-        """Until every accepted action is processed and every sent one answered, or timeout."""
+        """Until every accepted action is processed and every sent one answered, or timeout.
+        Outcomes come on the players' sockets; when those fall behind the server (its own
+        fan-out lagging), GET /api/v1/actions/<id> of the newest pending actions tells whether
+        the server is done, and then a sweep over all pending ones collects their outcomes."""
         deadline = time.monotonic() + timeout_s
 
         def waiting() -> list[Action]:
@@ -663,10 +669,14 @@ class LoadTest:
             ]
 
         pending = waiting()
-        self.progress.stage(phase, len(pending), lambda: "actions to go")
         total = len(pending)
+        self.progress.stage(phase, total, lambda: "actions to go")
+        next_probe = time.monotonic() + PROBE_AFTER_S
         while pending and time.monotonic() < deadline:
             await trio.sleep(DRAIN_POLL_S)
+            if time.monotonic() >= next_probe:
+                await self._probe_pending(pending)
+                next_probe = time.monotonic() + PROBE_INTERVAL_S
             pending = waiting()
             self.progress.done = total - len(pending)
         processed = [a.processed_at for a in self.ledger if a.measured and a.processed_at]
@@ -676,6 +686,44 @@ class LoadTest:
             self.drained = not pending
             if self.last_processed_at is not None:
                 self.drain_s = max(0.0, self.last_processed_at - self.window_end)
+
+    async def _probe_pending(self, pending: list[Action]) -> None:
+        """Ask for the newest pending outcomes; if the server finished them, fetch all."""
+        accepted = sorted(
+            (a for a in pending if a.accepted and not a.processed),
+            key=lambda a: a.accepted_at or 0.0,
+        )
+        if not accepted:
+            return
+        newest = accepted[-PROBE_ACTIONS:]
+        await self._fetch_outcomes(newest)
+        if all(action.processed for action in newest):
+            await self._fetch_outcomes(accepted[:-PROBE_ACTIONS])
+
+    async def _fetch_outcomes(self, actions: list[Action]) -> None:
+        """GET /api/v1/actions/<id> for each, with RESOLVE_CONCURRENCY in flight."""
+        pool = HttpPool(self.origin, min(RESOLVE_CONCURRENCY, max(1, len(actions))))
+
+        def fetch(action: Action) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                if action.processed:
+                    return
+                token = self.accounts[action.account].access_token
+                target = f"/api/v1/actions/{action.action_id}"
+                try:
+                    async with pool.connection() as http:
+                        response = await http.get(target, token=token)
+                except HttpError:
+                    return
+                if response.status == 200:
+                    self.ledger.on_fetched(action, response.json())
+
+            return job
+
+        try:
+            await gather_limited([fetch(a) for a in actions], RESOLVE_CONCURRENCY, lambda: None)
+        finally:
+            await pool.aclose()
 
     async def resolve_unknown(self, nursery: trio.Nursery) -> None:
         """Send again, with the same nonce, every action whose fate is unknown (503, timeout,
@@ -703,18 +751,8 @@ class LoadTest:
             await self.drain(min(self.options.drain_timeout_s, 30.0), "waiting for resent actions")
         missing = self.ledger.accepted_without_outcome()
         if missing:
-            self.resolution["outcome asked with GET"] = len(missing)
-            async with self._http() as http:
-                for action in missing:
-                    account = self.accounts[action.account]
-                    try:
-                        response = await http.get(
-                            f"/api/v1/actions/{action.action_id}", token=account.access_token
-                        )
-                    except HttpError:
-                        continue
-                    if response.status == 200:
-                        self.ledger.on_fetched(action, response.json())
+            self.resolution["outcome asked with GET at the end"] = len(missing)
+            await self._fetch_outcomes(missing)
 
     async def check_scores(self) -> None:
         """Each player's score now against the score before plus the deltas of its completed
@@ -894,8 +932,8 @@ class LoadTest:
         if lags and lags[-1] > 0.05:
             self.warnings.append(
                 f"the schedule fell up to {lags[-1] * 1000:,.0f} ms behind ({late_dispatch} "
-                "actions dispatched more than 10 ms late): the load generator was short of CPU; "
-                "latencies still count from each action's due time"
+                "actions dispatched more than 10 ms late): the load generator's main process "
+                "did not get the CPU in time; latencies still count from each action's due time"
             )
         answers = self.ledger.answers
         rate_limited = sum(n for k, n in answers.items() if "429" in k or "rate_limit" in k)
@@ -976,6 +1014,7 @@ class LoadTest:
                 "rate_limited": rate_limited,
                 "unavailable": unavailable,
                 "resolution": dict(self.resolution),
+                "outcomes_via": dict(self.ledger.outcomes_via()),
                 "dispatch_lag_ms_max": lags[-1] * 1000 if lags else None,
                 "dispatched_late": late_dispatch,
             },
@@ -1041,13 +1080,20 @@ class LoadTest:
             "a2s_max": fleet.a2s_series.maxima(),
             "http_p99": self.ledger.http_latency_series.points(99),
             "update_lag_p99": fleet.lag_series.points(99),
-            "accepted_per_s": sorted(self.ledger.accepted_per_second.items()),
-            "processed_per_s": sorted(self.ledger.processed_per_second.items()),
+            "accepted_per_s": _every_second(self.ledger.accepted_per_second),
+            "processed_per_s": _every_second(self.ledger.processed_per_second),
             "updates_per_client_per_s": sorted(
                 (second, count / connected) for second, count in fleet.updates_per_second.items()
             ),
             "server": server_points,
         }
+
+
+def _every_second(counts: Counter[int]) -> list[tuple[int, int]]:
+    """Counts per second with the silent seconds as zeros, from the window's start."""
+    if not counts:
+        return []
+    return [(second, counts.get(second, 0)) for second in range(0, max(counts) + 1)]
 
 
 def _low_percentile(values: list[float], percent: float) -> float | None:

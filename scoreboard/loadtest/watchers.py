@@ -18,6 +18,7 @@ import os
 import resource
 import select
 import socket
+import struct
 import sys
 import time
 from array import array
@@ -48,6 +49,9 @@ from scoreboard.loadtest.websocket import (
 )
 
 RECEIVE_BYTES = 262144
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
+ANCILLARY_BYTES = socket.CMSG_SPACE(16)
+TIMESPEC = struct.Struct("qq")
 MAX_EVENTS = 4096
 SNAPSHOT_CACHE = 4096
 PROGRESS_INTERVAL_S = 0.5
@@ -217,6 +221,7 @@ class Worker:
                     if message.get("type") == "error":
                         return f"error {message.get('error')}"
                     if message.get("type") == "auth_ok":
+                        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                         watcher.reader = reader
                         self.by_fd[sock.fileno()] = watcher
                         self.epoll.register(sock.fileno(), select.EPOLLIN)
@@ -232,29 +237,43 @@ class Worker:
     # -- receiving
 
     async def receive_forever(self) -> None:
+        """Drain every readable socket at each wake-up. Each read carries the kernel's arrival
+        time (SO_TIMESTAMPNS), so a wake-up that comes late (this process short of CPU) does
+        not add to the latencies measured."""
         poll = self.epoll.poll
         by_fd = self.by_fd
         monotonic = time.monotonic
+        buffer = bytearray(RECEIVE_BYTES)
+        view = memoryview(buffer)
+        unpack = TIMESPEC.unpack_from
         while True:
             await trio.lowlevel.wait_readable(self.epoll.fileno())
-            for fd, _events in poll(0, MAX_EVENTS):
+            events = poll(0, MAX_EVENTS)
+            wall_minus_monotonic = time.time() - monotonic()
+            for fd, _events in events:
                 watcher = by_fd.get(fd)
                 if watcher is None or watcher.sock is None:
                     continue
                 try:
-                    data = watcher.sock.recv(RECEIVE_BYTES)
+                    size, ancillary, _flags, _address = watcher.sock.recvmsg_into(
+                        [view], ANCILLARY_BYTES
+                    )
                 except BlockingIOError:
                     continue
                 except OSError as exc:
                     self._drop(watcher, f"socket error {exc.errno}")
                     continue
-                now = monotonic()
-                if not data:
+                if not size:
                     self._drop(watcher, "closed without a close frame")
                     continue
+                if ancillary:
+                    seconds, nanoseconds = unpack(ancillary[0][2])
+                    now = seconds + nanoseconds * 1e-9 - wall_minus_monotonic
+                else:
+                    now = monotonic()
                 assert watcher.reader is not None
                 try:
-                    messages = watcher.reader.feed(data)
+                    messages = watcher.reader.feed(bytes(view[:size]))
                 except ProtocolError as exc:
                     self._drop(watcher, f"protocol error: {exc}")
                     continue
