@@ -109,6 +109,7 @@ class LoadTest:
         self.board_convergence_s: float | None = None
         self.setup_s = 0.0
         self.priming = 0
+        self.token_refreshes = 0
         self.dispatch_lags: list[float] = []
         self.not_sent = 0
         self.resolution: Counter[str] = Counter()
@@ -539,6 +540,7 @@ class LoadTest:
                         account.expires_at = time.monotonic() + 60  # try again in a while
                         continue
                     self.socket_of(account.index).reauthenticate()
+                    self.token_refreshes += 1
                 tokens = {str(a.index): a.access_token for a in soon}
                 for watcher in self.watchers:
                     await watcher.send({"cmd": "tokens", "tokens": tokens})
@@ -983,6 +985,7 @@ class LoadTest:
                 "socket_drops": sum(len(s.drops) for s in self.sockets),
                 "setup_s": self.setup_s,
                 "priming_actions": self.priming,
+                "token_refreshes": self.token_refreshes,
             },
             "clients": {
                 "asked": options.clients,
