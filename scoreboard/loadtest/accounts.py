@@ -29,19 +29,14 @@ class SetupError(Exception):
 
 @dataclass
 class Account:
-    """One player: its name, id, and current tokens (`expires_at` is time.monotonic())."""
+    """One player: its name, id, current tokens, and when to refresh them (time.monotonic())."""
 
     index: int
     username: str
     user_id: int = 0
     access_token: str = ""
     refresh_token: str = ""
-    expires_at: float = 0.0
-    lifetime_s: float = 0.0
-
-    @property
-    def refresh_due(self) -> float:
-        return self.expires_at - self.lifetime_s * (1 - REFRESH_AT_FRACTION)
+    refresh_due: float = 0.0
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -167,8 +162,8 @@ class SignIn:
         tokens = response.json()
         account.access_token = tokens["access_token"]
         account.refresh_token = tokens["refresh_token"]
-        account.lifetime_s = float(tokens.get("expires_in", 900))
-        account.expires_at = time.monotonic() + account.lifetime_s
+        lifetime_s = float(tokens.get("expires_in", 900))
+        account.refresh_due = time.monotonic() + lifetime_s * REFRESH_AT_FRACTION
         if not account.user_id:
             account.user_id = int(jwt_subject(account.access_token))
 

@@ -152,8 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server-pid",
         type=int,
         help="measure the CPU and memory of this process and its descendants (default: the "
-        "processes listening on the --url's port, with their scoreboard parent and children, "
-        "when the server runs on this machine)",
+        "processes listening on the --url's port, with their `scoreboard serve` parent and "
+        "its children, when the server runs on this machine)",
     )
 
     load = parser.add_argument_group("load")

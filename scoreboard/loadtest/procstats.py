@@ -2,7 +2,7 @@
 
 The server is found by the port it listens on (every process holding a listening socket on that
 port: several with SO_REUSEPORT), widened to its process tree: a parent that is itself a
-`scoreboard` process (a supervisor of API and worker processes) and every descendant, found
+`scoreboard serve` (a supervisor of API and worker processes) and every descendant, found
 again at each sample so that a restarted child is counted too. `--server-pid` names the root
 instead.
 """
@@ -10,12 +10,14 @@ instead.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LISTEN_STATE = "0A"
+SERVE_COMMAND = re.compile(r"scoreboard\S*\s+(?:\S+\s+)*serve\b")
 
 
 @dataclass(frozen=True)
@@ -140,14 +142,14 @@ def ancestors(pid: int) -> set[int]:
 
 def server_roots(port: int) -> set[int]:
     """The listening processes, each replaced by its topmost ancestor that is still a
-    `scoreboard` process (the supervisor of several API and worker processes) without climbing
+    `scoreboard serve` (the supervisor of several API and worker processes) without climbing
     into this process's own ancestors."""
     ours = ancestors(os.getpid()) | {os.getpid()}
     roots: set[int] = set()
     for pid in listening_pids(port) - {os.getpid()}:
         root = pid
         while (parent := parent_of(root)) is not None and parent > 1 and parent not in ours:
-            if "scoreboard" not in command_line(parent):
+            if not SERVE_COMMAND.search(command_line(parent)):
                 break
             root = parent
         roots.add(root)

@@ -375,8 +375,8 @@ class Worker:
                 self._send(watcher, text_frame(json.dumps({"type": "auth", "token": token})))
 
     def result(self, finish: dict[str, Any]) -> dict[str, Any]:
-        for watcher in self.watchers:
-            if watcher.sock is not None and self.window_end < math.inf:
+        for watcher in self.watchers:  # a socket closed during the run counts until its end
+            if watcher.reader is not None and self.window_end < math.inf:
                 tail = self.window_end - max(watcher.last_update_at, self.window_start)
                 if tail > 0:
                     self.gap.add(tail * 1000)
