@@ -17,6 +17,7 @@ from benchmarks.servers import ServerFailed, running_server
 
 LOADTEST_TIMEOUT_S = 600.0
 ERROR_LINES = 12
+REQUEST_TIMEOUT_S = 5.0  # bounds a run against a server slower than the offered rate
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Scenario:
             *("--clients", str(self.clients), "--rate", f"{self.rate:g}"),
             *("--duration", f"{self.duration_s:g}", "--users", str(self.users)),
             *("--drain-timeout", f"{self.drain_timeout_s:g}"),
+            *("--request-timeout", f"{REQUEST_TIMEOUT_S:g}"),
         ]
         if self.leader_rate is not None:
             arguments += ["--leader-rate", f"{self.leader_rate:g}"]
