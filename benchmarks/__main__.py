@@ -35,7 +35,7 @@ FULL = Plan(
     fanout_clients=10_000,
     fanout_rate=50,
     fanout_duration_s=10,
-    users=100,
+    users=50,
     drain_timeout_s=20,
 )
 QUICK = Plan(

@@ -62,7 +62,8 @@ def row(outcome: Outcome) -> list[str]:
     result = outcome.result
     head = [scenario.name, f"{scenario.clients:,}", f"{scenario.rate:g}"]
     if result is None:
-        return [*head, f"failed: {(outcome.error or '').splitlines()[-1][:80]}"] + [""] * 11
+        first_line = (outcome.error or "").splitlines()[0].removeprefix("scoreboard loadtest: ")
+        return [*head, f"failed: {first_line[:100]}"] + [""] * 11
     actions = result["actions"]
     latency = result["latency_ms"]
     server = result["server"]

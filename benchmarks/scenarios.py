@@ -149,9 +149,11 @@ async def run_scenario(
                 )
     except (ServerFailed, trio.TooSlowError, OSError) as exc:
         return Outcome(scenario, time.monotonic() - started, None, str(exc), None)
+    (work_dir / f"{scenario.name}.loadtest.log").write_bytes(done.stderr + done.stdout)
     result = json.loads(json_path.read_text()) if json_path.exists() else None
     error = None
     if done.returncode not in (0, 1) or result is None:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
-        error = "\n".join(lines[-ERROR_LINES:]) or f"exit status {done.returncode}"
+        reported = [line for line in lines if not line.startswith("loadtest: ")]
+        error = "\n".join(reported[-ERROR_LINES:]) or f"exit status {done.returncode}"
     return Outcome(scenario, time.monotonic() - started, result, error, done.returncode)

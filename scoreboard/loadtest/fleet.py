@@ -108,6 +108,7 @@ class FleetFigures:
     clients: int = 0
     connected: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+    connect_retries: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     dropped_in_window: int = 0
     open_at_end: int = 0
@@ -132,6 +133,7 @@ class FleetFigures:
         self.clients += result["clients"]
         self.connected += result["connected"]
         self.refused.update(result["refused"])
+        self.connect_retries += result["connect_retries"]
         self.dropped.update(result["dropped"])
         self.dropped_in_window += result["dropped_in_window"]
         self.open_at_end += result["open_at_end"]

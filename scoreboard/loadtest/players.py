@@ -27,6 +27,7 @@ from scoreboard.loadtest.websocket import (
     close_code_of,
     new_key,
     parse_head,
+    retry_pause_s,
     split_head,
     text_frame,
     upgrade_request,
@@ -36,16 +37,19 @@ WS_PATH = "/api/v1/ws"
 USER_AGENT = "scoreboard-loadtest/1"
 OUTBOX_FRAMES = 100_000
 RECONNECT_DELAY_S = 0.5
+CONNECT_ATTEMPTS = 5
 AUTH_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 65536  # below malloc's mmap threshold: a larger read buffer costs a mapping
 
 
 class SocketRefused(Exception):
-    """The server did not let a WebSocket in; `reason` says how (HTTP status or close code)."""
+    """The server did not let a WebSocket in; `reason` says how (HTTP status or close code),
+    `retry` whether the failure was in transit (worth another try) rather than a refusal."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, retry: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.retry = retry
 
 
 async def open_socket(
@@ -56,7 +60,7 @@ async def open_socket(
     try:
         stream = await trio.open_tcp_stream(origin.host, origin.port)
     except OSError as exc:
-        raise SocketRefused(f"connect: {exc}") from exc
+        raise SocketRefused(f"connect: {exc}", retry=True) from exc
     try:
         key = new_key()
         await stream.send_all(
@@ -73,14 +77,15 @@ async def open_socket(
         while (parts := split_head(buffer)) is None:
             chunk = await stream.receive_some(65536)
             if not chunk:
-                raise SocketRefused("closed during the upgrade")
+                raise SocketRefused("closed during the upgrade", retry=True)
             buffer += chunk
         head, rest = parts
         status, reason, headers = parse_head(head)
         try:
             deflate = check_upgrade(status, reason, headers, key, rest, offered=offer_deflate)
         except HandshakeRefused as refused:
-            raise SocketRefused(f"HTTP {refused.status} on upgrade") from None
+            reason = f"HTTP {refused.status} on upgrade"
+            raise SocketRefused(reason, retry=refused.status >= 500) from None
         reader = FrameReader(deflate)
         await stream.send_all(text_frame(json.dumps({"type": "auth", "token": token})))
         messages = reader.feed(rest)
@@ -99,7 +104,7 @@ async def open_socket(
                         return stream, reader, messages[index + 1 :]
                 chunk = await stream.receive_some(65536)
                 if not chunk:
-                    raise SocketRefused("closed before auth_ok")
+                    raise SocketRefused("closed before auth_ok", retry=True)
                 messages = reader.feed(chunk)
     except BaseException:
         stream.socket.close()
@@ -124,6 +129,7 @@ class PlayerSocket:
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
         self.drops: list[str] = []
         self.reconnects = 0
+        self.connect_retries = 0
         self.frames = 0
         self.closing = False
 
@@ -142,6 +148,7 @@ class PlayerSocket:
         """Keep the socket open until cancelled: the first connection's refusal is raised
         (before `started`), later drops are recorded and the socket reconnects."""
         first = True
+        attempt = 0
         while True:
             try:
                 stream, reader, pending = await open_socket(
@@ -151,12 +158,18 @@ class PlayerSocket:
                     offer_deflate=self.offer_deflate,
                 )
             except (SocketRefused, OSError, trio.TooSlowError, ProtocolError, ValueError) as exc:
-                if first:
+                in_transit = not isinstance(exc, SocketRefused | ProtocolError | ValueError)
+                retry = exc.retry if isinstance(exc, SocketRefused) else in_transit
+                if first and (not retry or attempt == CONNECT_ATTEMPTS - 1):
                     reason = getattr(exc, "reason", f"{type(exc).__name__}: {exc}")
                     raise SocketRefused(reason) from exc
-                self.drops.append(f"reconnect failed: {exc}")
-                await trio.sleep(RECONNECT_DELAY_S)
+                if not first:
+                    self.drops.append(f"reconnect failed: {exc}")
+                self.connect_retries += 1
+                await trio.sleep(retry_pause_s(attempt))
+                attempt += 1
                 continue
+            attempt = 0
             if first:
                 task_status.started()
                 first = False

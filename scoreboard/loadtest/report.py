@@ -60,7 +60,8 @@ def render_table(result: dict[str, Any]) -> str:
         (
             "clients",
             f"{clients['connected']:,}/{clients['asked']:,} connected in "
-            f"{number(clients['connect_s'], 1)} s; dropped during the run "
+            f"{number(clients['connect_s'], 1)} s ({clients['connect_retries']:,} retries after "
+            "a failure in transit); dropped during the run "
             f"{clients['dropped_during_window']}; on the final board "
             f"{clients['on_final_board']:,}/{clients['connected']:,}",
         ),

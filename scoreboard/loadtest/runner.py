@@ -41,6 +41,7 @@ PROBE_ACTIONS = 16
 REFRESH_RETRY_S = 30.0
 RESOLVE_DEADLINE_S = 30.0  # for resending unknown outcomes, and for asking missing ones
 NOT_SENT_NO_CONNECTION = "not sent (no free connection within --request-timeout)"
+NOT_SENT_OUTBOX_FULL = "not sent (the player socket's outbox was full)"
 RESOLVE_CONCURRENCY = 16
 MAX_PRIMING_PER_LEADER = 2000
 TRACKED_ENTRIES_PER_PROCESS = 4_000_000  # snapshot arrivals kept for action-to-screen
@@ -632,7 +633,7 @@ class LoadTest:
                 {"type": "action", **action.body, "nonce": action.nonce}
             ):
                 self.not_sent += 1
-                self.ledger.on_transport_error(action, "not sent (client outbox full)")
+                self.ledger.on_transport_error(action, NOT_SENT_OUTBOX_FULL)
 
     async def _http_sender(
         self, receive: trio.MemoryReceiveChannel[Action], *, on_schedule: bool = False
@@ -840,13 +841,18 @@ class LoadTest:
             checks.append({"name": name, "ok": ok, "detail": detail})
 
         unknown = [a for a in ledger if a.fate_unknown]
-        refused = Counter(a.error for a in ledger if a.action_id is None and not a.fate_unknown)
+        refused = Counter(
+            a.error
+            for a in ledger
+            if a.action_id is None and not a.fate_unknown and not _never_sent(a)
+        )
         check(
             "every action answered",
             not unknown,
-            f"{len(ledger)} sent ({self.priming} to prime the leaders), "
-            f"{sum(1 for a in ledger if a.accepted)} accepted, refused {dict(refused) or 0}, "
-            f"{len(unknown)} with no known outcome after resending with the same nonce",
+            f"{len(ledger) - self.not_sent} sent ({self.priming} to prime the leaders; "
+            f"{self.not_sent} due but never sent), {sum(1 for a in ledger if a.accepted)} "
+            f"accepted, refused {dict(refused) or 0}, {len(unknown)} with no known outcome "
+            "after resending with the same nonce",
         )
         unprocessed = [a for a in ledger if a.accepted and not a.processed]
         check(
@@ -1043,6 +1049,7 @@ class LoadTest:
                 "player_action": self.player_type.name,
                 "sockets": len(self.sockets),
                 "socket_drops": sum(len(s.drops) for s in self.sockets),
+                "socket_connect_retries": sum(s.connect_retries for s in self.sockets),
                 "setup_s": self.setup_s,
                 "priming_actions": self.priming,
                 "token_refreshes": self.token_refreshes,
@@ -1052,6 +1059,7 @@ class LoadTest:
                 "processes": len(self.watchers),
                 "connected": fleet.connected,
                 "refused": dict(fleet.refused),
+                "connect_retries": fleet.connect_retries,
                 "connect_s": self.memory.get("connect_s"),
                 "dropped": dict(fleet.dropped),
                 "dropped_during_window": fleet.dropped_in_window,
@@ -1150,6 +1158,10 @@ class LoadTest:
             ),
             "server": server_points,
         }
+
+
+def _never_sent(action: Action) -> bool:
+    return action.error is not None and action.error.startswith("not sent")
 
 
 def _every_second(counts: Counter[int]) -> list[tuple[int, int]]:

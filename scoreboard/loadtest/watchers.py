@@ -23,6 +23,7 @@ import sys
 import time
 from array import array
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,12 +44,14 @@ from scoreboard.loadtest.websocket import (
     close_frame,
     new_key,
     parse_head,
+    retry_pause_s,
     split_head,
     text_frame,
     upgrade_request,
 )
 
 RECEIVE_BYTES = 262144
+CONNECT_ATTEMPTS = 5
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
 ANCILLARY_BYTES = socket.CMSG_SPACE(16)
 TIMESPEC = struct.Struct("qq")
@@ -77,6 +80,14 @@ class Snapshot:
         self.stamped_at = stamped_at  # epoch seconds
         self.top = top  # (user_id, score) in rank order
         self.scores = dict(top)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a socket did not open; `retry` when the failure was in transit, not a refusal."""
+
+    reason: str
+    retry: bool = False
 
 
 class Watcher:
@@ -130,6 +141,7 @@ class Worker:
         self.snapshot_of: dict[bytes, Snapshot] = {}
         self.snapshots: list[Snapshot] = []
         self.refused: Counter[str] = Counter()
+        self.retries = 0
         self.connected = 0
         self.connect_s = 0.0
         self.frames = 0
@@ -156,23 +168,31 @@ class Worker:
         self.connect_s = time.monotonic() - started
 
     async def _connect_one(self, watcher: Watcher, limiter: trio.Semaphore) -> None:
+        """Like the web page: a connection that fails in transit (reset, closed, timed out,
+        a 5xx) is tried again after a growing pause; a refusal (4xx on the upgrade, a close
+        code, an error message) is final."""
         try:
-            with trio.move_on_after(self.job["connect_timeout_s"]) as scope:
-                reason = await self._open(watcher)
-            if scope.cancelled_caught:
-                reason = "timeout (connect, upgrade or auth)"
+            for attempt in range(CONNECT_ATTEMPTS):
+                with trio.move_on_after(self.job["connect_timeout_s"]) as scope:
+                    refusal = await self._open(watcher)
+                if scope.cancelled_caught:
+                    refusal = Refusal("timeout (connect, upgrade or auth)", retry=True)
+                if refusal is None:
+                    self.connected += 1
+                    return
+                if watcher.sock is not None:
+                    watcher.sock.close()
+                    watcher.sock = None
+                if not refusal.retry or attempt == CONNECT_ATTEMPTS - 1:
+                    self.refused[refusal.reason] += 1
+                    return
+                self.retries += 1
+                await trio.sleep(retry_pause_s(attempt))
         finally:
             limiter.release()
-        if reason is None:
-            self.connected += 1
-        else:
-            self.refused[reason] += 1
-            if watcher.sock is not None:
-                watcher.sock.close()
-                watcher.sock = None
 
-    async def _open(self, watcher: Watcher) -> str | None:
-        """Open, upgrade and authenticate one socket; the refusal's reason, or None."""
+    async def _open(self, watcher: Watcher) -> Refusal | None:
+        """Open, upgrade and authenticate one socket; why it failed, or None."""
         family, kind, proto, _name, address = (
             await trio.socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         )[0]
@@ -198,14 +218,14 @@ class Worker:
             while (parts := split_head(buffer)) is None:
                 chunk = await trio_sock.recv(65536)
                 if not chunk or len(buffer) > MAX_HEAD_BYTES:
-                    return "closed during the upgrade"
+                    return Refusal("closed during the upgrade", retry=True)
                 buffer += chunk
             head, rest = parts
             status, reason, headers = parse_head(head)
             try:
                 deflate = check_upgrade(status, reason, headers, key, rest, offered=offered)
             except HandshakeRefused as refused:
-                return f"HTTP {refused.status} on upgrade"
+                return Refusal(f"HTTP {refused.status} on upgrade", retry=refused.status >= 500)
             reader = FrameReader(deflate)
             token = self.tokens[watcher.account]
             await _send_all(trio_sock, text_frame(json.dumps({"type": "auth", "token": token})))
@@ -214,12 +234,12 @@ class Worker:
                 for index, (opcode, payload) in enumerate(messages):
                     if opcode == CLOSE:
                         code, text = close_code_of(payload)
-                        return f"close {code} {text}".strip()
+                        return Refusal(f"close {code} {text}".strip())
                     if opcode != TEXT:
                         continue
                     message = json.loads(payload)
                     if message.get("type") == "error":
-                        return f"error {message.get('error')}"
+                        return Refusal(f"error {message.get('error')}")
                     if message.get("type") == "auth_ok":
                         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                         watcher.reader = reader
@@ -229,10 +249,12 @@ class Worker:
                         return None
                 chunk = await trio_sock.recv(65536)
                 if not chunk:
-                    return "closed before auth_ok"
+                    return Refusal("closed before auth_ok", retry=True)
                 messages = reader.feed(chunk)
-        except (OSError, ProtocolError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except OSError as exc:
+            return Refusal(f"{type(exc).__name__}: {exc}", retry=True)
+        except (ProtocolError, ValueError) as exc:
+            return Refusal(f"{type(exc).__name__}: {exc}")
 
     # -- receiving
 
@@ -392,6 +414,7 @@ class Worker:
             "clients": len(self.watchers),
             "connected": self.connected,
             "refused": dict(self.refused),
+            "connect_retries": self.retries,
             "connect_s": self.connect_s,
             "dropped": dict(self.dropped),
             "dropped_in_window": self.dropped_in_window,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import zlib
 from dataclasses import dataclass
 
@@ -51,6 +52,13 @@ class Deflate:
 
     server_no_context_takeover: bool
     server_max_window_bits: int
+
+
+def retry_pause_s(attempt: int) -> float:
+    """Before another try at a connection that failed in transit: 0.25-0.5 s, then doubling,
+    as the web page reconnects."""
+    base = 0.25 * 2.0**attempt
+    return base + random.uniform(0, base)
 
 
 def new_key() -> str:
