@@ -81,7 +81,7 @@ def row(outcome: Outcome) -> list[str]:
     return [
         *head,
         f"{actions['accepted_in_window_per_s']:,.0f}",
-        f"{actions['processed_in_window_per_s']:,.0f}",
+        "—" if actions["processed_per_s"] is None else f"{actions['processed_per_s']:,.0f}",
         drained,
         str(actions["unavailable"]),
         _latency(latency["http_accept"], bound_s),
@@ -137,9 +137,12 @@ def markdown(outcomes: Sequence[Outcome], header: dict[str, Any], adapters: Sequ
     lines += ["| " + " | ".join(row(outcome)) + " |" for outcome in outcomes]
     lines += [
         "",
-        "accepted/s and processed/s: while sending (processed = outcome known: `action_result` "
-        "on the player's socket, or `GET /api/v1/actions/<id>`); drain s: from the last action "
-        "sent to the last processed; action→screen: from the moment a leader's action was due "
+        "accepted/s: accepted while sending, per second of sending; processed/s: actions "
+        "processed (outcome known: `action_result` on the player's socket, or "
+        "`GET /api/v1/actions/<id>` timed by its `processed_at`) per second from the first due "
+        "time to the last outcome; drain s: from the end of sending to the last outcome ('no': "
+        "not every accepted action processed within the drain timeout); action→screen: from "
+        "the moment a leader's action was due "
         "until each client received the snapshot showing it (p99 '>5s' when more than 1 % never "
         "did within 5 s); update lag: the snapshot's `timestamp` to its arrival; server KiB "
         "/socket: server RSS growth while the clients connected, per client.",

@@ -70,7 +70,8 @@ def render_table(result: dict[str, Any]) -> str:
             f"sent {actions['sent']:,}, accepted {actions['accepted']:,} "
             f"({actions['accepted_in_window_per_s']:,.1f}/s while sending), processed "
             f"{actions['processed']:,} ({actions['processed_in_window_per_s']:,.1f}/s while "
-            f"sending); backlog when sending stopped {actions['backlog_at_window_end']:,}; "
+            f"sending, {number(actions['processed_per_s'], 1)}/s until the last); backlog when "
+            f"sending stopped {actions['backlog_at_window_end']:,}; "
             + (
                 f"drained {number(actions['drain_s'], 1)} s later"
                 if actions["drained"]

@@ -1078,6 +1078,7 @@ class LoadTest:
                 "accepted_in_window_per_s": len(in_window) / duration,
                 "processed": sum(1 for a in measured if a.processed),
                 "processed_in_window_per_s": len(processed_in_window) / duration,
+                "processed_per_s": self._processed_rate(measured),
                 "backlog_at_window_end": self.backlog_at_window_end,
                 "drain_s": self.drain_s,
                 "drained": self.drained,
@@ -1124,6 +1125,14 @@ class LoadTest:
             "timeline": self.timeline(),
         }
         return result
+
+    def _processed_rate(self, measured: list[Action]) -> float | None:
+        """Processed actions per second from the first due time to the last outcome: the
+        scoring pipeline's throughput, its backlog included."""
+        times = [a.processed_at for a in measured if a.processed_at is not None]
+        if not times or max(times) <= self.window_start:
+            return None
+        return len(times) / (max(times) - self.window_start)
 
     def timeline(self) -> dict[str, Any]:
         """Per second since the window opened: the chart's data."""

@@ -93,6 +93,7 @@ async def test_a_short_mixed_run_is_correct_and_produces_every_figure(
     assert actions["sent"] == actions["accepted"] == actions["processed"] == 80
     assert actions["accepted_in_window_per_s"] > 0
     assert actions["processed_in_window_per_s"] >= 0
+    assert actions["processed_per_s"] > 0
     assert actions["drained"]
     assert set(actions["answers"]) == {"http 202", "ws accepted"}
 
