@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from scoreboard.config import Config, ConfigError, load_config
+from scoreboard.loadtest.options import DESCRIPTION, Options, add_arguments
 
 if TYPE_CHECKING:
     from scoreboard.backends import Backends
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "remove", help="remove a client and revoke every token issued to it"
     )
     remove_client.add_argument("client_id")
+
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="load-test a running server from outside (players, WebSockets, open-loop actions)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(loadtest)
 
     users = commands.add_parser("users", help="accounts")
     users_commands = users.add_subparsers(dest="users_command", required=True)
@@ -285,8 +294,10 @@ async def run_clients(config: Config, args: argparse.Namespace) -> int:
         expires_at_ms = _revocation_expires_at_ms(config)
         revoked = await store.remove_client(args.client_id, expires_at_ms)
         if revoked is None:
-            print(f"scoreboard: no client {args.client_id} (scoreboard-web is built in)",
-                  file=sys.stderr)
+            print(
+                f"scoreboard: no client {args.client_id} (scoreboard-web is built in)",
+                file=sys.stderr,
+            )
             return 1
         await _announce_revoked(backends, revoked, expires_at_ms)
         print(f"removed client {args.client_id}; revoked {len(revoked)} grant(s)")
@@ -327,6 +338,10 @@ async def run_users(config: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, getattr(args, "child_name", None))
+    if args.command == "loadtest":  # knows only the server's URL, not its configuration
+        from scoreboard.loadtest.command import main as loadtest_main
+
+        return loadtest_main(Options.from_namespace(args))
     try:
         config = load_config()
         if args.command == "serve":
