@@ -15,9 +15,10 @@ run *ARGS: install migrate
 test *ARGS: install
     {{python}} -m pytest {{ARGS}}
 
-# Lint and type-check
+# Lint, format check and type-check
 check: install
     {{venv}}/bin/ruff check scoreboard tests benchmarks
+    {{venv}}/bin/ruff format --check scoreboard tests benchmarks
     {{venv}}/bin/mypy
 
 # Create the database if needed and apply migrations (idempotent; SQLite in embedded mode)

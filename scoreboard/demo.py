@@ -35,8 +35,15 @@ def announcement(url: str, demo_password: str | None, *, embedded: bool) -> list
     else:
         body = '{"username":"ada","email":"ada@example.com","password":"correct horse battery"}'
         command = shlex.join(
-            ["curl", "-s", f"{url}/api/v1/users", "-H", "Content-Type: application/json",
-             "-d", body]
+            [
+                "curl",
+                "-s",
+                f"{url}/api/v1/users",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ]
         )
         lines.append(f"Demo user: {DEMO_USERNAME} exists; create another with: {command}")
     return lines

@@ -26,7 +26,9 @@ import trio
 
 from scoreboard.config import Config, load_config
 
-PG_ADMIN_URL = os.environ.get("SCOREBOARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "SCOREBOARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_BASE_URL = os.environ.get("SCOREBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_HOST = os.environ.get("SCOREBOARD_TEST_AMQP_HOST", "127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:8]

@@ -130,9 +130,7 @@ class _Keeper:
             )
         return list(latest.values())
 
-    async def _apply(
-        self, entries: list[BoardEntry]
-    ) -> tuple[list[RankChange], list[RankedEntry]]:
+    async def _apply(self, entries: list[BoardEntry]) -> tuple[list[RankChange], list[RankedEntry]]:
         applied = await self._write(entries)
         if applied is None:
             await self._rebuild(await self._all_entries())

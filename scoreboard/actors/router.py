@@ -75,8 +75,13 @@ async def run(
                             send, receive = trio.open_memory_channel[UserMsg](user_inbox_size)
                             nursery.start_soon(
                                 functools.partial(
-                                    user.run, receive, scorer.clone(), user_id=envelope.user_id,
-                                    store=store, catalogue=catalogue, config=config,
+                                    user.run,
+                                    receive,
+                                    scorer.clone(),
+                                    user_id=envelope.user_id,
+                                    store=store,
+                                    catalogue=catalogue,
+                                    config=config,
                                 )
                             )
                             actor = actors[envelope.user_id] = _UserActor(send, 0.0)

@@ -169,8 +169,12 @@ async def _give_up_on(
     """One action the store refused: try it again later, or record it failed and dead-letter it."""
     envelope = score.decision.envelope
     attempt = envelope.attempts + 1
-    log.error("scorer: the store refused action %s (attempt %d)", envelope.action_id, attempt,
-              exc_info=error)
+    log.error(
+        "scorer: the store refused action %s (attempt %d)",
+        envelope.action_id,
+        attempt,
+        exc_info=error,
+    )
     if attempt < config.amqp.max_attempts:
         outcome.retry.append((score.delivery, envelope))
         return

@@ -146,8 +146,7 @@ class EmbeddedBroker(Broker):
                 )
                 rows = await self._db.write(take)
             for row in rows:
-                delivery = Delivery(row.seq, incarnation, row.body, row.message_id,
-                                    row.redelivered)
+                delivery = Delivery(row.seq, incarnation, row.body, row.message_id, row.redelivered)
                 try:
                     deliveries.send_nowait(delivery)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -134,9 +134,7 @@ class Store(Protocol):
         never reused)."""
         ...
 
-    async def disable_user(
-        self, username: str, revocation_expires_at_ms: int
-    ) -> list[str] | None:
+    async def disable_user(self, username: str, revocation_expires_at_ms: int) -> list[str] | None:
         """Disable the account and revoke every grant of it; the revoked grant ids, or None
         if there is no such user."""
         ...
@@ -265,7 +263,6 @@ class FailureDelay:
         return max(0, last_failure_ms + delay - now_ms)
 
 
-
 @dataclass(frozen=True, slots=True)
 class PendingAction:
     user_id: int
@@ -353,9 +350,7 @@ class EdgeGuard(Protocol):
         to it again. A nonce bound to another action, or answered already, is left alone."""
         ...
 
-    async def mark_outcome_unknown(
-        self, *, user_id: int, nonce: str, action_id: uuid.UUID
-    ) -> None:
+    async def mark_outcome_unknown(self, *, user_id: int, nonce: str, action_id: uuid.UUID) -> None:
         """The publish of this claim got no confirm: its nonce, if still `PUBLISHING` with this
         action, becomes `OUTCOME_UNKNOWN` (the next request with it publishes it again)."""
         ...

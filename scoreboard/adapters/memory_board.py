@@ -235,9 +235,7 @@ class MemoryEdgeGuard(EdgeGuard):
             bisect.insort(self._ip_windows.setdefault(ip, []), (now_ms, action_id))
             bisect.insort(self._user_windows.setdefault(user_id, []), (now_ms, action_id))
             if cooldown_ms > 0:
-                self._cooldowns[(user_id, action_type)] = _Cooldown(
-                    now_ms + cooldown_ms, action_id
-                )
+                self._cooldowns[(user_id, action_type)] = _Cooldown(now_ms + cooldown_ms, action_id)
         self._nonces[key] = _Nonce(action_id, PUBLISHING, now_ms + NONCE_TTL_MS)
         self._pending[action_id] = PendingAction(user_id, action_type, nonce, now_ms)
         return Accepted()
@@ -279,9 +277,7 @@ class MemoryEdgeGuard(EdgeGuard):
             ):
                 known.first_status_code = ACCEPTED_STATUS
 
-    async def mark_outcome_unknown(
-        self, *, user_id: int, nonce: str, action_id: uuid.UUID
-    ) -> None:
+    async def mark_outcome_unknown(self, *, user_id: int, nonce: str, action_id: uuid.UUID) -> None:
         known = self._nonces.get((user_id, nonce))
         if known is not None and (known.action_id, known.first_status_code) == (
             action_id,

@@ -290,9 +290,7 @@ class PostgresStore(Store):
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         await _crossing(self._bridge, _retire_signing_key, self._pool, kid, retired_at_ms)
 
-    async def disable_user(
-        self, username: str, revocation_expires_at_ms: int
-    ) -> list[str] | None:
+    async def disable_user(self, username: str, revocation_expires_at_ms: int) -> list[str] | None:
         return await _crossing(
             self._bridge, _disable_user, self._pool, username, revocation_expires_at_ms
         )
@@ -320,7 +318,12 @@ class PostgresStore(Store):
         self, code_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
     ) -> AuthorizationCodeRecord | GrantRevoked | None:
         return await _crossing(
-            self._bridge, _redeem_authorization_code, self._pool, code_hash, client_id, now_ms,
+            self._bridge,
+            _redeem_authorization_code,
+            self._pool,
+            code_hash,
+            client_id,
+            now_ms,
             revocation_expires_at_ms,
         )
 
@@ -328,7 +331,12 @@ class PostgresStore(Store):
         self, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
     ) -> bool:
         return await _crossing(
-            self._bridge, _add_refresh_token, self._pool, grant_id, token_hash, now_ms,
+            self._bridge,
+            _add_refresh_token,
+            self._pool,
+            grant_id,
+            token_hash,
+            now_ms,
             expires_at_ms,
         )
 
@@ -336,7 +344,12 @@ class PostgresStore(Store):
         self, token_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
     ) -> GrantRecord | GrantRevoked | None:
         return await _crossing(
-            self._bridge, _rotate_refresh_token, self._pool, token_hash, client_id, now_ms,
+            self._bridge,
+            _rotate_refresh_token,
+            self._pool,
+            token_hash,
+            client_id,
+            now_ms,
             revocation_expires_at_ms,
         )
 

@@ -77,7 +77,7 @@ def board_member(entry: BoardEntry) -> str:
 
 
 def _user_of_member(member: str) -> int:
-    return int(member[REACH_DIGITS + 1:])
+    return int(member[REACH_DIGITS + 1 :])
 
 
 # Shared Lua: the entries of ranks [start, stop] (0-based) as {member, score, name, ...}.
@@ -98,7 +98,9 @@ end
 # KEYS: board, member hash, name hash, meta. ARGV: top_n, then per entry: user_id, score,
 # member, username. Answers nil when the board was never built (or lost part of itself), else
 # {{user, old rank or -1, new rank}..., top entries}. Ranks are 0-based here.
-_APPLY = _RANGE_WITH_NAMES + """
+_APPLY = (
+    _RANGE_WITH_NAMES
+    + """
 if redis.call('EXISTS', KEYS[4]) == 0
    or redis.call('ZCARD', KEYS[1]) ~= redis.call('HLEN', KEYS[2]) then
   return false
@@ -148,6 +150,7 @@ local top = {}
 if top_n > 0 then top = range_with_names(KEYS[1], KEYS[3], 0, top_n - 1) end
 return {changes, top}
 """
+)
 
 # KEYS: temporary board, member hash, name hash; board, member hash, name hash, meta.
 # ARGV: "1" when the temporary keys hold entries; "1" to swap only if the board is missing.
@@ -172,16 +175,21 @@ return true
 
 # KEYS: board, name hash, meta. ARGV: limit. Answers {updated_at, entries}; updated_at is 0 when
 # the board is missing (the meta key is written with every build and update).
-_TOP = _RANGE_WITH_NAMES + """
+_TOP = (
+    _RANGE_WITH_NAMES
+    + """
 local updated_at = tonumber(redis.call('HGET', KEYS[3], 'updated_at') or '0')
 local limit = tonumber(ARGV[1])
 if limit <= 0 then return {updated_at, {}} end
 return {updated_at, range_with_names(KEYS[1], KEYS[2], 0, limit - 1)}
 """
+)
 
 # KEYS: board, member hash, name hash, meta. ARGV: user_id, radius. Answers 'missing' when the
 # board is, nil when the user is not on it, else {first rank, user's rank, entries}.
-_AROUND = _RANGE_WITH_NAMES + """
+_AROUND = (
+    _RANGE_WITH_NAMES
+    + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return 'missing' end
 local member = redis.call('HGET', KEYS[2], ARGV[1])
 local rank = member and redis.call('ZREVRANK', KEYS[1], member)
@@ -189,6 +197,7 @@ if not rank then return false end
 local first = math.max(0, rank - tonumber(ARGV[2]))
 return {first, rank, range_with_names(KEYS[1], KEYS[3], first, rank + tonumber(ARGV[2]))}
 """
+)
 
 # KEYS: nonce, IP window, user window, cooldown, pending action.
 # ARGV: action_id, now_ms, cooldown_ms, user limit, IP limit, limits enabled ("1"/"0"),
@@ -399,7 +408,7 @@ class RedisBoard(_RedisAdapter):
         temporary = [f"{key}:rebuild:{tag}" for key in (self._board, self._members, self._names)]
         try:
             for start in range(0, len(entries), REBUILD_CHUNK):
-                chunk = entries[start:start + REBUILD_CHUNK]
+                chunk = entries[start : start + REBUILD_CHUNK]
                 scores: dict[str, EncodableT] = {}
                 members: dict[EncodableT, EncodableT] = {}
                 names: dict[EncodableT, EncodableT] = {}
@@ -443,7 +452,7 @@ class RedisBoard(_RedisAdapter):
         entries = _ranked(flat, first + 1)
         mine = rank - first
         return MeView(
-            me=entries[mine], above=tuple(entries[:mine]), below=tuple(entries[mine + 1:])
+            me=entries[mine], above=tuple(entries[:mine]), below=tuple(entries[mine + 1 :])
         )
 
     async def scores(self) -> dict[int, int]:
@@ -504,9 +513,18 @@ class RedisEdgeGuard(_RedisAdapter):
             self._action_key(action_id),
         ]
         args = [
-            str(action_id), now_ms, cooldown_ms, user_limit_per_minute, ip_limit_per_minute,
-            "1" if limits_enabled else "0", LIMIT_WINDOW_MS, f"{action_id} {PUBLISHING}",
-            NONCE_TTL_MS, user_id, action_type, nonce,
+            str(action_id),
+            now_ms,
+            cooldown_ms,
+            user_limit_per_minute,
+            ip_limit_per_minute,
+            "1" if limits_enabled else "0",
+            LIMIT_WINDOW_MS,
+            f"{action_id} {PUBLISHING}",
+            NONCE_TTL_MS,
+            user_id,
+            action_type,
+            nonce,
         ]
         reply = await self._run(self._claim_script, keys, args)
         match reply:
@@ -538,9 +556,7 @@ class RedisEdgeGuard(_RedisAdapter):
         args += [str(action_id) for _, _, action_id in actions]
         await self._run(self._mark_queued_script, keys, args)
 
-    async def mark_outcome_unknown(
-        self, *, user_id: int, nonce: str, action_id: uuid.UUID
-    ) -> None:
+    async def mark_outcome_unknown(self, *, user_id: int, nonce: str, action_id: uuid.UUID) -> None:
         await self._run(
             self._mark_outcome_unknown_script,
             [self._nonce_key(user_id, nonce)],

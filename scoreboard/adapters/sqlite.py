@@ -304,9 +304,7 @@ class SQLiteStore(Store):
             await self._db.write(functools.partial(_fail_action, storable(bare), why))
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
-        return await self._db.write(
-            functools.partial(_create_user, username, email, password_hash)
-        )
+        return await self._db.write(functools.partial(_create_user, username, email, password_hash))
 
     async def get_user(self, user_id: int) -> UserRecord | None:
         return await self._db.read(functools.partial(_one_user, "id = ?", user_id))
@@ -345,9 +343,7 @@ class SQLiteStore(Store):
             )
         )
 
-    async def disable_user(
-        self, username: str, revocation_expires_at_ms: int
-    ) -> list[str] | None:
+    async def disable_user(self, username: str, revocation_expires_at_ms: int) -> list[str] | None:
         return await self._db.write(
             functools.partial(_disable_user, username, revocation_expires_at_ms)
         )
@@ -405,9 +401,7 @@ class SQLiteStore(Store):
     async def revoke(
         self, *, grant_ids: Sequence[str], jtis: Sequence[str], expires_at_ms: int
     ) -> None:
-        await self._db.write(
-            functools.partial(_revoke, list(grant_ids), list(jtis), expires_at_ms)
-        )
+        await self._db.write(functools.partial(_revoke, list(grant_ids), list(jtis), expires_at_ms))
 
     async def revocations(self, now_ms: int) -> list[Revocation]:
         return await self._db.read(functools.partial(_revocations, now_ms))
@@ -492,8 +486,12 @@ def _commit_actions(
         _INSERT_ACTION,
         [
             (
-                str(d.envelope.action_id), d.envelope.user_id, d.envelope.nonce,
-                *_row_values(d, s), now, now,
+                str(d.envelope.action_id),
+                d.envelope.user_id,
+                d.envelope.nonce,
+                *_row_values(d, s),
+                now,
+                now,
             )
             for d, s in plan.new
         ],
@@ -521,18 +519,26 @@ def _commit_actions(
     for user_id, change in changes.items():
         if change.delta > 0:
             reached_at[user_id] = now
-    return plan.results(
-        {user_id: row["username"] for user_id, row in users.items()}, reached_at
-    )
+    return plan.results({user_id: row["username"] for user_id, row in users.items()}, reached_at)
 
 
 def _row_values(d: Decision, s: Settled) -> tuple[object, ...]:
     """The columns from action_type to received_at_ms, as `_INSERT_ACTION` lists them."""
     e = d.envelope
     return (
-        e.action_type, json.dumps(dict(e.action_data)), s.status, s.score_delta, s.new_score,
-        s.error, s.message, s.retry_after_s, json.dumps(list(d.flags)), e.ip, e.user_agent,
-        json.dumps(dict(e.headers)), e.received_at_ms,
+        e.action_type,
+        json.dumps(dict(e.action_data)),
+        s.status,
+        s.score_delta,
+        s.new_score,
+        s.error,
+        s.message,
+        s.retry_after_s,
+        json.dumps(list(d.flags)),
+        e.ip,
+        e.user_agent,
+        json.dumps(dict(e.headers)),
+        e.received_at_ms,
     )
 
 
@@ -554,9 +560,17 @@ def _fail_action(envelope: ActionEnvelope, reason: str, connection: sqlite3.Conn
     connection.execute(
         _FAIL_ACTION,
         (
-            str(envelope.action_id), envelope.nonce, envelope.action_type,
-            json.dumps(dict(envelope.action_data)), reason, envelope.ip, envelope.user_agent,
-            json.dumps(dict(envelope.headers)), envelope.received_at_ms, now, now,
+            str(envelope.action_id),
+            envelope.nonce,
+            envelope.action_type,
+            json.dumps(dict(envelope.action_data)),
+            reason,
+            envelope.ip,
+            envelope.user_agent,
+            json.dumps(dict(envelope.headers)),
+            envelope.received_at_ms,
+            now,
+            now,
             envelope.user_id,
         ),
     )
@@ -612,9 +626,7 @@ def _one_action(
 _BOARD_ORDER = "ORDER BY score DESC, score_reached_at_ms, id"
 
 
-def _board_entries(
-    user_ids: list[int] | None, connection: sqlite3.Connection
-) -> list[BoardEntry]:
+def _board_entries(user_ids: list[int] | None, connection: sqlite3.Connection) -> list[BoardEntry]:
     columns = "SELECT id, username, score, score_reached_at_ms FROM users"
     if user_ids is None:
         rows = connection.execute(f"{columns} WHERE score > 0 {_BOARD_ORDER}")
@@ -644,8 +656,7 @@ ORDER BY u.id
 
 def _score_discrepancies(connection: sqlite3.Connection) -> list[tuple[int, int, int]]:
     return [
-        (row["id"], row["score"], row["total"])
-        for row in connection.execute(_SCORE_DISCREPANCIES)
+        (row["id"], row["score"], row["total"]) for row in connection.execute(_SCORE_DISCREPANCIES)
     ]
 
 
@@ -662,8 +673,14 @@ def _create_user(
             " email_normalized, score_reached_at_ms, created_at_ms, updated_at_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                username, email, password_hash, normalized_identity(username),
-                normalized_identity(email), now, now, now,
+                username,
+                email,
+                password_hash,
+                normalized_identity(username),
+                normalized_identity(email),
+                now,
+                now,
+                now,
             ),
         )
     except sqlite3.IntegrityError as exc:
@@ -723,7 +740,10 @@ def _add_signing_key(key: SigningKeyRecord, connection: sqlite3.Connection) -> N
         "INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at_ms, retired_at_ms)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kid) DO NOTHING",
         (
-            key.kid, key.private_pem, json.dumps(dict(key.public_jwk)), key.created_at_ms,
+            key.kid,
+            key.private_pem,
+            json.dumps(dict(key.public_jwk)),
+            key.created_at_ms,
             key.retired_at_ms,
         ),
     )
@@ -774,9 +794,13 @@ def _add_client(client: OAuthClientRecord, connection: sqlite3.Connection) -> No
             "INSERT INTO oauth_clients (client_id, client_type, secret_hash, redirect_uris,"
             " scopes, name, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
-                client.client_id, client.client_type, client.secret_hash,
-                json.dumps(list(client.redirect_uris)), json.dumps(list(client.scopes)),
-                client.name, client.created_at_ms,
+                client.client_id,
+                client.client_type,
+                client.secret_hash,
+                json.dumps(list(client.redirect_uris)),
+                json.dumps(list(client.scopes)),
+                client.name,
+                client.created_at_ms,
             ),
         )
     except sqlite3.IntegrityError as exc:
@@ -859,8 +883,12 @@ def _save_authorization_code(code: AuthorizationCodeRecord, connection: sqlite3.
         "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge,"
         " code_challenge_method, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
         (
-            code.code_hash, grant.grant_id, code.redirect_uri, code.code_challenge,
-            code.code_challenge_method, code.expires_at_ms,
+            code.code_hash,
+            grant.grant_id,
+            code.redirect_uri,
+            code.code_challenge,
+            code.code_challenge_method,
+            code.expires_at_ms,
         ),
     )
 

@@ -139,8 +139,14 @@ def generate_signing_key(kid: str) -> SigningKeyRecord:
 
 def _public_jwk(jwk: Mapping[str, Any], kid: str) -> dict[str, Any]:
     """Only the public members, whatever else the source holds."""
-    return {"kty": "RSA", "n": jwk["n"], "e": jwk["e"], "kid": kid, "alg": SIGNING_ALGORITHM,
-            "use": "sig"}
+    return {
+        "kty": "RSA",
+        "n": jwk["n"],
+        "e": jwk["e"],
+        "kid": kid,
+        "alg": SIGNING_ALGORITHM,
+        "use": "sig",
+    }
 
 
 def _active_and_signing(

@@ -38,7 +38,6 @@ WAIT_REPLY_BUFFER = 1  # exactly one outcome per action
 COMPLETED_MESSAGE = "Action completed successfully"
 
 
-
 def prefer_wait_s(header: str | None) -> float:
     """Seconds from `Prefer: wait=N` (RFC 7240), capped at 10; 0 when absent or malformed."""
     if not header:

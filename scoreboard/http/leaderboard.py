@@ -57,7 +57,6 @@ async def read_board(svc: Services, read: Callable[[], Awaitable[T]]) -> T:
             raise unavailable(1, "the leaderboard is being rebuilt") from None
 
 
-
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return default

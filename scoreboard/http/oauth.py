@@ -83,7 +83,6 @@ async def rejected(exc: OAuthRejected) -> Response:
     )
 
 
-
 def _server() -> AuthorizationServer:
     found: AuthorizationServer = current_app.config["OAUTH_SERVER"]
     return found

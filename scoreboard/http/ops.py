@@ -20,7 +20,6 @@ BACKEND_NAMES = {
 }
 
 
-
 async def _answers(ping: Callable[[], Awaitable[None]]) -> bool:
     with trio.move_on_after(BACKEND_PING_TIMEOUT_S):
         try:

@@ -434,7 +434,10 @@ class Supervisor:
             child.state = "failed"
             logger.error(
                 "%s: more than %d restarts in %g s, the last for child %r; giving up",
-                self.name, self.intensity, self.period, child.spec.id,
+                self.name,
+                self.intensity,
+                self.period,
+                child.spec.id,
             )
             return SupervisorGaveUp(self.name, child.spec.id, error)
         delay = backoff_delay(
@@ -463,7 +466,9 @@ class Supervisor:
             member.state = "restarting"
         logger.warning(
             "%s: restarting %s in %.2f s",
-            self.name, ", ".join(repr(member.spec.id) for member in group), delay,
+            self.name,
+            ", ".join(repr(member.spec.id) for member in group),
+            delay,
         )
         return None
 
@@ -497,7 +502,9 @@ class Supervisor:
                 if not incarnation.finished.is_set():
                     logger.warning(
                         "%s: child %r still running %g s after its shutdown hook; cancelling",
-                        self.name, spec.id, spec.shutdown_timeout,
+                        self.name,
+                        spec.id,
+                        spec.shutdown_timeout,
                     )
             incarnation.cancel_scope.cancel()
             await incarnation.finished.wait()

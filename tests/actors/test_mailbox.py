@@ -73,4 +73,3 @@ async def test_close_wakes_a_waiting_writer_and_keeps_the_first_reason() -> None
     assert not mailbox.overflowed
     mailbox.offer_snapshot("ignored")
     assert await mailbox.wait_frames() == []
-

@@ -89,9 +89,7 @@ async def test_an_action_is_stored_with_its_audit_fields(
     data_dir: Path, store: SQLiteStore
 ) -> None:
     user_id = await new_user(store)  # type: ignore[arg-type]
-    env = envelope(
-        user_id, ip="203.0.113.7", user_agent="pytest", headers={"x-request-id": "r1"}
-    )
+    env = envelope(user_id, ip="203.0.113.7", user_agent="pytest", headers={"x-request-id": "r1"})
     [result] = await store.commit_actions([completed(env, 10, flags=("rapid_fire",))])
     assert (result.status, result.new_score, result.duplicate) == ("completed", 10, False)
     record = await store.get_action(env.action_id)

@@ -129,12 +129,18 @@ async def test_topology_has_exactly_the_proposal_arguments(
     assert types[amqp_config.events_exchange] == ("fanout", True)
     bindings = json.loads(
         await rabbitmqctl(
-            amqp_config, "list_bindings", "source_name", "destination_name", "routing_key",
-            "--formatter", "json",
+            amqp_config,
+            "list_bindings",
+            "source_name",
+            "destination_name",
+            "routing_key",
+            "--formatter",
+            "json",
         )
     )
     assert {
-        b["routing_key"] for b in bindings
+        b["routing_key"]
+        for b in bindings
         if b["source_name"] == amqp_config.dead_letter_exchange
         and b["destination_name"] == amqp_config.failed_queue
     } == {"", amqp_config.queue}

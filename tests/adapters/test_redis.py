@@ -38,9 +38,10 @@ end
 @pytest.fixture
 async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
     with trio.fail_after(30):
-        async with open_bridge() as bridge, open_redis(
-            bridge, RedisConfig(url=redis_url, prefix=redis_prefix)
-        ) as opened:
+        async with (
+            open_bridge() as bridge,
+            open_redis(bridge, RedisConfig(url=redis_url, prefix=redis_prefix)) as opened,
+        ):
             yield opened
 
 

@@ -141,4 +141,3 @@ def test_next_kid_counts_every_generation_and_ignores_foreign_kids() -> None:
     records = [generate_signing_key(kid) for kid in ("key-1", "key-7", "imported-by-hand")]
     assert next_kid(records) == "key-8"
     assert next_kid([]) == "key-1"
-

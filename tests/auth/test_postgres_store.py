@@ -104,9 +104,7 @@ async def test_refresh_sees_a_key_another_process_added(
     old_token, _claims = issue_access_token(
         ring, config=auth_config, user_id=1, client_id="c", scope="read"
     )
-    await store.add_signing_key(
-        await trio.to_thread.run_sync(generate_signing_key, "key-2")
-    )
+    await store.add_signing_key(await trio.to_thread.run_sync(generate_signing_key, "key-2"))
     await ring.refresh(store)
     assert ring.signer()[0] == "key-2"
     assert verify_access_token(ring, old_token, config=auth_config).user_id == 1

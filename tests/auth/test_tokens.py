@@ -62,8 +62,13 @@ def attacker_signer(attacker_key: rsa.RSAPrivateKey) -> Signer:
 @pytest.fixture
 def good_claims(ring: KeyRing, auth_config: Config) -> dict[str, Any]:
     _token, claims = issue_access_token(
-        ring, config=auth_config, user_id=42, client_id="scoreboard-web", scope="read write",
-        grant_id="grant-1", now=NOW,
+        ring,
+        config=auth_config,
+        user_id=42,
+        client_id="scoreboard-web",
+        scope="read write",
+        grant_id="grant-1",
+        now=NOW,
     )
     return claims
 
@@ -100,8 +105,13 @@ def verify(ring: KeyRing, token: str, config: Config, now: int = NOW) -> AccessC
 
 def test_issued_token_round_trips(ring: KeyRing, auth_config: Config) -> None:
     token, claims = issue_access_token(
-        ring, config=auth_config, user_id=42, client_id="scoreboard-web", scope="read write",
-        grant_id="grant-1", now=NOW,
+        ring,
+        config=auth_config,
+        user_id=42,
+        client_id="scoreboard-web",
+        scope="read write",
+        grant_id="grant-1",
+        now=NOW,
     )
     verified = verify(ring, token, auth_config)
     assert verified == AccessClaims(
@@ -123,9 +133,7 @@ def test_issued_token_follows_rfc_9068(ring: KeyRing, auth_config: Config) -> No
     )
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     assert header == {"alg": "RS256", "typ": "at+jwt", "kid": KID}
-    assert claims.keys() == {
-        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"
-    }
+    assert claims.keys() == {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"}
     assert claims["iss"] == "https://scoreboard.test"
     assert claims["sub"] == "7"
     assert claims["aud"] == "scoreboard-api"
@@ -364,9 +372,9 @@ def test_embedded_jwk_is_never_trusted(
     # A 1024-bit key keeps the header under joserfc's 512-byte cap, so our own check is tested.
     small_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     header = good_header(kid=kid, jwk=_attacker_jwk(small_key))
-    token = forge(header, good_claims, lambda data: small_key.sign(
-        data, padding.PKCS1v15(), hashes.SHA256()
-    ))
+    token = forge(
+        header, good_claims, lambda data: small_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    )
     with pytest.raises(InvalidToken, match="header parameter not allowed: jwk"):
         verify(ring, token, auth_config)
 

@@ -123,4 +123,3 @@ async def test_clients_users_and_keys_from_the_command_line(
 
 async def published_kids(client: httpx.AsyncClient) -> list[str]:
     return [key["kid"] for key in (await client.get("/.well-known/jwks.json")).json()["keys"]]
-

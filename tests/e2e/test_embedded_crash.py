@@ -71,7 +71,10 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(
             )
             user_id = response.json()["user_id"]
             tokens[user_id], _ = issue_access_token(
-                keyring, config=config, user_id=user_id, client_id="scoreboard-web",
+                keyring,
+                config=config,
+                user_id=user_id,
+                client_id="scoreboard-web",
                 scope="read write",
             )
 
@@ -141,4 +144,3 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(
         board = (await client.get("/api/v1/leaderboard", params={"limit": 100})).json()
         assert {e["user_id"]: e["score"] for e in board["leaderboard"]} == stored
     assert await restarted.terminate() == 0
-

@@ -46,9 +46,19 @@ class JustRun:
         self.output = directory.parent / f"just-run-{port}-{os.getpid()}.out"
         with self.output.open("ab") as out:
             self.process = subprocess.Popen(
-                [just, "--justfile", str(CHECKOUT / "justfile"), "--working-directory",
-                 str(directory), "run", "--port", str(port)],
-                env=clean_environment(), stdout=out, stderr=subprocess.STDOUT,
+                [
+                    just,
+                    "--justfile",
+                    str(CHECKOUT / "justfile"),
+                    "--working-directory",
+                    str(directory),
+                    "run",
+                    "--port",
+                    str(port),
+                ],
+                env=clean_environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # a signal to just and the server it started
             )
 
@@ -83,8 +93,12 @@ class JustRun:
 
 async def scoreboard(directory: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     result = await trio.run_process(
-        [str(SCOREBOARD), *args], cwd=directory, env={**clean_environment(), **env},
-        capture_stdout=True, capture_stderr=True, check=False,
+        [str(SCOREBOARD), *args],
+        cwd=directory,
+        env={**clean_environment(), **env},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
@@ -119,11 +133,15 @@ async def test_just_run_in_a_fresh_directory_serves_and_scores(tmp_path: Path) -
             assert response.status_code == 201, response.text
             user_id = response.json()["user_id"]
             token, _ = issue_access_token(
-                keyring, config=config, user_id=user_id, client_id="scoreboard-web",
+                keyring,
+                config=config,
+                user_id=user_id,
+                client_id="scoreboard-web",
                 scope="read write",
             )
             response = await client.post(
-                "/api/v1/actions/perform", json=action(),
+                "/api/v1/actions/perform",
+                json=action(),
                 headers={"Authorization": f"Bearer {token}", "Prefer": "wait=10"},
             )
             assert response.status_code == 200, response.text

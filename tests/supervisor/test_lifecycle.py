@@ -124,7 +124,9 @@ async def test_child_ignoring_its_hook_is_cancelled_after_shutdown_timeout(
             raise
 
     spec = ChildSpec(
-        "stubborn", stubborn, shutdown=lambda: hook_calls.append(trio.current_time()),
+        "stubborn",
+        stubborn,
+        shutdown=lambda: hook_calls.append(trio.current_time()),
         shutdown_timeout=7,
     )
     supervisor = Supervisor([spec])

@@ -116,7 +116,11 @@ async def test_backoff_grows_exponentially_within_jitter_bounds(
 ) -> None:
     child = CrashLoop("loop")
     supervisor = Supervisor(
-        [child.spec()], intensity=100, period=1_000, backoff_min=0.5, backoff_max=8,
+        [child.spec()],
+        intensity=100,
+        period=1_000,
+        backoff_min=0.5,
+        backoff_max=8,
         rng=random.Random(7),
     )
     async with supervising(supervisor):
@@ -136,8 +140,12 @@ async def test_backoff_grows_exponentially_within_jitter_bounds(
 async def test_backoff_resets_after_a_healthy_period(autojump_clock: trio.abc.Clock) -> None:
     worker = Worker("w", [])
     supervisor = Supervisor(
-        [worker.spec()], intensity=100, backoff_min=1, backoff_max=100,
-        backoff_reset_after=50, rng=CeilingRandom(),
+        [worker.spec()],
+        intensity=100,
+        backoff_min=1,
+        backoff_max=100,
+        backoff_reset_after=50,
+        rng=CeilingRandom(),
     )
     async with supervising(supervisor):
         for incarnation in range(1, 4):
@@ -197,7 +205,9 @@ async def test_start_failure_counts_as_crash_and_is_retried_with_backoff(
         assert log == ["start db", "start consumer"]
         db, consumer = supervisor.statistics()
         assert (db.state, db.restarts, db.last_error) == (
-            "running", 2, "ConnectionError: db cannot connect"
+            "running",
+            2,
+            "ConnectionError: db cannot connect",
         )
         assert consumer.restarts == 0
         nursery.cancel_scope.cancel()
@@ -255,7 +265,10 @@ async def test_one_for_one_restarts_do_not_wait_for_a_siblings_backoff(
 ) -> None:
     slow, quick = Worker("slow", []), Worker("quick", [])
     supervisor = Supervisor(
-        [slow.spec(), quick.spec()], intensity=10, backoff_min=1, backoff_max=100,
+        [slow.spec(), quick.spec()],
+        intensity=10,
+        backoff_min=1,
+        backoff_max=100,
         rng=CeilingRandom(),
     )
     async with supervising(supervisor):

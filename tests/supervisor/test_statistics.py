@@ -24,21 +24,33 @@ async def test_statistics_report_state_restarts_error_and_uptime(
     supervisor = Supervisor([worker.spec()], backoff_min=1)
     before = supervisor.statistics()[0]
     assert (before.state, before.restarts, before.uptime_s, before.started_at) == (
-        "stopped", 0, None, None
+        "stopped",
+        0,
+        None,
+        None,
     )
     async with supervising(supervisor):
         await trio.sleep(5)
         record = supervisor.statistics()[0]
         assert record == ChildStatistics(
-            id="scorer", state="running", restarts=0, last_error=None,
-            started_at=record.started_at, uptime_s=5.0, inbox_depth=None, inbox_peak=None,
+            id="scorer",
+            state="running",
+            restarts=0,
+            last_error=None,
+            started_at=record.started_at,
+            uptime_s=5.0,
+            inbox_depth=None,
+            inbox_peak=None,
         )
         assert record.started_at is not None
         worker.crash(ValueError("bad batch"))
         await trio.testing.wait_all_tasks_blocked()
         record = supervisor.statistics()[0]
         assert (record.state, record.restarts, record.last_error, record.uptime_s) == (
-            "restarting", 1, "ValueError: bad batch", None
+            "restarting",
+            1,
+            "ValueError: bad batch",
+            None,
         )
         assert not supervisor.all_running
         await trio.sleep(1)
@@ -120,7 +132,10 @@ async def test_nested_supervisor_restarts_its_own_children(autojump_clock: trio.
         await nursery.start(root.run)
         assert log == ["start keeper", "start scorer", "start http"]
         assert [record.id for record in root.statistics()] == [
-            "worker", "worker/keeper", "worker/scorer", "http"
+            "worker",
+            "worker/keeper",
+            "worker/scorer",
+            "http",
         ]
         scorer.crash()
         await trio.testing.wait_all_tasks_blocked()
