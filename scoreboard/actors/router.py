@@ -16,15 +16,31 @@ from typing import assert_never
 
 import trio
 
+from scoreboard.actors import inbox as inboxes
 from scoreboard.actors import user
-from scoreboard.actors.messages import Route, RouterMsg, ScorerMsg, UserMsg
-from scoreboard.adapters.interfaces import Store
+from scoreboard.actors.messages import Route, RouterMsg, UserMsg
+from scoreboard.actors.scorer import ScorerHandle
+from scoreboard.adapters.interfaces import Delivery, Store
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
+from scoreboard.model import ActionEnvelope
 
-INBOX_SIZE = 64  # the consumer forwards as fast as the broker delivers; prefetch bounds the total
+INBOX_SIZE = 1024  # more than the consumer's whole burst (`amqp.prefetch`, 256): it never waits
 IDLE_REAP_S = 60.0
 REAP_EVERY_S = 10.0  # how often idle user actors are looked for
+
+RouterHandle = trio.MemorySendChannel[RouterMsg]
+"""How the consumer reaches the router: the sending end of its inbox."""
+
+
+def open_inbox() -> tuple[RouterHandle, trio.MemoryReceiveChannel[RouterMsg]]:
+    """The router's inbox: the handle the consumer uses, and the end the router reads."""
+    return trio.open_memory_channel[RouterMsg](INBOX_SIZE)
+
+
+async def route(router: RouterHandle, envelope: ActionEnvelope, delivery: Delivery) -> None:
+    """Hand an action to its user's actor; `delivery` is settled once its effect is committed."""
+    await router.send(Route(envelope, delivery))
 
 
 @dataclass(slots=True)
@@ -44,7 +60,7 @@ class _UserActor:
 
 async def run(
     inbox: trio.MemoryReceiveChannel[RouterMsg],
-    scorer: trio.MemorySendChannel[ScorerMsg],
+    scorer: ScorerHandle,
     *,
     store: Store,
     catalogue: Catalogue,
@@ -60,12 +76,10 @@ async def run(
             task_status.started()
             next_reap_at = trio.current_time() + REAP_EVERY_S
             while True:
-                msg: RouterMsg | None = None
-                with trio.move_on_at(next_reap_at):
-                    try:
-                        msg = await inbox.receive()
-                    except trio.EndOfChannel:
-                        break
+                try:
+                    msg = await inboxes.receive_until(inbox, next_reap_at)
+                except trio.EndOfChannel:
+                    break
                 match msg:
                     case None:
                         pass

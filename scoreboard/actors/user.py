@@ -6,8 +6,8 @@ decisions are deterministic, and a backlog processed late is judged as of accept
 
 It remembers the user's recent actions, loaded from the store when it meets an action whose
 windows it has not seen, so the limits survive restarts. Before its first load it waits until the
-scorer has committed everything sent to it so far (a `Barrier`), so the decisions of a reaped or
-restarted predecessor are in the store when it reads. For each action, in order:
+scorer has committed everything sent to it so far (`scorer.barrier`), so the decisions of a
+reaped or restarted predecessor are in the store when it reads. For each action, in order:
 
 1. an action it already knows (same action id, or the same nonce as one it decided or loaded) is
    a redelivery: forwarded as first decided, never counted again (the store returns its outcome);
@@ -33,8 +33,9 @@ from typing import assert_never
 
 import trio
 
-from scoreboard.actors.messages import Barrier, Route, Score, ScorerMsg, UserMsg
+from scoreboard.actors.messages import Route, UserMsg
 from scoreboard.actors.retry import call_with_retries
+from scoreboard.actors.scorer import ScorerHandle, barrier, score
 from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
@@ -257,7 +258,7 @@ def _invalid(envelope: ActionEnvelope, message: str, flags: list[str]) -> Decisi
 
 async def run(
     inbox: trio.MemoryReceiveChannel[UserMsg],
-    scorer: trio.MemorySendChannel[ScorerMsg],
+    scorer: ScorerHandle,
     *,
     user_id: int,
     store: Store,
@@ -277,8 +278,8 @@ async def run(
                     since = ledger.history_needed_since(envelope.received_at_ms)
                     if since is not None:
                         if not committed_before_me:
-                            # A reaped predecessor's last decisions may still be on their way.
-                            await _wait_for_the_scorer(scorer)
+                            # A predecessor's last decisions may still be on their way.
+                            await barrier(scorer)
                             committed_before_me = True
                         recent = await call_with_retries(
                             functools.partial(store.recent_actions, user_id, since),
@@ -288,14 +289,6 @@ async def run(
                             attempts=math.inf,
                         )
                         ledger.add_history(since, recent)
-                    await scorer.send(Score(ledger.decide(envelope), delivery))
+                    await score(scorer, ledger.decide(envelope), delivery)
                 case _:
                     assert_never(msg)
-
-
-async def _wait_for_the_scorer(scorer: trio.MemorySendChannel[ScorerMsg]) -> None:
-    """Until everything already sent to the scorer is committed."""
-    reply_send, reply_receive = trio.open_memory_channel[None](1)
-    with reply_receive:
-        await scorer.send(Barrier(reply_send))
-        await reply_receive.receive()

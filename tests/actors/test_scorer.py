@@ -122,7 +122,7 @@ async def start_scorer(
     ledger: Ledger, max_batch: int = 500, keeper_buffer: int = 100
 ) -> AsyncIterator[Scorer]:
     config = Config().replace(scorer={"max_batch": max_batch})
-    inbox_send, inbox_receive = trio.open_memory_channel[ScorerMsg](scorer.inbox_size(config))
+    inbox_send, inbox_receive = scorer.open_inbox()
     keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper_buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(
