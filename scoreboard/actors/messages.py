@@ -51,6 +51,17 @@ class Score:
 
 
 @dataclass(frozen=True, slots=True)
+class Unjudged:
+    """An action whose user actor crashed while judging it (a poison message, or a bug): the
+    scorer settles it as it does one the store refused, retried until `amqp.max_attempts`, then
+    recorded failed and dead-lettered; it is never acknowledged without a decision."""
+
+    envelope: ActionEnvelope
+    delivery: Delivery
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """Answered (`send_nowait(None)` into `reply`, capacity ≥ 1) once everything sent to the
     scorer before it is committed: a new user actor waits for it before reading the user's
@@ -59,7 +70,7 @@ class Barrier:
     reply: trio.MemorySendChannel[None]
 
 
-ScorerMsg = Score | Barrier
+ScorerMsg = Score | Unjudged | Barrier
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ Failures:
 - anything else is the store's verdict on some action it cannot take (a poison message): the
   batch is split in halves until the action is found, and it is retried (republished, attempts
   + 1) until `amqp.max_attempts`, then recorded as failed and dead-lettered. Only this counts an
-  attempt.
+  attempt, and so does an action whose user actor crashed while judging it (`Unjudged`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import trio
 
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.keeper import KeeperHandle, update_board
-from scoreboard.actors.messages import Barrier, Score, ScorerMsg
+from scoreboard.actors.messages import Barrier, Score, ScorerMsg, Unjudged
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import (
     Broker,
@@ -69,6 +69,13 @@ async def score(scorer: ScorerHandle, decision: Decision, delivery: Delivery) ->
     await scorer.send(Score(decision, delivery))
 
 
+async def give_up(
+    scorer: ScorerHandle, envelope: ActionEnvelope, delivery: Delivery, reason: str
+) -> None:
+    """Hand over an action that could not be judged, to be retried or failed (`Unjudged`)."""
+    await scorer.send(Unjudged(envelope, delivery, reason))
+
+
 async def barrier(scorer: ScorerHandle) -> None:
     """Until everything sent to the scorer before this is committed and settled."""
     await inboxes.call(scorer, Barrier)
@@ -100,12 +107,20 @@ async def run(
                 batch = await inboxes.receive_batch(inbox, config.scorer.max_batch)
             except trio.EndOfChannel:
                 return
-            scores, barriers = _sorted_out(batch)
+            scores, unjudged, barriers = _sorted_out(batch)
+            outcome = _Outcome()
             if scores:
-                outcome = _Outcome()
                 await _commit(store, config, scores, outcome)
                 if outcome.results:
                     await update_board(keeper, outcome.results)
+            for item in unjudged:
+                log.error(
+                    "scorer: action %s could not be judged (%s)",
+                    item.envelope.action_id,
+                    item.reason,
+                )
+                await _give_up_on(store, config, item.envelope, item.delivery, item.reason, outcome)
+            if scores or unjudged:
                 await _settle(broker, outcome)
             for reply in barriers:
                 inboxes.reply(reply, None)
@@ -121,19 +136,24 @@ async def _settle(broker: Broker, outcome: _Outcome) -> None:
     )
 
 
-def _sorted_out(batch: list[ScorerMsg]) -> tuple[list[Score], list[trio.MemorySendChannel[None]]]:
-    """The decisions to commit, and the barriers to answer once they are."""
+def _sorted_out(
+    batch: list[ScorerMsg],
+) -> tuple[list[Score], list[Unjudged], list[trio.MemorySendChannel[None]]]:
+    """The decisions to commit, the actions to give up on, and the barriers to answer after."""
     scores: list[Score] = []
+    unjudged: list[Unjudged] = []
     barriers: list[trio.MemorySendChannel[None]] = []
     for msg in batch:
         match msg:
             case Score():
                 scores.append(msg)
+            case Unjudged():
+                unjudged.append(msg)
             case Barrier(reply):
                 barriers.append(reply)
             case _:
                 assert_never(msg)
-    return scores, barriers
+    return scores, unjudged, barriers
 
 
 async def _commit(store: Store, config: Config, scores: list[Score], outcome: _Outcome) -> None:
@@ -190,8 +210,8 @@ async def _give_up_on(
     reason: str,
     outcome: _Outcome,
 ) -> None:
-    """One action the store refused: try it again later (republished, attempts + 1), or, on its
-    last attempt, record it failed and dead-letter it."""
+    """One action that cannot be taken now: try it again later (republished, attempts + 1), or,
+    on its last attempt, record it failed and dead-letter it."""
     if envelope.attempts + 1 < config.amqp.max_attempts:
         outcome.retry.append((delivery, envelope))
         return

@@ -19,6 +19,11 @@ reaped or restarted predecessor are in the store when it reads. For each action,
 
 Anomalies (actions under a second apart, impossible timing) are flagged on the decision whatever
 it is, for the audit trail.
+
+The router runs each user actor under a dynamic supervisor: a crash restarts that actor alone.
+What it held when it crashed is not lost: the action it was judging (`InHand`, kept by the router
+across incarnations) goes to the scorer as unjudged, to be retried and, if it keeps failing,
+dead-lettered; the ones still in its inbox wait there for the next incarnation.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import trio
 
 from scoreboard.actors.messages import Route, UserMsg
 from scoreboard.actors.retry import call_with_retries
-from scoreboard.actors.scorer import ScorerHandle, barrier, score
+from scoreboard.actors.scorer import ScorerHandle, barrier, give_up, score
 from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
@@ -48,10 +53,21 @@ RAPID_FIRE_MS = 1_000  # two actions of one user closer than this are flagged fo
 PRUNE_ABOVE = 256  # remembered actions before the ones outside every window are dropped
 HISTORY_TIMEOUT_S = 10.0
 
+CRASHED = "its user actor crashed while judging it"
+
 RAPID_FIRE = "rapid_fire"
 IMPOSSIBLE_TIMING = "impossible_timing"
 # An old completion is plausible (offline play, a slow client) but worth an operator's look.
 STALE_TIMING = "stale_timing"
+
+
+@dataclass(slots=True)
+class InHand:
+    """The action a user actor took from its inbox and has not yet handed to the scorer. It
+    outlives the actor's incarnations, as the inbox does: an incarnation that finds one at its
+    start knows its predecessor crashed holding it."""
+
+    route: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,17 +280,23 @@ async def run(
     store: Store,
     catalogue: Catalogue,
     config: Config,
+    in_hand: InHand | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Judge `user_id`'s actions until the router closes the inbox. History is loaded on demand:
     which window an action needs is known only once it arrives."""
+    in_hand = in_hand or InHand()
     with inbox, scorer:
         ledger = Ledger(catalogue, config)
         task_status.started()
+        if in_hand.route is not None:
+            await give_up(scorer, in_hand.route.envelope, in_hand.route.delivery, CRASHED)
+            in_hand.route = None
         committed_before_me = False
         async for msg in inbox:
             match msg:
                 case Route(envelope, delivery):
+                    in_hand.route = msg
                     since = ledger.history_needed_since(envelope.received_at_ms)
                     if since is not None:
                         if not committed_before_me:
@@ -290,5 +312,6 @@ async def run(
                         )
                         ledger.add_history(since, recent)
                     await score(scorer, ledger.decide(envelope), delivery)
+                    in_hand.route = None
                 case _:
                     assert_never(msg)
