@@ -135,7 +135,8 @@ class DynamicSupervisor:
             raise RuntimeError(f"supervisor {self.name!r} is not running")
         child = _Child(spec)
         self._children.add(child)
-        self._empty = trio.Event()
+        if self._empty.is_set():
+            self._empty = trio.Event()
         self._nursery.start_soon(self._supervise, child, name=f"{self.name}/{spec.id}")
 
     async def wait_until_empty(self) -> None:
