@@ -55,7 +55,8 @@ EVERY_STACK = (
     "run (trio/_core/_run.py)",
     "unrolled_run",
     "Supervisor._run_incarnation",
-    "_clone_start",
+    "start (scoreboard/supervisor/spec.py)",
+    "DynamicSupervisor._",
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STARTED = re.compile(r"started child (\S+) \(pid (\d+)\)")

@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from benchmarks.figures import MachineCpu, Table, cpu_seconds, fmt, resident_kib
+from scoreboard.actors import hub
 from scoreboard.auth.tokens import issue_access_token
 from scoreboard.config import Config, load_config
 from scoreboard.model import LeaderboardChanged, RankedEntry
@@ -81,7 +82,7 @@ async def feed(server: ServerHandle, hz: float, seconds: float) -> int:
     start = trio.current_time()
     for n in range(1, rounds + 1):
         await trio.sleep_until(start + n / hz)
-        await server.services.hub.send(LeaderboardChanged(board(n), int(time.time() * 1000)))
+        await hub.notify(server.services.hub, LeaderboardChanged(board(n), int(time.time() * 1000)))
     return rounds
 
 

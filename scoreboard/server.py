@@ -1,25 +1,29 @@
 """The application wiring: backends, channels, actors and the HTTP server under supervision.
 
 One process runs the API role (HTTP, WebSockets, hub, events, publisher), the worker role
-(consumer, router, scorer, keeper), or both. Each role is its own rest_for_one supervisor, with
-its children in dependency order, so a crash restarts the crashed actor and those that depend on
-it; the two roles sit under a one_for_one root, and a root that gives up ends the process
-non-zero. In the API role only the hub, which the server's WebSockets register with, comes
-before the HTTP server: the publisher, the events subscription and the revocations poll come
-after it, so their trouble restarts them, never the server and every socket on it.
+(consumer, router and its user actors, scorer, keeper), or both. Each role is its own
+rest_for_one supervisor (`worker_supervisor`, `api_supervisor`: the tests build theirs with the
+same functions), with its children in dependency order, so a crash restarts the crashed actor
+and those that depend on it; the two roles sit under a one_for_one root, and a root that gives up
+ends the process non-zero. In the API role only the hub, which the server's WebSockets register
+with, comes before the HTTP server: the publisher, the events subscription and the revocations
+poll come after it, so their trouble restarts them, never the server and every socket on it.
 
-The wiring owns every channel; each incarnation of an actor gets fresh clones, so a restarted
-actor reads the same inbox and its senders just wait.
+Every channel is opened here, by the actor module that reads it (`open_inbox`, which knows its
+size); each incarnation of an actor gets fresh clones (`actor_spec`), so a restarted actor reads
+the same inbox and its senders just wait. The root is made before its roles, since the API
+reports on it (`/readyz`, `/api/v1/supervisor`); what a child reports started with (the HTTP
+server's URL) the supervisor keeps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
@@ -34,29 +38,32 @@ from scoreboard.actors import (
     router,
     scorer,
 )
-from scoreboard.actors.messages import HubMsg, KeeperMsg, PublisherMsg, RouterMsg, ScorerMsg
+from scoreboard.actors.hub import BroadcastStats
+from scoreboard.actors.revocations import DenyList
+from scoreboard.adapters.interfaces import Board, Broker, Store
 from scoreboard.auth.key_encryption import load_key_encryption
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.passwords import Passwords
+from scoreboard.auth.token_cache import VerifiedTokens
 from scoreboard.backends import Backends, describe_backends, open_backends, wait_for_backends
 from scoreboard.catalogue import Catalogue, configured_catalogue
 from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
 from scoreboard.http.app import create_asgi_app
-from scoreboard.http.listener import bind_socket, serve_http, socket_url
+from scoreboard.http.connections import ConnectionCounts
+from scoreboard.http.listener import ListeningSocket, serve_http
 from scoreboard.http.services import Services
 from scoreboard.processes import ParentLink
-from scoreboard.supervisor import ChildSpec, Supervisor, SupervisorGaveUp
+from scoreboard.supervisor import (
+    ChildSpec,
+    Supervision,
+    Supervisor,
+    SupervisorGaveUp,
+    actor_spec,
+)
 
 log = logging.getLogger("scoreboard.server")
 
-# Inbox sizes: small enough that a stalled stage pushes back on the broker's prefetch window,
-# large enough that a batch of deliveries flows through without a context switch per message.
-ROUTER_INBOX = 1024  # the consumer's burst of up to `prefetch` deliveries
-SCORER_INBOX = 1024  # one full group commit waiting while the previous one commits
-KEEPER_INBOX = 64  # batches, not actions
-HUB_INBOX = 4096  # events, registrations and waiters from every connection of the process
-PUBLISHER_INBOX = 1024  # requests waiting while a batch is confirmed; past it, handlers wait
 # Design §8: with the default thresholds the collector eats half the CPU at 5k sockets.
 GC_THRESHOLDS = (50_000, 20, 100)
 
@@ -71,145 +78,141 @@ class ServerHandle:
     request_shutdown: Callable[[], None]
 
 
-def _clone_start(
-    start: Callable[..., Awaitable[None]], **kwargs: Any
-) -> Callable[..., Awaitable[None]]:
-    """A child start function whose channel arguments are cloned afresh for each incarnation."""
-
-    async def start_with_clones(
-        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        fresh = {
-            name: value.clone()
-            if isinstance(value, trio.MemorySendChannel | trio.MemoryReceiveChannel)
-            else value
-            for name, value in kwargs.items()
-        }
-        await start(task_status=task_status, **fresh)
-
-    return start_with_clones
-
-
-def worker_children(config: Config, backends: Backends, catalogue: Catalogue) -> list[ChildSpec]:
-    router_send, router_receive = trio.open_memory_channel[RouterMsg](ROUTER_INBOX)
-    scorer_send, scorer_receive = trio.open_memory_channel[ScorerMsg](SCORER_INBOX)
-    keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](KEEPER_INBOX)
-    return [
-        ChildSpec(
-            id="keeper",
-            start=_clone_start(
+def worker_supervisor(
+    config: Config, catalogue: Catalogue, *, store: Store, board: Board, broker: Broker
+) -> Supervisor:
+    """The worker role: keeper ← scorer ← router (and the user actors) ← consumer, then the
+    janitor; each started after what it sends to."""
+    keeper_handle, keeper_inbox = keeper.open_inbox()
+    scorer_handle, scorer_inbox = scorer.open_inbox()
+    router_handle, router_inbox = router.open_inbox()
+    return Supervisor(
+        [
+            actor_spec(
+                "keeper",
                 keeper.run,
-                inbox=keeper_receive,
-                store=backends.store,
-                board=backends.board,
-                broker=backends.broker,
+                keeper_inbox,
+                store=store,
+                board=board,
+                broker=broker,
                 config=config,
             ),
-            inbox=keeper_send,
-        ),
-        ChildSpec(
-            id="scorer",
-            start=_clone_start(
+            actor_spec(
+                "scorer",
                 scorer.run,
-                inbox=scorer_receive,
-                keeper=keeper_send,
-                store=backends.store,
-                broker=backends.broker,
+                scorer_inbox,
+                keeper_handle,
+                store=store,
+                broker=broker,
                 config=config,
             ),
-            inbox=scorer_send,
-        ),
-        ChildSpec(
-            id="router",
-            start=_clone_start(
+            actor_spec(
+                "router",
                 router.run,
-                inbox=router_receive,
-                scorer=scorer_send,
-                store=backends.store,
+                router_inbox,
+                scorer_handle,
+                store=store,
                 catalogue=catalogue,
                 config=config,
             ),
-            inbox=router_send,
-        ),
-        ChildSpec(
-            id="consumer",
-            start=_clone_start(
-                consumer.run, router=router_send, broker=backends.broker, config=config
-            ),
-        ),
-        ChildSpec(
-            id="janitor",
-            start=_clone_start(janitor.run, store=backends.store, config=config.janitor),
-        ),
-    ]
+            actor_spec("consumer", consumer.run, router_handle, broker=broker, config=config),
+            actor_spec("janitor", janitor.run, store=store, config=config.janitor),
+        ],
+        strategy="rest_for_one",
+        name="worker",
+    )
 
 
-def api_children(
+async def api_supervisor(
     config: Config,
     backends: Backends,
-    services: Services,
-    hub_receive: trio.MemoryReceiveChannel[HubMsg],
-    publisher_receive: trio.MemoryReceiveChannel[PublisherMsg],
-    http_started: Callable[[list[str]], None],
-) -> list[ChildSpec]:
-    hub_send = services.hub
-    app = create_asgi_app(services)
-    http_shutdown = trio.Event()
-
-    async def run_http(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal http_shutdown
-        http_shutdown = trio.Event()
-        with bind_socket(config.server) as listening:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(serve_http, app, services, listening, http_shutdown)
-                http_started([socket_url(listening)])
-                task_status.started()
-
-    return [
-        ChildSpec(
-            id="hub",
-            start=_clone_start(
+    catalogue: Catalogue,
+    *,
+    listening: ListeningSocket,
+    supervision: Supervision,
+) -> tuple[Supervisor, Services]:
+    """The API role and what its handlers depend on: the hub, the HTTP server on `listening`
+    (its started value is its URL), then the publisher, the events subscription and the
+    revocations poll. `supervision` is the tree the operations endpoints report on. The
+    deny-list is loaded here, before anything verifies a token."""
+    hub_handle, hub_inbox = hub.open_inbox()
+    publisher_handle, publisher_inbox = publisher.open_inbox()
+    keyring = await load_or_create_keyring(
+        backends.store, activation_delay_ms=int(config.oauth.key_activation_s * 1000)
+    )
+    deny_list = DenyList(hub_handle)
+    await deny_list.load(backends.store)
+    services = Services(
+        config=config,
+        catalogue=catalogue,
+        store=backends.store,
+        board=backends.board,
+        guard=backends.guard,
+        broker=backends.broker,
+        keyring=keyring,
+        verified_tokens=VerifiedTokens(keyring, config),
+        passwords=Passwords(),
+        hub=hub_handle,
+        publisher=publisher_handle,
+        deny_list=deny_list,
+        supervision=supervision,
+        public_origin=config.public_origin if config.public.origin else listening.url,
+        connections=ConnectionCounts(
+            max_per_user=config.websocket.max_connections_per_user,
+            max_per_address=config.websocket.max_connections_per_ip,
+        ),
+        broadcast=BroadcastStats(),
+    )
+    supervisor = Supervisor(
+        [
+            actor_spec(
+                "hub",
                 hub.run,
-                inbox=hub_receive,
+                hub_inbox,
                 board=backends.board,
                 config=config,
                 stats=services.broadcast,
             ),
-            inbox=hub_send,
-        ),
-        ChildSpec(id="http", start=run_http, shutdown=lambda: http_shutdown.set()),
-        ChildSpec(
-            id="publisher",
-            start=_clone_start(
+            http_spec(services, listening),
+            actor_spec(
+                "publisher",
                 publisher.run,
-                inbox=publisher_receive,
+                publisher_inbox,
                 broker=backends.broker,
                 guard=backends.guard,
                 config=config,
             ),
-            inbox=services.publisher,
-        ),
-        ChildSpec(
-            id="events",
-            start=_clone_start(
-                events.run,
-                hub=hub_send,
-                broker=backends.broker,
-                revocations=services.revocations,
+            actor_spec(
+                "events", events.run, hub_handle, broker=backends.broker, deny_list=deny_list
             ),
-        ),
-        ChildSpec(
-            id="revocations",
-            start=_clone_start(
+            actor_spec(
+                "revocations",
                 revocations.run,
-                hub=hub_send,
+                deny_list,
                 store=backends.store,
-                revocations=services.revocations,
-                keyring=services.keyring,
+                keyring=keyring,
                 config=config,
             ),
-        ),
-    ]
+        ],
+        strategy="rest_for_one",
+        name="api",
+    )
+    return supervisor, services
+
+
+def http_spec(services: Services, listening: ListeningSocket) -> ChildSpec:
+    """The HTTP server (and the live feed's WebSockets), stopped through its trigger."""
+    app = create_asgi_app(services)
+    shutdown = trio.Event()
+
+    async def run_http(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal shutdown
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_http, app, services, listening.take(), shutdown)
+            task_status.started(listening.url)
+
+    return ChildSpec(id="http", start=run_http, shutdown=lambda: shutdown.set())
 
 
 async def run_server(
@@ -229,64 +232,36 @@ async def run_server(
             " (or _FILE) to encrypt them (`scoreboard keys new-kek` makes a key)"
         )
     await wait_for_backends(config)
-    async with open_backends(config) as backends:
+    async with open_backends(config) as backends, contextlib.AsyncExitStack() as owned:
         sealed = await backends.store.reseal_signing_keys(plain_only=True)
         if sealed:
             log.info("encrypted the signing keys %s at rest", ", ".join(sealed))
         await backends.broker.declare_topology()
-        roles: list[ChildSpec] = []
+        root = Supervisor([], strategy="one_for_one", name="root")
         services: Services | None = None
-        bound: list[str] = []
         if role in ("all", "worker"):
-            worker = Supervisor(
-                worker_children(config, backends, catalogue), strategy="rest_for_one", name="worker"
-            )
-            roles.append(ChildSpec(id="worker", start=worker.run))
-        if role in ("all", "api"):
-            hub_send, hub_receive = trio.open_memory_channel[HubMsg](HUB_INBOX)
-            publisher_send, publisher_receive = trio.open_memory_channel[PublisherMsg](
-                PUBLISHER_INBOX
-            )
-            services = Services(
-                config=config,
-                catalogue=catalogue,
+            worker = worker_supervisor(
+                config,
+                catalogue,
                 store=backends.store,
                 board=backends.board,
-                guard=backends.guard,
                 broker=backends.broker,
-                keyring=await load_or_create_keyring(
-                    backends.store,
-                    activation_delay_ms=int(config.oauth.key_activation_s * 1000),
-                ),
-                passwords=Passwords(),
-                hub=hub_send,
-                publisher=publisher_send,
-                statistics=lambda: root.statistics(),
-                all_running=lambda: root.all_running,
-                public_origin=config.public_origin,
             )
-
-            await revocations.load_deny_list(backends.store, services.revocations)
-
-            def http_started(binds: list[str], services: Services = services) -> None:
-                bound[:] = binds
-                if not config.public.origin:
-                    services.public_origin = binds[0]
-
-            api = Supervisor(
-                api_children(
-                    config, backends, services, hub_receive, publisher_receive, http_started
-                ),
-                strategy="rest_for_one",
-                name="api",
+            root.add_child(ChildSpec(id="worker", start=worker.run))
+        if role in ("all", "api"):
+            api, services = await api_supervisor(
+                config,
+                backends,
+                catalogue,
+                listening=owned.enter_context(ListeningSocket(config.server)),
+                supervision=root,
             )
-            roles.append(ChildSpec(id="api", start=api.run))
-        root = Supervisor(roles, strategy="one_for_one", name="root")
+            root.add_child(ChildSpec(id="api", start=api.run))
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)
             task_status.started(
                 ServerHandle(
-                    url=bound[0] if bound else None,
+                    url=root.started_value("api/http") if services is not None else None,
                     supervisor=root,
                     services=services,
                     request_shutdown=nursery.cancel_scope.cancel,

@@ -19,8 +19,8 @@ import math
 
 import trio
 
-from scoreboard.actors.messages import Route, RouterMsg
 from scoreboard.actors.retry import call_with_retries
+from scoreboard.actors.router import RouterHandle, route
 from scoreboard.adapters.interfaces import Broker, Delivery, PublishFailed
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, MalformedMessage
@@ -35,7 +35,7 @@ class ConsumerEnded(RuntimeError):
 
 
 async def run(
-    router: trio.MemorySendChannel[RouterMsg],
+    router: RouterHandle,
     *,
     broker: Broker,
     config: Config,
@@ -61,7 +61,7 @@ async def run(
                         also_retry=(PublishFailed,),  # settling it again is safe
                     )
                     continue
-                await router.send(Route(envelope, delivery))
+                await route(router, envelope, delivery)
             raise ConsumerEnded("the broker's consumer ended")
 
 

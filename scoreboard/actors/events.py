@@ -1,10 +1,10 @@
 """The events actor: the API process's subscription to the worker's events fanout.
 
 It runs the broker's events consumer in its own nursery and forwards each decoded event to the
-hub (a message holds one event, or all the events of a committed batch); a revocation is first
-added to the process's deny-list, so that requests are refused before the hub has closed the
-sockets. A body that does not decode is dropped with a warning: events are notifications, and
-the next leaderboard snapshot supersedes whatever was lost.
+hub (a message holds one event, or all the events of a committed batch); a revocation goes to the
+process's deny-list instead, which refuses requests at once and has the hub close the sockets. A
+body that does not decode is dropped with a warning: events are notifications, and the next
+leaderboard snapshot supersedes whatever was lost.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import logging
 
 import trio
 
-from scoreboard.actors.messages import HubMsg
+from scoreboard.actors import hub as hubs
+from scoreboard.actors.hub import HubHandle
+from scoreboard.actors.revocations import DenyList
 from scoreboard.adapters.interfaces import Broker
-from scoreboard.auth.revocations import RevocationList
 from scoreboard.model import MalformedMessage, TokensRevoked, decode_events
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,10 @@ class EventsSubscriptionEnded(RuntimeError):
 
 
 async def run(
-    hub: trio.MemorySendChannel[HubMsg],
+    hub: HubHandle,
     *,
     broker: Broker,
-    revocations: RevocationList,
+    deny_list: DenyList,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     events_in, events_out = trio.open_memory_channel[bytes](EVENTS_BUFFER)
@@ -47,8 +48,9 @@ async def run(
                     continue
                 for event in events:
                     if isinstance(event, TokensRevoked):
-                        revocations.add(event)
-                    await hub.send(event)
+                        await deny_list.deny(event)
+                    else:
+                        await hubs.notify(hub, event)
             raise EventsSubscriptionEnded("the events subscription ended")
 
 

@@ -1,31 +1,36 @@
 """The fan-out hub: one per API process, between the events exchange and every WebSocket.
 
-It owns the connection registry and never waits for a connection: each connection has a
-`Mailbox` whose offers return at once (a socket's mailbox writes the frame straight into the
-socket when its kernel buffer has room). A leaderboard snapshot is encoded once, JSON and
-WebSocket framing, and the same frame is offered to every mailbox, at most once per tick: the
-newest snapshot of a tick replaces the older ones. A tick is `websocket.min_update_interval_s`,
-stretched while fan-outs take long: a fan-out may take at most `MAX_BROADCAST_SHARE` of the
-time, so with many sockets every client gets fewer updates instead of the process falling
-behind on everything else. A user's own frames (score updates, action
-results) go to that user's connections only, and action results also to HTTP requests waiting
-for them (`Prefer: wait=N`). A revoked grant or access token (`TokensRevoked`) closes the
-connections authenticated with it: their writers send `token_revoked` and close 4401.
+It owns the connection registry and never waits for a connection: each connection registers a
+`Subscriber` (its latest-value mailbox, `http/mailbox.py`) whose offers return at once (a
+socket's mailbox writes the frame straight into the socket when its kernel buffer has room). A
+leaderboard snapshot is encoded once, JSON and WebSocket framing, and the same frame is offered
+to every mailbox, at most once per tick: the newest snapshot of a tick replaces the older ones.
+A tick is `websocket.min_update_interval_s`, stretched while fan-outs take long: a fan-out may
+take at most `MAX_BROADCAST_SHARE` of the time, so with many sockets every client gets fewer
+updates instead of the process falling behind on everything else. A user's own frames (score
+updates, action results) go to that user's connections only, and action results also to HTTP
+requests waiting for them (`Prefer: wait=N`). A revoked grant or access token (`TokensRevoked`)
+closes the connections authenticated with it: their writers send `token_revoked` and close 4401.
+
+Connections and requests use the client functions (`register`, `unregister`, `rebind`,
+`waiting_for`); the events actor and the deny-list hand it events with `notify`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar, assert_never
+from typing import assert_never
 
 import trio
 
+from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.frames import (
     Frame,
     action_result_frame,
@@ -33,29 +38,109 @@ from scoreboard.actors.frames import (
     outgoing,
     score_update_frame,
 )
-from scoreboard.actors.mailbox import TOKEN_REVOKED, Mailbox
 from scoreboard.actors.messages import (
     CancelWait,
-    CurrentSnapshot,
     HubMsg,
     Rebind,
     Register,
+    Subscriber,
     Unregister,
     WaitForAction,
 )
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
-from scoreboard.model import ActionFinished, LeaderboardChanged, ScoreChanged, TokensRevoked
+from scoreboard.model import (
+    ActionFinished,
+    Event,
+    LeaderboardChanged,
+    ScoreChanged,
+    TokensRevoked,
+)
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-INBOX_SIZE = 1024  # connections and the events actor send here; the hub never blocks, drains fast
+INBOX_SIZE = 4096  # events, registrations and waiters of every connection; it drains fast
+TOKEN_REVOKED = "token_revoked"  # why the hub closes a subscriber whose token was revoked
+# A leaving connection or request tells the hub, even when cancelled; a hub that is down (and
+# restarts empty) holds it no longer than this.
+LEAVE_TIMEOUT_S = 2.0
 RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcome still gets it
 INITIAL_TOP_TIMEOUT_S = 5.0
 # Of the process's time a fan-out may take (wall time: a process starved of CPU is behind too);
 # beyond it the tick stretches, leaving the rest to reading clients and serving HTTP.
 MAX_BROADCAST_SHARE = 0.75
+
+
+HubHandle = trio.MemorySendChannel[HubMsg]
+"""How connections, requests and the events actor reach the hub: the sending end of its inbox."""
+
+
+def open_inbox() -> tuple[HubHandle, trio.MemoryReceiveChannel[HubMsg]]:
+    """The hub's inbox: the handle its clients use, and the end the hub reads."""
+    return trio.open_memory_channel[HubMsg](INBOX_SIZE)
+
+
+async def register(
+    hub: HubHandle,
+    connection_id: int,
+    user_id: int | None,
+    subscriber: Subscriber,
+    *,
+    grant_id: str | None = None,
+    jti: str | None = None,
+) -> None:
+    """Send `subscriber` the leaderboard from now on (at once the current one), and `user_id`'s
+    own frames; close it when the token's grant or jti is revoked."""
+    await hub.send(Register(connection_id, user_id, subscriber, grant_id, jti))
+
+
+async def rebind(
+    hub: HubHandle,
+    connection_id: int,
+    user_id: int | None,
+    *,
+    grant_id: str | None = None,
+    jti: str | None = None,
+) -> None:
+    """The connection re-authenticated: its frames follow `user_id`, its revocation the new
+    token's grant and jti."""
+    await hub.send(Rebind(connection_id, user_id, grant_id, jti))
+
+
+async def unregister(hub: HubHandle, connection_id: int) -> None:
+    """Forget the connection; done even while the caller is being cancelled."""
+    with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT_S):
+        await hub.send(Unregister(connection_id))
+
+
+async def notify(hub: HubHandle, event: Event) -> None:
+    """An event from the worker (or this process's revocation) for the connections."""
+    await hub.send(event)
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitedOutcome:
+    """The outcome `waiting_for` waits for."""
+
+    _reply: trio.MemoryReceiveChannel[ActionFinished]
+
+    async def wait(self) -> ActionFinished:
+        """Once the worker has decided the action (bound it at the call site)."""
+        return await self._reply.receive()
+
+
+@asynccontextmanager
+async def waiting_for(hub: HubHandle, action_id: uuid.UUID) -> AsyncIterator[AwaitedOutcome]:
+    """Within the block, `await outcome.wait()` returns the action's outcome once it is decided,
+    or at once if the hub saw it recently; enter it before the action can be decided."""
+    reply_send, reply_receive = trio.open_memory_channel[ActionFinished](inboxes.REPLY_BUFFER)
+    with reply_receive:
+        await hub.send(WaitForAction(action_id, reply_send))
+        try:
+            yield AwaitedOutcome(reply_receive)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT_S):
+                await hub.send(CancelWait(action_id))
 
 
 @dataclass
@@ -74,8 +159,8 @@ class _Hub:
         self.tick_s = tick_s
         self.stats = stats
         stats.interval_s = tick_s
-        self.connections: dict[int, tuple[int | None, Mailbox]] = {}
-        self.by_user: dict[int, dict[int, Mailbox]] = {}
+        self.connections: dict[int, tuple[int | None, Subscriber]] = {}
+        self.by_user: dict[int, dict[int, Subscriber]] = {}
         # Each connection's token: (grant_id, jti).
         self.credentials: dict[int, tuple[str | None, str | None]] = {}
         self.latest = latest
@@ -129,13 +214,11 @@ class _Hub:
                     self.credentials[connection_id] = (grant_id, jti)
             case WaitForAction(action_id, reply):
                 if action_id in self.recent:
-                    answer(reply, self.recent[action_id])
+                    inboxes.reply(reply, self.recent[action_id])
                 else:
                     self.waiters.setdefault(action_id, []).append(reply)
             case CancelWait(action_id):
                 self.waiters.pop(action_id, None)
-            case CurrentSnapshot(reply):
-                answer(reply, self.latest)
             case LeaderboardChanged():
                 self.latest = msg
                 self.latest_frame = None
@@ -146,7 +229,7 @@ class _Hub:
             case ActionFinished():
                 self.remember(msg)
                 for reply in self.waiters.pop(msg.action_id, ()):
-                    answer(reply, msg)
+                    inboxes.reply(reply, msg)
                 if msg.user_id in self.by_user:
                     self.offer_personal(msg.user_id, outgoing(action_result_frame(msg)))
             case TokensRevoked(grant_ids, jtis):
@@ -154,7 +237,7 @@ class _Hub:
             case _:
                 assert_never(msg)
 
-    def bind(self, connection_id: int, user_id: int | None, mailbox: Mailbox) -> None:
+    def bind(self, connection_id: int, user_id: int | None, mailbox: Subscriber) -> None:
         self.connections[connection_id] = (user_id, mailbox)
         if user_id is not None:
             self.by_user.setdefault(user_id, {})[connection_id] = mailbox
@@ -195,12 +278,6 @@ class _Hub:
             self.recent.popitem(last=False)
 
 
-def answer(reply: trio.MemorySendChannel[T], value: T) -> None:
-    """Reply without waiting; a requester that left, or was answered already, is skipped."""
-    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        reply.send_nowait(value)
-
-
 async def _initial_snapshot(board: Board, size: int) -> LeaderboardChanged | None:
     """The board's top as the first snapshot; without Redis the hub starts empty and waits for
     the keeper's next event rather than keeping every WebSocket down."""
@@ -226,11 +303,11 @@ async def run(
         hub = _Hub(config.websocket.min_update_interval_s, latest, stats or BroadcastStats())
         task_status.started()
         while True:
-            if trio.current_time() >= hub.broadcast_due_at():
+            try:
+                msg = await inboxes.receive_until(inbox, hub.broadcast_due_at())
+            except trio.EndOfChannel:
+                return
+            if msg is None:
                 hub.broadcast()
-            with trio.move_on_at(hub.broadcast_due_at()):
-                try:
-                    msg = await inbox.receive()
-                except trio.EndOfChannel:
-                    return
+            else:
                 hub.handle(msg)

@@ -24,6 +24,7 @@ from typing import assert_never
 
 import trio
 
+from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.messages import Committed, KeeperMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import BackendUnavailable, Board, Broker, PublishFailed, Store
@@ -42,13 +43,26 @@ from scoreboard.model import (
 
 log = logging.getLogger(__name__)
 
-INBOX_SIZE = 16  # each message is a whole batch; a few queued let the scorer commit ahead
+INBOX_SIZE = 64  # whole batches: dozens let the scorer commit ahead while Redis is slow
 BOARD_CHECK_EVERY_S = 5.0  # how soon a lost board key is rebuilt when no batch finds it first
 BOARD_TIMEOUT_S = 10.0
 REBUILD_TIMEOUT_S = 120.0  # reads every user with a score, then writes them all
 CATCH_UP_CHUNK = 1000  # scores per board write on start: each is one Redis script, kept short
 PUBLISH_TIMEOUT_S = 10.0
 PUBLISH_ATTEMPTS = 3
+
+KeeperHandle = trio.MemorySendChannel[KeeperMsg]
+"""How the scorer reaches the keeper: the sending end of its inbox."""
+
+
+def open_inbox() -> tuple[KeeperHandle, trio.MemoryReceiveChannel[KeeperMsg]]:
+    """The keeper's inbox: the handle its sender uses, and the end the keeper reads."""
+    return trio.open_memory_channel[KeeperMsg](INBOX_SIZE)
+
+
+async def update_board(keeper: KeeperHandle, results: Sequence[CommitResult]) -> None:
+    """Have the board and every API process follow the committed batch `results`."""
+    await keeper.send(Committed(tuple(results)))
 
 
 class _Keeper:
@@ -237,12 +251,10 @@ async def run(
         task_status.started()
         next_check_at = trio.current_time() + BOARD_CHECK_EVERY_S
         while True:
-            msg: KeeperMsg | None = None
-            with trio.move_on_at(next_check_at):
-                try:
-                    msg = await inbox.receive()
-                except trio.EndOfChannel:
-                    return
+            try:
+                msg = await inboxes.receive_until(inbox, next_check_at)
+            except trio.EndOfChannel:
+                return
             # Handling a batch finds a missing board as surely as the check does.
             match msg:
                 case None:

@@ -3,17 +3,19 @@
 Worker: consumer → router → user actor (`Route`) → scorer (`Score`) → keeper (`Committed`).
 API: request handlers → publisher (`Publish`); events actor and connections → hub (`HubMsg`).
 Requests that need an answer carry their own reply channel, which the answering actor fills with
-`send_nowait` and never waits on.
+`send_nowait` and never waits on. Only the actors' own modules build these: everyone else calls
+their client functions (`publisher.publish`, `hub.register`, `scorer.barrier`, ...).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.frames import Frame
 from scoreboard.adapters.interfaces import Delivery
 from scoreboard.model import (
     ActionEnvelope,
@@ -49,6 +51,17 @@ class Score:
 
 
 @dataclass(frozen=True, slots=True)
+class Unjudged:
+    """An action whose user actor crashed while judging it (a poison message, or a bug): the
+    scorer settles it as it does one the store refused, retried until `amqp.max_attempts`, then
+    recorded failed and dead-lettered; it is never acknowledged without a decision."""
+
+    envelope: ActionEnvelope
+    delivery: Delivery
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """Answered (`send_nowait(None)` into `reply`, capacity ≥ 1) once everything sent to the
     scorer before it is committed: a new user actor waits for it before reading the user's
@@ -57,7 +70,7 @@ class Barrier:
     reply: trio.MemorySendChannel[None]
 
 
-ScorerMsg = Score | Barrier
+ScorerMsg = Score | Unjudged | Barrier
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,21 @@ class Publish:
 PublisherMsg = Publish
 
 
+class Subscriber(Protocol):
+    """What the hub offers a connection's frames to (a WebSocket's latest-value mailbox); every
+    call returns at once."""
+
+    def offer_snapshot(self, frame: Frame) -> None:
+        """The newest leaderboard: it replaces an unsent one."""
+
+    def offer_personal(self, frame: Frame) -> bool:
+        """One of the user's own frames, kept in order; False once the client is too far behind
+        (the subscriber has closed itself)."""
+
+    def close(self, reason: str) -> None:
+        """No more frames: the connection closes (the hub's reason: `TOKEN_REVOKED`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Register:
     """A connection is open for `user_id`; the hub sends it the current snapshot at once.
@@ -92,7 +120,7 @@ class Register:
 
     connection_id: int
     user_id: int | None
-    mailbox: Mailbox
+    mailbox: Subscriber
     grant_id: str | None = None
     jti: str | None = None
 
@@ -127,20 +155,12 @@ class CancelWait:
     action_id: uuid.UUID
 
 
-@dataclass(frozen=True, slots=True)
-class CurrentSnapshot:
-    """Answer `reply` (capacity ≥ 1) with the newest leaderboard the hub knows (None before any)."""
-
-    reply: trio.MemorySendChannel[LeaderboardChanged | None]
-
-
 HubMsg = (
     Register
     | Unregister
     | Rebind
     | WaitForAction
     | CancelWait
-    | CurrentSnapshot
     | LeaderboardChanged
     | ScoreChanged
     | ActionFinished

@@ -1,10 +1,10 @@
 """The publisher: the API process's durable publishes of accepted actions, in batches.
 
-Request handlers send `Publish` and wait for the reply (each under its own
-`amqp.publish_timeout_s`). Batching is natural: the publisher waits for one request, takes
-whatever else is already waiting, up to `MAX_BATCH`, and hands the envelopes to
-`Broker.publish_actions`: one bridge crossing and about one confirm round trip for the batch (one
-SQLite transaction in embedded mode) instead of one of each per request. Every requester is
+Request handlers call `publish` (each under its own `amqp.publish_timeout_s`). Batching is
+natural: the publisher waits for one request, takes whatever else is already waiting, up to
+`MAX_BATCH`, and hands the envelopes to `Broker.publish_actions`: one bridge crossing and about
+one confirm round trip for the batch (one SQLite transaction in embedded mode) instead of one of
+each per request. Every requester is
 answered with its own envelope's outcome; one refused envelope fails no other.
 
 Up to `MAX_BATCHES_IN_FLIGHT` batches are confirmed at once: with a single one, a request that
@@ -12,9 +12,9 @@ arrives just after a batch left waits for that batch's whole round trip before i
 starts. Only when every slot is taken do requests pile up in the inbox, so batches grow with the
 load and stay single requests when it is light.
 
-It never waits on a requester: replies go out with `send_nowait` into channels of capacity 1.
-A requester that gave up before its batch was sent has closed its reply receiver; its envelope
-is skipped, so an action whose claim the handler has released is not published behind its back.
+It never waits on a requester (`inbox.reply`). A requester that gave up before its batch was
+sent has closed its reply receiver (`inbox.gone`); its envelope is skipped, so an action whose
+claim the handler has released is not published behind its back.
 
 A batch not confirmed within `amqp.publish_timeout_s` is abandoned and each of its requesters
 answered `PublishOutcomeUnknown` (the broker may still queue it), so a stuck broker holds the
@@ -29,11 +29,12 @@ call fails, nothing is lost: a replay publishes again.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 
 import trio
 
+from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.messages import Publish, PublisherMsg
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
@@ -42,14 +43,35 @@ from scoreboard.adapters.interfaces import (
     PublishOutcomeUnknown,
 )
 from scoreboard.config import Config
+from scoreboard.model import ActionEnvelope
 
 log = logging.getLogger(__name__)
+
+INBOX_SIZE = 1024  # requests waiting while every batch slot is confirming; past it, handlers wait
 
 # Enough to amortise the confirm round trip over a burst of requests, small enough that one
 # batch's confirms come back well within a request's publish timeout.
 MAX_BATCH = 256
 MAX_BATCHES_IN_FLIGHT = 4
 MARK_TIMEOUT_S = 2.0
+
+PublisherHandle = trio.MemorySendChannel[PublisherMsg]
+"""How request handlers reach the publisher: the sending end of its inbox."""
+
+
+def open_inbox() -> tuple[PublisherHandle, trio.MemoryReceiveChannel[PublisherMsg]]:
+    """The publisher's inbox: the handle request handlers use, and the end the publisher reads."""
+    return trio.open_memory_channel[PublisherMsg](INBOX_SIZE)
+
+
+async def publish(publisher: PublisherHandle, envelope: ActionEnvelope) -> None:
+    """Publish `envelope` durably, in the publisher's next batch; returns once the broker
+    confirmed it. Raises what the broker answered instead (`PublishFailed`: refused, not
+    queued; `PublishOutcomeUnknown`: no confirm in time, maybe queued; anything else the broker
+    raised). Cancelled before its batch left (the caller's timeout), the envelope is not sent."""
+    failure = await inboxes.call(publisher, functools.partial(Publish, envelope))
+    if failure is not None:
+        raise failure
 
 
 async def run(
@@ -67,20 +89,11 @@ async def run(
             while True:
                 await free_slots.acquire()
                 try:
-                    batch = [await inbox.receive()]
+                    batch = await inboxes.receive_batch(inbox, MAX_BATCH)
                 except trio.EndOfChannel:
                     return
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(inbox.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                wanted = [publish for publish in batch if _requester_waits(publish)]
+                wanted = [request for request in batch if not inboxes.gone(request.reply)]
                 nursery.start_soon(_publish_in_slot, broker, guard, config, wanted, free_slots)
-
-
-def _requester_waits(publish: Publish) -> bool:
-    return publish.reply.statistics().open_receive_channels > 0
 
 
 async def _publish_in_slot(
@@ -106,14 +119,12 @@ async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> list
     ]
     with trio.move_on_after(timeout_s):
         try:
-            failures = await broker.publish_actions([publish.envelope for publish in batch])
+            failures = await broker.publish_actions([request.envelope for request in batch])
         except Exception as exc:
             failures = [exc for _ in batch]
-    for publish, failure in zip(batch, failures, strict=True):
-        # A requester that gave up meanwhile has closed its receiver: nobody to tell.
-        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-            publish.reply.send_nowait(failure)
-    return [publish for publish, failure in zip(batch, failures, strict=True) if failure is None]
+    for request, failure in zip(batch, failures, strict=True):
+        inboxes.reply(request.reply, failure)
+    return [request for request, failure in zip(batch, failures, strict=True) if failure is None]
 
 
 async def _mark_queued(guard: EdgeGuard, queued: list[Publish]) -> None:

@@ -1,30 +1,57 @@
 """The router: sends each action to its user's actor, starting and reaping user actors.
 
-It owns the map user id → user actor inbox and runs the user actors in its own nursery, so they
-stop with it (and restart with it under the worker's rest_for_one supervisor). A user actor is
-reaped once it has had nothing to do for `IDLE_REAP_S`: nothing routed to it for that long, an
-empty inbox, and the actor itself parked waiting on it. The router closes the inbox; the actor
-finds it closed and ends. A later action of that user starts a fresh actor, which waits until the
-scorer has committed what it holds, then loads the user's history from the store.
+It owns the map user id → user actor inbox and runs the user actors under a dynamic supervisor
+of its own (`users`, its started value, so the worker's statistics list it under the router): a
+user actor that crashes is restarted alone, on the same inbox, and hands on the action it held
+(`user.InHand`); the router, the consumer and the other user actors carry on. The user actors
+stop with the router (and restart with it under the worker's rest_for_one supervisor, when the
+consumer's restart brings back, redelivered, whatever they held).
+
+A user actor is reaped once it has had nothing to do for `IDLE_REAP_S`: nothing routed to it for
+that long, an empty inbox, and the actor itself parked waiting on it (one waiting for its restart
+is not). The router closes the inbox; the actor finds it closed and ends. A later action of that
+user starts a fresh actor, which waits until the scorer has committed what it holds, then loads
+the user's history from the store.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import assert_never
 
 import trio
 
+from scoreboard.actors import inbox as inboxes
 from scoreboard.actors import user
-from scoreboard.actors.messages import Route, RouterMsg, ScorerMsg, UserMsg
-from scoreboard.adapters.interfaces import Store
+from scoreboard.actors.messages import Route, RouterMsg, UserMsg
+from scoreboard.actors.scorer import ScorerHandle
+from scoreboard.adapters.interfaces import Delivery, Store
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
+from scoreboard.model import ActionEnvelope
+from scoreboard.supervisor import DynamicSupervisor, actor_spec
 
-INBOX_SIZE = 64  # the consumer forwards as fast as the broker delivers; prefetch bounds the total
+INBOX_SIZE = 1024  # more than the consumer's whole burst (`amqp.prefetch`, 256): it never waits
 IDLE_REAP_S = 60.0
 REAP_EVERY_S = 10.0  # how often idle user actors are looked for
+# Crashes of user actors (all of them together) in `USER_CRASH_PERIOD_S` before the router gives
+# up and crashes itself: a poison action crashes its actor up to `amqp.max_attempts` times.
+USER_CRASH_INTENSITY = 20
+USER_CRASH_PERIOD_S = 30.0
+
+
+RouterHandle = trio.MemorySendChannel[RouterMsg]
+"""How the consumer reaches the router: the sending end of its inbox."""
+
+
+def open_inbox() -> tuple[RouterHandle, trio.MemoryReceiveChannel[RouterMsg]]:
+    """The router's inbox: the handle the consumer uses, and the end the router reads."""
+    return trio.open_memory_channel[RouterMsg](INBOX_SIZE)
+
+
+async def route(router: RouterHandle, envelope: ActionEnvelope, delivery: Delivery) -> None:
+    """Hand an action to its user's actor; `delivery` is settled once its effect is committed."""
+    await router.send(Route(envelope, delivery))
 
 
 @dataclass(slots=True)
@@ -44,47 +71,52 @@ class _UserActor:
 
 async def run(
     inbox: trio.MemoryReceiveChannel[RouterMsg],
-    scorer: trio.MemorySendChannel[ScorerMsg],
+    scorer: ScorerHandle,
     *,
     store: Store,
     catalogue: Catalogue,
     config: Config,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[DynamicSupervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # A user actor's inbox can hold every unacknowledged delivery (the prefetch), so routing
-    # never waits on one slow user; memory channels allocate per message, not per capacity.
-    user_inbox_size = config.amqp.prefetch
     actors: dict[int, _UserActor] = {}
+    users = DynamicSupervisor("users", intensity=USER_CRASH_INTENSITY, period=USER_CRASH_PERIOD_S)
+
+    def start_actor(user_id: int) -> _UserActor:
+        # The inbox can hold every unacknowledged delivery (the prefetch), so routing never
+        # waits on one slow user; memory channels allocate per message, not per capacity.
+        send, receive = trio.open_memory_channel[UserMsg](config.amqp.prefetch)
+        users.start_child(
+            actor_spec(
+                str(user_id),
+                user.run,
+                receive,
+                scorer,
+                user_id=user_id,
+                store=store,
+                catalogue=catalogue,
+                config=config,
+                in_hand=user.InHand(),
+            )
+        )
+        return _UserActor(send, 0.0)
+
     with inbox, scorer:
         async with trio.open_nursery() as nursery:
-            task_status.started()
+            await nursery.start(users.run)
+            task_status.started(users)
             next_reap_at = trio.current_time() + REAP_EVERY_S
             while True:
-                msg: RouterMsg | None = None
-                with trio.move_on_at(next_reap_at):
-                    try:
-                        msg = await inbox.receive()
-                    except trio.EndOfChannel:
-                        break
+                try:
+                    msg = await inboxes.receive_until(inbox, next_reap_at)
+                except trio.EndOfChannel:
+                    break
                 match msg:
                     case None:
                         pass
                     case Route(envelope):
                         actor = actors.get(envelope.user_id)
                         if actor is None:
-                            send, receive = trio.open_memory_channel[UserMsg](user_inbox_size)
-                            nursery.start_soon(
-                                functools.partial(
-                                    user.run,
-                                    receive,
-                                    scorer.clone(),
-                                    user_id=envelope.user_id,
-                                    store=store,
-                                    catalogue=catalogue,
-                                    config=config,
-                                )
-                            )
-                            actor = actors[envelope.user_id] = _UserActor(send, 0.0)
+                            actor = actors[envelope.user_id] = start_actor(envelope.user_id)
                         actor.last_routed_at = trio.current_time()
                         await actor.inbox.send(msg)
                     case _:
@@ -96,6 +128,8 @@ async def run(
             # The consumer is gone: each user actor finishes what it holds, then ends.
             for actor in actors.values():
                 actor.inbox.close()
+            await users.wait_until_empty()
+            nursery.cancel_scope.cancel()
 
 
 def _reap_idle(actors: dict[int, _UserActor], deadline: float) -> None:

@@ -8,8 +8,8 @@ redelivery, which the store answers with the stored outcome).
 The results go to the keeper after the commit and before the acknowledgement: a scorer that
 dies in between leaves the deliveries unacknowledged, and their redelivery (as duplicates) makes
 the keeper read those users back from Postgres. Acknowledged first, the keeper might never hear
-of them, and Redis would stay behind Postgres. A `Barrier` is answered once its batch is
-committed and settled, so everything sent before it is in the store.
+of them, and Redis would stay behind Postgres. A `barrier` returns once its batch is committed
+and settled, so everything sent before it is in the store.
 
 Failures:
 - transient (`BackendUnavailable`, or no answer in time; for the settlement also
@@ -20,12 +20,11 @@ Failures:
 - anything else is the store's verdict on some action it cannot take (a poison message): the
   batch is split in halves until the action is found, and it is retried (republished, attempts
   + 1) until `amqp.max_attempts`, then recorded as failed and dead-lettered. Only this counts an
-  attempt.
+  attempt, and so does an action whose user actor crashed while judging it (`Unjudged`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -34,7 +33,9 @@ from typing import assert_never
 
 import trio
 
-from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg
+from scoreboard.actors import inbox as inboxes
+from scoreboard.actors.keeper import KeeperHandle, update_board
+from scoreboard.actors.messages import Barrier, Score, ScorerMsg, Unjudged
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import (
     Broker,
@@ -45,18 +46,39 @@ from scoreboard.adapters.interfaces import (
 )
 from scoreboard.bridge import BridgeClosed
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, CommitResult
+from scoreboard.model import ActionEnvelope, CommitResult, Decision
 
 log = logging.getLogger(__name__)
 
+INBOX_SIZE = 1024  # two default batches (scorer.max_batch 500): one waits while one commits
 COMMIT_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 10.0
 FAIL_TIMEOUT_S = 10.0
 
+ScorerHandle = trio.MemorySendChannel[ScorerMsg]
+"""How the user actors reach the scorer: the sending end of its inbox."""
 
-def inbox_size(config: Config) -> int:
-    """One full batch can queue up while the previous one commits."""
-    return config.scorer.max_batch
+
+def open_inbox() -> tuple[ScorerHandle, trio.MemoryReceiveChannel[ScorerMsg]]:
+    """The scorer's inbox: the handle its senders use, and the end the scorer reads."""
+    return trio.open_memory_channel[ScorerMsg](INBOX_SIZE)
+
+
+async def score(scorer: ScorerHandle, decision: Decision, delivery: Delivery) -> None:
+    """Hand a decision to the scorer's next transaction; `delivery` is settled after it."""
+    await scorer.send(Score(decision, delivery))
+
+
+async def give_up(
+    scorer: ScorerHandle, envelope: ActionEnvelope, delivery: Delivery, reason: str
+) -> None:
+    """Hand over an action that could not be judged, to be retried or failed (`Unjudged`)."""
+    await scorer.send(Unjudged(envelope, delivery, reason))
+
+
+async def barrier(scorer: ScorerHandle) -> None:
+    """Until everything sent to the scorer before this is committed and settled."""
+    await inboxes.call(scorer, Barrier)
 
 
 @dataclass(slots=True)
@@ -71,7 +93,7 @@ class _Outcome:
 
 async def run(
     inbox: trio.MemoryReceiveChannel[ScorerMsg],
-    keeper: trio.MemorySendChannel[KeeperMsg],
+    keeper: KeeperHandle,
     *,
     store: Store,
     broker: Broker,
@@ -82,24 +104,26 @@ async def run(
         task_status.started()
         while True:
             try:
-                batch = [await inbox.receive()]
+                batch = await inboxes.receive_batch(inbox, config.scorer.max_batch)
             except trio.EndOfChannel:
                 return
-            while len(batch) < config.scorer.max_batch:
-                try:
-                    batch.append(inbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            scores, barriers = _sorted_out(batch)
+            scores, unjudged, barriers = _sorted_out(batch)
+            outcome = _Outcome()
             if scores:
-                outcome = _Outcome()
                 await _commit(store, config, scores, outcome)
                 if outcome.results:
-                    await keeper.send(Committed(tuple(outcome.results)))
+                    await update_board(keeper, outcome.results)
+            for item in unjudged:
+                log.error(
+                    "scorer: action %s could not be judged (%s)",
+                    item.envelope.action_id,
+                    item.reason,
+                )
+                await _give_up_on(store, config, item.envelope, item.delivery, item.reason, outcome)
+            if scores or unjudged:
                 await _settle(broker, outcome)
             for reply in barriers:
-                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                    reply.send_nowait(None)
+                inboxes.reply(reply, None)
 
 
 async def _settle(broker: Broker, outcome: _Outcome) -> None:
@@ -112,19 +136,24 @@ async def _settle(broker: Broker, outcome: _Outcome) -> None:
     )
 
 
-def _sorted_out(batch: list[ScorerMsg]) -> tuple[list[Score], list[trio.MemorySendChannel[None]]]:
-    """The decisions to commit, and the barriers to answer once they are."""
+def _sorted_out(
+    batch: list[ScorerMsg],
+) -> tuple[list[Score], list[Unjudged], list[trio.MemorySendChannel[None]]]:
+    """The decisions to commit, the actions to give up on, and the barriers to answer after."""
     scores: list[Score] = []
+    unjudged: list[Unjudged] = []
     barriers: list[trio.MemorySendChannel[None]] = []
     for msg in batch:
         match msg:
             case Score():
                 scores.append(msg)
+            case Unjudged():
+                unjudged.append(msg)
             case Barrier(reply):
                 barriers.append(reply)
             case _:
                 assert_never(msg)
-    return scores, barriers
+    return scores, unjudged, barriers
 
 
 async def _commit(store: Store, config: Config, scores: list[Score], outcome: _Outcome) -> None:
@@ -157,34 +186,43 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
             await _commit(store, config, scores[:middle], outcome)
             await _commit(store, config, scores[middle:], outcome)
             return
-        await _give_up_on(store, config, scores[0], exc, outcome)
+        refused = scores[0]
+        log.error(
+            "scorer: the store refused action %s (attempt %d)",
+            refused.decision.envelope.action_id,
+            refused.decision.envelope.attempts + 1,
+            exc_info=exc,
+        )
+        reason = f"the store refused the action: {exc!r}"
+        await _give_up_on(
+            store, config, refused.decision.envelope, refused.delivery, reason, outcome
+        )
         return
     outcome.results.extend(results)
     outcome.ack.extend(score.delivery for score in scores)
 
 
 async def _give_up_on(
-    store: Store, config: Config, score: Score, error: Exception, outcome: _Outcome
+    store: Store,
+    config: Config,
+    envelope: ActionEnvelope,
+    delivery: Delivery,
+    reason: str,
+    outcome: _Outcome,
 ) -> None:
-    """One action the store refused: try it again later, or record it failed and dead-letter it."""
-    envelope = score.decision.envelope
-    attempt = envelope.attempts + 1
-    log.error(
-        "scorer: the store refused action %s (attempt %d)",
-        envelope.action_id,
-        attempt,
-        exc_info=error,
-    )
-    if attempt < config.amqp.max_attempts:
-        outcome.retry.append((score.delivery, envelope))
+    """One action that cannot be taken now: try it again later (republished, attempts + 1), or,
+    on its last attempt, record it failed and dead-letter it."""
+    if envelope.attempts + 1 < config.amqp.max_attempts:
+        outcome.retry.append((delivery, envelope))
         return
-    await _record_failed(store, score, f"the store refused the action: {error!r}", outcome)
+    await _record_failed(store, envelope, delivery, reason, outcome)
 
 
-async def _record_failed(store: Store, score: Score, reason: str, outcome: _Outcome) -> None:
+async def _record_failed(
+    store: Store, envelope: ActionEnvelope, delivery: Delivery, reason: str, outcome: _Outcome
+) -> None:
     """Record the action `failed` with `reason` (an audit row, whatever it holds), and send it
     to the dead letters, from where an operator may replay it."""
-    envelope = score.decision.envelope
     try:
         await call_with_retries(
             functools.partial(store.fail_action, envelope, reason),
@@ -196,4 +234,4 @@ async def _record_failed(store: Store, score: Score, reason: str, outcome: _Outc
         raise
     except Exception:
         log.exception("scorer: could not record action %s as failed", envelope.action_id)
-    outcome.dead.append((score.delivery, reason))
+    outcome.dead.append((delivery, reason))

@@ -6,8 +6,8 @@ decisions are deterministic, and a backlog processed late is judged as of accept
 
 It remembers the user's recent actions, loaded from the store when it meets an action whose
 windows it has not seen, so the limits survive restarts. Before its first load it waits until the
-scorer has committed everything sent to it so far (a `Barrier`), so the decisions of a reaped or
-restarted predecessor are in the store when it reads. For each action, in order:
+scorer has committed everything sent to it so far (`scorer.barrier`), so the decisions of a
+reaped or restarted predecessor are in the store when it reads. For each action, in order:
 
 1. an action it already knows (same action id, or the same nonce as one it decided or loaded) is
    a redelivery: forwarded as first decided, never counted again (the store returns its outcome);
@@ -19,6 +19,11 @@ restarted predecessor are in the store when it reads. For each action, in order:
 
 Anomalies (actions under a second apart, impossible timing) are flagged on the decision whatever
 it is, for the audit trail.
+
+The router runs each user actor under a dynamic supervisor: a crash restarts that actor alone.
+What it held when it crashed is not lost: the action it was judging (`InHand`, kept by the router
+across incarnations) goes to the scorer as unjudged, to be retried and, if it keeps failing,
+dead-lettered; the ones still in its inbox wait there for the next incarnation.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from typing import assert_never
 
 import trio
 
-from scoreboard.actors.messages import Barrier, Route, Score, ScorerMsg, UserMsg
+from scoreboard.actors.messages import Route, UserMsg
 from scoreboard.actors.retry import call_with_retries
+from scoreboard.actors.scorer import ScorerHandle, barrier, give_up, score
 from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
@@ -47,10 +53,21 @@ RAPID_FIRE_MS = 1_000  # two actions of one user closer than this are flagged fo
 PRUNE_ABOVE = 256  # remembered actions before the ones outside every window are dropped
 HISTORY_TIMEOUT_S = 10.0
 
+CRASHED = "its user actor crashed while judging it"
+
 RAPID_FIRE = "rapid_fire"
 IMPOSSIBLE_TIMING = "impossible_timing"
 # An old completion is plausible (offline play, a slow client) but worth an operator's look.
 STALE_TIMING = "stale_timing"
+
+
+@dataclass(slots=True)
+class InHand:
+    """The action a user actor took from its inbox and has not yet handed to the scorer. It
+    outlives the actor's incarnations, as the inbox does: an incarnation that finds one at its
+    start knows its predecessor crashed holding it."""
+
+    route: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,28 +274,34 @@ def _invalid(envelope: ActionEnvelope, message: str, flags: list[str]) -> Decisi
 
 async def run(
     inbox: trio.MemoryReceiveChannel[UserMsg],
-    scorer: trio.MemorySendChannel[ScorerMsg],
+    scorer: ScorerHandle,
     *,
     user_id: int,
     store: Store,
     catalogue: Catalogue,
     config: Config,
+    in_hand: InHand | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Judge `user_id`'s actions until the router closes the inbox. History is loaded on demand:
     which window an action needs is known only once it arrives."""
+    in_hand = in_hand or InHand()
     with inbox, scorer:
         ledger = Ledger(catalogue, config)
         task_status.started()
+        if in_hand.route is not None:
+            await give_up(scorer, in_hand.route.envelope, in_hand.route.delivery, CRASHED)
+            in_hand.route = None
         committed_before_me = False
         async for msg in inbox:
             match msg:
                 case Route(envelope, delivery):
+                    in_hand.route = msg
                     since = ledger.history_needed_since(envelope.received_at_ms)
                     if since is not None:
                         if not committed_before_me:
-                            # A reaped predecessor's last decisions may still be on their way.
-                            await _wait_for_the_scorer(scorer)
+                            # A predecessor's last decisions may still be on their way.
+                            await barrier(scorer)
                             committed_before_me = True
                         recent = await call_with_retries(
                             functools.partial(store.recent_actions, user_id, since),
@@ -288,14 +311,7 @@ async def run(
                             attempts=math.inf,
                         )
                         ledger.add_history(since, recent)
-                    await scorer.send(Score(ledger.decide(envelope), delivery))
+                    await score(scorer, ledger.decide(envelope), delivery)
+                    in_hand.route = None
                 case _:
                     assert_never(msg)
-
-
-async def _wait_for_the_scorer(scorer: trio.MemorySendChannel[ScorerMsg]) -> None:
-    """Until everything already sent to the scorer is committed."""
-    reply_send, reply_receive = trio.open_memory_channel[None](1)
-    with reply_receive:
-        await scorer.send(Barrier(reply_send))
-        await reply_receive.receive()

@@ -1,10 +1,11 @@
 """The access-token deny-list of one API process: revoked grants and `jti`s, in memory.
 
 Every request checks it (a set lookup, no I/O). The store holds the shared list; this copy is
-kept fresh by `TokensRevoked` events (which every process receives at once over the events
-fanout) and by a periodic reload (`actors/revocations.py`), which also covers a revocation whose
-event was lost or that came from a process without a broker (the CLI in embedded mode). Entries
-leave once every access token they could match has expired.
+owned by the process's `DenyList` (`actors/revocations.py`), which keeps it fresh from
+`TokensRevoked` events (which every process receives at once over the events fanout) and from a
+periodic reload, which also covers a revocation whose event was lost or that came from a process
+without a broker (the CLI in embedded mode). Entries leave once every access token they could
+match has expired.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ up to 15 minutes. A token verified once is known valid until its `exp` (plus the
 verifier allows), so a repeat is a dictionary lookup.
 
 What stays exact:
-- revocation is not cached: callers check the deny-list (`RevocationList.is_revoked`) on every
+- revocation is not cached: callers check the deny-list (`DenyList.is_revoked`) on every
   use, so a revoked token is refused from the moment the process hears of the revocation;
 - a token is verified afresh once the key ring has changed (keys added or retired), so a token
   whose key left the ring is refused as before;

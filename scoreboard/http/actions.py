@@ -13,8 +13,8 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 from werkzeug.datastructures import Headers
 
+from scoreboard.actors import hub
 from scoreboard.actors.frames import rfc3339_ms
-from scoreboard.actors.messages import CancelWait, WaitForAction
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
 from scoreboard.http.requests import (
@@ -28,13 +28,12 @@ from scoreboard.http.requests import (
 )
 from scoreboard.http.services import Services, current_services
 from scoreboard.http.submission import Submitted, parse_payload, submit_action
-from scoreboard.model import ActionFinished, ActionRecord
+from scoreboard.model import ActionRecord
 
 blueprint = Blueprint("actions", __name__)
 
 MAX_WAIT_S = 10.0
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
-WAIT_REPLY_BUFFER = 1  # exactly one outcome per action
 COMPLETED_MESSAGE = "Action completed successfully"
 
 
@@ -176,14 +175,6 @@ async def replay_response(svc: Services, submitted: Submitted) -> Answer:
     return answer
 
 
-async def wait_for_outcome(
-    receive: trio.MemoryReceiveChannel[ActionFinished], wait_s: float
-) -> ActionFinished | None:
-    with trio.move_on_after(wait_s):
-        return await receive.receive()
-    return None
-
-
 @blueprint.post("/api/v1/actions/perform")
 async def perform() -> Response:
     answer = await perform_action(
@@ -216,10 +207,13 @@ async def _perform(svc: Services, request: PerformRequest) -> Answer:
     wait_s = prefer_wait_s(headers.get("Prefer"))
     ip = client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies)
     action_id = uuid.uuid4()
-    send_outcome, receive_outcome = trio.open_memory_channel[ActionFinished](WAIT_REPLY_BUFFER)
-    if wait_s:
-        await svc.hub.send(WaitForAction(action_id, send_outcome))
-    try:
+    async with contextlib.AsyncExitStack() as waiting:
+        # Waiting from before the action is queued: its outcome cannot slip past.
+        awaited = (
+            await waiting.enter_async_context(hub.waiting_for(svc.hub, action_id))
+            if wait_s
+            else None
+        )
         submitted = await submit_action(
             svc,
             claims,
@@ -231,13 +225,11 @@ async def _perform(svc: Services, request: PerformRequest) -> Answer:
         )
         if submitted.replayed_status_code is not None:
             return await replay_response(svc, submitted)
-        if not wait_s:
+        if awaited is None:
             return accepted_response(submitted.action_id)
-        outcome = await wait_for_outcome(receive_outcome, wait_s)
-    finally:
-        if wait_s:
-            with trio.CancelScope(shield=True):
-                await svc.hub.send(CancelWait(action_id))
+        outcome = None
+        with trio.move_on_after(wait_s):
+            outcome = await awaited.wait()
     if outcome is None:
         return accepted_response(action_id)
     answer = outcome_response(

@@ -22,10 +22,12 @@ the app's lifespan shutdown.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import resource
 import socket
+from types import TracebackType
 from typing import Any
 
 import trio
@@ -79,6 +81,37 @@ def socket_url(sock: socket.socket) -> str:
     """`http://host:port` of a bound socket, IPv6 hosts in brackets."""
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+class ListeningSocket:
+    """The process's listening socket, bound at once (with port 0, to a free port), so that its
+    `url` is known before anything serves on it. A server that stops closes the socket to refuse
+    new connections (`Listener.serve`); `take` binds the same address again for its successor."""
+
+    def __init__(self, server: ServerConfig) -> None:
+        self._sock = bind_socket(server)
+        self.url = socket_url(self._sock)
+        self._rebind_as = dataclasses.replace(server, port=self._sock.getsockname()[1])
+
+    def take(self) -> socket.socket:
+        """The listening socket to serve on, bound again if a previous server closed it."""
+        if self._sock.fileno() < 0:
+            self._sock = bind_socket(self._rebind_as)
+        return self._sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ListeningSocket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def connection_limit(configured: int) -> int:
@@ -203,11 +236,10 @@ class Listener:
                         continue
                     raise
                 conn.setblocking(False)
-                if counts.open >= self.limit:
+                if not counts.admit(self.limit):
                     refuse_overloaded(conn)
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                counts.open += 1
                 connections.start_soon(self.handle, conn, address[0], state)
 
     async def handle(self, conn: socket.socket, peer: str, state: ConnectionState) -> None:
@@ -226,7 +258,7 @@ class Listener:
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
-            self.services.connections.open -= 1
+            self.services.connections.connection_closed()
             conn.close()
 
     async def read_head(self, conn: socket.socket) -> bytes | None:

@@ -10,6 +10,7 @@ import trio
 from quart import Blueprint, Response, jsonify
 
 from scoreboard.http.services import Services, current_services
+from scoreboard.supervisor import ChildStatistics
 
 blueprint = Blueprint("ops", __name__)
 
@@ -54,7 +55,7 @@ async def healthz() -> Response:
 async def readyz() -> Response:
     svc = current_services()
     backends = await backend_health(svc)
-    actors_running = svc.all_running()
+    actors_running = svc.supervision.all_running
     ready = actors_running and all(backends.values())
     body: dict[str, Any] = {
         "ready": ready,
@@ -73,11 +74,12 @@ async def readyz() -> Response:
 
 @blueprint.get("/api/v1/supervisor")
 async def supervisor() -> Response:
-    return jsonify({"actors": [statistics_json(stat) for stat in current_services().statistics()]})
+    stats = current_services().supervision.statistics()
+    return jsonify({"actors": [statistics_json(stat) for stat in stats]})
 
 
-def statistics_json(stat: Any) -> dict[str, Any]:
-    return {
+def statistics_json(stat: ChildStatistics) -> dict[str, Any]:
+    json: dict[str, Any] = {
         "id": stat.id,
         "state": stat.state,
         "restarts": stat.restarts,
@@ -86,6 +88,16 @@ def statistics_json(stat: Any) -> dict[str, Any]:
         "inbox_depth": stat.inbox_depth,
         "inbox_peak": stat.inbox_peak,
     }
+    if stat.children is not None:
+        json["children"] = stat.children
+    return json
+
+
+def metric_rows(stats: list[ChildStatistics]) -> list[ChildStatistics]:
+    """The rows that make steady metric series: a dynamic supervisor's row, not the rows of its
+    busiest children, which come and go with the load."""
+    dynamic = [f"{stat.id}/" for stat in stats if stat.children is not None]
+    return [stat for stat in stats if not stat.id.startswith(tuple(dynamic))]
 
 
 def connection_metrics(svc: Services) -> list[str]:
@@ -129,7 +141,7 @@ async def metrics() -> Response:
         "# HELP scoreboard_actor_restarts_total Restarts of each supervised actor.",
         "# TYPE scoreboard_actor_restarts_total counter",
     ]
-    stats = svc.statistics()
+    stats = metric_rows(svc.supervision.statistics())
     lines += [f'scoreboard_actor_restarts_total{{actor="{s.id}"}} {s.restarts}' for s in stats]
     lines += [
         "# HELP scoreboard_actor_inbox_depth Messages waiting in each actor's inbox.",
@@ -146,7 +158,7 @@ async def metrics() -> Response:
     lines += [
         "# HELP scoreboard_websocket_connections Open WebSocket connections.",
         "# TYPE scoreboard_websocket_connections gauge",
-        f"scoreboard_websocket_connections {sum(svc.connections.per_ip.values())}",
+        f"scoreboard_websocket_connections {svc.connections.websockets}",
     ]
     lines += connection_metrics(svc)
     return Response(

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from scoreboard.actors.frames import Frame
-from scoreboard.actors.mailbox import Mailbox
-from scoreboard.http.services import ConnectionCounts
+from scoreboard.http.connections import ConnectionCounts
+from scoreboard.http.mailbox import Mailbox
 
 GONE = "gone"  # a send failed: the peer is gone, and the connection's reader finds out
 DETACHED = "detached"  # the connection is ending and closes the socket itself
@@ -104,7 +104,7 @@ class SocketOutbox(Mailbox):
         return False
 
     async def _write_backlog(self) -> None:
-        self._counts.backlogged += 1
+        self._counts.backlog_started()
         try:
             while True:
                 await self.flush(self._send_timeout_s)
@@ -115,7 +115,7 @@ class SocketOutbox(Mailbox):
                     self.pending = memoryview(frame.wire)
                     await self.flush(self._send_timeout_s)
         finally:
-            self._counts.backlogged -= 1
+            self._counts.backlog_ended()
         self.backlogged = False
 
     async def flush(self, timeout_s: float) -> None:

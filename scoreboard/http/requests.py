@@ -97,7 +97,7 @@ def authenticate(services: Services, token: str, scope: str | None) -> AccessCla
     except InvalidToken as exc:
         raise invalid_token(str(exc)) from None
     # Never cached: a revocation holds from the moment this process hears of it.
-    if services.revocations.is_revoked(claims):
+    if services.deny_list.is_revoked(claims):
         raise invalid_token("the token has been revoked")
     if scope is not None and scope not in claims.scope:
         raise insufficient_scope(scope)

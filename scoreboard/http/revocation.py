@@ -1,5 +1,5 @@
-"""Spreading a revocation: this process's deny-list at once, its WebSockets through the hub,
-and every other API process through the events fanout (the store, written first, is where the
+"""Spreading a revocation: this process's deny-list at once (which closes its WebSockets), and
+every other API process through the events fanout (the store, written first, is where the
 periodic reload finds it if the event is lost)."""
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ PUBLISH_TIMEOUT_S = 2.0
 
 async def announce(svc: Services, revoked: TokensRevoked) -> None:
     """Deny what the store has already revoked, here and in every API process."""
-    svc.revocations.add(revoked)
-    await svc.hub.send(revoked)
+    await svc.deny_list.deny(revoked)
     try:
         with trio.fail_after(PUBLISH_TIMEOUT_S):
             await svc.broker.publish_events([encode_event(revoked)])

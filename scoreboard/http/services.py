@@ -1,41 +1,31 @@
-"""Everything a request handler may use, built once by the application wiring."""
+"""Everything a request handler may use, built once by the application wiring (`server.py`)."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 from quart import current_app
 
-from scoreboard.actors.hub import BroadcastStats
-from scoreboard.actors.messages import HubMsg, PublisherMsg
+from scoreboard.actors.hub import BroadcastStats, HubHandle
+from scoreboard.actors.publisher import PublisherHandle
+from scoreboard.actors.revocations import DenyList
 from scoreboard.adapters.interfaces import Board, Broker, EdgeGuard, Store
 from scoreboard.auth.keys import KeyRing
 from scoreboard.auth.passwords import Passwords
-from scoreboard.auth.revocations import RevocationList
 from scoreboard.auth.token_cache import VerifiedTokens
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.supervisor import ChildStatistics
+from scoreboard.http.connections import ConnectionCounts
+from scoreboard.supervisor import Supervision
 
 
-@dataclass
-class ConnectionCounts:
-    """Open connections: all of them (the process-wide cap), and WebSockets per user and per
-    client address key (`requests.address_key`: an IPv6 client counts by its /64), for their
-    caps; how WebSockets ended, by close code; how many wait for a full kernel buffer."""
-
-    open: int = 0
-    per_user: dict[int, int] = field(default_factory=dict)
-    per_ip: dict[str, int] = field(default_factory=dict)
-    closes: Counter[int] = field(default_factory=Counter)
-    backlogged: int = 0
-
-
-@dataclass
+@dataclass(frozen=True)
 class Services:
+    """The API's dependencies: the backends, the actors it calls (the hub and the publisher,
+    through their client functions), the supervision tree it reports on, and the objects that
+    own the process's shared state (the deny-list, the connection counts, the hub's figures)."""
+
     config: Config
     catalogue: Catalogue
     store: Store
@@ -43,21 +33,19 @@ class Services:
     guard: EdgeGuard
     broker: Broker
     keyring: KeyRing
+    verified_tokens: VerifiedTokens
     passwords: Passwords
-    hub: trio.MemorySendChannel[HubMsg]
-    publisher: trio.MemorySendChannel[PublisherMsg]
-    statistics: Callable[[], list[ChildStatistics]]
-    all_running: Callable[[], bool]
+    hub: HubHandle
+    publisher: PublisherHandle
+    deny_list: DenyList
+    supervision: Supervision
     public_origin: str
-    connections: ConnectionCounts = field(default_factory=ConnectionCounts)
-    broadcast: BroadcastStats = field(default_factory=BroadcastStats)
-    revocations: RevocationList = field(default_factory=RevocationList)
+    """The origin the page, the OAuth redirect URI and the WebSocket allow-list use: configured
+    (`public.origin`), else the URL the listening socket was bound to."""
+    connections: ConnectionCounts
+    broadcast: BroadcastStats
     # One rebuild of a missing leaderboard at a time (`http/leaderboard.py`).
     board_rebuild: trio.Lock = field(default_factory=trio.Lock)
-    verified_tokens: VerifiedTokens = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.verified_tokens = VerifiedTokens(self.keyring, self.config)
 
 
 def current_services() -> Services:

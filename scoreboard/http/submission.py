@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from scoreboard.actors.messages import Publish
+from scoreboard.actors import publisher
 from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
     PUBLISHING,
@@ -198,20 +198,18 @@ def _outcome_unknown() -> RequestRejected:
 async def _publish(services: Services, envelope: ActionEnvelope) -> None:
     """Through the process's publisher, which confirms it in a batch with its neighbours.
     Raises `_NotQueued` or `_OutcomeUnknown` (which is also what anything unforeseen is)."""
-    reply_send, reply_receive = trio.open_memory_channel[Exception | None](1)
     try:
+        # Given up on (the timeout), the action is skipped if its batch has not left yet.
         with trio.fail_after(services.config.amqp.publish_timeout_s):
-            # Leaving closes the receiver: a request that gave up is skipped or its answer dropped.
-            with reply_receive:
-                await services.publisher.send(Publish(envelope, reply_send))
-                failure = await reply_receive.receive()
+            await publisher.publish(services.publisher, envelope)
     except trio.TooSlowError:
         raise _OutcomeUnknown("no answer in time") from None
-    if failure is None:
-        return
-    if isinstance(failure, PublishFailed) and not isinstance(failure, PublishOutcomeUnknown):
-        raise _NotQueued(str(failure))
-    raise _OutcomeUnknown(str(failure))
+    except PublishOutcomeUnknown as exc:
+        raise _OutcomeUnknown(str(exc)) from None
+    except PublishFailed as exc:
+        raise _NotQueued(str(exc)) from None
+    except Exception as exc:
+        raise _OutcomeUnknown(str(exc)) from None
 
 
 async def _mark_outcome_unknown(

@@ -37,11 +37,12 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import ParseFailed
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
+from scoreboard.actors import hub
 from scoreboard.actors.frames import Frame, encode_frame, outgoing, rfc3339_ms
-from scoreboard.actors.mailbox import TOKEN_REVOKED
-from scoreboard.actors.messages import Rebind, Register, Unregister
+from scoreboard.actors.hub import TOKEN_REVOKED
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.auth.tokens import AccessClaims
+from scoreboard.http.connections import TooManyConnections
 from scoreboard.http.errors import RequestRejected
 from scoreboard.http.outbox import GONE, MailboxClosed, SlowReader, SocketOutbox
 from scoreboard.http.requests import (
@@ -66,7 +67,6 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # to finish a partly sent frame, send the close, hear the reply
-UNREGISTER_TIMEOUT_S = 2.0
 CLOSING_READ_LIMIT = 64 * 1024  # what a closing client may still send before we stop listening
 RECEIVE_BYTES = 8192
 PING = Frame("", bytes(FrameConnection(SERVER).send(Ping())))
@@ -150,15 +150,15 @@ async def serve(
         await refuse(sock, 400, "Bad Request", "not a valid WebSocket handshake")
         return
     ip = client_ip(peer, headers, svc.config.server.trusted_proxies)
-    counted_as = address_key(ip)
-    counts = svc.connections.per_ip
-    if counts.get(counted_as, 0) >= svc.config.websocket.max_connections_per_ip:
+    try:
+        counted = svc.connections.hold_address(address_key(ip))
+    except TooManyConnections:
         await refuse(sock, 429, "Too Many Requests", "too many connections from this address")
         return
-    counts[counted_as] = counts.get(counted_as, 0) + 1
-    if svc.config.websocket.send_buffer_bytes:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, svc.config.websocket.send_buffer_bytes)
-    try:
+    with counted:
+        if svc.config.websocket.send_buffer_bytes:
+            buffer_bytes = svc.config.websocket.send_buffer_bytes
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
         accept = (
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {generate_accept_token(key.encode()).decode()}\r\n\r\n"
@@ -179,12 +179,6 @@ async def serve(
             await connection.run(trailing)
         finally:
             live.discard(connection.scope)
-    finally:
-        remaining = counts[counted_as] - 1
-        if remaining:
-            counts[counted_as] = remaining
-        else:
-            del counts[counted_as]
 
 
 def allowed_origins(svc: Services) -> set[str]:
@@ -360,13 +354,17 @@ class Connection:
             self.frames.receive_data(trailing)
         claims = await self.authenticate_first()
         self.claims = claims
-        self.count_connection(claims)
-        # Released whatever ends the session, also a client gone while auth_ok is sent.
         try:
-            await self.open_session(claims)
-            await self.read_messages()
-        finally:
-            await self.close_session(claims)
+            counted = self.svc.connections.hold_user(claims.user_id)
+        except TooManyConnections:
+            raise Closing(CLOSE_POLICY, error_frame("too_many_connections")) from None
+        # Released whatever ends the session, also a client gone while auth_ok is sent.
+        with counted:
+            try:
+                await self.open_session(claims)
+                await self.read_messages()
+            finally:
+                await hub.unregister(self.svc.hub, self.id)
 
     async def authenticate_first(self) -> AccessClaims:
         message = await self.receive_json()
@@ -387,12 +385,6 @@ class Connection:
         self.expiry_deadline = trio.current_time() + (claims.expires_at - time.time())
         return claims
 
-    def count_connection(self, claims: AccessClaims) -> None:
-        counts = self.svc.connections.per_user
-        if counts.get(claims.user_id, 0) >= self.svc.config.websocket.max_connections_per_user:
-            raise Closing(CLOSE_POLICY, error_frame("too_many_connections"))
-        counts[claims.user_id] = counts.get(claims.user_id, 0) + 1
-
     async def open_session(self, claims: AccessClaims) -> None:
         try:
             user = await self.svc.store.get_user(claims.user_id)
@@ -401,18 +393,17 @@ class Connection:
         self.username = user.username if user else None
         self.personal(self.auth_ok(claims))
         assert self.outbox is not None
-        await self.svc.hub.send(
-            Register(self.id, claims.user_id, self.outbox, claims.grant_id, claims.jti)
+        await hub.register(
+            self.svc.hub,
+            self.id,
+            claims.user_id,
+            self.outbox,
+            grant_id=claims.grant_id,
+            jti=claims.jti,
         )
-
-    async def close_session(self, claims: AccessClaims) -> None:
-        # Shielded, but bounded: a hub that is down (and will restart empty) cannot hold us.
-        with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT_S):
-            await self.svc.hub.send(Unregister(self.id))
-        counts = self.svc.connections.per_user
-        counts[claims.user_id] -= 1
-        if not counts[claims.user_id]:
-            del counts[claims.user_id]
+        # Denied between the check and the registration, the hub was told before it knew us.
+        if self.svc.deny_list.is_revoked(claims):
+            raise Closing(CLOSE_UNAUTHORIZED, error_frame("token_revoked"))
 
     async def receive_json(self) -> dict[str, Any]:
         while True:
@@ -513,7 +504,9 @@ class Connection:
         if claims.user_id != self.claims.user_id:
             raise Closing(CLOSE_FORBIDDEN, error_frame("sub_mismatch"))
         self.claims = claims
-        await self.svc.hub.send(Rebind(self.id, claims.user_id, claims.grant_id, claims.jti))
+        await hub.rebind(
+            self.svc.hub, self.id, claims.user_id, grant_id=claims.grant_id, jti=claims.jti
+        )
         self.personal(self.auth_ok(claims))
 
     def auth_ok(self, claims: AccessClaims) -> dict[str, Any]:
@@ -585,7 +578,7 @@ class Connection:
             if isinstance(closing, ClientClosed)
             else closing.code
         )
-        self.svc.connections.closes[code] += 1
+        self.svc.connections.websocket_closed(code)
         if closing is None:
             return
         assert self.outbox is not None

@@ -27,3 +27,6 @@ class ChildStatistics:
     """Messages waiting in the inbox registered with `ChildSpec.inbox`, else None."""
     inbox_peak: int | None
     """The largest inbox depth seen (the channel's own peak where trio reports one)."""
+    children: int | None = None
+    """For a dynamic supervisor's row: how many children it runs (its row sums their restarts and
+    inbox depths; the busiest few follow it, one row each). None for any other child."""

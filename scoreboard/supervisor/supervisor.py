@@ -1,49 +1,42 @@
 """An OTP-style supervisor in plain trio: start children in order, restart, stop in reverse.
 
-The application wiring owns every channel. The supervisor only calls `start` functions, and a
-restart is another call of the same `start`, so each call must hand its incarnation fresh clones:
+Whoever wires the children opens every channel and keeps the originals; the supervisor only
+calls `start` functions, and a restart is another call of the same `start`. `actor_spec` builds
+an actor's child so that each call hands its incarnation fresh clones of the channels:
 
-    send_to_scorer, scorer_inbox = trio.open_memory_channel[ScorerMsg](SCORER_INBOX_SIZE)
-
-    async def run_scorer(*, task_status: trio.TaskStatus[None]) -> None:
-        await scorer.run(scorer_inbox.clone(), store=store, task_status=task_status)
-
-    async def run_consumer(*, task_status: trio.TaskStatus[None]) -> None:
-        await consumer.run(send_to_scorer.clone(), broker=broker, task_status=task_status)
-
+    scorer_handle, scorer_inbox = scorer.open_inbox()  # a memory channel of scorer.INBOX_SIZE
     supervisor = Supervisor(
         [
-            ChildSpec("scorer", run_scorer, inbox=send_to_scorer),
-            ChildSpec("consumer", run_consumer),
+            actor_spec("scorer", scorer.run, scorer_inbox, store=store),
+            actor_spec("router", router.run, router_inbox, scorer_handle, store=store),
         ],
         strategy="rest_for_one",
     )
-    with send_to_scorer, scorer_inbox:
-        await nursery.start(supervisor.run)
+    await nursery.start(supervisor.run)
 
-Each incarnation closes its own clones when it ends (`with inbox:`); the originals stay open in
-the wiring, so while the scorer restarts the channel stays open, its buffered messages wait for the
-next incarnation and senders simply block. Do not clone once outside `start` (e.g. with
-`functools.partial(scorer.run, scorer_inbox.clone())`): the first incarnation would close that
-clone and every restart would get a closed channel.
+Each incarnation closes its own clones when it ends (`with inbox:`); the originals stay open, so
+while the scorer restarts its inbox stays open, its buffered messages wait for the next
+incarnation and senders simply block. The supervisor reports the depth of each actor's inbox.
 
-A child that must be stopped through a trigger rather than cancelled, such as Hypercorn, gets a
-`shutdown` hook; `start` makes a fresh trigger for each incarnation:
+What a child reports with `task_status.started(value)` the supervisor keeps while that
+incarnation runs (`started_value`): a child's results go up that way, never through callbacks.
+A child that must be stopped through a trigger rather than cancelled, such as an HTTP server,
+gets a `shutdown` hook; `start` makes a fresh trigger for each incarnation:
 
     class WebServer:
-        async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async def run(self, *, task_status: trio.TaskStatus[str]) -> None:
             self._stop = trio.Event()
-            await hypercorn.trio.serve(app, config, shutdown_trigger=self._stop.wait,
-                                       task_status=task_status)
+            await serve(app, self._stop, task_status=task_status)  # reports its URL
 
         def shutdown(self) -> None:
             self._stop.set()
 
     ChildSpec("http", web.run, shutdown=web.shutdown)
 
-Supervisors nest: `ChildSpec("worker", inner.run)`. Cancelling a supervisor stops its children
-in reverse order just as `stop` does, so it needs no `shutdown` hook. Its parent lists its
-children in `statistics()` and counts them in `all_running`. A supervisor that gives up raises
+Supervisors nest: `ChildSpec("worker", inner.run)`; so do the dynamic ones (`dynamic.py`) of an
+actor that reports one as its started value. Cancelling a supervisor stops its children in
+reverse order just as `stop` does, so it needs no `shutdown` hook. Its parent lists its children
+in `statistics()` and counts them in `all_running`. A supervisor that gives up raises
 `SupervisorGaveUp`, which its parent treats as a crash like any other.
 """
 
@@ -61,7 +54,7 @@ from typing import Any, Literal
 import trio
 
 from scoreboard.supervisor.backoff import Jitter, backoff_delay
-from scoreboard.supervisor.spec import ChildSpec
+from scoreboard.supervisor.spec import ChildSpec, Supervision
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
 
 logger = logging.getLogger(__name__)
@@ -74,7 +67,7 @@ class SupervisorGaveUp(Exception):
     """More than `intensity` restarts happened within `period` seconds; every child was stopped."""
 
     def __init__(self, supervisor: str, child_id: str, last_error: Exception | None) -> None:
-        reason = _describe(last_error) if last_error is not None else "returned"
+        reason = describe_error(last_error) if last_error is not None else "returned"
         super().__init__(f"supervisor {supervisor!r} gave up after child {child_id!r}: {reason}")
         self.supervisor = supervisor
         self.child_id = child_id
@@ -85,7 +78,8 @@ def _nested_all_running(incarnation: _Incarnation) -> bool:
     return incarnation.nested is None or incarnation.nested.all_running
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """A crash as the statistics show it: `Type: message`."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -101,7 +95,8 @@ class _Incarnation:
     stopping: bool = False
     ended: bool = False
     error: Exception | None = None
-    nested: Supervisor | None = None
+    value: Any = None  # what it reported started with
+    nested: Supervision | None = None
     injected: Exception | None = None  # `inject_crash`: end as if this had been raised
 
 
@@ -126,6 +121,9 @@ class _IncarnationStatus(trio.TaskStatus[Any]):
 
     def started(self, value: Any = None) -> None:
         self._task_status.started(value)
+        self._incarnation.value = value
+        if isinstance(value, Supervision):
+            self._incarnation.nested = value
         self._incarnation.running_since = trio.current_time()
         self._incarnation.started_at = time.time()
 
@@ -179,6 +177,16 @@ class Supervisor:
         self._wakeup = trio.Event()
         self._stop_scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
+
+    def add_child(self, spec: ChildSpec) -> None:
+        """Append a child (started after the others) to a supervisor that is not running yet:
+        for children that need the supervisor itself, such as a server reporting its tree."""
+        if self._stop_scope is not None:
+            raise RuntimeError(f"supervisor {self.name!r} is running")
+        if any(existing.id == spec.id for existing in self._specs):
+            raise ValueError(f"child ids must be unique: {spec.id!r} exists")
+        self._specs = (*self._specs, spec)
+        self._children.append(_Child(spec))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every child, report started, supervise until stopped, cancelled or given up."""
@@ -236,15 +244,30 @@ class Supervisor:
         if done is not None:
             await done.wait()
 
+    def started_value(self, child_id: str) -> Any:
+        """What the running child `child_id` reported started with (a nested supervisor's child
+        is named `api/http`). `LookupError` if it is not running."""
+        head, _, rest = child_id.partition("/")
+        incarnation = self._running(head)
+        if rest:
+            if not isinstance(incarnation.nested, Supervisor):
+                raise LookupError(f"{self.name}: child {head!r} is not a supervisor")
+            return incarnation.nested.started_value(rest)
+        return incarnation.value
+
+    def _running(self, child_id: str) -> _Incarnation:
+        child = next((c for c in self._children if c.spec.id == child_id), None)
+        incarnation = child.incarnation if child is not None else None
+        if child is None or child.state != "running" or incarnation is None:
+            raise LookupError(f"{self.name}: no running child {child_id!r}")
+        return incarnation
+
     def inject_crash(self, child_id: str, error: Exception | None = None) -> None:
         """End a running child as if it had raised `error`: it is stopped at once (cancelled)
         and the strategy restarts what a crash of it restarts. For fault drills and tests; a
         nested supervisor's child is named `worker/scorer`. `LookupError` if it is not running."""
         head, _, rest = child_id.partition("/")
-        child = next((c for c in self._children if c.spec.id == head), None)
-        incarnation = child.incarnation if child is not None else None
-        if child is None or child.state != "running" or incarnation is None:
-            raise LookupError(f"{self.name}: no running child {head!r}")
+        incarnation = self._running(head)
         if rest:
             if incarnation.nested is None:
                 raise LookupError(f"{self.name}: child {head!r} is not a supervisor")
@@ -384,7 +407,7 @@ class Supervisor:
             if incarnation.running_since is None:
                 raise
             incarnation.error = exc
-            child.last_error = _describe(exc)
+            child.last_error = describe_error(exc)
             logger.exception("%s: child %r crashed", self.name, child.spec.id)
         finally:
             incarnation.finished.set()
@@ -416,7 +439,7 @@ class Supervisor:
         return await self._schedule_restart(child, error)
 
     async def _on_start_failure(self, child: _Child, error: Exception) -> SupervisorGaveUp | None:
-        child.last_error = _describe(error)
+        child.last_error = describe_error(error)
         logger.error("%s: child %r failed to start", self.name, child.spec.id, exc_info=error)
         if child.spec.restart == "temporary":
             child.state = "failed"

@@ -18,8 +18,6 @@ from urllib.parse import unquote, urlsplit
 import redis
 import trio
 
-from scoreboard.actors import consumer, keeper, router, scorer
-from scoreboard.actors.messages import KeeperMsg, RouterMsg, ScorerMsg
 from scoreboard.adapters.postgres import PostgresStore
 from scoreboard.adapters.rabbitmq import RabbitBroker
 from scoreboard.adapters.redis import RedisBoard
@@ -27,6 +25,8 @@ from scoreboard.bridge import Bridge
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.model import Event, LeaderboardChanged, decode_events, encode_event
+from scoreboard.server import worker_supervisor
+from scoreboard.supervisor import Supervisor
 
 PROBE_MS = -1  # the updated_at_ms of the probe events that show the tap is subscribed
 
@@ -117,46 +117,13 @@ async def tap_events(broker: RabbitBroker) -> AsyncIterator[EventTap]:
 
 
 @asynccontextmanager
-async def running_worker(stack: Stack) -> AsyncIterator[None]:
-    """The worker's actors in the wiring's start order (keeper, scorer, router, consumer);
-    leaving the block cancels them all, as a crash of the worker would."""
-    config = stack.config
-    router_send, router_receive = trio.open_memory_channel[RouterMsg](router.INBOX_SIZE)
-    scorer_send, scorer_receive = trio.open_memory_channel[ScorerMsg](scorer.inbox_size(config))
-    keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper.INBOX_SIZE)
+async def running_worker(stack: Stack) -> AsyncIterator[Supervisor]:
+    """The worker role as `scoreboard serve` runs it (`server.worker_supervisor`); leaving the
+    block stops it, at whatever point its actors are."""
+    worker = worker_supervisor(
+        stack.config, stack.catalogue, store=stack.store, board=stack.board, broker=stack.broker
+    )
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(
-                keeper.run,
-                keeper_receive,
-                store=stack.store,
-                board=stack.board,
-                broker=stack.broker,
-                config=config,
-            )
-        )
-        await nursery.start(
-            functools.partial(
-                scorer.run,
-                scorer_receive,
-                keeper_send,
-                store=stack.store,
-                broker=stack.broker,
-                config=config,
-            )
-        )
-        await nursery.start(
-            functools.partial(
-                router.run,
-                router_receive,
-                scorer_send,
-                store=stack.store,
-                catalogue=stack.catalogue,
-                config=config,
-            )
-        )
-        await nursery.start(
-            functools.partial(consumer.run, router_send, broker=stack.broker, config=config)
-        )
-        yield
+        await nursery.start(worker.run)
+        yield worker
         nursery.cancel_scope.cancel()

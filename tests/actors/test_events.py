@@ -13,9 +13,9 @@ import pytest
 import trio
 
 from scoreboard.actors import events, hub
-from scoreboard.actors.mailbox import Mailbox
-from scoreboard.actors.messages import HubMsg, Register
-from scoreboard.auth.revocations import RevocationList
+from scoreboard.actors.messages import HubMsg
+from scoreboard.actors.revocations import DenyList
+from scoreboard.http.mailbox import Mailbox
 from scoreboard.model import (
     ActionFinished,
     Event,
@@ -70,10 +70,10 @@ async def next_event(received: trio.MemoryReceiveChannel[HubMsg]) -> HubMsg:
 
 @asynccontextmanager
 async def running_events(stack: Stack) -> AsyncIterator[trio.MemoryReceiveChannel[HubMsg]]:
-    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    send, receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            functools.partial(events.run, send, broker=stack.broker, revocations=RevocationList())
+            functools.partial(events.run, send, broker=stack.broker, deny_list=DenyList(send))
         )
         await subscribed(stack, receive)
         yield receive
@@ -116,18 +116,18 @@ async def test_a_batch_of_events_in_one_message_reaches_the_hub_in_order(stack: 
 
 async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: Stack) -> None:
     await stack.board.rebuild([])  # as a keeper's start does: an empty board, but a built one
-    hub_send, hub_receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    hub_send, hub_receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(hub.run, hub_receive, board=stack.board, config=stack.config)
         )
         await nursery.start(
             functools.partial(
-                events.run, hub_send.clone(), broker=stack.broker, revocations=RevocationList()
+                events.run, hub_send.clone(), broker=stack.broker, deny_list=DenyList(hub_send)
             )
         )
         mailbox = Mailbox()
-        await hub_send.send(Register(1, 7, mailbox))
+        await hub.register(hub_send, 1, 7, mailbox)
         (first,) = await mailbox.wait_frames()
         assert json.loads(first.text)["data"]["leaderboard"] == []  # the empty board, from Redis
         result = outcome(7)

@@ -17,11 +17,9 @@ import trio
 import trio.testing
 
 from scoreboard.actors import hub
-from scoreboard.actors.frames import Frame
-from scoreboard.actors.mailbox import Mailbox
+from scoreboard.actors.frames import Frame, leaderboard_data
 from scoreboard.actors.messages import (
     CancelWait,
-    CurrentSnapshot,
     HubMsg,
     Rebind,
     Register,
@@ -30,6 +28,7 @@ from scoreboard.actors.messages import (
 )
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.config import Config
+from scoreboard.http.mailbox import Mailbox
 from scoreboard.model import ActionFinished, LeaderboardChanged, RankedEntry, ScoreChanged
 
 T0_MS = 1_764_500_000_000
@@ -101,7 +100,7 @@ def config(tick_s: float = 0.1) -> Config:
 
 @asynccontextmanager
 async def start_hub(top: BoardTop, tick_s: float = 0.1) -> AsyncIterator[Hub]:
-    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    send, receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(hub.run, receive, board=top, config=config(tick_s)))
         with send:
@@ -284,13 +283,12 @@ async def test_a_cancelled_waiter_hears_nothing_and_a_gone_one_is_skipped(runnin
         cancelled_receive.receive_nowait()
 
 
-async def test_current_snapshot_answers_the_newest_board(running_hub: Hub) -> None:
-    reply_send, reply_receive = trio.open_memory_channel[LeaderboardChanged | None](1)
+async def test_a_registration_gets_the_newest_board(running_hub: Hub) -> None:
     newest = LeaderboardChanged(board(900, 800), T0_MS + 9)
-    await running_hub.send(
-        LeaderboardChanged(board(1), T0_MS + 1), newest, CurrentSnapshot(reply_send)
-    )
-    assert reply_receive.receive_nowait() == newest
+    mailbox = Mailbox()
+    await running_hub.send(LeaderboardChanged(board(1), T0_MS + 1), newest, Register(1, 7, mailbox))
+    (frame,) = await mailbox.wait_frames()
+    assert decoded(frame)["data"] == leaderboard_data(newest.entries, newest.updated_at_ms)
 
 
 async def test_without_redis_the_hub_starts_empty_and_takes_the_first_event() -> None:
@@ -379,7 +377,7 @@ async def test_the_tick_stretches_while_fan_outs_take_long(
     """25 offers of 4 ms each: a 100 ms fan-out, so at most one every 133 ms (three quarters of
     the time), however often the board changes or however short the configured tick."""
     stats = hub.BroadcastStats()
-    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    send, receive = hub.open_inbox()
     top = BoardTop(list(board(1)))
     run = functools.partial(hub.run, receive, board=top, config=config(0.01), stats=stats)
     async with trio.open_nursery() as nursery:
@@ -405,7 +403,7 @@ async def test_the_tick_is_the_configured_one_while_fan_outs_are_quick(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     stats = hub.BroadcastStats()
-    send, receive = trio.open_memory_channel[HubMsg](hub.INBOX_SIZE)
+    send, receive = hub.open_inbox()
     top = BoardTop(list(board(1)))
     run = functools.partial(hub.run, receive, board=top, config=config(0.1), stats=stats)
     async with trio.open_nursery() as nursery:

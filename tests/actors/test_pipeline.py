@@ -4,6 +4,7 @@ nothing lost when the worker stops at any moment, poison dead-lettered."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections.abc import Sequence
@@ -171,3 +172,33 @@ async def test_poison_is_dead_lettered_and_the_rest_is_scored(stack: Stack) -> N
     assert reasons[stranger[0].encode()] == "unknown user 987654321"
     assert reasons[b"this is not an action"].startswith("malformed: ")
     await assert_scored_exactly_once(stack, items)
+
+
+async def test_a_crashing_user_actor_restarts_alone_and_loses_nothing(stack: Stack) -> None:
+    """One user's actor crashes again and again (the supervisor's `inject_crash`) while every
+    user's actions flow: only it restarts, never the router, the consumer or the other users'
+    actors; what it held comes back (as an unjudged action, republished), and every action is
+    scored exactly once. Attempts are raised so that no action is failed for its crashes."""
+    fast = stack.with_config(
+        limits={"enabled": False},
+        amqp={"prefetch": 64, "max_attempts": 1000},
+        scorer={"max_batch": 32},
+    )
+    users = [await fast.new_user() for _ in range(10)]
+    victim = users[0]
+    items = envelopes(users, per_user=30, spacing_ms=1)
+    await publish(fast, items)
+    crashes = 0
+    async with tap_events(fast.broker) as tap, running_worker(fast) as worker:
+        with trio.fail_after(60):
+            while crashes < 5:
+                with contextlib.suppress(LookupError):  # not running: waiting for its restart
+                    worker.inject_crash(f"router/users/{victim}", RuntimeError("fault drill"))
+                    crashes += 1
+                await trio.sleep(0.05)
+        await all_finished(tap, items)
+        await drained(fast)
+        restarts = {row.id: row.restarts for row in worker.statistics()}
+    assert restarts["router/users"] == crashes
+    assert restarts["router"] == restarts["consumer"] == restarts["scorer"] == 0
+    await assert_scored_exactly_once(fast, items)

@@ -19,12 +19,14 @@ import trio
 import trio.testing
 
 from scoreboard.actors import router
-from scoreboard.actors.messages import Route, RouterMsg, Score, ScorerMsg
+from scoreboard.actors.messages import Route, RouterMsg, Score, ScorerMsg, Unjudged
+from scoreboard.actors.user import CRASHED
 from scoreboard.adapters.interfaces import Delivery
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, RecentAction
-from tests.actors.scorer_side import answering_barriers
+from scoreboard.supervisor import DynamicSupervisor
+from tests.actors.scorer_side import answering_barriers, handed_over
 
 T0 = 1_764_500_000_000
 CATALOGUE = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "actions.toml")
@@ -35,10 +37,15 @@ class HistoryLoads:
     """The store, as far as user actors use it; counts history loads per user."""
 
     loads: dict[int, int] = field(default_factory=dict)
+    # Users whose next load raises what no retry helps: their actor crashes.
+    broken: set[int] = field(default_factory=set)
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
         await trio.lowlevel.checkpoint()
         self.loads[user_id] = self.loads.get(user_id, 0) + 1
+        if user_id in self.broken:
+            self.broken.discard(user_id)
+            raise RuntimeError(f"a bug met user {user_id}'s history")
         return []
 
 
@@ -47,6 +54,7 @@ class Router:
     inbox: trio.MemorySendChannel[RouterMsg]
     scores: trio.MemoryReceiveChannel[ScorerMsg]
     store: HistoryLoads
+    users: DynamicSupervisor
     tags: int = 0
 
     async def route(self, user_id: int, at_ms: int) -> None:
@@ -76,7 +84,7 @@ async def start_router(
     scores_send, scores_receive = trio.open_memory_channel[ScorerMsg](scorer_buffer)
     store = HistoryLoads()
     async with trio.open_nursery() as nursery:
-        await nursery.start(
+        users = await nursery.start(
             functools.partial(
                 router.run,
                 inbox_receive,
@@ -87,7 +95,7 @@ async def start_router(
             )
         )
         with inbox_send:
-            yield Router(inbox_send, scores_receive, store)
+            yield Router(inbox_send, scores_receive, store, users)
 
 
 @pytest.fixture
@@ -152,10 +160,35 @@ async def test_only_idle_actors_are_reaped(
     assert running.store.loads == {1: 2, 2: 1}
 
 
+async def test_a_crashed_user_actor_restarts_alone_and_hands_on_what_it_held(
+    running: Router, autojump_clock: trio.testing.MockClock
+) -> None:
+    running.store.broken.add(2)
+    for n in range(9):  # tags 1..9: user 2 has tags 2, 5, 8
+        await running.route(user_id=1 + n % 3, at_ms=T0 + n * 10_000)
+    handed = [await handed_over(running.scores) for _ in range(9)]
+    # The action user 2's actor held when it crashed is neither lost nor decided: the scorer
+    # gets it back to retry; the rest of that user's actions waited in its inbox.
+    (unjudged,) = [h for h in handed if isinstance(h, Unjudged)]
+    assert (unjudged.delivery.delivery_tag, unjudged.reason) == (2, CRASHED)
+    scored = [h for h in handed if isinstance(h, Score)]
+    tags = {
+        u: [s.delivery.delivery_tag for s in scored if s.decision.envelope.user_id == u]
+        for u in (1, 2, 3)
+    }
+    assert tags == {1: [1, 4, 7], 2: [5, 8], 3: [3, 6, 9]}
+    # Only that actor restarted (it loaded the history again); the others and the router ran on.
+    assert running.store.loads == {1: 1, 2: 2, 3: 1}
+    summary = running.users.statistics()[0]
+    assert (summary.children, summary.restarts) == (3, 1)
+    await running.route(user_id=2, at_ms=T0 + 100_000)
+    assert (await running.take(1))[0].delivery.delivery_tag == 10
+
+
 async def test_when_the_consumer_goes_the_router_ends_after_its_users_drain() -> None:
     inbox_send, inbox_receive = trio.open_memory_channel[RouterMsg](router.INBOX_SIZE)
     scores_send, scores_receive = trio.open_memory_channel[ScorerMsg](1000)
-    running = Router(inbox_send, scores_receive, HistoryLoads())
+    running = Router(inbox_send, scores_receive, HistoryLoads(), DynamicSupervisor("unused"))
     counted: list[int] = []
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from scoreboard.actors import scorer
-from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg
+from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg, Unjudged
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, UnknownUser
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, CommitResult, Decision
@@ -122,7 +122,7 @@ async def start_scorer(
     ledger: Ledger, max_batch: int = 500, keeper_buffer: int = 100
 ) -> AsyncIterator[Scorer]:
     config = Config().replace(scorer={"max_batch": max_batch})
-    inbox_send, inbox_receive = trio.open_memory_channel[ScorerMsg](scorer.inbox_size(config))
+    inbox_send, inbox_receive = scorer.open_inbox()
     keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper_buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(
@@ -314,3 +314,24 @@ async def test_a_poison_action_on_its_last_attempt_is_recorded_failed_and_dead_l
         ((tag, reason),) = settlement["dead"]  # type: ignore[misc]
         assert tag == 2
         assert "invalid byte sequence" in reason
+
+
+async def test_an_unjudged_action_is_retried_then_failed_never_acknowledged() -> None:
+    """What a user actor crashed on: settled like an action the store refused."""
+    ledger = Ledger()
+    last = Config().amqp.max_attempts - 1
+    async with start_scorer(ledger) as running:
+        for tag, attempts in ((1, 0), (2, last)):
+            decided = score(tag, attempts=attempts)
+            reason = "its user actor crashed while judging it"
+            running.inbox.send_nowait(Unjudged(decided.decision.envelope, decided.delivery, reason))
+        running.inbox.send_nowait(score(3))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ledger.commits() == [["nonce-00000003"]]
+        assert ("fail", "nonce-00000002") in ledger.events
+        (settlement,) = ledger.settlements()
+        assert settlement == {
+            "ack": [3],
+            "retry": [1],
+            "dead": [(2, "its user actor crashed while judging it")],
+        }

@@ -20,6 +20,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected
 
+from scoreboard.actors import hub
 from scoreboard.config import Config
 from scoreboard.model import LeaderboardChanged, RankedEntry
 from scoreboard.server import ServerHandle, run_server
@@ -290,13 +291,13 @@ class TestBackloggedSocket(FastTicks):
                 with trio.fail_after(WAIT_S * 3):
                     while counts.backlogged == 0:
                         sequence += 1
-                        await server.services.hub.send(snapshot(sequence, padding=200))
+                        await hub.notify(server.services.hub, snapshot(sequence, padding=200))
                         await trio.sleep(0.005)
                 # Keep the board moving while the socket is backlogged; the watcher keeps up.
                 backlogged_from = sequence
                 for _ in range(20):
                     sequence += 1
-                    await server.services.hub.send(snapshot(sequence, padding=200))
+                    await hub.notify(server.services.hub, snapshot(sequence, padding=200))
                     await trio.sleep(0.03)
                 assert counts.backlogged == 1
                 await wait_for(lambda: bool(seen) and seen[-1] == sequence)
@@ -362,7 +363,7 @@ class TestSlowReader:
             with trio.fail_after(WAIT_S * 3):
                 while services.connections.closes[1013] == 0:
                     sequence += 1
-                    await services.hub.send(snapshot(sequence, padding=200))
+                    await hub.notify(services.hub, snapshot(sequence, padding=200))
                     await trio.sleep(0.02)
             broadcasts = services.broadcast.broadcasts - broadcasts_before
             await wait_for(lambda: newest == [sequence] * 3)
@@ -394,7 +395,7 @@ class TestRevokedWhileBacklogged(FastTicks):
             with trio.fail_after(WAIT_S * 3):
                 while counts.backlogged == 0:
                     sequence += 1
-                    await server.services.hub.send(snapshot(sequence, padding=200))
+                    await hub.notify(server.services.hub, snapshot(sequence, padding=200))
                     await trio.sleep(0.005)
             revoked = await client.post(
                 "/api/v1/oauth/revoke",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from scoreboard.actors.mailbox import OVERFLOW, Mailbox
+from scoreboard.http.mailbox import OVERFLOW, Mailbox
 
 
 async def test_a_new_snapshot_replaces_the_unsent_one() -> None:

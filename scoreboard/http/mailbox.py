@@ -1,4 +1,5 @@
-"""A connection's latest-value mailbox: what the hub leaves for one WebSocket client.
+"""A connection's latest-value mailbox: what the hub leaves for one WebSocket client (the hub's
+`Subscriber`).
 
 The hub offers frames without ever waiting; the connection's writer task takes them when the
 client can accept more. Leaderboard snapshots are latest-value (a new one replaces the unsent
@@ -17,7 +18,6 @@ from scoreboard.actors.frames import Frame
 
 PERSONAL_FRAMES_LIMIT = 64  # a few own frames a second; 64 unread means the client stopped reading
 OVERFLOW = "overflow"
-TOKEN_REVOKED = "token_revoked"
 
 
 class Mailbox:
