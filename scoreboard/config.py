@@ -221,8 +221,8 @@ class AnticheatConfig:
     # A flag is not raised again for the same user (or address) and kind for this long.
     cooloff_s: float = 86_400.0
     # Memory bounds: beyond these, the users (addresses) seen least recently are forgotten.
-    max_users: int = 100_000
-    max_addresses: int = 100_000
+    max_users: int = 50_000
+    max_addresses: int = 50_000
 
     def __post_init__(self) -> None:
         at_least = {

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from scoreboard.actors.user import Ledger
-from scoreboard.anticheat.detector import DetectorStatistics, FlagDetector
+from scoreboard.anticheat.detector import FlagDetector
 from scoreboard.anticheat.records import DecidedAction, Flag, FlagKind, SharedAddressEvidence
 from scoreboard.catalogue import ActionType, Catalogue
 from scoreboard.config import Config
@@ -47,7 +47,6 @@ from scoreboard.model import ActionEnvelope, Decision
 
 SIM_START_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
 
 Role = Literal["normal", "burst_bot", "metronome", "score_farmer", "all_in_one", "account_farm"]
 CHEATER_ROLES: tuple[Role, ...] = ("burst_bot", "metronome", "score_farmer", "all_in_one")
@@ -90,14 +89,15 @@ class Scenario:
 
 @dataclass(slots=True)
 class Outcome:
-    """What a run produced: every flag, and the volume, per role."""
+    """What a run produced: every attempt as the detector saw it, every flag, and the volume,
+    per role."""
 
     roles: dict[int, Role]
+    actions: list[DecidedAction] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     attempts: Counter[Role] = field(default_factory=Counter)
     accepted: Counter[Role] = field(default_factory=Counter)
     points: Counter[int] = field(default_factory=Counter)
-    statistics: DetectorStatistics | None = None
 
     @property
     def total_attempts(self) -> int:
@@ -163,6 +163,7 @@ def run(players: Sequence[Player], *, config: Config, catalogue: Catalogue) -> O
             ledger.add_history(since, [])
         decision = ledger.decide(envelope)
         action = DecidedAction.from_decision(decision, catalogue)
+        outcome.actions.append(action)
         outcome.attempts[player.role] += 1
         if action.accepted:
             outcome.accepted[player.role] += 1
@@ -176,7 +177,6 @@ def run(players: Sequence[Player], *, config: Config, catalogue: Catalogue) -> O
             raise ValueError(f"user {player.user_id}'s script went back in time")
         pending[index] = following
         heapq.heappush(queue, (following.at_ms, index))
-    outcome.statistics = detector.statistics()
     return outcome
 
 
@@ -217,7 +217,7 @@ def build(scenario: Scenario, catalogue: Catalogue) -> list[Player]:
                 Player(user_id, role, _cheater(role, rng, address, types, start_ms, end_ms))
             )
     farm_address = addresses.dedicated()
-    farm_start_ms = start_ms + HOUR_MS
+    farm_start_ms = start_ms + (end_ms - start_ms) // 3
     for _ in range(scenario.farm_accounts):
         user_id += 1
         rng = rng_of(user_id)
