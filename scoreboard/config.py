@@ -194,6 +194,73 @@ class JanitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AnticheatConfig:
+    """The behavioural flags (`scoreboard.anticheat`; docs/anticheat.md says why these defaults).
+    Times are those of the decisions (when the API received each attempt)."""
+
+    # A burst: this many attempts of one user within this many seconds.
+    burst_actions: int = 5
+    burst_window_s: float = 0.3
+    # Inhumanly regular: the user's last `regular_intervals` intervals between attempts have a
+    # coefficient of variation (standard deviation / mean) at most `regular_max_cv`.
+    regular_intervals: int = 20
+    regular_max_cv: float = 0.01
+    # Score growth: the points a user gained within the window, against every user who acted
+    # in it: flagged at a robust z-score (median and MAD) of at least `growth_z`, when at least
+    # `growth_min_population` users acted and the user gained at least `growth_min_points`.
+    growth_window_s: float = 3600.0
+    growth_z: float = 20.0
+    growth_min_population: int = 30
+    growth_min_points: int = 3000
+    # How often the population's median and MAD are recomputed (each time over every user).
+    growth_refresh_s: float = 60.0
+    # Many accounts: at least this many distinct users acting from one address (IPv6: one /64)
+    # within the window.
+    shared_address_users: int = 8
+    shared_address_window_s: float = 3600.0
+    # A flag is not raised again for the same user (or address) and kind for this long.
+    cooloff_s: float = 86_400.0
+    # Memory bounds: beyond these, the users (addresses) seen least recently are forgotten.
+    max_users: int = 50_000
+    max_addresses: int = 50_000
+
+    def __post_init__(self) -> None:
+        at_least = {
+            "burst_actions": 2,
+            "regular_intervals": 2,
+            "growth_min_population": 1,
+            "shared_address_users": 2,
+            "max_users": 1,
+            "max_addresses": 1,
+        }
+        for name, minimum in at_least.items():
+            if getattr(self, name) < minimum:
+                raise ConfigError(
+                    f"anticheat.{name} ({ENV_PREFIX}ANTICHEAT_{name.upper()}) must be at least "
+                    f"{minimum}"
+                )
+        positive = (
+            "burst_window_s",
+            "regular_max_cv",
+            "growth_window_s",
+            "growth_z",
+            "growth_refresh_s",
+            "shared_address_window_s",
+            "cooloff_s",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"anticheat.{name} ({ENV_PREFIX}ANTICHEAT_{name.upper()}) must be positive"
+                )
+        if self.growth_min_points < 0:
+            raise ConfigError(
+                f"anticheat.growth_min_points ({ENV_PREFIX}ANTICHEAT_GROWTH_MIN_POINTS) must not "
+                "be negative"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
@@ -208,6 +275,7 @@ class Config:
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
+    anticheat: AnticheatConfig = field(default_factory=AnticheatConfig)
     # The operator's configuration directory; None: the packaged defaults alone.
     config_dir: Path | None = None
 

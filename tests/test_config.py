@@ -1,9 +1,11 @@
+import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from scoreboard.catalogue import configured_catalogue
-from scoreboard.config import ConfigError, load_config
+from scoreboard.config import AnticheatConfig, ConfigError, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -99,3 +101,27 @@ def test_a_missing_or_malformed_operator_file_is_a_clear_error(tmp_path: Path) -
     (tmp_path / "default.toml").write_text("[server\n")
     with pytest.raises(ConfigError, match=str(tmp_path / "default.toml")):
         load_config(tmp_path, environ={})
+
+
+def test_the_anticheat_section_of_the_toml_file_is_the_dataclass_defaults() -> None:
+    config = load_config(CONFIG_DIR, environ={})
+    assert config.anticheat == AnticheatConfig()
+    written = tomllib.loads((CONFIG_DIR / "default.toml").read_text())["anticheat"]
+    assert set(written) == {f.name for f in dataclasses.fields(AnticheatConfig)}
+
+
+def test_anticheat_settings_are_overridden_and_checked() -> None:
+    config = load_config(
+        CONFIG_DIR,
+        environ={"SCOREBOARD_ANTICHEAT_GROWTH_Z": "15", "SCOREBOARD_ANTICHEAT_BURST_ACTIONS": "8"},
+    )
+    assert (config.anticheat.growth_z, config.anticheat.burst_actions) == (15.0, 8)
+    for name, value in [
+        ("SCOREBOARD_ANTICHEAT_BURST_ACTIONS", "1"),
+        ("SCOREBOARD_ANTICHEAT_REGULAR_MAX_CV", "0"),
+        ("SCOREBOARD_ANTICHEAT_GROWTH_MIN_POINTS", "-1"),
+        ("SCOREBOARD_ANTICHEAT_SHARED_ADDRESS_WINDOW_S", "-60"),
+        ("SCOREBOARD_ANTICHEAT_MAX_USERS", "0"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            load_config(CONFIG_DIR, environ={name: value})

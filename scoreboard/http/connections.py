@@ -1,8 +1,8 @@
 """The process's connection counts, against their caps: the only place that changes them.
 
 The listener counts every open connection (`server.max_connections`); the live path counts
-WebSockets per user and per client address key (`requests.address_key`: an IPv6 client counts by
-its /64) against `websocket.max_connections_per_user` and `_per_ip`, and how each ended; the
+WebSockets per user and per client address key (`addresses.address_key`: an IPv6 client counts
+by its /64) against `websocket.max_connections_per_user` and `_per_ip`, and how each ended; the
 outboxes count the sockets whose kernel buffer is full. Everyone else reads (`/metrics`).
 """
 

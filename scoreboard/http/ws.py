@@ -41,12 +41,12 @@ from scoreboard.actors import hub
 from scoreboard.actors.frames import Frame, encode_frame, outgoing, rfc3339_ms
 from scoreboard.actors.hub import TOKEN_REVOKED
 from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.addresses import address_key
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.http.connections import TooManyConnections
 from scoreboard.http.errors import RequestRejected
 from scoreboard.http.outbox import GONE, MailboxClosed, SlowReader, SocketOutbox
 from scoreboard.http.requests import (
-    address_key,
     audited_headers,
     authenticate,
     client_ip,

@@ -16,9 +16,9 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
+from scoreboard.addresses import address_key
 from scoreboard.config import ServerConfig
 from scoreboard.http.listener import ReplayStream, bind_socket, socket_url
-from scoreboard.http.requests import address_key
 
 
 def parameters(function: object) -> list[str]:
