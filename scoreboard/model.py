@@ -98,6 +98,16 @@ class ActionEnvelope:
 
 
 @dataclass(frozen=True, slots=True)
+class UniqueKey:
+    """What makes a completed action count once per user (the catalogue's `unique` rule): the
+    store refuses a second completed action of the type and user with the same key, with
+    `reason`, in the transaction that would count it."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What the user actor decided about one action; the scorer commits it."""
 
@@ -108,6 +118,7 @@ class Decision:
     message: str | None = None
     retry_after_s: int | None = None
     flags: tuple[str, ...] = ()
+    unique: UniqueKey | None = None
 
 
 @dataclass(frozen=True, slots=True)

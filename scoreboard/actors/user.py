@@ -11,8 +11,13 @@ reaped or restarted predecessor are in the store when it reads. For each action,
 
 1. an action it already knows (same action id, or the same nonce as one it decided or loaded) is
    a redelivery: forwarded as first decided, never counted again (the store returns its outcome);
-2. the action must match the catalogue, hold nothing the store cannot keep (a NUL character, a
-   lone surrogate: `scoreboard.storable`), and its times must be believable (`invalid_action`);
+2. the action must match the catalogue (its fields, their types and ranges), hold nothing the
+   store cannot keep (a NUL character, a lone surrogate: `scoreboard.storable`), its times must
+   be believable and no older than the type's `max_age_s`, and its unique key (the catalogue's
+   `unique` rule: a task id, a match and opponent, a UTC day) must not be one this actor saw
+   completed (`invalid_action`). The decision carries the key: the store refuses it in the
+   commit, exactly, if the key was used before (longer ago than this actor remembers, or by
+   another worker's actor);
 3. with limits on: the action type's cooldown since a completed action of that type, and at most
    `user_actions_per_minute` completed actions in any 60 s window (`rate_limit_exceeded`);
 4. otherwise it completes for the catalogue's points.
@@ -44,7 +49,7 @@ from scoreboard.actors.scorer import ScorerHandle, barrier, give_up, score
 from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, Decision, RecentAction
+from scoreboard.model import ActionEnvelope, Decision, RecentAction, UniqueKey
 from scoreboard.storable import unstorable_reason
 
 RATE_WINDOW_MS = 60_000
@@ -78,6 +83,7 @@ class _Known:
     action_type: str
     completed: bool
     decision: Decision | None
+    unique_key: str | None = None
 
 
 def _ceil_seconds(ms: int) -> int:
@@ -106,6 +112,8 @@ class Ledger:
         self._times: list[int] = []
         self._completed_times: list[int] = []
         self._completed_by_type: dict[str, list[int]] = {}
+        # The (action type, unique key) of the completed actions this actor decided.
+        self._used_keys: set[tuple[str, str]] = set()
         self._loaded_since_ms: int | None = None
         self._prune_above = PRUNE_ABOVE
 
@@ -137,7 +145,10 @@ class Ledger:
             return earlier
         decision = self._judge(envelope)
         completed = decision.status == "completed"
-        known = _Known(envelope.received_at_ms, envelope.action_type, completed, decision)
+        unique_key = decision.unique.key if decision.unique is not None and completed else None
+        known = _Known(
+            envelope.received_at_ms, envelope.action_type, completed, decision, unique_key
+        )
         self._remember(envelope.action_id, envelope.nonce, known)
         if len(self._known) > self._prune_above:
             self._prune(envelope.received_at_ms)
@@ -169,8 +180,14 @@ class Ledger:
         problem = self._future_timing(entry, envelope)
         if problem is not None:
             return _invalid(envelope, problem, [*flags, IMPOSSIBLE_TIMING])
+        if (too_old := self._too_old(entry, envelope)) is not None:
+            return _invalid(envelope, too_old, [*flags, STALE_TIMING])
         if self._stale_timing(entry, envelope):
             flags.append(STALE_TIMING)
+        unique_key = entry.unique_key(envelope.action_data, now)
+        unique = None if unique_key is None else UniqueKey(unique_key, entry.uniqueness_reason())
+        if unique is not None and (entry.name, unique.key) in self._used_keys:
+            return _invalid(envelope, unique.reason, flags)
         if self._limits.enabled:
             retry_after_ms = self._cooldown_left_ms(entry, now)
             if retry_after_ms is None:
@@ -185,7 +202,7 @@ class Ledger:
                     retry_after_s=_ceil_seconds(retry_after_ms),
                     flags=tuple(flags),
                 )
-        return Decision(envelope, "completed", entry.points, flags=tuple(flags))
+        return Decision(envelope, "completed", entry.points, flags=tuple(flags), unique=unique)
 
     def _rapid_fire(self, now: int) -> bool:
         index = bisect.bisect_left(self._times, now)
@@ -196,6 +213,15 @@ class Ledger:
         for name in _times_of(entry):
             if envelope.action_data[name] * 1000 > envelope.received_at_ms + FUTURE_SKEW_MS:
                 return f"{name} is in the future"
+        return None
+
+    def _too_old(self, entry: ActionType, envelope: ActionEnvelope) -> str | None:
+        if entry.max_age_s is None:
+            return None
+        oldest_ms = envelope.received_at_ms - entry.max_age_s * 1000
+        for name in _times_of(entry):
+            if envelope.action_data[name] * 1000 < oldest_ms:
+                return f"{name} is more than {entry.max_age_s} s before the action was received"
         return None
 
     def _stale_timing(self, entry: ActionType, envelope: ActionEnvelope) -> bool:
@@ -236,6 +262,8 @@ class Ledger:
         self._known[action_id] = known
         self._by_nonce.setdefault(nonce, action_id)
         bisect.insort(self._times, known.received_at_ms)
+        if known.unique_key is not None:
+            self._used_keys.add((known.action_type, known.unique_key))
         if known.completed:
             bisect.insort(self._completed_times, known.received_at_ms)
             of_type = self._completed_by_type.setdefault(known.action_type, [])
@@ -252,6 +280,11 @@ class Ledger:
             nonce: action_id
             for nonce, action_id in self._by_nonce.items()
             if action_id in self._known
+        }
+        self._used_keys = {
+            (known.action_type, known.unique_key)
+            for known in self._known.values()
+            if known.unique_key is not None
         }
         del self._times[: bisect.bisect_left(self._times, cutoff)]
         del self._completed_times[: bisect.bisect_left(self._completed_times, cutoff)]

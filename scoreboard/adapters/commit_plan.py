@@ -3,9 +3,13 @@
 Both stores read the batch's users (their scores, locked) and the stored actions that share an
 action id or a (user, nonce) with the batch, then let `plan_commit` walk the batch in input order:
 each action is a redelivery of a stored (or earlier) one, a replayed nonce, or new; a new one
-moves its user's running score. The store then inserts the plan's new actions, replaces the
-`failed` rows the plan's superseding actions settle, adds each user's `score_changes` and answers
-with the plan's `results`.
+moves its user's running score. A new completed action whose unique key (the catalogue's
+`unique` rule, `Decision.unique`) the user has used already, stored or earlier in the batch, is
+refused instead (`invalid_action`, with the rule as its reason). The store then inserts the
+plan's new actions and the unique keys they take (`action_unique_keys`, whose primary key holds
+the rule even against a writer that skipped the plan), replaces the `failed` rows the plan's
+superseding actions settle, adds each user's `score_changes` and answers with the plan's
+`results`.
 
 A `failed` row is not final: it records that the store refused the action (the reason is its
 message), and the same action delivered again (the operator's `scoreboard failed replay` once
@@ -15,8 +19,8 @@ the cause is fixed, or a redelivery) is judged and settled afresh, replacing tha
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from scoreboard.model import CommitResult, Decision
@@ -80,11 +84,22 @@ class ScoreChange:
 
 
 @dataclass(frozen=True, slots=True)
+class TakenKey:
+    """A unique key a completed action uses up (a row of `action_unique_keys`)."""
+
+    user_id: int
+    action_type: str
+    key: str
+    action_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
 class CommitPlan:
     decisions: Sequence[Decision]
     settled: list[Settled]  # one per decision, in input order
     new: list[tuple[Decision, Settled]]  # the actions to insert
     superseding: list[tuple[Decision, Settled]]  # the actions whose stored `failed` row to replace
+    taken_keys: list[TakenKey] = field(default_factory=list)  # the unique keys to insert
 
     def score_changes(self) -> dict[int, ScoreChange]:
         """Per user with new or superseding actions."""
@@ -128,11 +143,25 @@ def check_deltas(decisions: Sequence[Decision]) -> None:
         raise ValueError(f"negative score deltas for actions {negative}")
 
 
+def unique_keys_of(decisions: Sequence[Decision]) -> list[tuple[int, str, str]]:
+    """The (user_id, action_type, key) of the batch whose stored use `plan_commit` must know."""
+    return [
+        (d.envelope.user_id, d.envelope.action_type, d.unique.key)
+        for d in decisions
+        if d.unique is not None and d.status == "completed"
+    ]
+
+
 def plan_commit(
-    decisions: Sequence[Decision], scores: Mapping[int, int], stored: Sequence[StoredAction]
+    decisions: Sequence[Decision],
+    scores: Mapping[int, int],
+    stored: Sequence[StoredAction],
+    used_keys: Iterable[tuple[int, str, str]] = (),
 ) -> CommitPlan:
-    """Walk the batch in input order, from each user's stored score (`scores`) and the stored
-    actions it may repeat."""
+    """Walk the batch in input order, from each user's stored score (`scores`), the stored
+    actions it may repeat and the stored unique keys of `unique_keys_of(decisions)`."""
+    used = set(used_keys)
+    taken: list[TakenKey] = []
     running = dict(scores)
     by_action_id = {a.action_id: a.as_settled() for a in stored if a.status != "failed"}
     failed = {a.action_id for a in stored if a.status == "failed"}
@@ -160,6 +189,20 @@ def plan_commit(
             )
             settled.append(replayed_nonce)
             continue
+        if decision.status == "completed" and decision.unique is not None:
+            key = (envelope.user_id, envelope.action_type, decision.unique.key)
+            if key in used:
+                decision = replace(
+                    decision,
+                    status="rejected",
+                    score_delta=0,
+                    error="invalid_action",
+                    message=decision.unique.reason,
+                    retry_after_s=None,
+                )
+            else:
+                used.add(key)
+                taken.append(TakenKey(*key, envelope.action_id))
         delta = decision.score_delta if decision.status == "completed" else 0
         running[envelope.user_id] = score + delta
         outcome = Settled(
@@ -181,4 +224,4 @@ def plan_commit(
             new.append((decision, outcome))
         by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
         nonce_holders[(envelope.user_id, envelope.nonce)] = envelope.action_id
-    return CommitPlan(decisions, settled, new, superseding)
+    return CommitPlan(decisions, settled, new, superseding, taken)

@@ -31,8 +31,10 @@ from scoreboard.adapters.commit_plan import (
     ScoreChange,
     Settled,
     StoredAction,
+    TakenKey,
     check_deltas,
     plan_commit,
+    unique_keys_of,
 )
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
@@ -400,6 +402,18 @@ JOIN unnest($2::bigint[], $3::text[]) AS k (user_id, nonce)
   ON l.user_id = k.user_id AND l.nonce = k.nonce
 """
 
+_USED_UNIQUE_KEYS = """
+SELECT k.user_id, k.action_type, k.unique_key FROM action_unique_keys AS k
+JOIN unnest($1::bigint[], $2::text[], $3::text[]) AS b (user_id, action_type, unique_key)
+  ON k.user_id = b.user_id AND k.action_type = b.action_type AND k.unique_key = b.unique_key
+"""
+
+# No ON CONFLICT: a key taken despite the user lock is a bug, and the batch must not commit.
+_TAKE_UNIQUE_KEYS = """
+INSERT INTO action_unique_keys (user_id, action_type, unique_key, action_id)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::uuid[])
+"""
+
 _INSERT_ACTIONS = f"""
 INSERT INTO action_logs (
     action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
@@ -511,10 +525,15 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
             [d.envelope.user_id for d in decisions],
             [d.envelope.nonce for d in decisions],
         )
+        keys = unique_keys_of(decisions)
+        used = (
+            await conn.fetch(_USED_UNIQUE_KEYS, *map(list, zip(*keys, strict=True))) if keys else []
+        )
         plan = plan_commit(
             decisions,
             {user_id: row["score"] for user_id, row in users.items()},
             _stored_actions(stored),
+            [(row["user_id"], row["action_type"], row["unique_key"]) for row in used],
         )
         reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
         written = 0
@@ -528,6 +547,8 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
                 "an action was stored while its user was locked: a writer of action_logs "
                 "skipped the user lock"
             )
+        if plan.taken_keys:
+            await conn.execute(_TAKE_UNIQUE_KEYS, *_taken_key_columns(plan.taken_keys))
         if plan.new or plan.superseding:
             changes = _score_change_columns(plan.score_changes())
             for row in await conn.fetch(_ADD_TO_SCORES, *changes):
@@ -536,6 +557,15 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
         {user_id: row["username"] for user_id, row in users.items()},
         {user_id: _epoch_ms(moment) for user_id, moment in reached_at.items()},
     )
+
+
+def _taken_key_columns(keys: Sequence[TakenKey]) -> list[list[Any]]:
+    return [
+        [key.user_id for key in keys],
+        [key.action_type for key in keys],
+        [key.key for key in keys],
+        [key.action_id for key in keys],
+    ]
 
 
 # -- actions

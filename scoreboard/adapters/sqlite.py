@@ -32,6 +32,7 @@ from scoreboard.adapters.commit_plan import (
     StoredAction,
     check_deltas,
     plan_commit,
+    unique_keys_of,
 )
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
@@ -475,10 +476,20 @@ def _commit_actions(
             (str(envelope.action_id), envelope.user_id, envelope.nonce),
         ):
             stored[row["action_id"]] = row
+    used = [
+        key
+        for key in unique_keys_of(decisions)
+        if connection.execute(
+            "SELECT 1 FROM action_unique_keys"
+            " WHERE user_id = ? AND action_type = ? AND unique_key = ?",
+            key,
+        ).fetchone()
+    ]
     plan = plan_commit(
         decisions,
         {user_id: row["score"] for user_id, row in users.items()},
         [_stored_action(row) for row in stored.values()],
+        used,
     )
     reached_at = {user_id: row["score_reached_at_ms"] for user_id, row in users.items()}
     now = now_ms()
@@ -503,6 +514,11 @@ def _commit_actions(
         )
         if replaced.rowcount != 1:
             raise RuntimeError(f"the failed row of action {d.envelope.action_id} is gone")
+    connection.executemany(
+        "INSERT INTO action_unique_keys (user_id, action_type, unique_key, action_id)"
+        " VALUES (?, ?, ?, ?)",
+        [(k.user_id, k.action_type, k.key, str(k.action_id)) for k in plan.taken_keys],
+    )
     changes = plan.score_changes()
     connection.executemany(
         _ADD_TO_SCORE,

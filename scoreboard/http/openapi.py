@@ -13,7 +13,7 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify
 
-from scoreboard.catalogue import MAX_INTEGER_FIELD, MAX_STRING_FIELD, Catalogue
+from scoreboard.catalogue import MAX_INTEGER_FIELD, MAX_STRING_FIELD, ActionType, Catalogue
 from scoreboard.http.services import current_services
 
 blueprint = Blueprint("openapi", __name__)
@@ -103,6 +103,14 @@ def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str
     return {"name": name, "in": "query", "schema": schema, "description": description}
 
 
+def _bounds(entry: ActionType, name: str) -> dict[str, int]:
+    """The catalogue's `ranges` rule for one field, as JSON Schema."""
+    for field_name, bounds in entry.ranges:
+        if field_name == name:
+            return {"minimum": bounds.minimum, "maximum": bounds.maximum}
+    return {}
+
+
 def _action_request(catalogue: Catalogue) -> dict[str, Any]:
     kinds = {
         "string": {"type": "string", "minLength": 1, "maxLength": MAX_STRING_FIELD},
@@ -117,7 +125,10 @@ def _action_request(catalogue: Catalogue) -> dict[str, Any]:
                     "action_type": {"const": entry.name},
                     "action_data": {
                         "type": "object",
-                        "properties": {name: kinds[kind] for name, kind in entry.fields},
+                        "properties": {
+                            name: {**kinds[kind], **_bounds(entry, name)}
+                            for name, kind in entry.fields
+                        },
                         "required": [name for name, _kind in entry.fields],
                         "additionalProperties": False,
                     },
@@ -439,7 +450,11 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
                     "200": _json(
                         {
                             "type": "object",
-                            "properties": {"action_types": {"type": "array"}},
+                            "properties": {
+                                "action_types": {"type": "array"},
+                            },
+                            "description": "each type's points, cooldown_s, fields and rules"
+                            " (unique, ranges, max_age_s: docs/actions.md)",
                             "required": ["action_types"],
                         },
                         "the catalogue",

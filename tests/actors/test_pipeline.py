@@ -19,17 +19,17 @@ from tests.actors.stack import EventTap, Stack, running_worker, tap_events
 pytestmark = pytest.mark.timeout(120)
 
 T0 = 1_764_500_000_000
-POINTS = 5  # daily_login
+POINTS = 2  # collect_item: no rule makes it count once
 
 
 def envelopes(user_ids: Sequence[int], per_user: int, spacing_ms: int) -> list[ActionEnvelope]:
-    """`per_user` daily logins for each user, `spacing_ms` apart, interleaved across users."""
+    """`per_user` item collections for each user, `spacing_ms` apart, interleaved across users."""
     return [
         ActionEnvelope(
             action_id=uuid.uuid4(),
             user_id=user_id,
-            action_type="daily_login",
-            action_data={"day": f"day-{n}"},
+            action_type="collect_item",
+            action_data={"item_id": f"item-{n}", "quantity": 1},
             nonce=uuid.uuid4().hex,
             received_at_ms=T0 + n * spacing_ms,
         )

@@ -62,8 +62,8 @@ class Router:
         item = ActionEnvelope(
             action_id=uuid.uuid4(),
             user_id=user_id,
-            action_type="daily_login",
-            action_data={"day": f"day-{self.tags}"},
+            action_type="collect_item",
+            action_data={"item_id": f"item-{self.tags}", "quantity": 1},
             nonce=f"nonce-{self.tags:08d}",
             received_at_ms=at_ms,
         )

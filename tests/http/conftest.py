@@ -83,8 +83,12 @@ def action(
     nonce: str | None = None, action_type: str = "complete_task", **data: object
 ) -> dict[str, object]:
     defaults: dict[str, object] = {
-        "complete_task": {"task_id": "t-1", "completion_time": int(time.time())},
-        "win_match": {"match_id": "m-1", "opponent_id": "o-1"},
+        # Fresh ids: the catalogue counts a task, and a match against one opponent, once.
+        "complete_task": {
+            "task_id": f"t-{uuid.uuid4().hex[:8]}",
+            "completion_time": int(time.time()),
+        },
+        "win_match": {"match_id": f"m-{uuid.uuid4().hex[:8]}", "opponent_id": "o-1"},
         "daily_login": {"day": "2026-11-30"},
         "collect_item": {"item_id": "i-1", "quantity": 1},
     }[action_type]  # type: ignore[assignment]

@@ -779,24 +779,28 @@ async def test_action_types_is_the_catalogue(
                 "points": 10,
                 "cooldown_s": 5,
                 "fields": {"task_id": "string", "completion_time": "unix_seconds"},
+                "rules": {"unique": ["task_id"], "max_age_s": 86400},
             },
             {
                 "action_type": "win_match",
                 "points": 25,
                 "cooldown_s": 5,
                 "fields": {"match_id": "string", "opponent_id": "string"},
+                "rules": {"unique": ["match_id", "opponent_id"]},
             },
             {
                 "action_type": "daily_login",
                 "points": 5,
                 "cooldown_s": 5,
                 "fields": {"day": "string"},
+                "rules": {"unique": ["utc_day"]},
             },
             {
                 "action_type": "collect_item",
                 "points": 2,
                 "cooldown_s": 5,
                 "fields": {"item_id": "string", "quantity": "integer"},
+                "rules": {"ranges": {"quantity": {"min": 1, "max": 1000}}},
             },
         ]
     }
