@@ -6,6 +6,18 @@ ALTER TABLE users
     ADD COLUMN admin        boolean NOT NULL DEFAULT false,
     ADD COLUMN suspended_at timestamptz;
 
+CREATE INDEX users_suspended_idx ON users (id) WHERE suspended_at IS NOT NULL;
+
+-- Every suspension and unsuspension, in order: the keeper follows it to take users off the board
+-- and put them back, and operators read who did what when.
+CREATE TABLE user_suspensions (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id    bigint      NOT NULL REFERENCES users (id),
+    suspended  boolean     NOT NULL,
+    changed_by text        NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- One row per flag raised. A flag never changes a score; an operator clears it (`cleared_at`,
 -- `cleared_by`). `subject` is `user:<id>` or `address:<key>`: the detector's cool-off key.
 CREATE TABLE behaviour_flags (
@@ -26,3 +38,4 @@ CREATE TABLE behaviour_flags (
 CREATE INDEX behaviour_flags_raised_idx ON behaviour_flags (raised_at, id);
 CREATE INDEX behaviour_flags_user_raised_idx ON behaviour_flags (user_id, raised_at, id);
 CREATE INDEX behaviour_flags_standing_idx ON behaviour_flags (raised_at) WHERE cleared_at IS NULL;
+CREATE INDEX behaviour_flags_cleared_idx ON behaviour_flags (cleared_at) WHERE cleared_at IS NOT NULL;

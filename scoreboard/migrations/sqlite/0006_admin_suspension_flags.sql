@@ -3,6 +3,16 @@
 ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN suspended_at_ms INTEGER;
 
+CREATE INDEX users_suspended_idx ON users (id) WHERE suspended_at_ms IS NOT NULL;
+
+CREATE TABLE user_suspensions (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id       INTEGER NOT NULL REFERENCES users (id),
+    suspended     INTEGER NOT NULL,
+    changed_by    TEXT    NOT NULL,
+    changed_at_ms INTEGER NOT NULL
+);
+
 CREATE TABLE behaviour_flags (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     kind             TEXT    NOT NULL
@@ -21,3 +31,4 @@ CREATE TABLE behaviour_flags (
 CREATE INDEX behaviour_flags_raised_idx ON behaviour_flags (raised_at_ms, id);
 CREATE INDEX behaviour_flags_user_raised_idx ON behaviour_flags (user_id, raised_at_ms, id);
 CREATE INDEX behaviour_flags_standing_idx ON behaviour_flags (raised_at_ms) WHERE cleared_at_ms IS NULL;
+CREATE INDEX behaviour_flags_cleared_idx ON behaviour_flags (cleared_at_ms) WHERE cleared_at_ms IS NOT NULL;
