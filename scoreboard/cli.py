@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--redirect-uri", action="append", required=True, help="exact redirect URI (repeatable)"
     )
     add_client.add_argument(
-        "--scope", action="append", choices=("read", "write"), help="default: read and write"
+        "--scope",
+        action="append",
+        choices=("read", "write", "admin"),
+        help="default: read and write (admin: only users marked admin get it)",
     )
     add_client.add_argument("--name", default="")
     clients_commands.add_parser("list", help="every client, the built-in scoreboard-web first")
@@ -111,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         "disable", help="disable an account and revoke every token of it"
     )
     disable_user.add_argument("username")
+    grant_admin = users_commands.add_parser(
+        "grant-admin", help="let an account be granted the admin scope (when its client asks)"
+    )
+    grant_admin.add_argument("username")
+    revoke_admin = users_commands.add_parser(
+        "revoke-admin", help="take the admin scope away: every grant holding it is revoked"
+    )
+    revoke_admin.add_argument("username")
     return parser
 
 
@@ -326,6 +337,18 @@ async def run_users(config: Config, args: argparse.Namespace) -> int:
             print(f"added user {args.username} (id {user_id})")
             return 0
         expires_at_ms = _revocation_expires_at_ms(config)
+        if args.users_command in ("grant-admin", "revoke-admin"):
+            admin = args.users_command == "grant-admin"
+            revoked = await backends.store.set_admin(args.username, admin, expires_at_ms)
+            if revoked is None:
+                print(f"scoreboard: no user {args.username}", file=sys.stderr)
+                return 1
+            await _announce_revoked(backends, revoked, expires_at_ms)
+            if admin:
+                print(f"{args.username} may now be granted the admin scope")
+            else:
+                print(f"{args.username} is no longer an admin; revoked {len(revoked)} grant(s)")
+            return 0
         revoked = await backends.store.disable_user(args.username, expires_at_ms)
         if revoked is None:
             print(f"scoreboard: no user {args.username}", file=sys.stderr)

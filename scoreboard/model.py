@@ -219,6 +219,10 @@ class UserRecord:
     score: int
     disabled: bool
     created_at_ms: int
+    # May be granted the `admin` scope (`scoreboard users grant-admin`).
+    admin: bool = False
+    # Actions refused and off the board until unsuspended (`scoreboard users suspend`).
+    suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)

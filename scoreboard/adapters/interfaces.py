@@ -139,6 +139,14 @@ class Store(Protocol):
         if there is no such user."""
         ...
 
+    async def set_admin(
+        self, username: str, admin: bool, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        """Mark the user as one who may be granted the `admin` scope, or no longer. Taking it
+        away revokes every grant of the user that holds `admin` (their ids are returned, to be
+        announced); None if there is no such user."""
+        ...
+
     # OAuth (design §5): clients, codes, grants and their refresh-token families, the deny-list.
     # Times are passed in (ms), so every backend expires things by the same clock.
 

@@ -297,6 +297,13 @@ class PostgresStore(Store):
             self._bridge, _disable_user, self._pool, username, revocation_expires_at_ms
         )
 
+    async def set_admin(
+        self, username: str, admin: bool, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        return await _crossing(
+            self._bridge, _set_admin, self._pool, username, admin, revocation_expires_at_ms
+        )
+
     async def add_client(self, client: OAuthClientRecord) -> None:
         await _crossing(self._bridge, _add_client, self._pool, client)
 
@@ -718,7 +725,10 @@ async def _score_discrepancies(pool: asyncpg.Pool) -> list[tuple[int, int, int]]
 
 # -- users
 
-_USER_COLUMNS = "id, username, email, password_hash, score, disabled, created_at"
+_USER_COLUMNS = (
+    "id, username, email, password_hash, score, disabled, created_at, admin,"
+    " suspended_at IS NOT NULL AS suspended"
+)
 
 
 def _user_record(row: asyncpg.Record | None) -> UserRecord | None:
@@ -732,6 +742,8 @@ def _user_record(row: asyncpg.Record | None) -> UserRecord | None:
         score=row["score"],
         disabled=row["disabled"],
         created_at_ms=_epoch_ms(row["created_at"]),
+        admin=row["admin"],
+        suspended=row["suspended"],
     )
 
 
@@ -934,6 +946,28 @@ async def _disable_user(pool: asyncpg.Pool, username: str, expires_at_ms: int) -
             return None
         return await _revoke_grants_where(
             conn, "user_id = $2 AND revoked_at IS NULL", user_id, expires_at_ms
+        )
+
+
+async def _set_admin(
+    pool: asyncpg.Pool, username: str, admin: bool, expires_at_ms: int
+) -> list[str] | None:
+    async with pool.acquire() as conn, conn.transaction():
+        user_id = await conn.fetchval(
+            "UPDATE users SET admin = $2, updated_at = now() WHERE username_normalized = $1"
+            " RETURNING id",
+            normalized_identity(username),
+            admin,
+        )
+        if user_id is None:
+            return None
+        if admin:
+            return []
+        return await _revoke_grants_where(
+            conn,
+            "user_id = $2 AND revoked_at IS NULL AND 'admin' = ANY(string_to_array(scope, ' '))",
+            user_id,
+            expires_at_ms,
         )
 
 

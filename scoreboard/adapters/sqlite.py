@@ -349,6 +349,13 @@ class SQLiteStore(Store):
             functools.partial(_disable_user, username, revocation_expires_at_ms)
         )
 
+    async def set_admin(
+        self, username: str, admin: bool, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        return await self._db.write(
+            functools.partial(_set_admin, username, admin, revocation_expires_at_ms)
+        )
+
     async def add_client(self, client: OAuthClientRecord) -> None:
         await self._db.write(functools.partial(_add_client, client))
 
@@ -714,8 +721,8 @@ def _create_user(
 
 def _one_user(where: str, value: object, connection: sqlite3.Connection) -> UserRecord | None:
     row = connection.execute(
-        "SELECT id, username, email, password_hash, score, disabled, created_at_ms FROM users"
-        f" WHERE {where}",
+        "SELECT id, username, email, password_hash, score, disabled, created_at_ms, admin,"
+        f" suspended_at_ms IS NOT NULL AS suspended FROM users WHERE {where}",
         (value,),
     ).fetchone()
     if row is None:
@@ -728,6 +735,8 @@ def _one_user(where: str, value: object, connection: sqlite3.Connection) -> User
         score=row["score"],
         disabled=bool(row["disabled"]),
         created_at_ms=row["created_at_ms"],
+        admin=bool(row["admin"]),
+        suspended=bool(row["suspended"]),
     )
 
 
@@ -884,6 +893,29 @@ def _disable_user(
     if row is None:
         return None
     grant_ids = _active_grants("user_id", row["id"], connection)
+    _revoke_grants(grant_ids, expires_at_ms, connection)
+    return grant_ids
+
+
+def _set_admin(
+    username: str, admin: bool, expires_at_ms: int, connection: sqlite3.Connection
+) -> list[str] | None:
+    row = connection.execute(
+        "UPDATE users SET admin = ?, updated_at_ms = ? WHERE username_normalized = ? RETURNING id",
+        (int(admin), now_ms(), normalized_identity(username)),
+    ).fetchone()
+    if row is None:
+        return None
+    if admin:
+        return []
+    grant_ids = [
+        grant["grant_id"]
+        for grant in connection.execute(
+            "SELECT grant_id FROM oauth_grants WHERE user_id = ? AND revoked_at_ms IS NULL"
+            " AND ' ' || scope || ' ' LIKE '% admin %'",
+            (row["id"],),
+        )
+    ]
     _revoke_grants(grant_ids, expires_at_ms, connection)
     return grant_ids
 

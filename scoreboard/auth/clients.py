@@ -19,10 +19,17 @@ import secrets
 import time
 from urllib.parse import urlsplit
 
-from scoreboard.model import ClientType, OAuthClientRecord
+from scoreboard.model import ClientType, OAuthClientRecord, UserRecord
 
 WEB_CLIENT_ID = "scoreboard-web"
-SCOPES = ("read", "write")
+# Every scope there is. `admin` (the operators' endpoints) is granted only to users marked
+# admin (`scoreboard users grant-admin`), and only when asked for: a client that asks for no
+# scope gets its default scopes, and a user who is not an admin asking for `admin` gets a token
+# without it (the token response's `scope` says so), or `invalid_scope` if nothing else was
+# asked, as for any scope the client may not have.
+SCOPES = ("read", "write", "admin")
+DEFAULT_SCOPES = ("read", "write")
+ADMIN_SCOPE = "admin"
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,63}")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
@@ -40,6 +47,14 @@ def web_client(public_origin: str) -> OAuthClientRecord:
         scopes=SCOPES,
         name="Scoreboard web page (built in)",
         created_at_ms=0,
+    )
+
+
+def scope_for_user(scope: str, user: UserRecord) -> str:
+    """The scopes of `scope` (space-separated) this user may be granted: `admin` only to an
+    admin. Empty if none is left."""
+    return " ".join(
+        name for name in scope.split() if name != ADMIN_SCOPE or (user.admin and not user.disabled)
     )
 
 
@@ -71,7 +86,7 @@ def new_client(
         raise InvalidClient("a client needs at least one redirect URI")
     for uri in redirect_uris:
         check_redirect_uri(uri)
-    chosen = list(scopes or SCOPES)
+    chosen = list(scopes or DEFAULT_SCOPES)
     if unknown := set(chosen) - set(SCOPES):
         raise InvalidClient(f"unknown scope(s): {', '.join(sorted(unknown))}")
     secret = secrets.token_urlsafe(32) if client_type == "confidential" else None

@@ -21,7 +21,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
 from scoreboard.adapters.interfaces import BackendUnavailable, FailureDelay
-from scoreboard.auth.clients import CLIENT_ID_PATTERN, SCOPES, secret_matches
+from scoreboard.auth.clients import CLIENT_ID_PATTERN, DEFAULT_SCOPES, SCOPES, secret_matches
 from scoreboard.auth.login_form import AUTHORIZE_PARAMETERS, form_token, form_token_valid
 from scoreboard.auth.users import authenticate_user
 from scoreboard.http import revocation
@@ -194,7 +194,7 @@ def _login_page(
         for name in AUTHORIZE_PARAMETERS
         if name in first
     )
-    scope = html.escape(first.get("scope") or " ".join(SCOPES))
+    scope = html.escape(first.get("scope") or " ".join(DEFAULT_SCOPES))
     content = (
         f"<p><strong>{html.escape(first.get('client_id', ''))}</strong> asks to use your "
         f"scoreboard account (scope: {scope}).</p>"

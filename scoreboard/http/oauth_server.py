@@ -33,10 +33,17 @@ from typing import Any, TypeVar
 
 import trio
 from authlib.oauth2 import rfc6749, rfc7009, rfc7636
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
 from werkzeug.datastructures import Headers, MultiDict
 
-from scoreboard.auth.clients import SCOPES, WEB_CLIENT_ID, secret_matches, web_client
+from scoreboard.auth.clients import (
+    DEFAULT_SCOPES,
+    SCOPES,
+    WEB_CLIENT_ID,
+    scope_for_user,
+    secret_matches,
+    web_client,
+)
 from scoreboard.auth.tokens import AccessClaims, InvalidToken, issue_access_token
 from scoreboard.auth.tokens import verify_access_token as verify_token
 from scoreboard.http.services import Services
@@ -119,9 +126,10 @@ class Client(rfc6749.ClientMixin):  # type: ignore[misc]
         return None
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
-        """The requested scopes this client may have (all of its scopes when none are asked);
-        None, which Authlib answers `invalid_scope`, when nothing is left."""
-        requested = set(scope.split()) if scope else set(self.record.scopes)
+        """The requested scopes this client may have (its default ones, `admin` never among
+        them, when none are asked); None, which Authlib answers `invalid_scope`, when nothing is
+        left. Which of them the user may have is decided once the user is known."""
+        requested = set(scope.split()) if scope else set(DEFAULT_SCOPES)
         allowed = [name for name in self.record.scopes if name in requested]
         return " ".join(allowed) or None
 
@@ -209,6 +217,18 @@ class CodeGrant(rfc6749.AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
     server: AuthorizationServer
 
+    def create_authorization_response(self, redirect_uri: str, grant_user: Any) -> Response:
+        """The code is for the scopes this user may have: `admin` only for an admin. A user
+        left with none (who asked for `admin` alone) gets `invalid_scope`."""
+        user: UserRecord = grant_user
+        self.request.scope = scope_for_user(self.request.scope, user)
+        if not self.request.scope:
+            raise InvalidScopeError(
+                "this account may not have the requested scope", redirect_uri=redirect_uri
+            )
+        response: Response = super().create_authorization_response(redirect_uri, grant_user)
+        return response
+
     def save_authorization_code(self, code: str, request: OAuthRequest) -> None:
         user: UserRecord = request.user
         config = self.server.services.config
@@ -294,7 +314,12 @@ class RefreshGrant(rfc6749.RefreshTokenGrant):  # type: ignore[misc]
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         grant = self.request.refresh_token.grant
-        return self.server.issue_tokens(grant, scope or grant.scope, include_refresh_token)
+        # An admin who is no longer one keeps the rest of the grant.
+        assert user is not None, "authenticate_user found the grant's user"
+        narrowed = scope_for_user(scope or grant.scope, user)
+        if not narrowed:
+            raise InvalidScopeError("this account may no longer have the granted scope")
+        return self.server.issue_tokens(grant, narrowed, include_refresh_token)
 
 
 class TokenRevocation(rfc7009.RevocationEndpoint):  # type: ignore[misc]

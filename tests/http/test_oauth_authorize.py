@@ -90,7 +90,7 @@ async def test_errors_after_the_redirect_uri_is_verified_go_to_the_client_with_s
     authorization = new_authorization(server)
     for overrides, error in (
         ({"response_type": "token"}, "unsupported_response_type"),
-        ({"scope": "admin"}, "invalid_scope"),
+        ({"scope": "superuser"}, "invalid_scope"),
     ):
         response = await client.get(AUTHORIZE, params=authorization.params(**overrides))
         assert response.status_code == 302, response.text
