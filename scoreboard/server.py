@@ -64,7 +64,7 @@ from scoreboard.supervisor import (
 
 log = logging.getLogger("scoreboard.server")
 
-# Design §8: with the default thresholds the collector eats half the CPU at 5k sockets.
+# With the default thresholds the collector ate half the CPU at 5k sockets (docs/performance.md).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 

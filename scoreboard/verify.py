@@ -1,4 +1,4 @@
-"""`scoreboard verify`: the invariants of design §6 rule 5, checked against the live backends.
+"""`scoreboard verify`: the scoring invariant, checked against the live backends.
 
 For every user, score = SUM(score_delta) over their completed actions (Postgres), and the Redis
 board holds exactly the Postgres scores of every user with a positive score.

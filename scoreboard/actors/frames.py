@@ -1,4 +1,4 @@
-"""The WebSocket frames the server sends (contract §4), as compact JSON text.
+"""The WebSocket frames the server sends (docs/api.md, section 4), as compact JSON text.
 
 The hub encodes each leaderboard snapshot once, JSON and WebSocket framing both, and hands the
 same `Frame` to every mailbox; the HTTP layer builds its own frames (auth_ok, pong, error,

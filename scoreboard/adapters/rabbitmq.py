@@ -1,7 +1,7 @@
 """RabbitMQ behind the `Broker` protocol (aio-pika on the bridge loop).
 
-Topology (proposal §8, names from `AmqpConfig`): the durable actions queue with exactly the
-proposal's arguments (TTL, dead-letter exchange, max priority), so that a client declaring it with
+Topology (names from `AmqpConfig`): the durable actions queue with exactly the published
+arguments (TTL, dead-letter exchange, max priority), so that a client declaring it with
 those arguments agrees with us; the direct dead-letter exchange and the failed queue bound to it;
 the fanout events exchange.
 

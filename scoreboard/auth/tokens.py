@@ -31,7 +31,8 @@ ALLOWED_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope")
 # Ours are under 1 KiB; the cap keeps a hostile header from costing base64 and JSON work.
 MAX_TOKEN_BYTES = 8 * 1024
-# Design §7: clock skew allowance is at most 30 s, whatever the configuration says.
+# Clock skew allowance is at most 30 s whatever the configuration says: a longer one would
+# keep an expired (possibly stolen) token alive longer than any honest clock drift needs.
 MAX_LEEWAY_S = 30
 USER_ID_PATTERN = re.compile(r"[1-9][0-9]{0,18}")
 MAX_USER_ID = 2**63 - 1  # Postgres bigint

@@ -1,4 +1,4 @@
-"""Registering accounts and checking their passwords (contract §1, `POST /api/v1/users`).
+"""Registering accounts and checking their passwords (`POST /api/v1/users`, docs/api.md).
 
 Validation is strict and ASCII-only: a username is 3 to 32 of `[A-Za-z0-9_.-]`; an email is a
 dot-atom local part and a hostname with at least two labels, at most 254 characters, its domain

@@ -1,4 +1,4 @@
-"""JSON error bodies in the shapes of the contract (spec/api.md §2)."""
+"""JSON error bodies in the shapes of the wire contract (docs/api.md)."""
 
 from __future__ import annotations
 

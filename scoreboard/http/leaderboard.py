@@ -1,4 +1,4 @@
-"""`/api/v1/leaderboard` and `/api/v1/leaderboard/me` (contract §3), read from the Redis board.
+"""`/api/v1/leaderboard` and `/api/v1/leaderboard/me` (docs/api.md), read from the Redis board.
 
 The board is a cache of Postgres. When it is missing (Redis restarted empty, or was flushed) it
 is never served as an empty leaderboard: the first request that finds it missing rebuilds it

@@ -1,4 +1,4 @@
-"""The OAuth endpoints (contract §1): authorize (with its login form), token, revoke, userinfo,
+"""The OAuth endpoints (docs/api.md): authorize (with its login form), token, revoke, userinfo,
 and the metadata (RFC 8414) and JWKS documents.
 
 The HTML pages are plain server-rendered forms: every value is escaped, there is no script, and
@@ -292,7 +292,7 @@ async def authorize_login() -> Response:
 
 
 async def _token_endpoint_params(svc: Services) -> MultiDict[str, str]:
-    """The body, form-encoded (RFC 6749) or JSON (proposal §6.1), once the rate limit admits
+    """The body, form-encoded (RFC 6749) or JSON (as docs/api.md allows), once the rate limit admits
     the request: per client IP, or per client for an authenticated confidential client."""
     if request.mimetype == "application/x-www-form-urlencoded":
         form = await request.form

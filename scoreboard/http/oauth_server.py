@@ -58,7 +58,7 @@ from scoreboard.model import (
 
 T = TypeVar("T")
 
-MAX_CODE_TTL_S = 60  # contract §1
+MAX_CODE_TTL_S = 60  # whatever oauth.code_ttl_s says (docs/api.md)
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 TOKEN_AUTH_METHODS = [*CONFIDENTIAL_AUTH_METHODS, "none"]
 GRANT_TYPES = ("authorization_code", "refresh_token")

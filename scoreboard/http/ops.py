@@ -1,4 +1,4 @@
-"""Operations endpoints (contract §5): liveness, readiness, actor statistics, metrics."""
+"""Operations endpoints (docs/api.md): liveness, readiness, actor statistics, metrics."""
 
 from __future__ import annotations
 

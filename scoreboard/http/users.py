@@ -1,4 +1,4 @@
-"""`POST /api/v1/users`: registration (contract §1), limited per client IP and in all, and
+"""`POST /api/v1/users`: registration (docs/api.md), limited per client IP and in all, and
 hashed in a bounded share of the hashing capacity that never delays a sign-in."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def register() -> Response:
     try:
         body = await json_body(request)
     except RequestRejected as exc:
-        # This endpoint's refusals are OAuth-style (contract §1): `error_description`.
+        # This endpoint's refusals are OAuth-style (docs/api.md): `error_description`.
         raise _oauth_error(exc.status, exc.error, exc.message or exc.error) from None
     if not isinstance(body, dict):
         raise _oauth_error(400, "invalid_request", "the body must be a JSON object")

@@ -1,4 +1,4 @@
-"""`GET /api/v1/ws` (contract §4) on the project's own lean WebSocket path.
+"""`GET /api/v1/ws` (docs/api.md, docs/websocket.md) on the project's own lean WebSocket path.
 
 The listener (`http/listener.py`) hands over each WebSocket upgrade of this path with the request
 head it read. Here the handshake is checked (Origin allow-list → 403, a token in the URL → 401,

@@ -1,4 +1,4 @@
-// The REST calls of the contract (spec/api.md §1–3), as small functions returning parsed JSON.
+// The REST calls of the contract (docs/api.md, sections 1–3), as small functions returning parsed JSON.
 // A refusal becomes an ApiError carrying the status, the body's error code and the wait the
 // server asked for (Retry-After, in seconds), if any.
 

@@ -1,5 +1,5 @@
 // Login as the public client `scoreboard-web`: the authorization code flow with PKCE
-// (spec/api.md §1, proposal §3.1). The tokens live in sessionStorage only: per tab, gone with
+// (docs/api.md, section 1). The tokens live in sessionStorage only: per tab, gone with
 // the tab, never in a URL or a cookie. Each tab has its own refresh token family, so two tabs
 // never race each other's rotation.
 

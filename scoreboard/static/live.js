@@ -1,4 +1,4 @@
-// The signed-in page's WebSocket (spec/api.md §4). One socket, authenticated by its first
+// The signed-in page's WebSocket (docs/api.md, section 4). One socket, authenticated by its first
 // message and re-authenticated in place when the session refreshes its token; reconnected with
 // backoff and jitter when it drops. The server sends the current top 10 right after `auth_ok`,
 // so a reconnected page is current again without asking.
@@ -59,7 +59,7 @@ export class LiveConnection extends EventTarget {
     return true;
   }
 
-  /** The session has a new access token: hand it to the open socket (spec §4.2). */
+  /** The session has a new access token: hand it to the open socket (docs/api.md, section 4). */
   reauth() {
     this.send({ type: "auth", token: this.session.accessToken });
   }

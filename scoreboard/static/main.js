@@ -1,5 +1,5 @@
 // The page's wiring. A signed-in tab is live over the WebSocket; a visitor's tab polls the
-// public board. Both feed one state, painted at most once per 500 ms (proposal §9.3).
+// public board. Both feed one state, painted at most once per 500 ms.
 
 import { Actions } from "./actions.js";
 import { announce } from "./announce.js";

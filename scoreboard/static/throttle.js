@@ -1,4 +1,4 @@
-// Proposal §9.3: at most one UI update per 500 ms, whatever the update rate. Callers say
+// At most one UI update per 500 ms, whatever the update rate. Callers say
 // "something changed"; the latest state is painted once the interval has passed since the last
 // paint. Nothing queues up: many calls inside one interval are one paint.
 
