@@ -8,7 +8,8 @@ shielded, until the task has unwound, so a pool is never left holding a half-use
 Only adapter modules use this. A loop in a thread beats trio-asyncio here: measured on two cores,
 trio-asyncio ran Postgres inserts at half of plain asyncio's rate and Redis pipelines and AMQP
 confirms at 0.35-0.4 of it, where the thread matched or beat plain asyncio (uvloop); and
-trio-asyncio does not import on Python 3.14. Cross it once per unit of work: write each multi-step job as one coroutine inside the adapter.
+trio-asyncio does not import on Python 3.14. Cross it once per unit of work: write each
+multi-step job as one coroutine inside the adapter.
 """
 
 from __future__ import annotations

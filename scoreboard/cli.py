@@ -1,5 +1,5 @@
-"""The `scoreboard` command (docs/api.md, section 6): serve, migrate, verify, the dead-letter tools, and the
-operator's OAuth tools (signing keys, clients, accounts)."""
+"""The `scoreboard` command (docs/api.md, section 6): serve, migrate, verify, the dead-letter
+tools, and the operator's OAuth tools (signing keys, clients, accounts)."""
 
 from __future__ import annotations
 

@@ -135,7 +135,7 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class OAuthConfig:
-    # Authorization codes live at most 60 s whatever this says (docs/api.md: codes are short-lived and single-use).
+    # Authorization codes live at most 60 s whatever this says (docs/api.md).
     code_ttl_s: int = 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
     # How long a login form may be posted after it was shown.
