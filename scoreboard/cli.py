@@ -8,12 +8,12 @@ import getpass
 import logging
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
+from scoreboard import clock
 from scoreboard.config import Config, ConfigError, load_config
 from scoreboard.loadtest.options import DESCRIPTION, Options, add_arguments
 
@@ -218,7 +218,7 @@ def _revocation_expires_at_ms(config: Config) -> int:
     from scoreboard.http.oauth_server import REVOCATION_MARGIN_S
 
     lifetime_s = config.auth.access_token_ttl_s + config.auth.leeway_s + REVOCATION_MARGIN_S
-    return time.time_ns() // 1_000_000 + lifetime_s * 1000
+    return clock.now_ms() + lifetime_s * 1000
 
 
 async def _announce_revoked(backends: Backends, grant_ids: list[str], expires_at_ms: int) -> None:

@@ -30,6 +30,7 @@ from typing import assert_never
 
 import trio
 
+from scoreboard import clock
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.frames import (
     Frame,
@@ -287,7 +288,7 @@ async def _initial_snapshot(board: Board, size: int) -> LeaderboardChanged | Non
     except (BackendUnavailable, trio.TooSlowError) as exc:
         log.warning("hub: no initial leaderboard (%s); waiting for the next update", exc)
         return None
-    return LeaderboardChanged(tuple(entries), updated_at_ms or int(time.time() * 1000))
+    return LeaderboardChanged(tuple(entries), updated_at_ms or clock.now_ms())
 
 
 async def run(

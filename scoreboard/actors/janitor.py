@@ -11,10 +11,10 @@ locks for long; every worker process runs a janitor, and concurrent ones skip ea
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 
+from scoreboard import clock
 from scoreboard.adapters.interfaces import BackendUnavailable, Purgeable, Store
 from scoreboard.config import JanitorConfig
 
@@ -35,7 +35,7 @@ async def run(
     task_status.started()
     while True:
         try:
-            await sweep(store, config, time.time_ns() // 1_000_000)
+            await sweep(store, config, clock.now_ms())
         except (BackendUnavailable, trio.TooSlowError) as exc:
             log.warning(
                 "janitor: sweep interrupted (%s); next one in %.0f s", exc, config.interval_s

@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from collections.abc import Sequence
 from typing import assert_never
 
 import trio
 
+from scoreboard import clock
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.messages import Committed, KeeperMsg
 from scoreboard.actors.retry import call_with_retries
@@ -183,7 +183,7 @@ class _Keeper:
 
     def _leaderboard_event(self, top: list[RankedEntry], events: list[Event]) -> None:
         if tuple(top) != self._published_top:
-            events.append(LeaderboardChanged(tuple(top), int(time.time() * 1000)))
+            events.append(LeaderboardChanged(tuple(top), clock.now_ms()))
 
     async def _publish(self, events: list[Event]) -> None:
         """One broker message for all of them. Events are notifications: if the broker cannot take

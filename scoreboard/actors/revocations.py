@@ -17,10 +17,10 @@ answer, or not in time, is logged and tried again at the next poll; it never cra
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 
+from scoreboard import clock
 from scoreboard.actors import hub
 from scoreboard.actors.hub import HubHandle
 from scoreboard.adapters.interfaces import BackendUnavailable, Store
@@ -49,7 +49,7 @@ class DenyList:
 
     async def load(self, store: Store) -> None:
         """Everything in force in the store, before any connection exists to be closed."""
-        self._revoked.merge(await store.revocations(time.time_ns() // 1_000_000))
+        self._revoked.merge(await store.revocations(clock.now_ms()))
 
     async def deny(self, revoked: TokensRevoked) -> None:
         """Refuse these from now on, and close the WebSockets authenticated with them."""
@@ -59,7 +59,7 @@ class DenyList:
 
     async def reload(self, store: Store) -> None:
         """Take in the store's list (what expired leaves); what was new closes its WebSockets."""
-        for new in self._revoked.merge(await store.revocations(time.time_ns() // 1_000_000)):
+        for new in self._revoked.merge(await store.revocations(clock.now_ms())):
             await hub.notify(self._hub, new)
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import trio
 
+from scoreboard import clock
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     Broker,
@@ -44,7 +45,7 @@ from scoreboard.adapters.interfaces import (
     PendingAction,
     PublishFailed,
 )
-from scoreboard.adapters.sqlite import SQLiteDatabase, now_ms
+from scoreboard.adapters.sqlite import SQLiteDatabase
 from scoreboard.config import AmqpConfig
 from scoreboard.model import ActionEnvelope, MalformedMessage
 
@@ -142,7 +143,7 @@ class EmbeddedBroker(Broker):
                     after_seq,
                     frozenset(unsettled),
                     room,
-                    now_ms() - self._config.message_ttl_ms,
+                    clock.now_ms() - self._config.message_ttl_ms,
                 )
                 rows = await self._db.write(take)
             for row in rows:
@@ -246,7 +247,7 @@ def _identity(body: bytes) -> tuple[str, int | None, str | None]:
 
 
 def _enqueue(bodies: list[bytes], connection: sqlite3.Connection) -> None:
-    now = now_ms()
+    now = clock.now_ms()
     connection.executemany(
         "INSERT INTO outbox (message_id, user_id, nonce, body, published_at_ms)"
         " VALUES (?, ?, ?, ?, ?)",
@@ -258,7 +259,7 @@ def _dead_letter(seq: int, reason: str, connection: sqlite3.Connection) -> None:
     connection.execute(
         "INSERT INTO failed_actions (message_id, user_id, nonce, body, reason, failed_at_ms)"
         " SELECT message_id, user_id, nonce, body, ?, ? FROM outbox WHERE seq = ?",
-        (reason, now_ms(), seq),
+        (reason, clock.now_ms(), seq),
     )
     connection.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 

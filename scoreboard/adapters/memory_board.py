@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import bisect
 import math
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from scoreboard import clock
 from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
     PUBLISHING,
@@ -48,10 +48,6 @@ ACCEPTED_STATUS = 202
 SWEEP_INTERVAL_MS = 60_000
 
 _SortKey = tuple[int, int, int]  # (-score, reached_ms, user_id): ascending is rank order
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MemoryBoard(Board):
@@ -102,7 +98,7 @@ class MemoryBoard(Board):
             self._entries[entry.user_id] = entry
             changed = True
         if changed:
-            self._updated_at_ms = _wall_ms()
+            self._updated_at_ms = clock.now_ms()
         changes = []
         for user_id, old in old_ranks.items():
             new = self._rank0(user_id)
@@ -114,7 +110,7 @@ class MemoryBoard(Board):
         self._entries = {entry.user_id: entry for entry in entries}
         self._order = sorted(_sort_key(entry) for entry in self._entries.values())
         self._built = True
-        self._updated_at_ms = _wall_ms()
+        self._updated_at_ms = clock.now_ms()
 
     async def rebuild_if_missing(self, entries: Sequence[BoardEntry]) -> bool:
         if self._built:
@@ -264,7 +260,7 @@ class MemoryEdgeGuard(EdgeGuard):
             known.first_status_code = status_code
 
     async def mark_queued(self, actions: Sequence[tuple[int, str, uuid.UUID]]) -> None:
-        now_ms = _wall_ms()
+        now_ms = clock.now_ms()
         for user_id, nonce, action_id in actions:
             known = self._nonces.get((user_id, nonce))
             if known is None:

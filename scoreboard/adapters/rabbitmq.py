@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import aiormq
 import trio
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
+from scoreboard import clock
 from scoreboard.adapters.interfaces import (
     BackendUnavailable,
     Delivery,
@@ -463,7 +463,7 @@ class RabbitBroker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
             content_type=message.content_type,
-            headers={"x-failure-reason": reason, "x-failed-at": _now_ms()},
+            headers={"x-failure-reason": reason, "x-failed-at": clock.now_ms()},
         )
         await self._publish_confirmed(self._dead_letter_exchange, letter, "")
 
@@ -604,10 +604,6 @@ def _failure_reason(message: AbstractIncomingMessage) -> str:
 
 def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def _all(awaitables: Iterable[Awaitable[None]]) -> None:

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import sqlite3
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from scoreboard import clock
 from scoreboard.adapters.commit_plan import (
     Settled,
     StoredAction,
@@ -70,10 +70,6 @@ T = TypeVar("T")
 DATABASE_FILE = "scoreboard.sqlite3"
 # A CLI process (`verify`, `failed replay`) may hold the write lock for a moment.
 BUSY_TIMEOUT_MS = 10_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def database_path(data_dir: Path) -> Path:
@@ -213,7 +209,7 @@ def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migrat
             connection.execute(
                 "INSERT INTO schema_migrations (version, name, checksum, applied_at_ms)"
                 " VALUES (?, ?, ?, ?)",
-                (migration.version, migration.name, migration.checksum, now_ms()),
+                (migration.version, migration.name, migration.checksum, clock.now_ms()),
             )
         except BaseException:
             connection.execute("ROLLBACK")
@@ -499,7 +495,7 @@ def _commit_actions(
         used,
     )
     reached_at = {user_id: row["score_reached_at_ms"] for user_id, row in users.items()}
-    now = now_ms()
+    now = clock.now_ms()
     connection.executemany(
         _INSERT_ACTION,
         [
@@ -579,7 +575,7 @@ ON CONFLICT DO NOTHING
 
 
 def _fail_action(envelope: ActionEnvelope, reason: str, connection: sqlite3.Connection) -> None:
-    now = now_ms()
+    now = clock.now_ms()
     connection.execute(
         _FAIL_ACTION,
         (
@@ -689,7 +685,7 @@ def _score_discrepancies(connection: sqlite3.Connection) -> list[tuple[int, int,
 def _create_user(
     username: str, email: str, password_hash: str, connection: sqlite3.Connection
 ) -> int:
-    now = now_ms()
+    now = clock.now_ms()
     try:
         cursor = connection.execute(
             "INSERT INTO users (username, email, password_hash, username_normalized,"
@@ -841,7 +837,7 @@ def _grant(row: sqlite3.Row) -> GrantRecord:
 def _revoke_grants(
     grant_ids: Sequence[str], expires_at_ms: int, connection: sqlite3.Connection
 ) -> None:
-    now = now_ms()
+    now = clock.now_ms()
     for grant_id in grant_ids:
         connection.execute(
             "UPDATE oauth_grants SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE grant_id = ?",
@@ -888,7 +884,7 @@ def _disable_user(
     row = connection.execute(
         "UPDATE users SET disabled = 1, updated_at_ms = ? WHERE username_normalized = ?"
         " RETURNING id",
-        (now_ms(), normalized_identity(username)),
+        (clock.now_ms(), normalized_identity(username)),
     ).fetchone()
     if row is None:
         return None
@@ -925,7 +921,7 @@ def _save_authorization_code(code: AuthorizationCodeRecord, connection: sqlite3.
     connection.execute(
         "INSERT INTO oauth_grants (grant_id, client_id, user_id, scope, created_at_ms)"
         " VALUES (?, ?, ?, ?, ?)",
-        (grant.grant_id, grant.client_id, grant.user_id, grant.scope, now_ms()),
+        (grant.grant_id, grant.client_id, grant.user_id, grant.scope, clock.now_ms()),
     )
     connection.execute(
         "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge,"

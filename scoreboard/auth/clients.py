@@ -16,9 +16,9 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from urllib.parse import urlsplit
 
+from scoreboard import clock
 from scoreboard.model import ClientType, OAuthClientRecord, UserRecord
 
 WEB_CLIENT_ID = "scoreboard-web"
@@ -97,7 +97,7 @@ def new_client(
         redirect_uris=tuple(redirect_uris),
         scopes=tuple(s for s in SCOPES if s in chosen),
         name=name,
-        created_at_ms=time.time_ns() // 1_000_000,
+        created_at_ms=clock.now_ms(),
     )
     return record, secret
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 import trio
 from joserfc.jwk import RSAKey
 
+from scoreboard import clock
 from scoreboard.model import SigningKeyRecord
 
 SIGNING_ALGORITHM = "RS256"
@@ -132,7 +132,7 @@ def generate_signing_key(kid: str) -> SigningKeyRecord:
         kid=kid,
         private_pem=key.as_pem(private=True).decode("ascii"),
         public_jwk=_public_jwk(key.as_dict(private=False), kid),
-        created_at_ms=time.time_ns() // 1_000_000,
+        created_at_ms=clock.now_ms(),
         retired_at_ms=None,
     )
 
@@ -158,7 +158,7 @@ def _active_and_signing(
     )
     if not active:
         raise NoSigningKey("no signing key that is not retired")
-    activated_before = time.time_ns() // 1_000_000 - activation_delay_ms
+    activated_before = clock.now_ms() - activation_delay_ms
     activated = [
         r for r in active if not activation_delay_ms or r.created_at_ms <= activated_before
     ]
@@ -197,7 +197,7 @@ async def rotate_keys(
     """Add the next generation of key, and retire the keys whose tokens have all expired: those
     whose successor was created more than `token_lifetime_ms` (access-token lifetime, leeway
     and the activation delay) ago. Returns the new kid and the retired kids."""
-    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    now = clock.now_ms() if now_ms is None else now_ms
     records = await store.signing_keys()
     key = await trio.to_thread.run_sync(generate_signing_key, next_kid(records))
     await store.add_signing_key(key)

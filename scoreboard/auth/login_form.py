@@ -14,9 +14,9 @@ import base64
 import hmac
 import json
 import re
-import time
 from collections.abc import Mapping
 
+from scoreboard import clock
 from scoreboard.auth.keys import KeyRing
 
 EXPIRES_PATTERN = re.compile(r"[0-9]{1,12}")
@@ -43,7 +43,7 @@ def form_token(ring: KeyRing, params: Mapping[str, str], ttl_s: int, now: int | 
     kid, _key = ring.signer()
     secret = ring.form_secret(kid)
     assert secret is not None, "the signing key is active"
-    expires = (int(time.time()) if now is None else now) + ttl_s
+    expires = (int(clock.now_s()) if now is None else now) + ttl_s
     return f"{kid}.{expires}.{_mac(secret, expires, params)}"
 
 
@@ -57,7 +57,7 @@ def form_token_valid(
     if secret is None or not EXPIRES_PATTERN.fullmatch(expires_text):
         return False
     expires = int(expires_text)
-    if expires < (int(time.time()) if now is None else now):
+    if expires < (int(clock.now_s()) if now is None else now):
         return False
     return hmac.compare_digest(
         mac.encode("ascii", "replace"), _mac(secret, expires, params).encode()

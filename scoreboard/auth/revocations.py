@@ -10,9 +10,9 @@ match has expired.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
+from scoreboard import clock
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.model import Revocation, TokensRevoked
 
@@ -37,7 +37,7 @@ class RevocationList:
         self, entries: Iterable[Revocation], now_ms: int | None = None
     ) -> list[TokensRevoked]:
         """Take in the store's list and forget what has expired; answers what was new."""
-        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         for table in (self._grants, self._jtis):
             for value in [value for value, expires in table.items() if expires <= now]:
                 del table[value]

@@ -16,13 +16,13 @@ What stays exact:
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from scoreboard.auth.keys import KeyRing
 from scoreboard.auth.tokens import MAX_LEEWAY_S, AccessClaims, verify_access_token
+from scoreboard.clock import now_s
 from scoreboard.config import Config
 
 # About 1 KiB per entry (the token and its claims): some 10 MiB when full, which covers every
@@ -44,7 +44,7 @@ class VerifiedTokens:
         config: Config,
         *,
         max_entries: int = MAX_ENTRIES,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = now_s,
     ) -> None:
         self._ring = ring
         self._config = config

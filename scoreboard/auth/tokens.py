@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 
+from scoreboard import clock
 from scoreboard.auth.keys import SIGNING_ALGORITHM, KeyRing
 from scoreboard.config import Config
 
@@ -80,7 +80,7 @@ def issue_access_token(
 ) -> tuple[str, dict[str, Any]]:
     """A signed access token and its claims. `scope` is space-separated; `grant_id` names the
     authorization (code and refresh-token family) the token came from, for revocation."""
-    issued_at = int(time.time()) if now is None else now
+    issued_at = int(clock.now_s()) if now is None else now
     claims: dict[str, Any] = {
         "iss": config.issuer,
         "sub": str(user_id),
@@ -127,7 +127,7 @@ def verify_access_token(
         raise InvalidToken("payload is not JSON") from None
     if not isinstance(claims, dict):
         raise InvalidToken("payload is not a JSON object")
-    return _check_claims(claims, config, int(time.time()) if now is None else now)
+    return _check_claims(claims, config, int(clock.now_s()) if now is None else now)
 
 
 def _check_header(header: object) -> None:

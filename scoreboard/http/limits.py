@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from scoreboard import clock
 from scoreboard.http.services import Services
 
 
@@ -12,4 +11,4 @@ async def over_limit(svc: Services, limits: list[tuple[str, int]]) -> int:
     admitted, else the seconds to wait. Nothing is limited while `limits.enabled` is off."""
     if not svc.config.limits.enabled:
         return 0
-    return await svc.guard.count_attempts(limits, now_ms=time.time_ns() // 1_000_000)
+    return await svc.guard.count_attempts(limits, now_ms=clock.now_ms())

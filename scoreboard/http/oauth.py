@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import html
 import re
-import time
 from typing import Any
 
 import trio
@@ -20,6 +19,7 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
+from scoreboard import clock
 from scoreboard.adapters.interfaces import BackendUnavailable, FailureDelay
 from scoreboard.auth.clients import CLIENT_ID_PATTERN, DEFAULT_SCOPES, SCOPES, secret_matches
 from scoreboard.auth.login_form import AUTHORIZE_PARAMETERS, form_token, form_token_valid
@@ -149,7 +149,7 @@ async def _sign_in_delay(svc: Services, username: str) -> int:
         forget_after_ms=oauth.login_failures_forgotten_after_s * 1000,
     )
     return await svc.guard.admit_after_failures(
-        sign_in_failures_key(_ip(svc), username), now_ms=time.time_ns() // 1_000_000, delay=delay
+        sign_in_failures_key(_ip(svc), username), now_ms=clock.now_ms(), delay=delay
     )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from authlib.oauth2 import rfc6749, rfc7009, rfc7636
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
 from werkzeug.datastructures import Headers, MultiDict
 
+from scoreboard import clock
 from scoreboard.auth.clients import (
     DEFAULT_SCOPES,
     SCOPES,
@@ -71,10 +71,6 @@ Response = tuple[int, Any, list[tuple[str, str]]]
 def token_hash(token: str) -> str:
     """Codes and refresh tokens are stored as this, never as themselves."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class OAuthPayload(rfc6749.OAuth2Payload):  # type: ignore[misc]
@@ -244,7 +240,7 @@ class CodeGrant(rfc6749.AuthorizationCodeGrant):  # type: ignore[misc]
             redirect_uri=request.payload.redirect_uri,
             code_challenge=request.payload.data.get("code_challenge"),
             code_challenge_method=request.payload.data.get("code_challenge_method"),
-            expires_at_ms=now_ms() + ttl_s * 1000,
+            expires_at_ms=clock.now_ms() + ttl_s * 1000,
         )
         self.server.call(self.server.services.store.save_authorization_code, record)
 
@@ -254,7 +250,7 @@ class CodeGrant(rfc6749.AuthorizationCodeGrant):  # type: ignore[misc]
             server.services.store.redeem_authorization_code,
             token_hash(code),
             client.get_client_id(),
-            now_ms(),
+            clock.now_ms(),
             server.revocation_expires_at_ms(),
         )
         if isinstance(outcome, GrantRevoked):
@@ -291,7 +287,7 @@ class RefreshGrant(rfc6749.RefreshTokenGrant):  # type: ignore[misc]
             server.services.store.rotate_refresh_token,
             token_hash(refresh_token),
             self.request.client.get_client_id(),
-            now_ms(),
+            clock.now_ms(),
             server.revocation_expires_at_ms(),
         )
         if isinstance(outcome, GrantRevoked):
@@ -410,7 +406,9 @@ class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
 
     def revocation_expires_at_ms(self) -> int:
         auth = self.services.config.auth
-        return now_ms() + (auth.access_token_ttl_s + auth.leeway_s + REVOCATION_MARGIN_S) * 1000
+        return (
+            clock.now_ms() + (auth.access_token_ttl_s + auth.leeway_s + REVOCATION_MARGIN_S) * 1000
+        )
 
     def announce_grant_revoked(self, grant_id: str) -> None:
         self.call(self.announce, TokensRevoked((grant_id,), (), self.revocation_expires_at_ms()))
@@ -445,7 +443,7 @@ class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
             grant = request.authorization_code.record.grant
         else:
             grant = request.refresh_token.grant
-        now = now_ms()
+        now = clock.now_ms()
         stored = self.call(
             self.services.store.add_refresh_token,
             grant.grant_id,

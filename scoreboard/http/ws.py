@@ -23,7 +23,6 @@ import itertools
 import logging
 import random
 import socket
-import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -37,6 +36,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import ParseFailed
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
+from scoreboard import clock
 from scoreboard.actors import hub
 from scoreboard.actors.frames import Frame, encode_frame, outgoing, rfc3339_ms
 from scoreboard.actors.hub import TOKEN_REVOKED
@@ -382,7 +382,7 @@ class Connection:
             claims = authenticate(self.svc, token, "read")
         except RequestRejected:
             raise Closing(CLOSE_UNAUTHORIZED, error_frame("invalid_token")) from None
-        self.expiry_deadline = trio.current_time() + (claims.expires_at - time.time())
+        self.expiry_deadline = trio.current_time() + (claims.expires_at - clock.now_s())
         return claims
 
     async def open_session(self, claims: AccessClaims) -> None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from scoreboard import clock
 from scoreboard.supervisor.backoff import Jitter, backoff_delay
 from scoreboard.supervisor.spec import ChildSpec
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
@@ -62,7 +62,7 @@ class _ChildStatus(trio.TaskStatus[Any]):
     def started(self, value: Any = None) -> None:
         self._child.state = "running"
         self._child.running_since = trio.current_time()
-        self._child.started_at = time.time()
+        self._child.started_at = clock.now_s()
 
 
 class DynamicSupervisor:
@@ -118,7 +118,7 @@ class DynamicSupervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._running_since = trio.current_time()
-                self._started_at = time.time()
+                self._started_at = clock.now_s()
                 self._empty = trio.Event()
                 self._empty.set()
                 task_status.started()

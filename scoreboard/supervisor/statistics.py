@@ -20,7 +20,7 @@ class ChildStatistics:
     """Restarts scheduled for this child, whether for its own exit or a sibling's (strategy)."""
     last_error: str | None
     started_at: float | None
-    """Wall-clock time (`time.time()`) the running incarnation reported started, else None."""
+    """Wall-clock time (`clock.now_s()`) the running incarnation reported started, else None."""
     uptime_s: float | None
     """Seconds since the running incarnation reported started (trio clock), else None."""
     inbox_depth: int | None

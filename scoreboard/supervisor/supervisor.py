@@ -45,7 +45,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -53,6 +52,7 @@ from typing import Any, Literal
 
 import trio
 
+from scoreboard import clock
 from scoreboard.supervisor.backoff import Jitter, backoff_delay
 from scoreboard.supervisor.spec import ChildSpec, Supervision
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
@@ -125,7 +125,7 @@ class _IncarnationStatus(trio.TaskStatus[Any]):
         if isinstance(value, Supervision):
             self._incarnation.nested = value
         self._incarnation.running_since = trio.current_time()
-        self._incarnation.started_at = time.time()
+        self._incarnation.started_at = clock.now_s()
 
     def adopt(self, supervisor: Supervisor) -> None:
         """Let the parent include `supervisor`'s children in its statistics and readiness."""
