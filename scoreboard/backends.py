@@ -23,6 +23,7 @@ from scoreboard.adapters.rabbitmq import open_rabbitmq
 from scoreboard.adapters.redis import open_redis
 from scoreboard.adapters.sqlite import SQLiteStore, database_path, open_sqlite
 from scoreboard.auth.key_encryption import load_key_encryption
+from scoreboard.backoff import Backoff
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import Config, ConfigError
 from scoreboard.private_files import private_directory, private_file
@@ -121,8 +122,7 @@ def _held_exclusively(data_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-STARTUP_RETRY_MIN_S = 0.5
-STARTUP_RETRY_MAX_S = 10.0
+STARTUP_BACKOFF = Backoff(minimum=0.5, maximum=10.0)
 
 
 async def wait_for_backends(config: Config) -> None:
@@ -130,7 +130,7 @@ async def wait_for_backends(config: Config) -> None:
     The embedded backends are files and memory: there is nothing to wait for."""
     if config.backend_mode == "embedded":
         return
-    delay = STARTUP_RETRY_MIN_S
+    delays = STARTUP_BACKOFF.delays()
     while True:
         try:
             async with open_backends(config) as backends:
@@ -138,8 +138,8 @@ async def wait_for_backends(config: Config) -> None:
                 await backends.board.ping()
                 await backends.broker.ping()
         except Exception as exc:
+            delay = next(delays)
             log.warning("backends not ready (%s); retrying in %.1f s", exc, delay)
             await trio.sleep(delay)
-            delay = min(delay * 2, STARTUP_RETRY_MAX_S)
         else:
             return

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import trio
 
+from scoreboard.backoff import backoff_delay
 from scoreboard.config import Config, Role
 from scoreboard.demo import announcement
 from scoreboard.http.listener import socket_url
-from scoreboard.supervisor.backoff import backoff_delay
 
 log = logging.getLogger("scoreboard.processes")
 

@@ -1,4 +1,5 @@
-"""Retrying a backend call that failed transiently, with exponential backoff.
+"""Retrying a backend call that failed transiently, with the backoff policy
+(`scoreboard/backoff.py`).
 
 A backend that did not answer (`BackendUnavailable`) or did not answer in time (the call site's
 `fail_after`) may answer the next time, and so may a call that says it is safe to repeat (e.g.
@@ -15,12 +16,13 @@ from typing import TypeVar
 import trio
 
 from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.backoff import Backoff
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-FIRST_DELAY_S = 0.1
-MAX_DELAY_S = 2.0  # a backend that is back is used again within this
+# A backend that is back is used again within 2 s.
+RETRY_BACKOFF = Backoff(minimum=0.1, maximum=2.0)
 
 
 async def call_with_retries(
@@ -34,7 +36,7 @@ async def call_with_retries(
     """`await call()` within `timeout_s`, up to `attempts` times (`math.inf`: until it works);
     the last transient failure propagates. `also_retry`: more exceptions that are transient."""
     transient: tuple[type[Exception], ...] = (BackendUnavailable, trio.TooSlowError, *also_retry)
-    delay = FIRST_DELAY_S
+    delays = RETRY_BACKOFF.delays()
     attempt = 1
     while True:
         try:
@@ -44,9 +46,9 @@ async def call_with_retries(
             if attempt >= attempts:
                 raise
             limit = "" if math.isinf(attempts) else f" of {attempts:g}"
+            delay = next(delays)
             log.warning(
                 "%s failed (%r), attempt %d%s; again in %.1f s", what, exc, attempt, limit, delay
             )
         await trio.sleep(delay)
-        delay = min(delay * 2, MAX_DELAY_S)
         attempt += 1

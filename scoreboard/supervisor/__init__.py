@@ -4,7 +4,7 @@ See `scoreboard.supervisor.supervisor` for how to wire children and their channe
 `scoreboard.supervisor.dynamic` for children started on demand (the per-user actors).
 """
 
-from scoreboard.supervisor.backoff import Jitter, backoff_delay
+from scoreboard.backoff import Jitter, backoff_delay
 from scoreboard.supervisor.dynamic import DynamicSupervisor
 from scoreboard.supervisor.spec import (
     BufferStatistics,

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from scoreboard import clock
-from scoreboard.supervisor.backoff import Jitter, backoff_delay
+from scoreboard.backoff import Jitter, backoff_delay
 from scoreboard.supervisor.spec import ChildSpec
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
 from scoreboard.supervisor.supervisor import SupervisorGaveUp, describe_error

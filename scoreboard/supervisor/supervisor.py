@@ -53,7 +53,7 @@ from typing import Any, Literal
 import trio
 
 from scoreboard import clock
-from scoreboard.supervisor.backoff import Jitter, backoff_delay
+from scoreboard.backoff import Jitter, backoff_delay
 from scoreboard.supervisor.spec import ChildSpec, Supervision
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
 
