@@ -5,11 +5,17 @@ An asyncio event loop (uvloop where installed) runs in a thread of its own. Trio
 result or exception comes back to trio. A trio cancellation cancels the asyncio task and waits,
 shielded, until the task has unwound, so a pool is never left holding a half-used connection.
 
-Only adapter modules use this. A loop in a thread beats trio-asyncio here: measured on two cores,
-trio-asyncio ran Postgres inserts at half of plain asyncio's rate and Redis pipelines and AMQP
-confirms at 0.35-0.4 of it, where the thread matched or beat plain asyncio (uvloop); and
-trio-asyncio does not import on Python 3.14. Cross it once per unit of work: write each
-multi-step job as one coroutine inside the adapter.
+Only adapter modules use this, and only through its four doors: `Crossing` (a backend's calls,
+its transport errors answered as `BackendUnavailable`), `Bridge.run` (a call that maps its own
+errors), `Bridge.to_trio_nowait` (asyncio callbacks handing work to trio) and
+`Bridge.to_asyncio_nowait` (trio handing a quick call to the loop without waiting); nothing else
+touches the loop. Cross once per unit of work: write each multi-step job as one coroutine inside
+the adapter.
+
+A loop in a thread beats trio-asyncio here: measured on two cores, trio-asyncio ran Postgres
+inserts at half of plain asyncio's rate and Redis pipelines and AMQP confirms at 0.35-0.4 of it,
+where the thread matched or beat plain asyncio (uvloop); and trio-asyncio does not import on
+Python 3.14.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +31,8 @@ from typing import Any, TypeVar
 
 import outcome
 import trio
+
+from scoreboard.adapters.interfaces import BackendUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -59,13 +68,19 @@ class Bridge:
         self._drain_scheduled = False
         self._to_asyncio: collections.deque[Callable[[], object]] = collections.deque()
         self._asyncio_drain_scheduled = False
+        # Detached tasks outlive their trio callers; the loop keeps only weak references.
+        self._detached: set[asyncio.Future[Any]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `fn(*args)` on the asyncio loop and return its result to the calling trio task."""
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, detached: bool = False) -> T:
+        """Run `fn(*args)` on the asyncio loop and return its result to the calling trio task.
+
+        A trio cancellation cancels the asyncio task and waits until it has unwound; with
+        `detached`, it leaves the task running to its end instead (its result is dropped), so
+        no RPC in it is cut off half-way."""
         if self._closed:
             raise BridgeClosed("the asyncio bridge is closed")
         done = trio.Event()
@@ -88,7 +103,11 @@ class Bridge:
                 self.to_trio_nowait(deliver, value)
 
         def start() -> None:
-            task = asyncio.ensure_future(fn(*args), loop=self._loop)
+            task: asyncio.Future[T] = asyncio.ensure_future(fn(*args), loop=self._loop)
+            if detached:
+                self._detached.add(task)
+                task.add_done_callback(self._forget_detached)
+                task = asyncio.shield(task)
             tasks.append(task)
             task.add_done_callback(on_task_done)
 
@@ -105,6 +124,16 @@ class Bridge:
                 await done.wait()
             raise
         return result[0].unwrap()
+
+    def _forget_detached(self, task: asyncio.Future[Any]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its caller may have left
+
+    def to_asyncio_nowait(self, fn: Callable[..., object], *args: Any) -> None:
+        """From trio: run a quick synchronous `fn(*args)` on the loop soon, never waiting; in
+        order with the calls `run` starts."""
+        self._start_in_asyncio(functools.partial(fn, *args))
 
     def _start_in_asyncio(self, fn: Callable[[], object]) -> None:
         """Run `fn()` on the loop soon, in order; one `call_soon_threadsafe` for a whole run."""
@@ -141,6 +170,31 @@ class Bridge:
         while self._to_trio:
             fn, args = self._to_trio.popleft()
             fn(*args)
+
+
+class Crossing:
+    """How one backend's adapter crosses the bridge: `await crossing(fn, *args)` runs `fn(*args)`
+    on the loop (as `Bridge.run`, `detached` if the backend's RPCs must not be cut off) and
+    answers the backend's transport errors (`unavailable`) as `BackendUnavailable`, naming it."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        backend: str,
+        unavailable: tuple[type[BaseException], ...],
+        *,
+        detached: bool = False,
+    ) -> None:
+        self.bridge = bridge
+        self._backend = backend
+        self._unavailable = unavailable
+        self._detached = detached
+
+    async def __call__(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self.bridge.run(fn, *args, detached=self._detached)
+        except self._unavailable as exc:
+            raise BackendUnavailable(f"{self._backend}: {exc!r}") from exc
 
 
 async def _cancel_leftovers() -> None:

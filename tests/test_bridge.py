@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import pytest
 import trio
 
-from scoreboard.bridge import Bridge, BridgeClosed, open_bridge
+from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.bridge import Bridge, BridgeClosed, Crossing, open_bridge
 
 
 class Boom(Exception):
@@ -204,3 +206,55 @@ async def test_calls_started_together_all_run_once_and_answer_their_caller() -> 
                 nursery.start_soon(call, value)
     assert sorted(started) == list(range(2000))
     assert results == {value: value * 2 for value in range(2000)}
+
+
+async def test_a_cancelled_caller_leaves_a_detached_task_running_to_its_end() -> None:
+    release = asyncio.Event()
+    reached, finished = threading.Event(), threading.Event()
+
+    async def rpc() -> str:
+        reached.set()
+        await release.wait()
+        finished.set()
+        return "answer nobody reads"
+
+    async with open_bridge() as bridge:
+        with trio.move_on_after(5) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(bridge.run, rpc, detached=True))
+                await wait_in_thread(reached)
+                nursery.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        assert not finished.is_set()
+        bridge.to_asyncio_nowait(release.set)
+        await wait_in_thread(finished)
+
+
+async def test_calls_handed_to_the_loop_without_waiting_run_in_order() -> None:
+    seen: list[int] = []
+    done = threading.Event()
+
+    async def last() -> None:
+        done.set()
+
+    async with open_bridge() as bridge:
+        for value in range(50):
+            bridge.to_asyncio_nowait(seen.append, value)
+        await bridge.run(last)
+        await wait_in_thread(done)
+    assert seen == list(range(50))
+
+
+async def test_a_crossing_answers_its_backends_transport_errors_as_unavailable() -> None:
+    async def refused() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    async def broken() -> None:
+        raise Boom("not a transport error")
+
+    async with open_bridge() as bridge:
+        crossing = Crossing(bridge, "somedb", (OSError,))
+        with pytest.raises(BackendUnavailable, match="somedb: ConnectionRefusedError"):
+            await crossing(refused)
+        with pytest.raises(Boom):
+            await crossing(broken)

@@ -20,7 +20,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -37,7 +37,6 @@ from scoreboard.adapters.commit_plan import (
     unique_keys_of,
 )
 from scoreboard.adapters.interfaces import (
-    BackendUnavailable,
     ClientExists,
     EmailTaken,
     Purgeable,
@@ -48,7 +47,7 @@ from scoreboard.adapters.interfaces import (
 )
 from scoreboard.adapters.migrations import Migration, MigrationError
 from scoreboard.auth.key_encryption import KeyEncryption
-from scoreboard.bridge import Bridge
+from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import DatabaseConfig
 from scoreboard.model import (
     ActionEnvelope,
@@ -98,12 +97,9 @@ def _epoch_ms(moment: dt.datetime) -> int:
     return (moment - _EPOCH) // _MILLISECOND
 
 
-async def _crossing(bridge: Bridge, job: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """One bridge crossing, with transport failures reported as `BackendUnavailable`."""
-    try:
-        return await bridge.run(job, *args)
-    except CONNECTION_ERRORS as exc:
-        raise BackendUnavailable(f"PostgreSQL: {exc}") from exc
+def _crossing(bridge: Bridge) -> Crossing:
+    """Crossings to PostgreSQL: its transport failures are answered as `BackendUnavailable`."""
+    return Crossing(bridge, "PostgreSQL", CONNECTION_ERRORS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +120,7 @@ async def apply_migrations(
 ) -> list[str]:
     """Create the database if it is missing, then apply the migrations not yet recorded, in order,
     each in its own transaction. Returns the versions applied (empty when already up to date)."""
-    return await _crossing(bridge, _apply_migrations, database_url, migrations)
+    return await _crossing(bridge)(_apply_migrations, database_url, migrations)
 
 
 async def _apply_migrations(database_url: str, migrations: Sequence[Migration]) -> list[str]:
@@ -196,7 +192,7 @@ async def open_postgres_store(
 ) -> AsyncIterator[PostgresStore]:
     """A connection pool on the bridge loop for the block's duration; closed, shielded, after.
     Signing keys are sealed with `key_encryption` (kept as they are without it)."""
-    pool = await _crossing(bridge, _open_pool, config)
+    pool = await _crossing(bridge)(_open_pool, config)
     try:
         yield PostgresStore(bridge, pool, key_encryption or KeyEncryption())
     finally:
@@ -222,64 +218,62 @@ class PostgresStore(Store):
     """The `Store` on PostgreSQL. Build it with `open_postgres_store`."""
 
     def __init__(self, bridge: Bridge, pool: asyncpg.Pool, key_encryption: KeyEncryption) -> None:
-        self._bridge = bridge
+        self._cross = _crossing(bridge)
         self._pool = pool
         self._key_encryption = key_encryption
 
     async def ping(self) -> None:
-        await _crossing(self._bridge, _ping, self._pool)
+        await self._cross(_ping, self._pool)
 
     async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
         if not decisions:
             return []
         check_deltas(decisions)
-        return await _crossing(self._bridge, _commit_actions, self._pool, storable_all(decisions))
+        return await self._cross(_commit_actions, self._pool, storable_all(decisions))
 
     async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
-        return await _crossing(self._bridge, _recent_actions, self._pool, user_id, since_ms)
+        return await self._cross(_recent_actions, self._pool, user_id, since_ms)
 
     async def get_action(self, action_id: uuid.UUID) -> ActionRecord | None:
-        return await _crossing(self._bridge, _get_action, self._pool, action_id)
+        return await self._cross(_get_action, self._pool, action_id)
 
     async def find_action_by_nonce(self, user_id: int, nonce: str) -> ActionRecord | None:
-        return await _crossing(self._bridge, _find_action_by_nonce, self._pool, user_id, nonce)
+        return await self._cross(_find_action_by_nonce, self._pool, user_id, nonce)
 
     async def board_entries(self, user_ids: Sequence[int] | None = None) -> list[BoardEntry]:
-        return await _crossing(self._bridge, _board_entries, self._pool, user_ids)
+        return await self._cross(_board_entries, self._pool, user_ids)
 
     async def score_discrepancies(self) -> list[tuple[int, int, int]]:
-        return await _crossing(self._bridge, _score_discrepancies, self._pool)
+        return await self._cross(_score_discrepancies, self._pool)
 
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
         """Stores the reason as the action's `message`; its `error` stays empty. The row holds
         the action as `storable` makes it; if even that is refused, the row is kept without the
         action's data (and the reason says so), so that no failure goes unrecorded."""
-        await _crossing(self._bridge, _fail_action, self._pool, storable(envelope), reason)
+        await self._cross(_fail_action, self._pool, storable(envelope), reason)
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
-        return await _crossing(
-            self._bridge, _create_user, self._pool, username, email, password_hash
-        )
+        return await self._cross(_create_user, self._pool, username, email, password_hash)
 
     async def get_user(self, user_id: int) -> UserRecord | None:
-        return await _crossing(self._bridge, _get_user, self._pool, user_id)
+        return await self._cross(_get_user, self._pool, user_id)
 
     async def get_user_by_username(self, username: str) -> UserRecord | None:
-        return await _crossing(self._bridge, _get_user_by_username, self._pool, username)
+        return await self._cross(_get_user_by_username, self._pool, username)
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Every key, retired ones included, oldest first, decrypted."""
-        stored = await _crossing(self._bridge, _signing_keys, self._pool)
+        stored = await self._cross(_signing_keys, self._pool)
         return [self._key_encryption.opened(record) for record in stored]
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """A key whose `kid` is stored already is left as it is: concurrent creators of one
         generation agree on whichever was inserted first."""
         sealed = self._key_encryption.sealed(key)
-        await _crossing(self._bridge, _add_signing_key, self._pool, sealed)
+        await self._cross(_add_signing_key, self._pool, sealed)
 
     async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
-        stored = await _crossing(self._bridge, _signing_keys, self._pool)
+        stored = await self._cross(_signing_keys, self._pool)
         changes = [
             (record.kid, record.private_pem, resealed)
             for record in stored
@@ -287,15 +281,13 @@ class PostgresStore(Store):
         ]
         if not changes:
             return []
-        return await _crossing(self._bridge, _replace_private_pems, self._pool, changes)
+        return await self._cross(_replace_private_pems, self._pool, changes)
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
-        await _crossing(self._bridge, _retire_signing_key, self._pool, kid, retired_at_ms)
+        await self._cross(_retire_signing_key, self._pool, kid, retired_at_ms)
 
     async def disable_user(self, username: str, revocation_expires_at_ms: int) -> list[str] | None:
-        return await _crossing(
-            self._bridge, _disable_user, self._pool, username, revocation_expires_at_ms
-        )
+        return await self._cross(_disable_user, self._pool, username, revocation_expires_at_ms)
 
     async def set_admin(
         self, username: str, admin: bool, revocation_expires_at_ms: int
@@ -305,29 +297,26 @@ class PostgresStore(Store):
         )
 
     async def add_client(self, client: OAuthClientRecord) -> None:
-        await _crossing(self._bridge, _add_client, self._pool, client)
+        await self._cross(_add_client, self._pool, client)
 
     async def get_client(self, client_id: str) -> OAuthClientRecord | None:
-        return await _crossing(self._bridge, _get_client, self._pool, client_id)
+        return await self._cross(_get_client, self._pool, client_id)
 
     async def list_clients(self) -> list[OAuthClientRecord]:
-        return await _crossing(self._bridge, _list_clients, self._pool)
+        return await self._cross(_list_clients, self._pool)
 
     async def remove_client(
         self, client_id: str, revocation_expires_at_ms: int
     ) -> list[str] | None:
-        return await _crossing(
-            self._bridge, _remove_client, self._pool, client_id, revocation_expires_at_ms
-        )
+        return await self._cross(_remove_client, self._pool, client_id, revocation_expires_at_ms)
 
     async def save_authorization_code(self, code: AuthorizationCodeRecord) -> None:
-        await _crossing(self._bridge, _save_authorization_code, self._pool, code)
+        await self._cross(_save_authorization_code, self._pool, code)
 
     async def redeem_authorization_code(
         self, code_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
     ) -> AuthorizationCodeRecord | GrantRevoked | None:
-        return await _crossing(
-            self._bridge,
+        return await self._cross(
             _redeem_authorization_code,
             self._pool,
             code_hash,
@@ -339,8 +328,7 @@ class PostgresStore(Store):
     async def add_refresh_token(
         self, grant_id: str, token_hash: str, now_ms: int, expires_at_ms: int
     ) -> bool:
-        return await _crossing(
-            self._bridge,
+        return await self._cross(
             _add_refresh_token,
             self._pool,
             grant_id,
@@ -352,8 +340,7 @@ class PostgresStore(Store):
     async def rotate_refresh_token(
         self, token_hash: str, client_id: str, now_ms: int, revocation_expires_at_ms: int
     ) -> GrantRecord | GrantRevoked | None:
-        return await _crossing(
-            self._bridge,
+        return await self._cross(
             _rotate_refresh_token,
             self._pool,
             token_hash,
@@ -363,20 +350,18 @@ class PostgresStore(Store):
         )
 
     async def find_refresh_token(self, token_hash: str) -> GrantRecord | None:
-        return await _crossing(self._bridge, _find_refresh_token, self._pool, token_hash)
+        return await self._cross(_find_refresh_token, self._pool, token_hash)
 
     async def revoke(
         self, *, grant_ids: Sequence[str], jtis: Sequence[str], expires_at_ms: int
     ) -> None:
-        await _crossing(
-            self._bridge, _revoke, self._pool, list(grant_ids), list(jtis), expires_at_ms
-        )
+        await self._cross(_revoke, self._pool, list(grant_ids), list(jtis), expires_at_ms)
 
     async def revocations(self, now_ms: int) -> list[Revocation]:
-        return await _crossing(self._bridge, _revocations, self._pool, now_ms)
+        return await self._cross(_revocations, self._pool, now_ms)
 
     async def purge_expired(self, what: Purgeable, before_ms: int, limit: int) -> Purged:
-        return await _crossing(self._bridge, _purge_expired, self._pool, what, before_ms, limit)
+        return await self._cross(_purge_expired, self._pool, what, before_ms, limit)
 
 
 # The asyncio side: one coroutine per store method, each run on the bridge loop.

@@ -50,12 +50,11 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobu
 
 from scoreboard import clock
 from scoreboard.adapters.interfaces import (
-    BackendUnavailable,
     Delivery,
     PublishFailed,
     PublishOutcomeUnknown,
 )
-from scoreboard.bridge import Bridge
+from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import AmqpConfig
 from scoreboard.model import ActionEnvelope, MalformedMessage
 
@@ -105,6 +104,9 @@ class RabbitBroker:
         publish_channel: aio_pika.abc.AbstractRobustChannel,
     ):
         self._bridge = bridge
+        # Run to their end even if the trio caller leaves first: no RPC is cut off half-way
+        # (each ends with its answer, or with its connection).
+        self._run = Crossing(bridge, "rabbitmq", UNAVAILABLE_ERRORS, detached=True)
         self._config = config
         self._publishing = publishing
         self._consuming = consuming
@@ -132,18 +134,6 @@ class RabbitBroker:
         return BrokerStatistics(
             self._dropped_events, self._requeued_deliveries, self._watchdog_resets
         )
-
-    async def _run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """`fn(*args)` on the bridge loop, run to its end even if the trio caller leaves first."""
-        try:
-            return await self._bridge.run(self._detached, fn, *args)
-        except UNAVAILABLE_ERRORS as exc:
-            raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
-
-    async def _detached(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """Await `fn(*args)` as a task of its own: cancelling the waiter leaves the task running,
-        so no RPC in it is cut off half-way (it ends with its answer, or with its connection)."""
-        return await asyncio.shield(self._in_background(fn(*args)))
 
     def _in_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)
@@ -257,10 +247,10 @@ class RabbitBroker:
             raise PublishFailed(f"the broker did not confirm the message: {result!r}")
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:
-        await self._bridge.run(self._detached, self._publish_action, envelope)
+        await self._bridge.run(self._publish_action, envelope, detached=True)
 
     async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
-        return await self._bridge.run(self._detached, self._publish_actions, list(envelopes))
+        return await self._bridge.run(self._publish_actions, list(envelopes), detached=True)
 
     async def _publish_actions(self, envelopes: list[ActionEnvelope]) -> list[Exception | None]:
         """All on the confirm channel at once, so the batch costs about one confirm round trip."""
@@ -282,7 +272,7 @@ class RabbitBroker:
 
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
         """Transient messages to the fanout, all confirmed together; nobody listening is fine."""
-        await self._bridge.run(self._detached, self._publish_events, list(bodies))
+        await self._bridge.run(self._publish_events, list(bodies), detached=True)
 
     async def _publish_events(self, bodies: list[bytes]) -> None:
         await _all(
@@ -303,10 +293,10 @@ class RabbitBroker:
         await self._consume(self._consume_actions, deliveries, prefetch)
 
     async def _consume(self, consumer: Callable[..., Awaitable[None]], *args: Any) -> None:
-        try:
-            await self._bridge.run(_until_stopped, consumer, *args)
-        except UNAVAILABLE_ERRORS as exc:
-            raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
+        # Not detached: cancelling the caller stops the consumer (`_until_stopped`).
+        await Crossing(self._bridge, "rabbitmq", UNAVAILABLE_ERRORS)(
+            _until_stopped, consumer, *args
+        )
 
     async def _consume_actions(
         self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int, stop: asyncio.Event
@@ -388,7 +378,7 @@ class RabbitBroker:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self._requeued_deliveries += 1
             key = (delivery.channel_id, delivery.delivery_tag)
-            self._bridge.loop.call_soon_threadsafe(self._requeue, key)
+            self._bridge.to_asyncio_nowait(self._requeue, key)
 
     def _requeue(self, key: tuple[int, int]) -> None:
         message = self._unsettled.pop(key, None)
@@ -648,10 +638,7 @@ async def _connect(bridge: Bridge, config: AmqpConfig) -> RabbitBroker:
 async def open_rabbitmq(bridge: Bridge, config: AmqpConfig) -> AsyncIterator[RabbitBroker]:
     """Connect (robustly: it reconnects by itself later); close on exit, even when cancelled.
     Run the consumers inside this block: closing the connection ends them."""
-    try:
-        broker = await bridge.run(_connect, bridge, config)
-    except UNAVAILABLE_ERRORS as exc:
-        raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
+    broker = await Crossing(bridge, "rabbitmq", UNAVAILABLE_ERRORS)(_connect, bridge, config)
     try:
         yield broker
     finally:

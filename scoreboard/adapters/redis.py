@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -44,7 +44,6 @@ from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
     PUBLISHING,
     Accepted,
-    BackendUnavailable,
     BoardMissing,
     Claim,
     FailureDelay,
@@ -53,7 +52,7 @@ from scoreboard.adapters.interfaces import (
     PendingAction,
     Replayed,
 )
-from scoreboard.bridge import Bridge
+from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import RedisConfig
 from scoreboard.model import BoardEntry, RankChange, RankedEntry
 
@@ -350,15 +349,9 @@ class _RedisAdapter:
     """The shared part: one client on the bridge loop, errors mapped to `BackendUnavailable`."""
 
     def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
-        self._bridge = bridge
+        self._run = Crossing(bridge, "redis", TRANSPORT_ERRORS)
         self._client = client
         self._prefix = prefix
-
-    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        try:
-            return await self._bridge.run(fn, *args)
-        except TRANSPORT_ERRORS as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
 
     async def ping(self) -> None:
         await self._run(self._client.ping)
@@ -640,10 +633,7 @@ async def _connect(url: str) -> redis.asyncio.Redis:
 @asynccontextmanager
 async def open_redis(bridge: Bridge, config: RedisConfig) -> AsyncIterator[RedisBackend]:
     """Connect (and check that Redis answers); close the pool on exit, even when cancelled."""
-    try:
-        client = await bridge.run(_connect, config.url)
-    except TRANSPORT_ERRORS as exc:
-        raise BackendUnavailable(f"redis: {exc}") from exc
+    client = await Crossing(bridge, "redis", TRANSPORT_ERRORS)(_connect, config.url)
     try:
         yield RedisBackend(
             board=RedisBoard(bridge, client, config.prefix),
