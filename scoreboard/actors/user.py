@@ -189,9 +189,9 @@ class Ledger:
         if unique is not None and (entry.name, unique.key) in self._used_keys:
             return _invalid(envelope, unique.reason, flags)
         if self._limits.enabled:
-            retry_after_ms = self._cooldown_left_ms(entry, now)
-            if retry_after_ms is None:
-                retry_after_ms = self._rate_limit_left_ms(now)
+            # The longest wait that applies, as the API's guards answer (tests/rate_rules.py).
+            waits = [self._cooldown_left_ms(entry, now), self._rate_limit_left_ms(now)]
+            retry_after_ms = max((wait for wait in waits if wait is not None), default=None)
             if retry_after_ms is not None:
                 return Decision(
                     envelope,

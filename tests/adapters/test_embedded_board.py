@@ -42,6 +42,7 @@ from tests.adapters.test_redis import (
     test_release_undoes_a_claim,
     test_replay_is_answered_even_when_limited,
     test_retry_after_is_the_longest_wait,
+    test_the_guard_passes_the_rate_cases,
     test_user_limit_is_a_sliding_minute,
 )
 
@@ -66,6 +67,7 @@ __all__ = [
     "test_release_undoes_a_claim",
     "test_replay_is_answered_even_when_limited",
     "test_retry_after_is_the_longest_wait",
+    "test_the_guard_passes_the_rate_cases",
     "test_user_limit_is_a_sliding_minute",
 ]
 

@@ -23,6 +23,7 @@ from scoreboard.adapters.redis import RedisBackend, open_redis
 from scoreboard.bridge import open_bridge
 from scoreboard.config import RedisConfig
 from scoreboard.model import BoardEntry, RankChange, RankedEntry
+from tests.rate_rules import IP_LIMIT, RATE_CASES, RateCase
 
 T0 = 1_764_500_000_000
 # A script that keeps the server busy, so that a call from the adapter is surely in flight.
@@ -248,6 +249,21 @@ async def test_a_known_nonce_is_replayed_with_its_first_answer(backend: RedisBac
     # A status for an unknown nonce is not stored.
     await backend.guard.set_first_status(user_id=3, nonce="nonce-0001", status_code=200)
     assert await claim(backend, user_id=3, nonce="nonce-0001") == Accepted()
+
+
+@pytest.mark.parametrize("case", RATE_CASES, ids=lambda case: case.name)
+async def test_the_guard_passes_the_rate_cases(backend: RedisBackend, case: RateCase) -> None:
+    for attempt in case.attempts:
+        answer = await claim(
+            backend,
+            action_type=attempt.action_type,
+            now_ms=T0 + attempt.after_ms,
+            cooldown_ms=case.cooldown_ms(attempt.action_type),
+            user_limit=case.user_limit,
+            ip_limit=IP_LIMIT,
+        )
+        expected = Accepted() if attempt.retry_after_s is None else Limited(attempt.retry_after_s)
+        assert answer == expected, attempt
 
 
 async def test_user_limit_is_a_sliding_minute(backend: RedisBackend) -> None:
