@@ -64,10 +64,6 @@ class AccessClaims:
     issued_at: int
 
 
-def has_scope(claims: AccessClaims, scope: str) -> bool:
-    return scope in claims.scope
-
-
 def issue_access_token(
     ring: KeyRing,
     *,
