@@ -15,6 +15,10 @@ run *ARGS: install migrate
 test *ARGS: install
     {{python}} -m pytest {{ARGS}}
 
+# The fast tier: the application on the embedded backends through Quart's test client, no services
+test-fast *ARGS: install
+    {{python}} -m pytest tests/fast {{ARGS}}
+
 # Lint, format check and type-check
 check: install
     {{venv}}/bin/ruff check scoreboard tests benchmarks
