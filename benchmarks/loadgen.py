@@ -132,7 +132,7 @@ class Watcher:
     async def connect(self, nursery: trio.Nursery, job: dict[str, Any], token: str) -> None:
         try:
             ws = await connect_websocket_url(
-                nursery, job["ws_url"], extra_headers=[("Origin", job["origin"])]
+                nursery, job["ws_url"], extra_headers=[(b"Origin", job["origin"].encode())]
             )
             await ws.send_message(json.dumps({"type": "auth", "token": token}))
             reply = json.loads(await ws.get_message())
@@ -157,7 +157,7 @@ class Watcher:
                 if committed_ms >= self.window["opened_ms"]:
                     self.latencies_ms.append(received_ms - committed_ms)
         except ConnectionClosed as exc:
-            self.failure = f"closed {exc.reason.code}"
+            self.failure = f"closed {exc.reason.code if exc.reason else None}"
 
 
 async def read_line() -> str:

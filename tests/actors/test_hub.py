@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 import trio
@@ -26,7 +27,7 @@ from scoreboard.actors.messages import (
     Unregister,
     WaitForAction,
 )
-from scoreboard.adapters.interfaces import BackendUnavailable
+from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
 from scoreboard.http.mailbox import Mailbox
 from scoreboard.model import ActionFinished, LeaderboardChanged, RankedEntry, ScoreChanged
@@ -102,7 +103,9 @@ def config(tick_s: float = 0.1) -> Config:
 async def start_hub(top: BoardTop, tick_s: float = 0.1) -> AsyncIterator[Hub]:
     send, receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(hub.run, receive, board=top, config=config(tick_s)))
+        await nursery.start(
+            functools.partial(hub.run, receive, board=cast(Board, top), config=config(tick_s))
+        )
         with send:
             yield Hub(send)
 
@@ -379,7 +382,9 @@ async def test_the_tick_stretches_while_fan_outs_take_long(
     stats = hub.BroadcastStats()
     send, receive = hub.open_inbox()
     top = BoardTop(list(board(1)))
-    run = functools.partial(hub.run, receive, board=top, config=config(0.01), stats=stats)
+    run = functools.partial(
+        hub.run, receive, board=cast(Board, top), config=config(0.01), stats=stats
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(run)
         mailboxes = [SlowMailbox() for _ in range(25)]
@@ -405,7 +410,9 @@ async def test_the_tick_is_the_configured_one_while_fan_outs_are_quick(
     stats = hub.BroadcastStats()
     send, receive = hub.open_inbox()
     top = BoardTop(list(board(1)))
-    run = functools.partial(hub.run, receive, board=top, config=config(0.1), stats=stats)
+    run = functools.partial(
+        hub.run, receive, board=cast(Board, top), config=config(0.1), stats=stats
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(run)
         async with send:

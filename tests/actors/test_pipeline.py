@@ -5,6 +5,7 @@ nothing lost when the worker stops at any moment, poison dead-lettered."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import uuid
 from collections.abc import Sequence
@@ -68,6 +69,10 @@ async def publish_raw(stack: Stack, body: bytes) -> None:
 
 def finished_ids(tap: EventTap) -> set[uuid.UUID]:
     return {e.action_id for e in tap.events if isinstance(e, ActionFinished)}
+
+
+def _finished_at_least(tap: EventTap, count: int, _events: object) -> bool:
+    return len(finished_ids(tap)) >= count
 
 
 async def all_finished(
@@ -142,7 +147,7 @@ async def test_stopping_the_worker_at_any_moment_loses_nothing_and_counts_nothin
     async with tap_events(fast.broker) as tap:
         for stop_after in (100, 350, 600):
             async with running_worker(fast):
-                await tap.wait_for(lambda events, n=stop_after: len(finished_ids(tap)) >= n)
+                await tap.wait_for(functools.partial(_finished_at_least, tap, stop_after))
                 await trio.sleep(random.uniform(0, 0.05))
             assert await committed(fast) + await fast.queue_depth() >= len(items)
         async with running_worker(fast):

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 import trio
@@ -311,7 +312,7 @@ async def test_a_poison_action_on_its_last_attempt_is_recorded_failed_and_dead_l
         (settlement,) = ledger.settlements()
         assert settlement["ack"] == [1]
         assert settlement["retry"] == []
-        ((tag, reason),) = settlement["dead"]  # type: ignore[misc]
+        ((tag, reason),) = cast(list[tuple[int, str]], settlement["dead"])
         assert tag == 2
         assert "invalid byte sequence" in reason
 

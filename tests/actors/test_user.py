@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,7 +551,7 @@ async def test_a_store_that_does_not_answer_holds_the_action_until_it_does(
     class Flaky(RecentActions):
         down_for = 4
 
-        async def recent_actions(self, user_id: int, since_ms: int) -> Sequence[RecentAction]:
+        async def recent_actions(self, user_id: int, since_ms: int) -> list[RecentAction]:
             await trio.lowlevel.checkpoint()
             if self.down_for:
                 self.down_for -= 1

@@ -38,11 +38,19 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    sync_playwright,
+)
 
 from scoreboard.config import Config
 from scoreboard.server import ServerHandle, run_server
-from tests.http.conftest import PASSWORD, issue_token
+from tests.http.conftest import PASSWORD as PASSWORD
+from tests.http.conftest import issue_token
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -56,8 +64,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP = ViewportSize(width=1280, height=800)
+PHONE = ViewportSize(width=390, height=844)
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 
@@ -108,9 +116,9 @@ class Browsing:
     allow_refused: bool = False
     allowed: list[re.Pattern[str]] = field(default_factory=list)
 
-    def new_page(self, viewport: dict[str, int] | None = None) -> Page:
+    def new_page(self, viewport: ViewportSize | None = None) -> Page:
         """A page in a context of its own (its own sessionStorage: its own user)."""
-        context = self.browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[arg-type]
+        context = self.browser.new_context(viewport=viewport or DESKTOP)
         self.contexts.append(context)
         page = context.new_page()
         page.on("console", self._console)

@@ -150,7 +150,9 @@ def refuse_first(
     one-second Retry-After, then lets requests through to the server."""
 
     def handle(route: Route, request: Request) -> None:
-        if refusals and (grant_type is None or f"grant_type={grant_type}" in request.post_data):
+        if refusals and (
+            grant_type is None or f"grant_type={grant_type}" in (request.post_data or "")
+        ):
             status, error = refusals.pop(0)
             route.fulfill(
                 status=status,

@@ -87,7 +87,7 @@ async def test_clients_users_and_keys_from_the_command_line(
     code = await obtain_code(client, authorization, "cliuser", PASSWORD)
     tokens = (await redeem(client, authorization, code, client_secret=secret)).json()
     ws_url = server.url.replace("http://", "ws://") + "/api/v1/ws"
-    origin = [("Origin", server.services.public_origin)]
+    origin = [(b"Origin", server.services.public_origin.encode())]
     async with open_websocket_url(ws_url, extra_headers=origin) as ws:
         await ws.send_message(json.dumps({"type": "auth", "token": tokens["access_token"]}))
         assert json.loads(await ws.get_message())["type"] == "auth_ok"

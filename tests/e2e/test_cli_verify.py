@@ -73,7 +73,9 @@ async def test_verify_exits_zero_when_consistent_and_non_zero_on_any_difference(
     try:
         members = cache.zrange(f"{config.redis.prefix}board", 0, -1)
         assert members
-        cache.zadd(f"{config.redis.prefix}board", {members[0]: 999})
+        first = members[0]
+        assert isinstance(first, bytes)
+        cache.zadd(f"{config.redis.prefix}board", {first: 999})
     finally:
         cache.close()
     result = await run_verify(config)

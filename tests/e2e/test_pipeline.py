@@ -45,7 +45,9 @@ class Watcher:
         self, server: ServerHandle, player: Player, *, task_status: trio.TaskStatus[None]
     ) -> None:
         assert server.url is not None
-        async with open_websocket_url(ws_url(server), extra_headers=[("Origin", server.url)]) as ws:
+        async with open_websocket_url(
+            ws_url(server), extra_headers=[(b"Origin", server.url.encode())]
+        ) as ws:
             await ws.send_message(json.dumps({"type": "auth", "token": player.token}))
             first = json.loads(await ws.get_message())
             assert first["type"] == "auth_ok", first

@@ -83,7 +83,7 @@ def serving_pid(server_port: int, client_port: int, pids: list[int]) -> int | No
 async def watcher(url: str, token: str) -> AsyncIterator[WebSocketConnection]:
     """An authenticated WebSocket that has received its first leaderboard."""
     ws_url = url.replace("http://", "ws://") + "/api/v1/ws"
-    async with open_websocket_url(ws_url, extra_headers=[("Origin", url)]) as ws:
+    async with open_websocket_url(ws_url, extra_headers=[(b"Origin", url.encode())]) as ws:
         await ws.send_message(json.dumps({"type": "auth", "token": token}))
         while json.loads(await ws.get_message())["type"] != "leaderboard_update":
             pass

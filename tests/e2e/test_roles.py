@@ -31,7 +31,7 @@ def processes() -> Iterator[list[ServerProcess]]:
 
 async def first_leaderboard_with(url: str, token: str, user_id: int, score: int) -> None:
     ws_url = url.replace("http://", "ws://") + "/api/v1/ws"
-    async with open_websocket_url(ws_url, extra_headers=[("Origin", url)]) as ws:
+    async with open_websocket_url(ws_url, extra_headers=[(b"Origin", url.encode())]) as ws:
         await ws.send_message(json.dumps({"type": "auth", "token": token}))
         while True:
             message = json.loads(await ws.get_message())

@@ -33,7 +33,9 @@ class TimedWatcher:
 
     async def run(self, server: ServerHandle, *, task_status: trio.TaskStatus[None]) -> None:
         assert server.url is not None
-        async with open_websocket_url(ws_url(server), extra_headers=[("Origin", server.url)]) as ws:
+        async with open_websocket_url(
+            ws_url(server), extra_headers=[(b"Origin", server.url.encode())]
+        ) as ws:
             await ws.send_message(json.dumps({"type": "auth", "token": self.player.token}))
             task_status.started()
             while True:
@@ -52,7 +54,7 @@ async def stalled_client(
     one-message queue is full, so the server's sends to it back up for real."""
     assert server.url is not None
     async with open_websocket_url(
-        ws_url(server), extra_headers=[("Origin", server.url)], message_queue_size=1
+        ws_url(server), extra_headers=[(b"Origin", server.url.encode())], message_queue_size=1
     ) as ws:
         await ws.send_message(json.dumps({"type": "auth", "token": token}))
         task_status.started()

@@ -9,7 +9,7 @@ import json
 import string
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import trio
@@ -162,7 +162,7 @@ def normalized(username: str) -> str:
     return username.casefold()
 
 
-def storable(text: object) -> bool:
+def storable(text: object) -> TypeGuard[str]:
     """Text a store can be asked about (no NUL, no unpaired surrogate)."""
     if not isinstance(text, str) or "\x00" in text:
         return False
@@ -311,6 +311,7 @@ async def exchange(server: FuzzServer, frame: str | bytes) -> list[dict[str, Any
                 if answer.get("type") == "pong" and answer.get("timestamp") == marker:
                     return answers
                 answers.append(answer)
+    assert reason is not None, f"closed without a reason after {frame!r}"
     assert reason.code == allowed_close(frame), f"closed {reason} after {frame!r}"
     return answers
 

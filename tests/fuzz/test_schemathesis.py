@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -65,6 +66,7 @@ def test_every_operation_answers_as_documented(fuzz_server: FuzzServer) -> None:
     schema = schemathesis.openapi.from_dict(document, config=SCHEMATHESIS_CONFIG)
     failures: list[str] = []
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             for headers in (fuzz_server.auth, None):

@@ -94,6 +94,6 @@ def action(
     }[action_type]  # type: ignore[assignment]
     return {
         "action_type": action_type,
-        "action_data": {**defaults, **data},  # type: ignore[dict-item]
+        "action_data": {**defaults, **data},
         "nonce": nonce or uuid.uuid4().hex,
     }

@@ -149,7 +149,7 @@ async def test_an_attackers_failures_do_not_stop_the_owner_signing_in_elsewhere(
     oauth = server.services.config.oauth
     owner = await new_player(elsewhere, server)
     params = new_authorization(server).params()
-    statuses = []
+    statuses: list[int] = []
     # The waits double after each failure, so the attacker is soon told to wait, however
     # slowly this machine answers; the address's own limit is never reached.
     while 429 not in statuses:

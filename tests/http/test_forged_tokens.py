@@ -32,6 +32,7 @@ def forgeries(server: ServerHandle, user_id: int) -> dict[str, str]:
     ring, config = server.services.keyring, server.services.config
     kid, key = ring.signer()
     private = key.private_key
+    assert private is not None, "the signing key is ours: it has its private half"
 
     def ours(data: bytes) -> bytes:
         return private.sign(data, padding.PKCS1v15(), hashes.SHA256())
@@ -95,7 +96,7 @@ async def test_every_forged_token_is_401_at_the_api_and_4401_on_the_websocket(
     tokens = forgeries(server, player.user_id)
     assert len(tokens) == 3 + 6 + len(REQUIRED_CLAIMS) + 5 == 22
     ws_url = server.url.replace("http://", "ws://") + "/api/v1/ws"
-    origin = [("Origin", server.services.public_origin)]
+    origin = [(b"Origin", server.services.public_origin.encode())]
 
     # The honest token works in both places, so each refusal below is the forgery's doing.
     assert (await client.get("/api/v1/oauth/userinfo", headers=player.auth)).status_code == 200
@@ -133,7 +134,7 @@ async def test_a_token_in_the_query_string_is_refused_at_the_api_and_the_websock
     ws_url = server.url.replace("http://", "ws://") + f"/api/v1/ws?access_token={player.token}"
     with pytest.raises(ConnectionRejected) as rejected:
         async with open_websocket_url(
-            ws_url, extra_headers=[("Origin", server.services.public_origin)]
+            ws_url, extra_headers=[(b"Origin", server.services.public_origin.encode())]
         ):
             pass
     assert rejected.value.status_code == 401

@@ -64,8 +64,12 @@ async def test_hypercorn_serves_a_connection_whose_head_was_read_already() -> No
         app = wrap_app(hello, 0, "asgi")  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             server = TCPServer(
-                app, HypercornConfig(), WorkerContext(None), ConnectionState({}), stream
-            )  # type: ignore[arg-type]
+                app,
+                HypercornConfig(),
+                WorkerContext(None),
+                ConnectionState({}),
+                stream,  # type: ignore[arg-type]
+            )
             nursery.start_soon(server.run)
             await client.send_all(b"\r\n")
             received = b""

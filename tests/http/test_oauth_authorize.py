@@ -132,7 +132,7 @@ async def test_pkce_refusals_and_the_one_valid_s256(
             authorization.verifier = verifier
             authorization.challenge = pkce_challenge(verifier)
         code = await obtain_code(client, authorization, player.username)
-        sent = authorization.verifier if verifier is not None else "b" * 64
+        sent = verifier if verifier is not None else "b" * 64
         response = await redeem(client, authorization, code, code_verifier=sent)
         if response.status_code == 400 and response.json()["error"] in (
             "invalid_grant",

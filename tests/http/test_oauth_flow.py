@@ -54,7 +54,9 @@ async def test_the_whole_flow_from_login_form_to_revocation(
 
     assert server.url is not None
     origin = server.services.public_origin if server.services else ""
-    async with open_websocket_url(ws_url(server), extra_headers=[("Origin", origin)]) as ws:
+    async with open_websocket_url(
+        ws_url(server), extra_headers=[(b"Origin", origin.encode())]
+    ) as ws:
         await ws.send_message(json.dumps({"type": "auth", "token": tokens["access_token"]}))
         assert json.loads(await ws.get_message())["type"] == "auth_ok"
 
@@ -78,6 +80,7 @@ async def test_the_whole_flow_from_login_form_to_revocation(
         assert frame == {"type": "error", "error": "token_revoked"}
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
+        assert closed.value.reason is not None
         assert closed.value.reason.code == 4401
 
     after = await client.get(

@@ -142,9 +142,9 @@ def ws_url(server: ServerHandle) -> str:
     return server.url.replace("http://", "ws://") + "/api/v1/ws"
 
 
-def origin(server: ServerHandle) -> list[tuple[str, str]]:
+def origin(server: ServerHandle) -> list[tuple[bytes, bytes]]:
     assert server.services is not None
-    return [("Origin", server.services.public_origin)]
+    return [(b"Origin", server.services.public_origin.encode())]
 
 
 async def authenticated(ws: WebSocketConnection, access_token: str) -> None:
