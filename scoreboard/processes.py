@@ -32,16 +32,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from scoreboard.backoff import backoff_delay
+from scoreboard.backoff import Backoff
 from scoreboard.config import Config, Role
 from scoreboard.demo import announcement
 from scoreboard.http.listener import socket_url
+from scoreboard.supervisor.intensity import RestartIntensity
 
 log = logging.getLogger("scoreboard.processes")
 
@@ -184,7 +184,8 @@ class ProcessSupervisor:
         self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
         self._rng = rng if rng is not None else random.Random()
-        self._restart_times: deque[float] = deque()
+        self._intensity = RestartIntensity(intensity, period)
+        self._backoff = Backoff(backoff_min, backoff_max, "full", self._rng)
         self._stopping = False
         self._kill_at = math.inf
         self._gave_up: ProcessesGaveUp | None = None
@@ -240,7 +241,7 @@ class ProcessSupervisor:
             if trio.current_time() - started_at >= self.backoff_reset_after:
                 attempt = 0
             log.error("child %s %s", running.child.name, _describe_exit(returncode))
-            if self._over_intensity():
+            if self._intensity.exceeded_by_one_more(trio.current_time()):
                 log.critical(
                     "more than %d child restarts in %g s, the last of %s: stopping every child",
                     self.intensity,
@@ -253,26 +254,13 @@ class ProcessSupervisor:
                 )
                 self.stop()
                 return
-            delay = backoff_delay(
-                attempt,
-                minimum=self.backoff_min,
-                maximum=self.backoff_max,
-                jitter="full",
-                rng=self._rng,
-            )
+            delay = self._backoff.delay(attempt)
             attempt += 1
             running.restarts += 1
             log.warning("restarting child %s in %.1f s", running.child.name, delay)
             with trio.CancelScope() as running.backoff_scope:
                 await trio.sleep(delay)
             running.backoff_scope = None
-
-    def _over_intensity(self) -> bool:
-        now = trio.current_time()
-        self._restart_times.append(now)
-        while self._restart_times[0] <= now - self.period:
-            self._restart_times.popleft()
-        return len(self._restart_times) > self.intensity
 
     async def _run_once(self, running: _Running) -> int:
         """Start the child, wait for it to exit (killing it past the stop deadline)."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from scoreboard import clock
-from scoreboard.backoff import Jitter, backoff_delay
+from scoreboard.backoff import Backoff, Jitter
+from scoreboard.supervisor.intensity import RestartIntensity
 from scoreboard.supervisor.spec import ChildSpec
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
 from scoreboard.supervisor.supervisor import SupervisorGaveUp, describe_error
@@ -83,8 +83,9 @@ class DynamicSupervisor:
         jitter: Jitter = "full",
         rng: random.Random | None = None,
     ) -> None:
-        if intensity < 0 or period <= 0:
-            raise ValueError("intensity must be >= 0 and period > 0")
+        self._intensity = RestartIntensity(intensity, period)
+        self._rng = rng if rng is not None else random.Random()
+        self._backoff = Backoff(backoff_min, backoff_max, jitter, self._rng)
         self.name = name
         self.intensity = intensity
         self.period = period
@@ -92,9 +93,7 @@ class DynamicSupervisor:
         self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
         self.jitter: Jitter = jitter
-        self._rng = rng if rng is not None else random.Random()
         self._children: set[_Child] = set()
-        self._crash_times: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
         self._gave_up: SupervisorGaveUp | None = None
         self._empty = trio.Event()
@@ -111,7 +110,7 @@ class DynamicSupervisor:
         """Supervise the children started from now on until cancelled or given up."""
         if self._nursery is not None:
             raise RuntimeError(f"supervisor {self.name!r} is already running")
-        self._crash_times.clear()
+        self._intensity.clear()
         self._gave_up = None
         self._restarts = 0
         try:
@@ -233,10 +232,7 @@ class DynamicSupervisor:
         """When to restart `child` after `error`; None when that was one crash too many (the
         supervisor gives up and every child is stopped)."""
         now = trio.current_time()
-        self._crash_times.append(now)
-        while self._crash_times[0] <= now - self.period:
-            self._crash_times.popleft()
-        if len(self._crash_times) > self.intensity:
+        if self._intensity.exceeded_by_one_more(now):
             assert self._nursery is not None
             logger.error(
                 "%s: more than %d crashes in %g s, the last of child %r; giving up",
@@ -252,13 +248,7 @@ class DynamicSupervisor:
         ran_since = child.running_since
         if ran_since is not None and now - ran_since >= self.backoff_reset_after:
             child.backoff_attempt = 0
-        delay = backoff_delay(
-            child.backoff_attempt,
-            minimum=self.backoff_min,
-            maximum=self.backoff_max,
-            jitter=self.jitter,
-            rng=self._rng,
-        )
+        delay = self._backoff.delay(child.backoff_attempt)
         child.backoff_attempt += 1
         child.restarts += 1
         self._restarts += 1

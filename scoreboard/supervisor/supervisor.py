@@ -45,7 +45,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -53,7 +52,8 @@ from typing import Any, Literal
 import trio
 
 from scoreboard import clock
-from scoreboard.backoff import Jitter, backoff_delay
+from scoreboard.backoff import Backoff, Jitter
+from scoreboard.supervisor.intensity import RestartIntensity
 from scoreboard.supervisor.spec import ChildSpec, Supervision
 from scoreboard.supervisor.statistics import ChildState, ChildStatistics
 
@@ -158,10 +158,9 @@ class Supervisor:
         ids = [spec.id for spec in children]
         if len(set(ids)) != len(ids):
             raise ValueError(f"child ids must be unique: {ids}")
-        if intensity < 0 or period <= 0:
-            raise ValueError("intensity must be >= 0 and period > 0")
-        if not 0 <= backoff_min <= backoff_max:
-            raise ValueError("backoff needs 0 <= backoff_min <= backoff_max")
+        self._intensity = RestartIntensity(intensity, period)
+        self._rng = rng if rng is not None else random.Random()
+        self._backoff = Backoff(backoff_min, backoff_max, jitter, self._rng)
         self.strategy = strategy
         self.intensity = intensity
         self.period = period
@@ -171,9 +170,7 @@ class Supervisor:
         self.jitter: Jitter = jitter
         self.name = name
         self._specs = tuple(children)
-        self._rng = rng if rng is not None else random.Random()
         self._children = [_Child(spec) for spec in self._specs]
-        self._restart_times: deque[float] = deque()
         self._wakeup = trio.Event()
         self._stop_scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
@@ -193,7 +190,7 @@ class Supervisor:
         if self._stop_scope is not None:
             raise RuntimeError(f"supervisor {self.name!r} is already running")
         self._children = [_Child(spec, state="starting") for spec in self._specs]
-        self._restart_times.clear()
+        self._intensity.clear()
         self._wakeup = trio.Event()
         self._stop_scope = trio.CancelScope()
         self._done = trio.Event()
@@ -450,10 +447,7 @@ class Supervisor:
         self, child: _Child, error: Exception | None
     ) -> SupervisorGaveUp | None:
         now = trio.current_time()
-        self._restart_times.append(now)
-        while self._restart_times[0] <= now - self.period:
-            self._restart_times.popleft()
-        if len(self._restart_times) > self.intensity:
+        if self._intensity.exceeded_by_one_more(now):
             child.state = "failed"
             logger.error(
                 "%s: more than %d restarts in %g s, the last for child %r; giving up",
@@ -463,13 +457,7 @@ class Supervisor:
                 child.spec.id,
             )
             return SupervisorGaveUp(self.name, child.spec.id, error)
-        delay = backoff_delay(
-            child.backoff_attempt,
-            minimum=self.backoff_min,
-            maximum=self.backoff_max,
-            jitter=self.jitter,
-            rng=self._rng,
-        )
+        delay = self._backoff.delay(child.backoff_attempt)
         child.backoff_attempt += 1
         group = self._restart_group(child)
         for sibling in reversed(group):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,7 @@ from scoreboard.config import Config, load_config
 from scoreboard.http.app import create_app
 from scoreboard.http.services import Services
 from scoreboard.server import ServerHandle, run_server
-
-PASSWORD = "correct horse battery"
-
-
-@dataclass(frozen=True)
-class Player:
-    user_id: int
-    username: str
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+from tests.http.conftest import PASSWORD, Player
 
 
 @pytest.fixture
