@@ -292,9 +292,7 @@ class PostgresStore(Store):
     async def set_admin(
         self, username: str, admin: bool, revocation_expires_at_ms: int
     ) -> list[str] | None:
-        return await _crossing(
-            self._bridge, _set_admin, self._pool, username, admin, revocation_expires_at_ms
-        )
+        return await self._cross(_set_admin, self._pool, username, admin, revocation_expires_at_ms)
 
     async def add_client(self, client: OAuthClientRecord) -> None:
         await self._cross(_add_client, self._pool, client)

@@ -898,7 +898,7 @@ def _set_admin(
 ) -> list[str] | None:
     row = connection.execute(
         "UPDATE users SET admin = ?, updated_at_ms = ? WHERE username_normalized = ? RETURNING id",
-        (int(admin), now_ms(), normalized_identity(username)),
+        (int(admin), clock.now_ms(), normalized_identity(username)),
     ).fetchone()
     if row is None:
         return None

@@ -182,8 +182,9 @@ async def test_each_rule_refuses_with_its_reason_on_both_backends(
             result.message,
             True,
         )
-    [entry] = await store.board_entries([user_id]) or [None]
-    assert (entry.score if entry else 0) == expected_score
+    entries = await store.board_entries([user_id])
+    assert len(entries) <= 1
+    assert (entries[0].score if entries else 0) == expected_score
 
 
 async def test_two_workers_deciding_the_same_key_at_once_count_it_once(store: Store) -> None:
