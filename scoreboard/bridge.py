@@ -16,11 +16,14 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import outcome
 import trio
+
+from scoreboard import metrics
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class Bridge:
             if tasks:
                 tasks[0].cancel()
 
+        started = time.perf_counter()
         self._start_in_asyncio(start)
         try:
             await done.wait()
@@ -101,6 +105,7 @@ class Bridge:
             with trio.CancelScope(shield=True):
                 await done.wait()
             raise
+        metrics.BRIDGE_CALL_LATENCY.observe(time.perf_counter() - started)
         return result[0].unwrap()
 
     def _start_in_asyncio(self, fn: Callable[[], object]) -> None:

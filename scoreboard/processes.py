@@ -24,6 +24,7 @@ SIGKILL to any still running, and exits 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -62,6 +63,8 @@ class Child:
 
     name: str
     role: Role
+    # Its place among the children: its operations listener is on `ops.port` + index.
+    index: int = 0
 
 
 def plan_children(config: Config) -> tuple[list[Child], str | None]:
@@ -87,7 +90,13 @@ def plan_children(config: Config) -> tuple[list[Child], str | None]:
         workers = [Child(f"worker-{i}", "worker") for i in range(count)]
     else:
         workers = []
-    return apis + workers, None
+    return [dataclasses.replace(c, index=i) for i, c in enumerate(apis + workers)], None
+
+
+def ops_port(config: Config, index: int) -> int:
+    """The operations port of the `index`-th child: `ops.port` + index, so that each child is
+    scraped on its own (0: each picks a free one, which it logs)."""
+    return config.ops.port + index if config.ops.port else 0
 
 
 def child_command(
@@ -101,6 +110,8 @@ def child_command(
         "scoreboard",
         "--log-level",
         log_level,
+        "--log-format",
+        config.log.format,
         "serve",
         "--host",
         config.server.host,
@@ -110,6 +121,8 @@ def child_command(
         child.role,
         "--processes",
         "1",
+        "--ops-port",
+        str(ops_port(config, child.index)),
         "--child-name",
         child.name,
         "--parent-fd",

@@ -37,6 +37,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import ParseFailed
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
+from scoreboard import metrics
 from scoreboard.actors import hub
 from scoreboard.actors.frames import Frame, encode_frame, outgoing, rfc3339_ms
 from scoreboard.actors.hub import TOKEN_REVOKED
@@ -153,6 +154,7 @@ async def serve(
     try:
         counted = svc.connections.hold_address(address_key(ip))
     except TooManyConnections:
+        metrics.RATE_LIMITED.labels("websocket_connections_per_ip").inc()
         await refuse(sock, 429, "Too Many Requests", "too many connections from this address")
         return
     with counted:
