@@ -230,7 +230,7 @@ def _not_found() -> Response:
 
 def _unauthorized() -> Response:
     response = jsonify(
-        {"success": False, "error": "unauthorized", "message": "the ops token is required"}
+        {"success": False, "error": "invalid_token", "message": "the ops token is required"}
     )
     response.status_code = 401
     response.headers["WWW-Authenticate"] = 'Bearer realm="scoreboard-ops"'
@@ -323,7 +323,11 @@ class OpsApp:
         if not observed.admits(path, authorization):
             status, kind, body, _ = _json(
                 401,
-                {"success": False, "error": "unauthorized", "message": "the ops token is required"},
+                {
+                    "success": False,
+                    "error": "invalid_token",
+                    "message": "the ops token is required",
+                },
             )
             return status, kind, body, [(b"www-authenticate", b'Bearer realm="scoreboard-ops"')]
         if path == "/healthz":
