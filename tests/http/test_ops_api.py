@@ -5,11 +5,14 @@ framework raises (unknown route, wrong method)."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from scoreboard.config import Config
 from scoreboard.server import ServerHandle
@@ -268,3 +271,25 @@ async def test_unknown_routes_and_methods_are_json_errors(
     assert response.json()["error"] == "method_not_allowed"
     response = await client.put("/api/v1/users", json={})
     assert response.status_code == 405, response.text
+
+
+async def test_the_dashboard_and_the_docs_name_only_metrics_the_server_has(
+    server: ServerHandle, ops_client: httpx.AsyncClient
+) -> None:
+    """`deploy/grafana/scoreboard.json` and `docs/operations.md` are built on these names: a
+    renamed metric must not leave them pointing at nothing."""
+    text = (await ops_client.get("/metrics")).text
+    families = {family.name for family in text_string_to_metric_families(text)}
+    for document, named in documented_metric_names().items():
+        assert named, document
+        for name in named:
+            family = re.sub(r"_(total|bucket|sum|count)$", "", name)
+            assert family in families, (document, name)
+
+
+def documented_metric_names() -> dict[str, set[str]]:
+    root = Path(__file__).resolve().parents[2]
+    return {
+        document: set(re.findall(r"\bscoreboard_[a-z_]+", (root / document).read_text()))
+        for document in ("deploy/grafana/scoreboard.json", "docs/operations.md")
+    }
