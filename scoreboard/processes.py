@@ -10,8 +10,10 @@ and clearly when the port is taken, and keeps the port while a child restarts.
 A child is `scoreboard serve --processes 1` linked to its parent by a socket pair. It writes
 `ready <url>` on it once its own supervisor has started every actor; when the parent is gone
 (exited, or killed with SIGKILL) the child reads end-of-file and drains as on SIGTERM, so no
-child outlives its parent. Children ignore SIGINT: Ctrl-C in a terminal reaches the whole process
-group, and the parent stops them itself, in the same way as on SIGTERM.
+child outlives its parent. Each child serves its own operations listener (`/metrics`, …) on
+`ops.port` + its index, so that each is scraped alone (0: a free port each, which it logs); the
+parent runs no actors and serves none. Children ignore SIGINT: Ctrl-C in a terminal reaches the
+whole process group, and the parent stops them itself, in the same way as on SIGTERM.
 
 The parent is the children's supervisor, with the in-process supervisor's rules: a child that
 dies is restarted after an exponentially growing delay with jitter (starting over once it has
