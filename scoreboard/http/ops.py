@@ -345,7 +345,8 @@ def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes, list[tupl
 
 
 def bind_ops_socket(config: Config) -> socket.socket:
-    """The operations listener's socket, bound and listening (a port in use fails the start)."""
+    """The operations listener's socket, bound and listening: a port in use (or a host that is
+    not this machine's) fails the start with a `ConfigError` naming the setting."""
     host = config.ops.host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -353,6 +354,12 @@ def bind_ops_socket(config: Config) -> socket.socket:
         sock.bind((host, config.ops.port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"the operations listener cannot listen on {config.ops.host}:{config.ops.port} "
+            f"(ops.host, ops.port / --ops-port): {exc.strerror or exc}"
+        ) from None
     except BaseException:
         sock.close()
         raise
