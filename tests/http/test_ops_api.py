@@ -4,6 +4,7 @@ framework raises (unknown route, wrong method)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -135,12 +136,14 @@ async def test_counters_match_the_actions_performed(
     performed = 4
     for _ in range(performed):
         player = await new_player(client, server)
+        body = action(action_type="daily_login")
         response = await client.post(
-            "/api/v1/actions/perform",
-            json=action(action_type="daily_login"),
-            headers={**player.auth, "Prefer": "wait=10"},
+            "/api/v1/actions/perform", json=body, headers={**player.auth, "Prefer": "wait=10"}
         )
         assert response.status_code == 200, response.text
+    # A replay (the same nonce) answers the stored outcome and counts nothing again.
+    replay = await client.post("/api/v1/actions/perform", json=body, headers=player.auth)
+    assert replay.status_code == 200, replay.text
     player = await new_player(client, server)
     refused = await client.post(
         "/api/v1/actions/perform", json={**action(), "nonce": "!"}, headers=player.auth
@@ -158,6 +161,24 @@ async def test_counters_match_the_actions_performed(
     assert grew("scoreboard_action_commit_seconds_count") == performed
     assert grew("scoreboard_batch_size_count", stage="scorer") >= 1
     assert grew("scoreboard_actions_failed_total") == 0
+
+
+async def test_ops_listener_survives_garbage_and_oversized_heads(server: ServerHandle) -> None:
+    assert server.ops_url is not None
+    host, port = server.ops_url.removeprefix("http://").rsplit(":", 1)
+    for garbage in (
+        b"\x00\xff" * 100 + b"\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 70_000,
+    ):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(garbage)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    answer = await stream.receive_some(4096)
+                    assert not answer or answer.startswith(b"HTTP/1.1 4"), answer[:80]
+    async with httpx.AsyncClient(base_url=server.ops_url) as ops:
+        assert (await ops.get("/healthz")).status_code == 200
 
 
 async def test_ops_listener_refuses_what_it_does_not_serve(server: ServerHandle) -> None:
