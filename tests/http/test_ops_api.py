@@ -274,6 +274,9 @@ class TestNoTokenHidesExceptionText:
                 await trio.sleep(0.05)
         assert row["last_error"] == "RuntimeError"
         assert "secret" not in response.text
+        metrics = (await ops_client.get("/metrics")).text
+        assert sample(metrics, "scoreboard_actor_restarts_total", actor="worker/janitor") == 1
+        assert "secret" not in metrics
 
 
 async def test_unknown_routes_and_methods_are_json_errors(
