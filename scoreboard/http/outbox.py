@@ -102,6 +102,7 @@ class SocketOutbox(Mailbox):
         self._spawn(self._write_backlog)
         if sent:
             self.pending = memoryview(frame.wire)[sent:]
+            metrics.frames.sent += 1  # its rest goes out first, or the connection ends
             return True
         return False
 
