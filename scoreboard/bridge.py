@@ -26,12 +26,14 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import outcome
 import trio
 
+from scoreboard import metrics
 from scoreboard.adapters.interfaces import BackendUnavailable
 
 T = TypeVar("T")
@@ -115,6 +117,7 @@ class Bridge:
             if tasks:
                 tasks[0].cancel()
 
+        started = time.perf_counter()
         self._start_in_asyncio(start)
         try:
             await done.wait()
@@ -123,6 +126,7 @@ class Bridge:
             with trio.CancelScope(shield=True):
                 await done.wait()
             raise
+        metrics.BRIDGE_CALL_LATENCY.observe(time.perf_counter() - started)
         return result[0].unwrap()
 
     def _forget_detached(self, task: asyncio.Future[Any]) -> None:

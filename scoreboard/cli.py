@@ -26,12 +26,24 @@ log = logging.getLogger("scoreboard")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoreboard", description="Real-time leaderboard server")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text, or json: one JSON object a line (default from config: log.format, text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default from config: 8000)")
     serve.add_argument("--role", choices=("all", "api", "worker"), help="which actors to run")
+    serve.add_argument(
+        "--ops-port",
+        type=int,
+        help="port of the operations listener (/healthz, /readyz, /api/v1/supervisor, /metrics) "
+        "on ops.host (default from config: 0, a free port, logged); with --processes N, child i "
+        "listens on this port + i",
+    )
     serve.add_argument(
         "--processes",
         type=int,
@@ -125,13 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str, process_name: str | None = None) -> None:
-    prefix = f"[{process_name}] " if process_name else ""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(
+    level: str, process_name: str | None = None, log_format: str = "text"
+) -> None:
+    from scoreboard.logs import configure
+
+    configure(level, process_name, log_format)
 
 
 def apply_serve_arguments(config: Config, args: argparse.Namespace) -> Config:
@@ -142,6 +153,10 @@ def apply_serve_arguments(config: Config, args: argparse.Namespace) -> Config:
         server["port"] = args.port
     if args.role is not None:
         server["role"] = args.role
+    if args.ops_port is not None:
+        if not 0 <= args.ops_port <= 65535:
+            raise ConfigError("--ops-port must be between 0 and 65535")
+        config = config.replace(ops={"port": args.ops_port})
     if args.processes is not None:
         if args.processes < 1:
             raise ConfigError("--processes must be at least 1")
@@ -360,19 +375,24 @@ async def run_users(config: Config, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, getattr(args, "child_name", None))
+    child_name = getattr(args, "child_name", None)
     if args.command == "loadtest":  # knows only the server's URL, not its configuration
         from scoreboard.loadtest.command import main as loadtest_main
 
+        configure_logging(args.log_level, None, args.log_format or "text")
         return loadtest_main(Options.from_namespace(args))
     try:
         config = load_config()
+        if args.log_format is not None:
+            config = config.replace(log={"format": args.log_format})
         if args.command == "serve":
             config = apply_serve_arguments(config, args)
             _ = config.backend_mode  # a role the backends cannot run fails here, with its reason
     except ConfigError as exc:
+        configure_logging(args.log_level, child_name, args.log_format or "text")
         print(f"scoreboard: configuration error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(args.log_level, child_name, config.log.format)
     if args.command == "serve":
         return run_serve(config, args)
     if args.command == "migrate":

@@ -75,6 +75,29 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OpsConfig:
+    """The operations listener every process serves (`scoreboard/http/ops.py`)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0: a free port the kernel picks (logged at start). With `--processes N`, child i listens
+    # on `port + i` (API children first, then workers).
+    port: int = 0
+    # A bearer token for `/metrics` and `/api/v1/supervisor` (and the exception text in the
+    # latter), or a file holding it; set by the environment, never in a file of the repository.
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+    # Also serve `/metrics` and `/api/v1/supervisor` on the public port (`/healthz` and
+    # `/readyz` always are, for load balancers).
+    expose_on_public_port: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class PublicConfig:
     origin: str = ""
 
@@ -264,6 +287,8 @@ class AnticheatConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     amqp: AmqpConfig = field(default_factory=AmqpConfig)

@@ -10,8 +10,10 @@ and clearly when the port is taken, and keeps the port while a child restarts.
 A child is `scoreboard serve --processes 1` linked to its parent by a socket pair. It writes
 `ready <url>` on it once its own supervisor has started every actor; when the parent is gone
 (exited, or killed with SIGKILL) the child reads end-of-file and drains as on SIGTERM, so no
-child outlives its parent. Children ignore SIGINT: Ctrl-C in a terminal reaches the whole process
-group, and the parent stops them itself, in the same way as on SIGTERM.
+child outlives its parent. Each child serves its own operations listener (`/metrics`, …) on
+`ops.port` + its index, so that each is scraped alone (0: a free port each, which it logs); the
+parent runs no actors and serves none. Children ignore SIGINT: Ctrl-C in a terminal reaches the
+whole process group, and the parent stops them itself, in the same way as on SIGTERM.
 
 The parent is the children's supervisor, with the in-process supervisor's rules: a child that
 dies is restarted after an exponentially growing delay with jitter (starting over once it has
@@ -24,6 +26,7 @@ SIGKILL to any still running, and exits 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -62,6 +65,8 @@ class Child:
 
     name: str
     role: Role
+    # Its place among the children: its operations listener is on `ops.port` + index.
+    index: int = 0
 
 
 def plan_children(config: Config) -> tuple[list[Child], str | None]:
@@ -87,7 +92,13 @@ def plan_children(config: Config) -> tuple[list[Child], str | None]:
         workers = [Child(f"worker-{i}", "worker") for i in range(count)]
     else:
         workers = []
-    return apis + workers, None
+    return [dataclasses.replace(c, index=i) for i, c in enumerate(apis + workers)], None
+
+
+def ops_port(config: Config, index: int) -> int:
+    """The operations port of the `index`-th child: `ops.port` + index, so that each child is
+    scraped on its own (0: each picks a free one, which it logs)."""
+    return config.ops.port + index if config.ops.port else 0
 
 
 def child_command(
@@ -101,6 +112,8 @@ def child_command(
         "scoreboard",
         "--log-level",
         log_level,
+        "--log-format",
+        config.log.format,
         "serve",
         "--host",
         config.server.host,
@@ -110,6 +123,8 @@ def child_command(
         child.role,
         "--processes",
         "1",
+        "--ops-port",
+        str(ops_port(config, child.index)),
         "--child-name",
         child.name,
         "--parent-fd",

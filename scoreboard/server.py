@@ -19,6 +19,7 @@ server's URL) the supervisor keeps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors import (
     consumer,
     events,
@@ -51,12 +53,12 @@ from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
 from scoreboard.http.app import create_asgi_app
 from scoreboard.http.connections import ConnectionCounts
-from scoreboard.http.listener import ListeningSocket, serve_http
+from scoreboard.http.listener import ListeningSocket, serve_http, socket_url
+from scoreboard.http.ops import Observed, bind_ops_socket, serve_ops
 from scoreboard.http.services import Services
 from scoreboard.processes import ParentLink
 from scoreboard.supervisor import (
     ChildSpec,
-    Supervision,
     Supervisor,
     SupervisorGaveUp,
     actor_spec,
@@ -73,6 +75,8 @@ class ServerHandle:
     """What a running server tells its starter (the CLI, or a test on port 0)."""
 
     url: str | None
+    ops_url: str | None
+    """The operations listener (`/healthz`, `/readyz`, `/api/v1/supervisor`, `/metrics`)."""
     supervisor: Supervisor
     services: Services | None
     request_shutdown: Callable[[], None]
@@ -129,12 +133,15 @@ async def api_supervisor(
     catalogue: Catalogue,
     *,
     listening: ListeningSocket,
-    supervision: Supervision,
+    observed: Observed,
+    connections: ConnectionCounts,
+    broadcast: BroadcastStats,
 ) -> tuple[Supervisor, Services]:
     """The API role and what its handlers depend on: the hub, the HTTP server on `listening`
     (its started value is its URL), then the publisher, the events subscription and the
-    revocations poll. `supervision` is the tree the operations endpoints report on. The
-    deny-list is loaded here, before anything verifies a token."""
+    revocations poll. `observed` is what the operations endpoints report on; `connections` and
+    `broadcast` count what the listener and the hub do. The deny-list is loaded here, before
+    anything verifies a token."""
     hub_handle, hub_inbox = hub.open_inbox()
     publisher_handle, publisher_inbox = publisher.open_inbox()
     keyring = await load_or_create_keyring(
@@ -155,13 +162,10 @@ async def api_supervisor(
         hub=hub_handle,
         publisher=publisher_handle,
         deny_list=deny_list,
-        supervision=supervision,
+        observed=observed,
         public_origin=config.public_origin if config.public.origin else listening.url,
-        connections=ConnectionCounts(
-            max_per_user=config.websocket.max_connections_per_user,
-            max_per_address=config.websocket.max_connections_per_ip,
-        ),
-        broadcast=BroadcastStats(),
+        connections=connections,
+        broadcast=broadcast,
     )
     supervisor = Supervisor(
         [
@@ -238,6 +242,34 @@ async def run_server(
             log.info("encrypted the signing keys %s at rest", ", ".join(sealed))
         await backends.broker.declare_topology()
         root = Supervisor([], strategy="one_for_one", name="root")
+        serves_api = role in ("all", "api")
+        connections = ConnectionCounts(
+            max_per_user=config.websocket.max_connections_per_user,
+            max_per_address=config.websocket.max_connections_per_ip,
+        )
+        broadcast = BroadcastStats()
+        observed = Observed.build(
+            config,
+            root,
+            store=backends.store,
+            board=backends.board,
+            broker=backends.broker,
+            server_collector=metrics.ServerCollector(
+                root.statistics,
+                connections=connections if serves_api else None,
+                broadcast=broadcast if serves_api else None,
+                broker=getattr(backends.broker, "statistics", None),
+            ),
+        )
+        ops_url = None
+        if config.ops.enabled:
+            # Bound here, so that a port in use fails the start rather than a restart loop.
+            ops_socket = owned.enter_context(bind_ops_socket(config))
+            ops_url = socket_url(ops_socket)
+            root.add_child(
+                ChildSpec(id="ops", start=functools.partial(serve_ops, observed, ops_socket))
+            )
+            log.info("operations endpoints on %s", ops_url)
         services: Services | None = None
         if role in ("all", "worker"):
             worker = worker_supervisor(
@@ -248,13 +280,15 @@ async def run_server(
                 broker=backends.broker,
             )
             root.add_child(ChildSpec(id="worker", start=worker.run))
-        if role in ("all", "api"):
+        if serves_api:
             api, services = await api_supervisor(
                 config,
                 backends,
                 catalogue,
                 listening=owned.enter_context(ListeningSocket(config.server)),
-                supervision=root,
+                observed=observed,
+                connections=connections,
+                broadcast=broadcast,
             )
             root.add_child(ChildSpec(id="api", start=api.run))
         async with trio.open_nursery() as nursery:
@@ -262,6 +296,7 @@ async def run_server(
             task_status.started(
                 ServerHandle(
                     url=root.started_value("api/http") if services is not None else None,
+                    ops_url=ops_url,
                     supervisor=root,
                     services=services,
                     request_shutdown=nursery.cancel_scope.cancel,

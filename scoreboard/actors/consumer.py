@@ -19,6 +19,7 @@ import math
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.actors.router import RouterHandle, route
 from scoreboard.adapters.interfaces import Broker, Delivery, PublishFailed
@@ -49,6 +50,8 @@ async def run(
             nursery.start_soon(_consume, broker, deliveries_in, prefetch)
             task_status.started()
             async for delivery in deliveries_out:
+                if delivery.redelivered:
+                    metrics.DELIVERIES_REDELIVERED.inc()
                 try:
                     envelope = ActionEnvelope.decode(delivery.body)
                 except MalformedMessage as exc:

@@ -30,7 +30,7 @@ from typing import assert_never
 
 import trio
 
-from scoreboard import clock
+from scoreboard import clock, metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.frames import (
     Frame,
@@ -153,6 +153,11 @@ class BroadcastStats:
     interval_s: float = 0.0
 
 
+def _about(action_id: uuid.UUID) -> dict[str, str]:
+    """The log record's action id (`scoreboard/logs.py`)."""
+    return {"action_id": str(action_id)}
+
+
 class _Hub:
     def __init__(
         self, tick_s: float, latest: LeaderboardChanged | None, stats: BroadcastStats
@@ -191,6 +196,10 @@ class _Hub:
             for _user_id, mailbox in self.connections.values():
                 mailbox.offer_snapshot(frame)
         fanout_s = time.perf_counter() - began
+        if self.latest is not None:
+            metrics.BROADCAST_LATENCY.observe(
+                max(0.0, time.time() - self.latest.updated_at_ms / 1000)
+            )
         interval_s = max(self.tick_s, fanout_s / MAX_BROADCAST_SHARE)
         self.next_broadcast_at = trio.current_time() + interval_s
         self.stats.broadcasts += 1
@@ -228,6 +237,7 @@ class _Hub:
                 if msg.user_id in self.by_user:
                     self.offer_personal(msg.user_id, outgoing(score_update_frame(msg)))
             case ActionFinished():
+                log.debug("action %s %s", msg.action_id, msg.status, extra=_about(msg.action_id))
                 self.remember(msg)
                 for reply in self.waiters.pop(msg.action_id, ()):
                     inboxes.reply(reply, msg)

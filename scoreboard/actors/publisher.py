@@ -34,6 +34,7 @@ import logging
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.messages import Publish, PublisherMsg
 from scoreboard.adapters.interfaces import (
@@ -119,6 +120,7 @@ async def _publish(broker: Broker, config: Config, batch: list[Publish]) -> list
     ]
     with trio.move_on_after(timeout_s):
         try:
+            metrics.BATCH_SIZE.labels("publisher").observe(len(batch))
             failures = await broker.publish_actions([request.envelope for request in batch])
         except Exception as exc:
             failures = [exc for _ in batch]

@@ -16,6 +16,7 @@ the user's history from the store.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -30,6 +31,8 @@ from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope
 from scoreboard.supervisor import DynamicSupervisor, actor_spec
+
+log = logging.getLogger(__name__)
 
 INBOX_SIZE = 1024  # more than the consumer's whole burst (`amqp.prefetch`, 256): it never waits
 IDLE_REAP_S = 60.0
@@ -118,6 +121,12 @@ async def run(
                         if actor is None:
                             actor = actors[envelope.user_id] = start_actor(envelope.user_id)
                         actor.last_routed_at = trio.current_time()
+                        log.debug(
+                            "routing action %s to user %d's actor",
+                            envelope.action_id,
+                            envelope.user_id,
+                            extra={"action_id": str(envelope.action_id)},
+                        )
                         await actor.inbox.send(msg)
                     case _:
                         assert_never(msg)

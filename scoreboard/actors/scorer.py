@@ -33,6 +33,7 @@ from typing import assert_never
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.keeper import KeeperHandle, update_board
 from scoreboard.actors.messages import Barrier, Score, ScorerMsg, Unjudged
@@ -107,6 +108,7 @@ async def run(
                 batch = await inboxes.receive_batch(inbox, config.scorer.max_batch)
             except trio.EndOfChannel:
                 return
+            metrics.BATCH_SIZE.labels("scorer").observe(len(batch))
             scores, unjudged, barriers = _sorted_out(batch)
             outcome = _Outcome()
             if scores:
@@ -170,6 +172,7 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
         for score in scores:
             user_id = score.decision.envelope.user_id
             if user_id in exc.user_ids:
+                metrics.ACTIONS_FAILED.labels(score.decision.envelope.action_type).inc()
                 outcome.dead.append((score.delivery, f"unknown user {user_id}"))
             else:
                 known.append(score)
@@ -198,6 +201,16 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
             store, config, refused.decision.envelope, refused.delivery, reason, outcome
         )
         return
+    metrics.observe_commit([score.decision for score in scores], results)
+    if log.isEnabledFor(logging.DEBUG):
+        for result in results:
+            log.debug(
+                "committed action %s: %s%s",
+                result.action_id,
+                result.status,
+                " (already committed)" if result.duplicate else "",
+                extra={"action_id": str(result.action_id)},
+            )
     outcome.results.extend(results)
     outcome.ack.extend(score.delivery for score in scores)
 
@@ -213,6 +226,7 @@ async def _give_up_on(
     """One action that cannot be taken now: try it again later (republished, attempts + 1), or,
     on its last attempt, record it failed and dead-letter it."""
     if envelope.attempts + 1 < config.amqp.max_attempts:
+        metrics.ACTIONS_RETRIED.inc()
         outcome.retry.append((delivery, envelope))
         return
     await _record_failed(store, envelope, delivery, reason, outcome)
@@ -234,4 +248,5 @@ async def _record_failed(
         raise
     except Exception:
         log.exception("scorer: could not record action %s as failed", envelope.action_id)
+    metrics.ACTIONS_FAILED.labels(envelope.action_type).inc()
     outcome.dead.append((delivery, reason))

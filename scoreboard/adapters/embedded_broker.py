@@ -208,6 +208,10 @@ class EmbeddedBroker(Broker):
 
     # The failed queue
 
+    async def queue_depths(self) -> dict[str, int]:
+        """The outbox's rows not yet handed out, and the dead letters."""
+        return await self._db.read(_queue_depths)
+
     async def list_failed(self, limit: int) -> list[tuple[bytes, str]]:
         """Up to `limit` dead letters, oldest first, with their reasons."""
         return await self._db.read(functools.partial(_list_failed, limit))
@@ -305,6 +309,12 @@ def _settle(
     connection.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in retried])
     for seq, reason in dead_letters:
         _dead_letter(seq, reason, connection)
+
+
+def _queue_depths(connection: sqlite3.Connection) -> dict[str, int]:
+    (actions,) = connection.execute("SELECT count(*) FROM outbox").fetchone()
+    (failed,) = connection.execute("SELECT count(*) FROM failed_actions").fetchone()
+    return {"actions": actions, "failed": failed}
 
 
 def _list_failed(limit: int, connection: sqlite3.Connection) -> list[tuple[bytes, str]]:

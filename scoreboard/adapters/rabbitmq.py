@@ -511,6 +511,25 @@ class RabbitBroker:
 
     # The failed queue
 
+    async def queue_depths(self) -> dict[str, int]:
+        """The queues' ready messages (unacknowledged deliveries not included), declared
+        passively: a missing queue raises rather than being created."""
+        return await self._run(self._queue_depths)
+
+    async def _queue_depths(self) -> dict[str, int]:
+        channel = await self._plain_channel()
+        try:
+            depths = {}
+            for name, queue in (
+                ("actions", self._config.queue),
+                ("failed", self._config.failed_queue),
+            ):
+                declared = await channel.declare_queue(queue, passive=True)
+                depths[name] = declared.declaration_result.message_count or 0
+            return depths
+        finally:
+            await channel.close()
+
     async def list_failed(self, limit: int) -> list[tuple[bytes, str]]:
         """Up to `limit` dead letters, oldest first, with their reasons. They are got without
         an ack and returned by closing the channel, which puts them back in their places."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 from werkzeug.datastructures import Headers
 
+from scoreboard import logs, metrics
 from scoreboard.actors import hub
 from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.adapters.interfaces import BackendUnavailable
@@ -192,10 +194,16 @@ async def perform() -> Response:
 
 async def perform_action(svc: Services, request: PerformRequest) -> Answer:
     """`POST /api/v1/actions/perform` (contract §2), refusals included."""
-    try:
-        return await _perform(svc, request)
-    except RequestRejected as rejection:
-        return Answer.refusal(rejection)
+    started = time.perf_counter()
+    with logs.action_scope():
+        try:
+            answer = await _perform(svc, request)
+        except RequestRejected as rejection:
+            metrics.ACTIONS_REFUSED.labels(rejection.error).inc()
+            return Answer.refusal(rejection)
+    if answer.status == 202:  # accepted and queued; a waited-for outcome counts its wait too
+        metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+    return answer
 
 
 async def _perform(svc: Services, request: PerformRequest) -> Answer:
@@ -207,6 +215,7 @@ async def _perform(svc: Services, request: PerformRequest) -> Answer:
     wait_s = prefer_wait_s(headers.get("Prefer"))
     ip = client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies)
     action_id = uuid.uuid4()
+    logs.current_action_id.set(str(action_id))
     async with contextlib.AsyncExitStack() as waiting:
         # Waiting from before the action is queued: its outcome cannot slip past.
         awaited = (

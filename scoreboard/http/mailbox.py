@@ -14,6 +14,7 @@ from collections import deque
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors.frames import Frame
 
 PERSONAL_FRAMES_LIMIT = 64  # a few own frames a second; 64 unread means the client stopped reading
@@ -47,6 +48,8 @@ class Mailbox:
         """Replace the unsent snapshot, if any, with this one."""
         if self.closed:
             return
+        if self._snapshot is not None:
+            metrics.frames.superseded += 1
         self._snapshot = frame
         self._wake()
 

@@ -19,7 +19,7 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
-from scoreboard import clock
+from scoreboard import clock, metrics
 from scoreboard.adapters.interfaces import BackendUnavailable, FailureDelay
 from scoreboard.auth.clients import CLIENT_ID_PATTERN, DEFAULT_SCOPES, SCOPES, secret_matches
 from scoreboard.auth.login_form import AUTHORIZE_PARAMETERS, form_token, form_token_valid
@@ -271,6 +271,7 @@ async def authorize_login() -> Response:
             {"Retry-After": "1"},
         )
     if wait_s:
+        metrics.RATE_LIMITED.labels("sign_in").inc()
         return _login_page(
             svc,
             params,
@@ -324,6 +325,7 @@ async def _token_endpoint_params(svc: Services) -> MultiDict[str, str]:
             503, "temporarily_unavailable", "try again", {"Retry-After": "1"}
         ) from None
     if wait_s:
+        metrics.RATE_LIMITED.labels("token_requests").inc()
         raise OAuthRejected(
             429,
             "rate_limit_exceeded",

@@ -556,7 +556,9 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
         },
         "/api/v1/supervisor": {
             "get": _operation(
-                "Each supervised actor: state, restarts, last error, inbox depth",
+                "Each supervised actor: state, restarts, last error (its type alone without the "
+                "ops token), inbox depth. Served on the operations listener; here only with "
+                "ops.expose_on_public_port (else 404), then with the ops token if one is set",
                 {
                     "200": _json(
                         {
@@ -567,17 +569,20 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
                         "the actors",
                     )
                 },
+                errors=(401, 404),
             )
         },
         "/metrics": {
             "get": _operation(
-                "Prometheus text format",
+                "Prometheus text format. Served on the operations listener; here only with "
+                "ops.expose_on_public_port (else 404), then with the ops token if one is set",
                 {
                     "200": {
                         "description": "the metrics",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     }
                 },
+                errors=(401, 404),
             )
         },
         "/openapi.json": {

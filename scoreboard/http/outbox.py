@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors.frames import Frame
 from scoreboard.http.connections import ConnectionCounts
 from scoreboard.http.mailbox import Mailbox
@@ -95,11 +96,13 @@ class SocketOutbox(Mailbox):
             Mailbox.close(self, GONE)
             return True
         if sent == len(frame.wire):
+            metrics.frames.sent += 1
             return True
         self.backlogged = True
         self._spawn(self._write_backlog)
         if sent:
             self.pending = memoryview(frame.wire)[sent:]
+            metrics.frames.sent += 1  # its rest goes out first, or the connection ends
             return True
         return False
 
@@ -114,6 +117,7 @@ class SocketOutbox(Mailbox):
                 for frame in frames:
                     self.pending = memoryview(frame.wire)
                     await self.flush(self._send_timeout_s)
+                    metrics.frames.sent += 1
         finally:
             self._counts.backlog_ended()
         self.backlogged = False

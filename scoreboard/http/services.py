@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 from quart import current_app
@@ -17,13 +18,15 @@ from scoreboard.auth.token_cache import VerifiedTokens
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.http.connections import ConnectionCounts
-from scoreboard.supervisor import Supervision
+
+if TYPE_CHECKING:
+    from scoreboard.http.ops import Observed
 
 
 @dataclass(frozen=True)
 class Services:
     """The API's dependencies: the backends, the actors it calls (the hub and the publisher,
-    through their client functions), the supervision tree it reports on, and the objects that
+    through their client functions), what the operations endpoints report on, and the objects that
     own the process's shared state (the deny-list, the connection counts, the hub's figures)."""
 
     config: Config
@@ -38,7 +41,8 @@ class Services:
     hub: HubHandle
     publisher: PublisherHandle
     deny_list: DenyList
-    supervision: Supervision
+    observed: Observed
+    """What the operations endpoints report on (the supervision tree, the metrics)."""
     public_origin: str
     """The origin the page, the OAuth redirect URI and the WebSocket allow-list use: configured
     (`public.origin`), else the URL the listening socket was bound to."""

@@ -21,6 +21,7 @@ never answers with an action id that does not exist.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -30,6 +31,7 @@ from typing import Any
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors import publisher
 from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
@@ -46,6 +48,8 @@ from scoreboard.catalogue import InvalidActionData
 from scoreboard.http.errors import RequestRejected, invalid_request, rate_limited, unavailable
 from scoreboard.http.services import Services
 from scoreboard.model import ActionEnvelope
+
+log = logging.getLogger(__name__)
 
 NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")  # whole string: fullmatch (`$` admits "\n")
 ACTION_FIELDS = frozenset({"action_type", "action_data", "nonce"})
@@ -142,6 +146,7 @@ async def submit_action(
         case Replayed(first_action_id, first_status_code):
             return Submitted(first_action_id, payload.nonce, replayed_status_code=first_status_code)
         case Limited(retry_after_s):
+            metrics.RATE_LIMITED.labels("actions").inc()
             raise rate_limited(retry_after_s)
         case Accepted():
             pass
@@ -158,6 +163,8 @@ async def submit_action(
     except _OutcomeUnknown:
         await _mark_outcome_unknown(services, claims, payload, action_id)
         raise _outcome_unknown() from None
+    metrics.ACTIONS_ACCEPTED.labels(payload.action_type).inc()
+    log.debug("accepted action %s (%s) of user %d", action_id, payload.action_type, claims.user_id)
     return Submitted(action_id, payload.nonce)
 
 

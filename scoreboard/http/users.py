@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify, request
 
+from scoreboard import metrics
 from scoreboard.adapters.interfaces import BackendUnavailable, EmailTaken, UsernameTaken
 from scoreboard.auth.passwords import HashingBusy
 from scoreboard.auth.users import RegistrationError, create_account, validate_registration
@@ -53,6 +54,7 @@ async def register() -> Response:
             ],
         )
         if wait_s:
+            metrics.RATE_LIMITED.labels("registrations").inc()
             raise RequestRejected(
                 429,
                 "rate_limit_exceeded",

@@ -36,7 +36,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import ParseFailed
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from scoreboard import clock
+from scoreboard import clock, logs, metrics
 from scoreboard.actors import hub
 from scoreboard.actors.frames import Frame, encode_frame, outgoing, rfc3339_ms
 from scoreboard.actors.hub import TOKEN_REVOKED
@@ -153,6 +153,7 @@ async def serve(
     try:
         counted = svc.connections.hold_address(address_key(ip))
     except TooManyConnections:
+        metrics.RATE_LIMITED.labels("websocket_connections_per_ip").inc()
         await refuse(sock, 429, "Too Many Requests", "too many connections from this address")
         return
     with counted:
@@ -522,20 +523,23 @@ class Connection:
     async def perform(self, message: dict[str, Any]) -> None:
         assert self.claims is not None
         nonce = message.get("nonce") if isinstance(message.get("nonce"), str) else None
+        action_id = uuid.uuid4()
         try:
             if "write" not in self.claims.scope:
                 raise RequestRejected(403, "insufficient_scope", "this needs the 'write' scope")
             payload = parse_payload(self.svc, message, allowed_extra=frozenset({"type"}))
-            submitted = await submit_action(
-                self.svc,
-                self.claims,
-                payload,
-                action_id=uuid.uuid4(),
-                ip=self.ip,
-                user_agent=self.user_agent,
-                headers=self.audited,
-            )
+            with logs.action_context(action_id):
+                submitted = await submit_action(
+                    self.svc,
+                    self.claims,
+                    payload,
+                    action_id=action_id,
+                    ip=self.ip,
+                    user_agent=self.user_agent,
+                    headers=self.audited,
+                )
         except RequestRejected as exc:
+            metrics.ACTIONS_REFUSED.labels(exc.error).inc()
             self.personal({"type": "action_result", "data": rejected_before_queueing(exc, nonce)})
             return
         data: dict[str, Any] = {

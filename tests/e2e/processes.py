@@ -4,17 +4,21 @@ ones, or an embedded data directory of its own)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 import trio
 
 from scoreboard.config import Config
+
+OPS_LISTENER = re.compile(r"operations endpoints on (http://[0-9.]+:[0-9]+)")
 
 
 def free_port() -> int:
@@ -67,6 +71,8 @@ class ServerProcess:
         limits_enabled: bool = False,
         port: int | None = None,
         processes: int = 1,
+        arguments: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
     ):
         self.port = port or free_port()
         self.role = role
@@ -76,12 +82,15 @@ class ServerProcess:
         self._env = server_environment(
             config, port=self.port, role=role, limits_enabled=limits_enabled, processes=processes
         )
+        self._env.update(environment or {})
+        # Arguments before `serve` (`--log-format json`, `--log-level DEBUG`).
+        self._arguments = list(arguments)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "scoreboard", "serve"],
+                [sys.executable, "-m", "scoreboard", *self._arguments, "serve"],
                 env=self._env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -94,6 +103,10 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def ops_urls(self) -> list[str]:
+        """The operations listeners the process (or its children) logged, in order."""
+        return OPS_LISTENER.findall(self.log())
 
     async def wait_ready(self, timeout_s: float = 30) -> None:
         """Until the process logs that it is ready (and, with HTTP, /readyz answers 200)."""

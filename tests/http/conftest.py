@@ -49,6 +49,14 @@ async def client(server: ServerHandle) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.fixture
+async def ops_client(server: ServerHandle) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the server's operations listener."""
+    assert server.ops_url is not None
+    async with httpx.AsyncClient(base_url=server.ops_url, timeout=30) as http:
+        yield http
+
+
 def issue_token(
     server: ServerHandle, user_id: int, scope: str = "read write", ttl_s: int | None = None
 ) -> str:

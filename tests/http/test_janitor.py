@@ -57,7 +57,9 @@ async def test_expired_oauth_rows_are_deleted_by_the_running_server(
         while any([await grant_exists(grant_id) for grant_id in grants]):
             await trio.sleep(0.2)
     assert await store.add_refresh_token(live.grant_id, uuid.uuid4().hex, now_ms, now_ms + 60_000)
-    response = await client.get("/api/v1/supervisor")
+    assert server.ops_url is not None
+    async with httpx.AsyncClient(base_url=server.ops_url) as ops:
+        response = await ops.get("/api/v1/supervisor")
     janitor = next(actor for actor in response.json()["actors"] if "janitor" in actor["id"])
     assert janitor["state"] == "running", janitor
     assert janitor["restarts"] == 0, janitor

@@ -26,6 +26,7 @@ from trio_websocket import (
 from scoreboard.config import Config
 from scoreboard.server import ServerHandle
 from tests.http.conftest import Player, action, issue_token, new_player
+from tests.prometheus import sample, total
 
 Frame = dict[str, Any]
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
@@ -499,11 +500,21 @@ class TestConnectionsPerIp:
         self, server: ServerHandle, client: httpx.AsyncClient
     ) -> None:
         player = await new_player(client, server)
-        async with connect(server) as first:
-            await authenticate(first, player)
-            with pytest.raises(ConnectionRejected) as rejected:
-                async with connect(server):
-                    pytest.fail("a second connection from the address was accepted")
-            assert rejected.value.status_code == 429
-            metrics = (await client.get("/metrics")).text.splitlines()
-            assert "scoreboard_websocket_connections 1" in metrics
+        assert server.ops_url is not None
+        async with httpx.AsyncClient(base_url=server.ops_url) as ops:
+            before = (await ops.get("/metrics")).text
+            async with connect(server) as first:
+                await authenticate(first, player)
+                with pytest.raises(ConnectionRejected) as rejected:
+                    async with connect(server):
+                        pytest.fail("a second connection from the address was accepted")
+                assert rejected.value.status_code == 429
+                metrics = (await ops.get("/metrics")).text
+        assert sample(metrics, "scoreboard_websocket_connections") == 1
+        limit = {"limit": "websocket_connections_per_ip"}
+        assert total(metrics, "scoreboard_rate_limited_total", **limit) == 1 + total(
+            before, "scoreboard_rate_limited_total", **limit
+        )
+        # auth_ok and the first leaderboard, at least, went out.
+        frames_sent = "scoreboard_websocket_frames_sent_total"
+        assert total(metrics, frames_sent) >= total(before, frames_sent) + 2
