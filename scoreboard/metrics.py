@@ -13,7 +13,6 @@ bookkeeping at thousands of sockets.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from scoreboard import clock
 
 if TYPE_CHECKING:
     from scoreboard.model import CommitResult, Decision
@@ -129,7 +130,7 @@ def observe_commit(decisions: Sequence[Decision], results: Sequence[CommitResult
     """Count a committed batch: each new result by type and status, and how long after its
     acceptance it was committed."""
     types = {decision.envelope.action_id: decision.envelope for decision in decisions}
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = clock.now_ms()
     for result in results:
         envelope = types.get(result.action_id)
         if result.duplicate or envelope is None:

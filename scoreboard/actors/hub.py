@@ -198,7 +198,7 @@ class _Hub:
         fanout_s = time.perf_counter() - began
         if self.latest is not None:
             metrics.BROADCAST_LATENCY.observe(
-                max(0.0, time.time() - self.latest.updated_at_ms / 1000)
+                max(0.0, clock.now_s() - self.latest.updated_at_ms / 1000)
             )
         interval_s = max(self.tick_s, fanout_s / MAX_BROADCAST_SHARE)
         self.next_broadcast_at = trio.current_time() + interval_s
