@@ -524,6 +524,26 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
                 errors=(403, 503),
             )
         },
+        "/api/v1/admin/me": {
+            "get": _operation(
+                "Who the admin is (scope admin, on an account marked admin)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "user_id": {"type": "integer"},
+                                "scope": {"type": "array", "items": {"type": "string"}},
+                            },
+                            "required": ["user_id", "scope"],
+                        },
+                        "the admin's id and scopes",
+                    )
+                },
+                secured=True,
+                errors=(403, 503),
+            )
+        },
         "/api/v1/ws": {
             "get": _operation(
                 "The live feed: a WebSocket (see the README); a plain request is refused",
