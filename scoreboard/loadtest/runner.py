@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -62,16 +62,38 @@ class ActionType:
     name: str
     points: int
     fields: dict[str, str]
+    # The catalogue's rules (`GET /api/v1/actions/types`): what makes an action count once, and
+    # the bounds of integer fields.
+    unique: tuple[str, ...] = ()
+    minimums: dict[str, int] = field(default_factory=dict)
 
-    def data(self, serial: int) -> dict[str, Any]:
+    @classmethod
+    def from_catalogue(cls, entry: dict[str, Any]) -> ActionType:
+        rules = entry.get("rules") or {}
+        return cls(
+            entry["action_type"],
+            int(entry["points"]),
+            dict(entry.get("fields", {})),
+            tuple(rules.get("unique", ())),
+            {name: int(bounds["min"]) for name, bounds in rules.get("ranges", {}).items()},
+        )
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether a player may perform it many times a run: not once per UTC day."""
+        return "utc_day" not in self.unique
+
+    def data(self, unique_value: str) -> dict[str, Any]:
+        """Action data that passes the type's rules; `unique_value` differs for every action of
+        every run, so that no action repeats another one's unique fields."""
         values: dict[str, Any] = {}
         for name, kind in self.fields.items():
             if kind == "integer":
-                values[name] = 1
+                values[name] = max(1, self.minimums.get(name, 1))
             elif kind == "unix_seconds":
                 values[name] = int(time.time())
             else:
-                values[name] = f"lt-{serial}"
+                values[name] = unique_value
         return values
 
 
@@ -229,12 +251,14 @@ class LoadTest:
                 "SCOREBOARD_LIMITS_ENABLED=false on the server."
             )
         catalogue = [
-            ActionType(t["action_type"], int(t["points"]), dict(t.get("fields", {})))
-            for t in types.json()["action_types"]
-            if int(t["points"]) > 0
+            kind
+            for kind in map(ActionType.from_catalogue, types.json()["action_types"])
+            if kind.points > 0 and kind.repeatable
         ]
         if not catalogue:
-            raise RunRefused("the action catalogue has no action type worth points")
+            raise RunRefused(
+                "the action catalogue has no action type worth points that a player may repeat"
+            )
         self.leader_type = max(catalogue, key=lambda t: t.points)
         self.player_type = min(catalogue, key=lambda t: t.points)
 
@@ -439,7 +463,7 @@ class LoadTest:
             nonce=f"lt{self.run_id}{serial:010d}",
             action_type=kind.name,
             points=kind.points,
-            body={"action_type": kind.name, "action_data": kind.data(serial)},
+            body={"action_type": kind.name, "action_data": kind.data(f"lt{self.run_id}-{serial}")},
             transport=transport,
             leader=leader,
             measured=measured,

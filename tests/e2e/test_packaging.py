@@ -150,7 +150,7 @@ async def test_an_operator_config_directory_overrides_the_packaged_defaults(
     types = await serve_until_ready(installed, cwd, env)
     assert types.json()["action_types"] == [
         {"action_type": "solve_puzzle", "points": 7, "cooldown_s": 1,
-         "fields": {"puzzle_id": "string"}}
+         "fields": {"puzzle_id": "string"}, "rules": {}}
     ]  # fmt: skip
     assert (cwd / "state").is_dir()
     assert not (cwd / "var").exists()
