@@ -23,13 +23,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
 import trio
 
+from scoreboard import clock, metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.messages import FlagsMsg, Observe
 from scoreboard.actors.retry import call_with_retries
@@ -76,6 +76,7 @@ def observe(flags: FlagsHandle, stats: FlagStats, actions: Sequence[DecidedActio
         flags.send_nowait(Observe(tuple(actions)))
     except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
         stats.dropped += len(actions)
+        metrics.FLAGS_DROPPED.inc(len(actions))
         now = trio.current_time()
         if now - stats._last_drop_log >= DROP_LOG_EVERY_S:
             stats._last_drop_log = now
@@ -87,7 +88,7 @@ def observe(flags: FlagsHandle, stats: FlagStats, actions: Sequence[DecidedActio
 
 
 def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return clock.now_ms()
 
 
 async def run(
@@ -122,9 +123,12 @@ async def run(
                     for action in actions:
                         raised += detector.observe(action)
                     stats.observed += len(actions)
+                    metrics.FLAGS_OBSERVED.inc(len(actions))
                     if raised:
                         await _store_flags(store, raised)
                         stats.raised += len(raised)
+                        for flag in raised:
+                            metrics.FLAGS_RAISED.labels(flag.kind).inc()
                 case _:
                     assert_never(msg)
 

@@ -113,7 +113,7 @@ class MemoryBoard(Board):
             entry = self._entries.pop(user_id, None)
             if entry is not None:
                 del self._order[bisect.bisect_left(self._order, _sort_key(entry))]
-                self._updated_at_ms = _wall_ms()
+                self._updated_at_ms = clock.now_ms()
         return True
 
     async def rebuild(self, entries: Sequence[BoardEntry]) -> None:

@@ -966,7 +966,7 @@ def _set_suspended(
         return None
     if bool(row["suspended"]) == suspended:
         return row["id"], False
-    now = now_ms()
+    now = clock.now_ms()
     connection.execute(
         "UPDATE users SET suspended_at_ms = ?, updated_at_ms = ? WHERE id = ?",
         (now if suspended else None, now, row["id"]),
@@ -1067,7 +1067,7 @@ def _clear_flag(flag_id: int, cleared_by: str, connection: sqlite3.Connection) -
     connection.execute(
         "UPDATE behaviour_flags SET cleared_at_ms = ?, cleared_by = ?"
         " WHERE id = ? AND cleared_at_ms IS NULL",
-        (now_ms(), cleared_by, flag_id),
+        (clock.now_ms(), cleared_by, flag_id),
     )
     row = connection.execute(
         f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags WHERE id = ?", (flag_id,)

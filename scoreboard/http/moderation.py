@@ -16,12 +16,12 @@ over 4 KiB 413.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from quart import Blueprint, Response, jsonify, request
 
+from scoreboard import clock
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.anticheat.records import FLAG_KINDS, FlagQuery
 from scoreboard.http.admin import ADMIN_PREFIX, require_admin
@@ -82,7 +82,7 @@ async def list_flags() -> Response:
     since_ms: int | None = None
     if (since := args.get("since")) is not None:
         try:
-            since_ms = parse_since(since, time.time_ns() // 1_000_000)
+            since_ms = parse_since(since, clock.now_ms())
         except InvalidSince as exc:
             raise invalid_request(f"since: {exc}") from None
     limit = _positive_int("limit", args.get("limit"), MAX_LIMIT) or DEFAULT_LIMIT

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from prometheus_client import REGISTRY
 
 from scoreboard.anticheat.records import Flag, SharedAddressEvidence
 from scoreboard.config import Config
@@ -39,6 +40,11 @@ def app_config(config: Config) -> Config:
             "growth_refresh_s": 0.001,
         },
     )
+
+
+def sample(name: str, **labels: str) -> float:
+    """A counter of this process's metrics registry (0 before its first increment)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def admin_headers(client: httpx.AsyncClient, server: ServerHandle) -> dict[str, str]:
@@ -97,6 +103,8 @@ async def test_a_scripted_cheater_is_flagged_with_evidence_and_people_are_not(
     client: httpx.AsyncClient, server: ServerHandle
 ) -> None:
     admin = await admin_headers(client, server)
+    dropped_before = sample("scoreboard_flags_dropped_total")
+    bursts_before = sample("scoreboard_flags_raised_total", kind="burst")
     people = [await new_player(client, server) for _ in range(NORMAL_PLAYERS)]
     async with trio.open_nursery() as nursery:
         for seed, person in enumerate(people):
@@ -143,6 +151,9 @@ async def test_a_scripted_cheater_is_flagged_with_evidence_and_people_are_not(
     assert len(shared) == 1
     assert shared[0]["user_id"] is None
     assert shared[0]["evidence"]["distinct_users"] >= 8
+
+    assert sample("scoreboard_flags_dropped_total") == dropped_before
+    assert sample("scoreboard_flags_raised_total", kind="burst") > bursts_before
 
     # Flags never change a score: the cheater's actions all count.
     with trio.fail_after(20):
@@ -268,6 +279,10 @@ async def test_a_suspended_user_is_refused_and_off_the_board_until_unsuspended(
     with trio.fail_after(20):
         while player.user_id in await board_ids(client):
             await trio.sleep(0.1)
+    # Every rebuild of the board (the keeper's, the API's) leaves the user out.
+    assert server.services is not None
+    entries = await server.services.store.board_entries()
+    assert player.user_id not in {entry.user_id for entry in entries}
 
     unsuspended = await client.post(
         f"/api/v1/admin/users/{player.user_id}/unsuspend", headers=admin
