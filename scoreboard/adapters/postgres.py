@@ -305,27 +305,25 @@ class PostgresStore(Store):
     async def set_suspended(
         self, username: str, suspended: bool, changed_by: str
     ) -> tuple[int, bool] | None:
-        return await _crossing(
-            self._bridge, _set_suspended, self._pool, username, suspended, changed_by
-        )
+        return await self._cross(_set_suspended, self._pool, username, suspended, changed_by)
 
     async def suspension_changes(self, after_id: int, limit: int) -> list[SuspensionChange]:
-        return await _crossing(self._bridge, _suspension_changes, self._pool, after_id, limit)
+        return await self._cross(_suspension_changes, self._pool, after_id, limit)
 
     async def suspension_state(self) -> tuple[int, list[int]]:
-        return await _crossing(self._bridge, _suspension_state, self._pool)
+        return await self._cross(_suspension_state, self._pool)
 
     async def add_flags(self, flags: Sequence[Flag]) -> list[int]:
-        return await _crossing(self._bridge, _add_flags, self._pool, list(flags))
+        return await self._cross(_add_flags, self._pool, list(flags))
 
     async def list_flags(self, query: FlagQuery) -> list[FlagRecord]:
-        return await _crossing(self._bridge, _list_flags, self._pool, query)
+        return await self._cross(_list_flags, self._pool, query)
 
     async def clear_flag(self, flag_id: int, cleared_by: str) -> FlagRecord | None:
-        return await _crossing(self._bridge, _clear_flag, self._pool, flag_id, cleared_by)
+        return await self._cross(_clear_flag, self._pool, flag_id, cleared_by)
 
     async def cleared_flags(self, since_ms: int) -> list[FlagRecord]:
-        return await _crossing(self._bridge, _cleared_flags, self._pool, since_ms)
+        return await self._cross(_cleared_flags, self._pool, since_ms)
 
     async def add_client(self, client: OAuthClientRecord) -> None:
         await self._cross(_add_client, self._pool, client)

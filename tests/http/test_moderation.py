@@ -55,7 +55,7 @@ async def admin_headers(client: httpx.AsyncClient, server: ServerHandle) -> dict
 
 
 async def perform(
-    client: httpx.AsyncClient, player: Player, action_type: str, **data: object
+    client: httpx.AsyncClient, player: Player, action_type: str, **data: str
 ) -> dict[str, Any]:
     response = await client.post(
         PERFORM,
@@ -131,13 +131,13 @@ async def test_a_scripted_cheater_is_flagged_with_evidence_and_people_are_not(
     cheater_flags = {
         flag["kind"]: flag for flag in await flags_of(client, admin, user=str(cheater.user_id))
     }
-    burst = cheater_flags["burst"]
-    assert burst["subject"] == f"user:{cheater.user_id}"
-    assert burst["address"] in ("127.0.0.1", "::1")
-    assert burst["cleared_at_ms"] is None
-    assert burst["evidence"]["actions"] >= 5
-    assert burst["evidence"]["span_ms"] <= 300
-    assert burst["evidence"]["action_types"] == ["win_match"]
+    burst_flag = cheater_flags["burst"]
+    assert burst_flag["subject"] == f"user:{cheater.user_id}"
+    assert burst_flag["address"] in ("127.0.0.1", "::1")
+    assert burst_flag["cleared_at_ms"] is None
+    assert burst_flag["evidence"]["actions"] >= 5
+    assert burst_flag["evidence"]["span_ms"] <= 300
+    assert burst_flag["evidence"]["action_types"] == ["win_match"]
     growth = cheater_flags["score_growth"]["evidence"]
     assert growth["points"] >= 500
     assert growth["robust_z"] >= 20
