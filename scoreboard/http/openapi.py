@@ -121,7 +121,7 @@ def _path_id(name: str) -> dict[str, Any]:
 
 
 def _admin_paths() -> dict[str, Any]:
-    """The operators' endpoints (`http/admin.py`, `http/moderation.py`): scope admin."""
+    """The moderation endpoints (`http/moderation.py`): scope admin."""
     flag = {
         "type": "object",
         "properties": {
@@ -153,26 +153,6 @@ def _admin_paths() -> dict[str, Any]:
     )
     admin_errors = (400, 403, 404, 503)
     return {
-        "/api/v1/admin/me": {
-            "get": _operation(
-                "The admin calling (scope admin)",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "user_id": {"type": "integer"},
-                                "scope": {"type": "array", "items": {"type": "string"}},
-                            },
-                            "required": ["user_id", "scope"],
-                        },
-                        "who",
-                    )
-                },
-                secured=True,
-                errors=(403, 503),
-            )
-        },
         "/api/v1/admin/flags": {
             "get": _operation(
                 "Behavioural flags, newest first (scope admin)",
