@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from scoreboard import clock
+from scoreboard.anticheat.records import FLAG_KINDS
 from scoreboard.config import Config, ConfigError, load_config
 from scoreboard.loadtest.options import DESCRIPTION, Options, add_arguments
 
@@ -134,6 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke-admin", help="take the admin scope away: every grant holding it is revoked"
     )
     revoke_admin.add_argument("username")
+    suspend = users_commands.add_parser(
+        "suspend",
+        help="refuse the account's actions (account_suspended) and take it off the board",
+    )
+    suspend.add_argument("username")
+    unsuspend = users_commands.add_parser(
+        "unsuspend", help="accept the account's actions again and put its score back on the board"
+    )
+    unsuspend.add_argument("username")
+
+    flags = commands.add_parser(
+        "flags",
+        help="behavioural flags, newest first (`flags clear ID` clears one)",
+        description="List the behavioural flags (docs/anticheat.md), newest first, or clear one.",
+    )
+    flags.add_argument("--user", help="only this user's (a username or a user id)")
+    flags.add_argument(
+        "--since", help="raised since: an RFC 3339 time, epoch ms, or a span back (2h, 7d)"
+    )
+    flags.add_argument("--kind", choices=FLAG_KINDS)
+    flags.add_argument("--standing", action="store_true", help="only flags not cleared")
+    flags.add_argument("--limit", type=int, default=100)
+    flags.add_argument("--json", action="store_true", help="one JSON object a line")
+    flags_commands = flags.add_subparsers(dest="flags_command")
+    clear = flags_commands.add_parser("clear", help="clear a flag (an operator looked at it)")
+    clear.add_argument("flag_id", type=int)
     return parser
 
 
@@ -351,6 +378,26 @@ async def run_users(config: Config, args: argparse.Namespace) -> int:
                 return 1
             print(f"added user {args.username} (id {user_id})")
             return 0
+        if args.users_command in ("suspend", "unsuspend"):
+            suspend = args.users_command == "suspend"
+            changed = await backends.store.set_suspended(args.username, suspend, _operator())
+            if changed is None:
+                print(f"scoreboard: no user {args.username}", file=sys.stderr)
+                return 1
+            user_id, did_change = changed
+            state = "suspended" if suspend else "not suspended"
+            if not did_change:
+                print(f"{args.username} (id {user_id}) was {state} already")
+            elif suspend:
+                print(
+                    f"suspended {args.username} (id {user_id}): actions refused, off the board "
+                    "within seconds"
+                )
+            else:
+                print(
+                    f"unsuspended {args.username} (id {user_id}): back on the board within seconds"
+                )
+            return 0
         expires_at_ms = _revocation_expires_at_ms(config)
         if args.users_command in ("grant-admin", "revoke-admin"):
             admin = args.users_command == "grant-admin"
@@ -370,6 +417,72 @@ async def run_users(config: Config, args: argparse.Namespace) -> int:
             return 1
         await _announce_revoked(backends, revoked, expires_at_ms)
         print(f"disabled {args.username}; revoked {len(revoked)} grant(s)")
+        return 0
+
+
+def _operator() -> str:
+    """Who did it, as the stores record it: the command line and the system user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def run_flags(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from scoreboard.actors.frames import rfc3339_ms
+    from scoreboard.anticheat.records import FlagQuery
+    from scoreboard.backends import open_backends
+    from scoreboard.since import InvalidSince, parse_since
+
+    async with open_backends(config, exclusive=False) as backends:
+        store = backends.store
+        if args.flags_command == "clear":
+            record = await store.clear_flag(args.flag_id, _operator())
+            if record is None:
+                print(f"scoreboard: no flag {args.flag_id}", file=sys.stderr)
+                return 1
+            print(f"flag {record.flag_id} ({record.flag.kind}, {record.flag.subject}) cleared")
+            return 0
+        user_id: int | None = None
+        if args.user is not None:
+            user = await store.get_user_by_username(args.user)
+            if user is None and args.user.isdigit():
+                user = await store.get_user(int(args.user))
+            if user is None:
+                print(f"scoreboard: no user {args.user}", file=sys.stderr)
+                return 1
+            user_id = user.user_id
+        since_ms: int | None = None
+        if args.since is not None:
+            try:
+                since_ms = parse_since(args.since, clock.now_ms())
+            except InvalidSince as exc:
+                print(f"scoreboard: --since {exc}", file=sys.stderr)
+                return 2
+        records = await store.list_flags(
+            FlagQuery(
+                user_id=user_id,
+                since_ms=since_ms,
+                kind=args.kind,
+                standing_only=args.standing,
+                limit=max(1, min(args.limit, 10_000)),
+            )
+        )
+        for record in records:
+            if args.json:
+                print(json.dumps(record.as_json(), sort_keys=True))
+                continue
+            flag = record.flag
+            raised = rfc3339_ms(flag.raised_at_ms)
+            state = (
+                "standing" if record.cleared_at_ms is None else f"cleared by {record.cleared_by}"
+            )
+            evidence = json.dumps(flag.as_json()["evidence"], sort_keys=True)
+            print(f"{record.flag_id}\t{raised}\t{flag.kind}\t{flag.subject}\t{state}\t{evidence}")
+        if not records:
+            print("no flags", file=sys.stderr)
         return 0
 
 
@@ -404,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": run_keys,
         "clients": run_clients,
         "users": run_users,
+        "flags": run_flags,
     }
     return _run(operator_tools[args.command], config, args)
 

@@ -107,6 +107,19 @@ BRIDGE_CALL_LATENCY = Histogram(
     "Calls from trio to the asyncio backends' loop (PostgreSQL, Redis, RabbitMQ), end to end.",
     buckets=LATENCY_BUCKETS,
 )
+FLAGS_OBSERVED = Counter(
+    "scoreboard_flags_observed",
+    "Decisions the behavioural flags actor read.",
+)
+FLAGS_DROPPED = Counter(
+    "scoreboard_flags_dropped",
+    "Decisions dropped because the flags actor was behind (scores are not affected).",
+)
+FLAGS_RAISED = Counter(
+    "scoreboard_flags_raised",
+    "Behavioural flags raised, by kind.",
+    ["kind"],
+)
 QUEUE_DEPTH = Gauge(
     "scoreboard_queue_depth",
     "Messages ready in the broker's queues, read when scraped (actions; failed: the dead letters).",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from scoreboard import json_codec
 
 ActionStatus = Literal["accepted", "completed", "rejected", "failed"]
-ActionError = Literal["rate_limit_exceeded", "invalid_action"]
+ActionError = Literal["rate_limit_exceeded", "invalid_action", "account_suspended"]
 SCHEMA_VERSION = 1
 
 
@@ -223,6 +223,15 @@ class UserRecord:
     admin: bool = False
     # Actions refused and off the board until unsuspended (`scoreboard users suspend`).
     suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionChange:
+    """One entry of the suspension log: `user_id` was suspended (or unsuspended)."""
+
+    change_id: int
+    user_id: int
+    suspended: bool
 
 
 @dataclass(frozen=True, slots=True)

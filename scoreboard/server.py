@@ -32,6 +32,7 @@ from scoreboard import metrics
 from scoreboard.actors import (
     consumer,
     events,
+    flags,
     hub,
     janitor,
     keeper,
@@ -83,10 +84,20 @@ class ServerHandle:
 
 
 def worker_supervisor(
-    config: Config, catalogue: Catalogue, *, store: Store, board: Board, broker: Broker
+    config: Config,
+    catalogue: Catalogue,
+    *,
+    store: Store,
+    board: Board,
+    broker: Broker,
+    flag_stats: flags.FlagStats | None = None,
 ) -> Supervisor:
     """The worker role: keeper ← scorer ← router (and the user actors) ← consumer, then the
-    janitor; each started after what it sends to."""
+    janitor and the flags actor; each started after what it sends to, except the flags actor:
+    the scorer only ever offers it decisions (kept in its inbox until it runs, dropped when
+    that is full), and its trouble must restart nothing on the scoring path."""
+    flag_stats = flag_stats or flags.FlagStats()
+    flags_handle, flags_inbox = flags.open_inbox()
     keeper_handle, keeper_inbox = keeper.open_inbox()
     scorer_handle, scorer_inbox = scorer.open_inbox()
     router_handle, router_inbox = router.open_inbox()
@@ -106,9 +117,12 @@ def worker_supervisor(
                 scorer.run,
                 scorer_inbox,
                 keeper_handle,
+                flags_handle,
                 store=store,
                 broker=broker,
                 config=config,
+                catalogue=catalogue,
+                flag_stats=flag_stats,
             ),
             actor_spec(
                 "router",
@@ -121,6 +135,14 @@ def worker_supervisor(
             ),
             actor_spec("consumer", consumer.run, router_handle, broker=broker, config=config),
             actor_spec("janitor", janitor.run, store=store, config=config.janitor),
+            actor_spec(
+                "flags",
+                flags.run,
+                flags_inbox,
+                store=store,
+                settings=config.anticheat,
+                stats=flag_stats,
+            ),
         ],
         strategy="rest_for_one",
         name="worker",

@@ -6,6 +6,11 @@ For each committed batch it writes the changed users' absolute scores from Postg
 the one it last published, and an `ActionFinished` for every result (duplicates too: a client
 waiting for a redelivered action hears its outcome).
 
+A suspended user is off the board: the store's board entries leave them out, so every rebuild
+does, and the keeper follows the store's suspension log (on start, and with its periodic check,
+every `BOARD_CHECK_EVERY_S`) to take users off the board when they are suspended and put their
+stored score back when they are unsuspended, from whichever process the operator did it.
+
 The board is a cache: when its key is missing (Redis restarted or was flushed) the keeper rebuilds
 it from Postgres, on start, when a write finds it gone, and when its periodic check does; on
 start an existing board is brought up to Postgres too. A board write that fails is retried until
@@ -50,6 +55,7 @@ REBUILD_TIMEOUT_S = 120.0  # reads every user with a score, then writes them all
 CATCH_UP_CHUNK = 1000  # scores per board write on start: each is one Redis script, kept short
 PUBLISH_TIMEOUT_S = 10.0
 PUBLISH_ATTEMPTS = 3
+SUSPENSIONS_CHUNK = 1000
 
 KeeperHandle = trio.MemorySendChannel[KeeperMsg]
 """How the scorer reaches the keeper: the sending end of its inbox."""
@@ -72,23 +78,37 @@ class _Keeper:
         self._broker = broker
         self._top_n = config.leaderboard.size
         self._published_top: tuple[RankedEntry, ...] | None = None
+        self._suspensions_seen = 0
+        # As of the suspension log read so far: a batch committed before a suspension and
+        # handled after it must not put the user back.
+        self._suspended: set[int] = set()
 
     async def start(self) -> None:
         """Bring the board up to Postgres, then publish its top. A missing board is rebuilt. An
         existing one gets every stored score applied, older never overwriting newer (so other
-        workers' writes are safe): that repairs a batch a previous keeper took and never wrote."""
+        workers' writes are safe): that repairs a batch a previous keeper took and never wrote;
+        and the users suspended meanwhile are taken off it."""
+        self._suspensions_seen, suspended = await call_with_retries(
+            self._store.suspension_state,
+            what="reading the suspended users",
+            timeout_s=BOARD_TIMEOUT_S,
+            attempts=math.inf,
+        )
+        self._suspended = set(suspended)
         entries = await self._all_entries()
         if await self._write([]) is None:
             await self._rebuild(entries)
         else:
             for start in range(0, len(entries), CATCH_UP_CHUNK):
                 await self._apply(entries[start : start + CATCH_UP_CHUNK])
+            await self._remove(suspended)
         await self.check_board()
 
     async def check_board(self) -> None:
-        """Rebuild the board if its key is missing; publish the top if it changed (on start,
-        when nothing was published yet, always)."""
-        _changes, top = await self._apply([])
+        """Follow the suspension log; rebuild the board if its key is missing; publish the top
+        if it changed (on start, when nothing was published yet, always)."""
+        restored = await self._follow_suspensions()
+        _changes, top = await self._apply(restored)
         events: list[Event] = []
         self._leaderboard_event(top, events)
         if events:
@@ -123,7 +143,7 @@ class _Keeper:
         latest: dict[int, BoardEntry] = {}
         redelivered: set[int] = set()
         for result in results:
-            if result.status != "completed":
+            if result.status != "completed" or result.user_id in self._suspended:
                 continue
             if result.duplicate:
                 redelivered.add(result.user_id)
@@ -152,6 +172,52 @@ class _Keeper:
             if applied is None:
                 raise BackendUnavailable("the board vanished again right after its rebuild")
         return applied
+
+    async def _follow_suspensions(self) -> list[BoardEntry]:
+        """Take the users suspended since the last look off the board; the board entries of
+        those unsuspended, to apply."""
+        latest: dict[int, bool] = {}
+        while True:
+            changes = await call_with_retries(
+                functools.partial(
+                    self._store.suspension_changes, self._suspensions_seen, SUSPENSIONS_CHUNK
+                ),
+                what="reading the suspension log",
+                timeout_s=BOARD_TIMEOUT_S,
+                attempts=math.inf,
+            )
+            for change in changes:
+                latest[change.user_id] = change.suspended
+                self._suspensions_seen = change.change_id
+                if change.suspended:
+                    self._suspended.add(change.user_id)
+                else:
+                    self._suspended.discard(change.user_id)
+            if len(changes) < SUSPENSIONS_CHUNK:
+                break
+        await self._remove([user_id for user_id, suspended in latest.items() if suspended])
+        unsuspended = [user_id for user_id, suspended in latest.items() if not suspended]
+        if not unsuspended:
+            return []
+        # The store leaves out whoever is suspended again by now.
+        entries: list[BoardEntry] = await call_with_retries(
+            functools.partial(self._store.board_entries, unsuspended),
+            what="reading unsuspended users' scores",
+            timeout_s=BOARD_TIMEOUT_S,
+            attempts=math.inf,
+        )
+        return [entry for entry in entries if entry.score > 0]
+
+    async def _remove(self, user_ids: list[int]) -> None:
+        """A missing board needs nothing removed: its rebuild leaves suspended users out."""
+        if user_ids:
+            log.info("keeper: taking %d suspended user(s) off the board", len(user_ids))
+            await call_with_retries(
+                functools.partial(self._board.remove, user_ids),
+                what="taking suspended users off the board",
+                timeout_s=BOARD_TIMEOUT_S,
+                attempts=math.inf,
+            )
 
     async def _write(
         self, entries: list[BoardEntry]

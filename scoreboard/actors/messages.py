@@ -1,6 +1,7 @@
 """Every actor's inbox messages: frozen, slotted dataclasses, one union per inbox.
 
-Worker: consumer → router → user actor (`Route`) → scorer (`Score`) → keeper (`Committed`).
+Worker: consumer → router → user actor (`Route`) → scorer (`Score`) → keeper (`Committed`), and
+scorer → flags actor (`Observe`).
 API: request handlers → publisher (`Publish`); events actor and connections → hub (`HubMsg`).
 Requests that need an answer carry their own reply channel, which the answering actor fills with
 `send_nowait` and never waits on. Only the actors' own modules build these: everyone else calls
@@ -17,6 +18,7 @@ import trio
 
 from scoreboard.actors.frames import Frame
 from scoreboard.adapters.interfaces import Delivery
+from scoreboard.anticheat.records import DecidedAction
 from scoreboard.model import (
     ActionEnvelope,
     ActionFinished,
@@ -81,6 +83,16 @@ class Committed:
 
 
 KeeperMsg = Committed
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """Decided attempts, in the order decided, for the behavioural flags."""
+
+    actions: tuple[DecidedAction, ...]
+
+
+FlagsMsg = Observe
 
 # API side.
 

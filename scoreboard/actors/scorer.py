@@ -25,6 +25,7 @@ Failures:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -34,7 +35,9 @@ from typing import assert_never
 import trio
 
 from scoreboard import metrics
+from scoreboard.actors import flags as flagging
 from scoreboard.actors import inbox as inboxes
+from scoreboard.actors.flags import FlagsHandle, FlagStats
 from scoreboard.actors.keeper import KeeperHandle, update_board
 from scoreboard.actors.messages import Barrier, Score, ScorerMsg, Unjudged
 from scoreboard.actors.retry import call_with_retries
@@ -45,7 +48,9 @@ from scoreboard.adapters.interfaces import (
     Store,
     UnknownUser,
 )
+from scoreboard.anticheat.records import DecidedAction
 from scoreboard.bridge import BridgeClosed
+from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, CommitResult, Decision
 
@@ -87,6 +92,8 @@ class _Outcome:
     """What one batch came to: committed results, and how to settle every delivery."""
 
     results: list[CommitResult] = field(default_factory=list)
+    # Each committed decision with its result, in commit order.
+    decided: list[tuple[Decision, CommitResult]] = field(default_factory=list)
     ack: list[Delivery] = field(default_factory=list)
     retry: list[tuple[Delivery, ActionEnvelope]] = field(default_factory=list)
     dead: list[tuple[Delivery, str]] = field(default_factory=list)
@@ -95,13 +102,16 @@ class _Outcome:
 async def run(
     inbox: trio.MemoryReceiveChannel[ScorerMsg],
     keeper: KeeperHandle,
+    flags: FlagsHandle,
     *,
     store: Store,
     broker: Broker,
     config: Config,
+    catalogue: Catalogue,
+    flag_stats: FlagStats,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with inbox, keeper:
+    with inbox, keeper, flags:
         task_status.started()
         while True:
             try:
@@ -115,6 +125,7 @@ async def run(
                 await _commit(store, config, scores, outcome)
                 if outcome.results:
                     await update_board(keeper, outcome.results)
+                flagging.observe(flags, flag_stats, _decided_actions(outcome, catalogue))
             for item in unjudged:
                 log.error(
                     "scorer: action %s could not be judged (%s)",
@@ -212,7 +223,24 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
                 extra={"action_id": str(result.action_id)},
             )
     outcome.results.extend(results)
+    outcome.decided.extend(
+        (score.decision, result) for score, result in zip(scores, results, strict=True)
+    )
     outcome.ack.extend(score.delivery for score in scores)
+
+
+def _decided_actions(outcome: _Outcome, catalogue: Catalogue) -> list[DecidedAction]:
+    """The batch's first-time decisions as the flags read them, with the store's outcome (a
+    suspended user's action is refused there)."""
+    return [
+        dataclasses.replace(
+            DecidedAction.from_decision(decision, catalogue),
+            accepted=result.status == "completed",
+            score_delta=result.score_delta,
+        )
+        for decision, result in outcome.decided
+        if not result.duplicate
+    ]
 
 
 async def _give_up_on(

@@ -19,13 +19,14 @@ the cause is fixed, or a redelivery) is judged and settled afresh, replacing tha
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from scoreboard.model import CommitResult, Decision
 
 DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
+SUSPENDED_MESSAGE = "the account is suspended"
 # An anomaly flag: this row replaces the `failed` row of the same action.
 SETTLED_AFTER_FAILURE = "settled_after_failure"
 
@@ -157,9 +158,12 @@ def plan_commit(
     scores: Mapping[int, int],
     stored: Sequence[StoredAction],
     used_keys: Iterable[tuple[int, str, str]] = (),
+    suspended: Collection[int] = (),
 ) -> CommitPlan:
     """Walk the batch in input order, from each user's stored score (`scores`), the stored
-    actions it may repeat and the stored unique keys of `unique_keys_of(decisions)`."""
+    actions it may repeat and the stored unique keys of `unique_keys_of(decisions)`. A new
+    action of a `suspended` user (read under the users' locks, so a suspension is exact) is
+    refused `account_suspended`, whatever its user actor decided, and takes no unique key."""
     used = set(used_keys)
     taken: list[TakenKey] = []
     running = dict(scores)
@@ -189,7 +193,16 @@ def plan_commit(
             )
             settled.append(replayed_nonce)
             continue
-        if decision.status == "completed" and decision.unique is not None:
+        if envelope.user_id in suspended:
+            decision = replace(
+                decision,
+                status="rejected",
+                score_delta=0,
+                error="account_suspended",
+                message=SUSPENDED_MESSAGE,
+                retry_after_s=None,
+            )
+        elif decision.status == "completed" and decision.unique is not None:
             key = (envelope.user_id, envelope.action_type, decision.unique.key)
             if key in used:
                 decision = replace(

@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 import trio
 
+from scoreboard.anticheat.records import Flag, FlagQuery, FlagRecord
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
@@ -29,6 +30,7 @@ from scoreboard.model import (
     RecentAction,
     Revocation,
     SigningKeyRecord,
+    SuspensionChange,
     UserRecord,
 )
 
@@ -145,6 +147,41 @@ class Store(Protocol):
         """Mark the user as one who may be granted the `admin` scope, or no longer. Taking it
         away revokes every grant of the user that holds `admin` (their ids are returned, to be
         announced); None if there is no such user."""
+        ...
+
+    async def set_suspended(
+        self, username: str, suspended: bool, changed_by: str
+    ) -> tuple[int, bool] | None:
+        """Suspend the user (their actions are refused `account_suspended` at commit, and they
+        leave the board), or unsuspend them; each change is appended to the suspension log.
+        The user id and whether anything changed; None if there is no such user."""
+        ...
+
+    async def suspension_changes(self, after_id: int, limit: int) -> list[SuspensionChange]:
+        """The suspension log after `after_id`, oldest first."""
+        ...
+
+    async def suspension_state(self) -> tuple[int, list[int]]:
+        """The newest suspension log id and, as of it, every suspended user."""
+        ...
+
+    # Behavioural flags (`scoreboard/anticheat/`), stored by the flags actor.
+
+    async def add_flags(self, flags: Sequence[Flag]) -> list[int]:
+        """Store the flags; their ids, in order."""
+        ...
+
+    async def list_flags(self, query: FlagQuery) -> list[FlagRecord]:
+        """Stored flags, newest first."""
+        ...
+
+    async def clear_flag(self, flag_id: int, cleared_by: str) -> FlagRecord | None:
+        """Mark the flag cleared (once: clearing it again changes nothing); None if there is
+        no such flag."""
+        ...
+
+    async def cleared_flags(self, since_ms: int) -> list[FlagRecord]:
+        """Flags cleared at or after `since_ms`, the flags actor's way to hear of clears."""
         ...
 
     # OAuth (design §5): clients, codes, grants and their refresh-token families, the deny-list.
@@ -296,6 +333,11 @@ class Board(Protocol):
     ) -> tuple[list[RankChange], list[RankedEntry]] | None:
         """Set each user's absolute score (never an increment; an older score never overwrites a
         newer one), then read the top `top_n`. None if the board key is missing: rebuild first."""
+        ...
+
+    async def remove(self, user_ids: Sequence[int]) -> bool:
+        """Take the users off the board (a suspension); False if the board is missing (its
+        rebuild, from the store, leaves them out anyway)."""
         ...
 
     async def rebuild(self, entries: Sequence[BoardEntry]) -> None:

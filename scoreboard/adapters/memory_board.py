@@ -106,6 +106,16 @@ class MemoryBoard(Board):
             changes.append(RankChange(user_id, None if old is None else old + 1, new + 1))
         return changes, self._ranked(0, top_n)
 
+    async def remove(self, user_ids: Sequence[int]) -> bool:
+        if not self._built:
+            return False
+        for user_id in user_ids:
+            entry = self._entries.pop(user_id, None)
+            if entry is not None:
+                del self._order[bisect.bisect_left(self._order, _sort_key(entry))]
+                self._updated_at_ms = clock.now_ms()
+        return True
+
     async def rebuild(self, entries: Sequence[BoardEntry]) -> None:
         self._entries = {entry.user_id: entry for entry in entries}
         self._order = sorted(_sort_key(entry) for entry in self._entries.values())

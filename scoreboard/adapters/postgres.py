@@ -46,6 +46,13 @@ from scoreboard.adapters.interfaces import (
     UsernameTaken,
 )
 from scoreboard.adapters.migrations import Migration, MigrationError
+from scoreboard.anticheat.records import (
+    Flag,
+    FlagQuery,
+    FlagRecord,
+    evidence_as_json,
+    evidence_from_json,
+)
 from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import DatabaseConfig
@@ -62,6 +69,7 @@ from scoreboard.model import (
     RecentAction,
     Revocation,
     SigningKeyRecord,
+    SuspensionChange,
     UserRecord,
     normalized_identity,
 )
@@ -294,6 +302,29 @@ class PostgresStore(Store):
     ) -> list[str] | None:
         return await self._cross(_set_admin, self._pool, username, admin, revocation_expires_at_ms)
 
+    async def set_suspended(
+        self, username: str, suspended: bool, changed_by: str
+    ) -> tuple[int, bool] | None:
+        return await self._cross(_set_suspended, self._pool, username, suspended, changed_by)
+
+    async def suspension_changes(self, after_id: int, limit: int) -> list[SuspensionChange]:
+        return await self._cross(_suspension_changes, self._pool, after_id, limit)
+
+    async def suspension_state(self) -> tuple[int, list[int]]:
+        return await self._cross(_suspension_state, self._pool)
+
+    async def add_flags(self, flags: Sequence[Flag]) -> list[int]:
+        return await self._cross(_add_flags, self._pool, list(flags))
+
+    async def list_flags(self, query: FlagQuery) -> list[FlagRecord]:
+        return await self._cross(_list_flags, self._pool, query)
+
+    async def clear_flag(self, flag_id: int, cleared_by: str) -> FlagRecord | None:
+        return await self._cross(_clear_flag, self._pool, flag_id, cleared_by)
+
+    async def cleared_flags(self, since_ms: int) -> list[FlagRecord]:
+        return await self._cross(_cleared_flags, self._pool, since_ms)
+
     async def add_client(self, client: OAuthClientRecord) -> None:
         await self._cross(_add_client, self._pool, client)
 
@@ -374,7 +405,7 @@ async def _ping(pool: asyncpg.Pool) -> None:
 # -- commit_actions
 
 _LOCK_USERS = """
-SELECT id, username, score, score_reached_at FROM users
+SELECT id, username, score, score_reached_at, suspended_at IS NOT NULL AS suspended FROM users
 WHERE id = ANY($1::bigint[])
 ORDER BY id
 FOR UPDATE
@@ -524,6 +555,7 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
             {user_id: row["score"] for user_id, row in users.items()},
             _stored_actions(stored),
             [(row["user_id"], row["action_type"], row["unique_key"]) for row in used],
+            suspended={user_id for user_id, row in users.items() if row["suspended"]},
         )
         reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
         written = 0
@@ -669,12 +701,13 @@ _BOARD_ORDER = "ORDER BY score DESC, score_reached_at, id"
 
 
 async def _board_entries(pool: asyncpg.Pool, user_ids: Sequence[int] | None) -> list[BoardEntry]:
-    columns = "SELECT id, username, score, score_reached_at FROM users"
+    # A suspended user is off the board.
+    columns = "SELECT id, username, score, score_reached_at FROM users WHERE suspended_at IS NULL"
     if user_ids is None:
-        rows = await pool.fetch(f"{columns} WHERE score > 0 {_BOARD_ORDER}")
+        rows = await pool.fetch(f"{columns} AND score > 0 {_BOARD_ORDER}")
     else:
         rows = await pool.fetch(
-            f"{columns} WHERE id = ANY($1::bigint[]) {_BOARD_ORDER}", list(user_ids)
+            f"{columns} AND id = ANY($1::bigint[]) {_BOARD_ORDER}", list(user_ids)
         )
     return [
         BoardEntry(
@@ -952,6 +985,148 @@ async def _set_admin(
             user_id,
             expires_at_ms,
         )
+
+
+async def _set_suspended(
+    pool: asyncpg.Pool, username: str, suspended: bool, changed_by: str
+) -> tuple[int, bool] | None:
+    async with pool.acquire() as conn, conn.transaction():
+        # The user's row lock orders this against the scorer's commits.
+        row = await conn.fetchrow(
+            "SELECT id, suspended_at IS NOT NULL AS suspended FROM users"
+            " WHERE username_normalized = $1 FOR UPDATE",
+            normalized_identity(username),
+        )
+        if row is None:
+            return None
+        if row["suspended"] == suspended:
+            return row["id"], False
+        await conn.execute(
+            "UPDATE users SET suspended_at = CASE WHEN $2 THEN now() END, updated_at = now()"
+            " WHERE id = $1",
+            row["id"],
+            suspended,
+        )
+        await conn.execute(
+            "INSERT INTO user_suspensions (user_id, suspended, changed_by) VALUES ($1, $2, $3)",
+            row["id"],
+            suspended,
+            changed_by,
+        )
+        return row["id"], True
+
+
+async def _suspension_changes(
+    pool: asyncpg.Pool, after_id: int, limit: int
+) -> list[SuspensionChange]:
+    rows = await pool.fetch(
+        "SELECT id, user_id, suspended FROM user_suspensions WHERE id > $1 ORDER BY id LIMIT $2",
+        after_id,
+        limit,
+    )
+    return [SuspensionChange(row["id"], row["user_id"], row["suspended"]) for row in rows]
+
+
+async def _suspension_state(pool: asyncpg.Pool) -> tuple[int, list[int]]:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        last = await conn.fetchval("SELECT COALESCE(max(id), 0) FROM user_suspensions")
+        rows = await conn.fetch("SELECT id FROM users WHERE suspended_at IS NOT NULL ORDER BY id")
+    return last, [row["id"] for row in rows]
+
+
+_FLAG_COLUMNS = (
+    "id, kind, user_id, address, window_start, window_end, raised_at, evidence, cleared_at,"
+    " cleared_by"
+)
+
+
+def _flag_record(row: asyncpg.Record) -> FlagRecord:
+    cleared_at = row["cleared_at"]
+    return FlagRecord(
+        flag_id=row["id"],
+        flag=Flag(
+            user_id=row["user_id"],
+            address=row["address"],
+            window_start_ms=_epoch_ms(row["window_start"]),
+            window_end_ms=_epoch_ms(row["window_end"]),
+            raised_at_ms=_epoch_ms(row["raised_at"]),
+            evidence=evidence_from_json(row["kind"], json.loads(row["evidence"])),
+        ),
+        cleared_at_ms=None if cleared_at is None else _epoch_ms(cleared_at),
+        cleared_by=row["cleared_by"],
+    )
+
+
+async def _add_flags(pool: asyncpg.Pool, flags: list[Flag]) -> list[int]:
+    rows = await pool.fetch(
+        "INSERT INTO behaviour_flags (kind, subject, user_id, address, window_start, window_end,"
+        " raised_at, evidence)"
+        f" SELECT f.kind, f.subject, f.user_id, f.address, {_FROM_EPOCH_MS.format('f.ws')},"
+        f" {_FROM_EPOCH_MS.format('f.we')}, {_FROM_EPOCH_MS.format('f.ra')}, f.evidence::jsonb"
+        " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],"
+        " $6::bigint[], $7::bigint[], $8::text[]) WITH ORDINALITY"
+        " AS f (kind, subject, user_id, address, ws, we, ra, evidence, n)"
+        " ORDER BY f.n RETURNING id",
+        [flag.kind for flag in flags],
+        [flag.subject for flag in flags],
+        [flag.user_id for flag in flags],
+        [flag.address for flag in flags],
+        [flag.window_start_ms for flag in flags],
+        [flag.window_end_ms for flag in flags],
+        [flag.raised_at_ms for flag in flags],
+        [json.dumps(evidence_as_json(flag.evidence)) for flag in flags],
+    )
+    return [row["id"] for row in rows]
+
+
+async def _list_flags(pool: asyncpg.Pool, query: FlagQuery) -> list[FlagRecord]:
+    conditions: list[str] = []
+    args: list[Any] = []
+
+    def condition(sql: str, value: Any) -> None:
+        args.append(value)
+        conditions.append(sql.format(f"${len(args)}"))
+
+    if query.user_id is not None:
+        condition("user_id = {}", query.user_id)
+    if query.since_ms is not None:
+        condition(f"raised_at >= {_FROM_EPOCH_MS.format('{}::bigint')}", query.since_ms)
+    if query.kind is not None:
+        condition("kind = {}", query.kind)
+    if query.before_id is not None:
+        condition("id < {}", query.before_id)
+    if query.standing_only:
+        conditions.append("cleared_at IS NULL")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    args.append(query.limit)
+    rows = await pool.fetch(
+        f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags {where} ORDER BY id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_flag_record(row) for row in rows]
+
+
+async def _clear_flag(pool: asyncpg.Pool, flag_id: int, cleared_by: str) -> FlagRecord | None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE behaviour_flags SET cleared_at = now(), cleared_by = $2"
+            " WHERE id = $1 AND cleared_at IS NULL",
+            flag_id,
+            cleared_by,
+        )
+        row = await conn.fetchrow(
+            f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags WHERE id = $1", flag_id
+        )
+    return None if row is None else _flag_record(row)
+
+
+async def _cleared_flags(pool: asyncpg.Pool, since_ms: int) -> list[FlagRecord]:
+    rows = await pool.fetch(
+        f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags"
+        f" WHERE cleared_at >= {_FROM_EPOCH_MS.format('$1::bigint')} ORDER BY cleared_at",
+        since_ms,
+    )
+    return [_flag_record(row) for row in rows]
 
 
 async def _save_authorization_code(pool: asyncpg.Pool, code: AuthorizationCodeRecord) -> None:

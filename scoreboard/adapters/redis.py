@@ -151,6 +151,29 @@ return {changes, top}
 """
 )
 
+# KEYS: board, member hash, name hash, meta. ARGV: user ids. Answers false when the board is
+# missing, else true.
+_REMOVE = """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return false
+end
+local changed = false
+for _, user in ipairs(ARGV) do
+  local member = redis.call('HGET', KEYS[2], user)
+  if member then
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('HDEL', KEYS[2], user)
+    redis.call('HDEL', KEYS[3], user)
+    changed = true
+  end
+end
+if changed then
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[4], 'updated_at', now[1] * 1000 + math.floor(now[2] / 1000))
+end
+return true
+"""
+
 # KEYS: temporary board, member hash, name hash; board, member hash, name hash, meta.
 # ARGV: "1" when the temporary keys hold entries; "1" to swap only if the board is missing.
 # Swaps the new board in as one step; answers whether it did.
@@ -368,6 +391,7 @@ class RedisBoard(_RedisAdapter):
         self._meta = f"{prefix}board:meta"
         self._apply_script = client.register_script(_APPLY)
         self._swap_in_script = client.register_script(_SWAP_IN)
+        self._remove_script = client.register_script(_REMOVE)
         self._top_script = client.register_script(_TOP)
         self._around_script = client.register_script(_AROUND)
 
@@ -389,6 +413,10 @@ class RedisBoard(_RedisAdapter):
             for user, old, new in raw_changes
         ]
         return changes, _ranked(top, 1)
+
+    async def remove(self, user_ids: Sequence[int]) -> bool:
+        keys = [self._board, self._members, self._names, self._meta]
+        return bool(await self._run(self._remove_script, keys, list(user_ids)))
 
     async def rebuild(self, entries: Sequence[BoardEntry]) -> None:
         await self._run(self._rebuild, list(entries), False)

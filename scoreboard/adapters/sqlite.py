@@ -45,6 +45,13 @@ from scoreboard.adapters.interfaces import (
     UsernameTaken,
 )
 from scoreboard.adapters.migrations import Migration, MigrationError
+from scoreboard.anticheat.records import (
+    Flag,
+    FlagQuery,
+    FlagRecord,
+    evidence_as_json,
+    evidence_from_json,
+)
 from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.model import (
     ActionEnvelope,
@@ -59,6 +66,7 @@ from scoreboard.model import (
     RecentAction,
     Revocation,
     SigningKeyRecord,
+    SuspensionChange,
     UserRecord,
     normalized_identity,
 )
@@ -352,6 +360,31 @@ class SQLiteStore(Store):
             functools.partial(_set_admin, username, admin, revocation_expires_at_ms)
         )
 
+    async def set_suspended(
+        self, username: str, suspended: bool, changed_by: str
+    ) -> tuple[int, bool] | None:
+        return await self._db.write(
+            functools.partial(_set_suspended, username, suspended, changed_by)
+        )
+
+    async def suspension_changes(self, after_id: int, limit: int) -> list[SuspensionChange]:
+        return await self._db.read(functools.partial(_suspension_changes, after_id, limit))
+
+    async def suspension_state(self) -> tuple[int, list[int]]:
+        return await self._db.write(_suspension_state)
+
+    async def add_flags(self, flags: Sequence[Flag]) -> list[int]:
+        return await self._db.write(functools.partial(_add_flags, list(flags)))
+
+    async def list_flags(self, query: FlagQuery) -> list[FlagRecord]:
+        return await self._db.read(functools.partial(_list_flags, query))
+
+    async def clear_flag(self, flag_id: int, cleared_by: str) -> FlagRecord | None:
+        return await self._db.write(functools.partial(_clear_flag, flag_id, cleared_by))
+
+    async def cleared_flags(self, since_ms: int) -> list[FlagRecord]:
+        return await self._db.read(functools.partial(_cleared_flags, since_ms))
+
     async def add_client(self, client: OAuthClientRecord) -> None:
         await self._db.write(functools.partial(_add_client, client))
 
@@ -463,7 +496,8 @@ def _commit_actions(
     users = {
         row["id"]: row
         for row in connection.execute(
-            f"SELECT id, username, score, score_reached_at_ms FROM users"
+            "SELECT id, username, score, score_reached_at_ms,"
+            " suspended_at_ms IS NOT NULL AS suspended FROM users"
             f" WHERE id IN ({_marks(len(user_ids))})",
             user_ids,
         )
@@ -493,6 +527,7 @@ def _commit_actions(
         {user_id: row["score"] for user_id, row in users.items()},
         [_stored_action(row) for row in stored.values()],
         used,
+        suspended={user_id for user_id, row in users.items() if row["suspended"]},
     )
     reached_at = {user_id: row["score_reached_at_ms"] for user_id, row in users.items()}
     now = clock.now_ms()
@@ -646,12 +681,15 @@ _BOARD_ORDER = "ORDER BY score DESC, score_reached_at_ms, id"
 
 
 def _board_entries(user_ids: list[int] | None, connection: sqlite3.Connection) -> list[BoardEntry]:
-    columns = "SELECT id, username, score, score_reached_at_ms FROM users"
+    # A suspended user is off the board.
+    columns = (
+        "SELECT id, username, score, score_reached_at_ms FROM users WHERE suspended_at_ms IS NULL"
+    )
     if user_ids is None:
-        rows = connection.execute(f"{columns} WHERE score > 0 {_BOARD_ORDER}")
+        rows = connection.execute(f"{columns} AND score > 0 {_BOARD_ORDER}")
     else:
         rows = connection.execute(
-            f"{columns} WHERE id IN (SELECT value FROM json_each(?)) {_BOARD_ORDER}",
+            f"{columns} AND id IN (SELECT value FROM json_each(?)) {_BOARD_ORDER}",
             (json.dumps(user_ids),),
         )
     return [
@@ -914,6 +952,136 @@ def _set_admin(
     ]
     _revoke_grants(grant_ids, expires_at_ms, connection)
     return grant_ids
+
+
+def _set_suspended(
+    username: str, suspended: bool, changed_by: str, connection: sqlite3.Connection
+) -> tuple[int, bool] | None:
+    row = connection.execute(
+        "SELECT id, suspended_at_ms IS NOT NULL AS suspended FROM users"
+        " WHERE username_normalized = ?",
+        (normalized_identity(username),),
+    ).fetchone()
+    if row is None:
+        return None
+    if bool(row["suspended"]) == suspended:
+        return row["id"], False
+    now = clock.now_ms()
+    connection.execute(
+        "UPDATE users SET suspended_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+        (now if suspended else None, now, row["id"]),
+    )
+    connection.execute(
+        "INSERT INTO user_suspensions (user_id, suspended, changed_by, changed_at_ms)"
+        " VALUES (?, ?, ?, ?)",
+        (row["id"], int(suspended), changed_by, now),
+    )
+    return row["id"], True
+
+
+def _suspension_changes(
+    after_id: int, limit: int, connection: sqlite3.Connection
+) -> list[SuspensionChange]:
+    rows = connection.execute(
+        "SELECT id, user_id, suspended FROM user_suspensions WHERE id > ? ORDER BY id LIMIT ?",
+        (after_id, limit),
+    )
+    return [SuspensionChange(row["id"], row["user_id"], bool(row["suspended"])) for row in rows]
+
+
+def _suspension_state(connection: sqlite3.Connection) -> tuple[int, list[int]]:
+    last = connection.execute("SELECT COALESCE(max(id), 0) FROM user_suspensions").fetchone()[0]
+    rows = connection.execute(
+        "SELECT id FROM users WHERE suspended_at_ms IS NOT NULL ORDER BY id"
+    ).fetchall()
+    return int(last), [row["id"] for row in rows]
+
+
+_FLAG_COLUMNS = (
+    "id, kind, user_id, address, window_start_ms, window_end_ms, raised_at_ms, evidence,"
+    " cleared_at_ms, cleared_by"
+)
+
+
+def _flag_record(row: sqlite3.Row) -> FlagRecord:
+    return FlagRecord(
+        flag_id=row["id"],
+        flag=Flag(
+            user_id=row["user_id"],
+            address=row["address"],
+            window_start_ms=row["window_start_ms"],
+            window_end_ms=row["window_end_ms"],
+            raised_at_ms=row["raised_at_ms"],
+            evidence=evidence_from_json(row["kind"], json.loads(row["evidence"])),
+        ),
+        cleared_at_ms=row["cleared_at_ms"],
+        cleared_by=row["cleared_by"],
+    )
+
+
+def _add_flags(flags: list[Flag], connection: sqlite3.Connection) -> list[int]:
+    ids: list[int] = []
+    for flag in flags:
+        cursor = connection.execute(
+            "INSERT INTO behaviour_flags (kind, subject, user_id, address, window_start_ms,"
+            " window_end_ms, raised_at_ms, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                flag.kind,
+                flag.subject,
+                flag.user_id,
+                flag.address,
+                flag.window_start_ms,
+                flag.window_end_ms,
+                flag.raised_at_ms,
+                json.dumps(evidence_as_json(flag.evidence)),
+            ),
+        )
+        assert cursor.lastrowid is not None, "an INSERT sets lastrowid"
+        ids.append(cursor.lastrowid)
+    return ids
+
+
+def _list_flags(query: FlagQuery, connection: sqlite3.Connection) -> list[FlagRecord]:
+    conditions: list[str] = []
+    args: list[Any] = []
+    for sql, value in (
+        ("user_id = ?", query.user_id),
+        ("raised_at_ms >= ?", query.since_ms),
+        ("kind = ?", query.kind),
+        ("id < ?", query.before_id),
+    ):
+        if value is not None:
+            conditions.append(sql)
+            args.append(value)
+    if query.standing_only:
+        conditions.append("cleared_at_ms IS NULL")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = connection.execute(
+        f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags {where} ORDER BY id DESC LIMIT ?",
+        (*args, query.limit),
+    )
+    return [_flag_record(row) for row in rows]
+
+
+def _clear_flag(flag_id: int, cleared_by: str, connection: sqlite3.Connection) -> FlagRecord | None:
+    connection.execute(
+        "UPDATE behaviour_flags SET cleared_at_ms = ?, cleared_by = ?"
+        " WHERE id = ? AND cleared_at_ms IS NULL",
+        (clock.now_ms(), cleared_by, flag_id),
+    )
+    row = connection.execute(
+        f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags WHERE id = ?", (flag_id,)
+    ).fetchone()
+    return None if row is None else _flag_record(row)
+
+
+def _cleared_flags(since_ms: int, connection: sqlite3.Connection) -> list[FlagRecord]:
+    rows = connection.execute(
+        f"SELECT {_FLAG_COLUMNS} FROM behaviour_flags WHERE cleared_at_ms >= ?"
+        " ORDER BY cleared_at_ms",
+        (since_ms,),
+    )
+    return [_flag_record(row) for row in rows]
 
 
 def _save_authorization_code(code: AuthorizationCodeRecord, connection: sqlite3.Connection) -> None:

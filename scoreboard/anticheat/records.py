@@ -118,6 +118,25 @@ def subject_of(user_id: int | None, address: str) -> str:
 
 
 Evidence = BurstEvidence | RegularityEvidence | GrowthEvidence | SharedAddressEvidence
+EVIDENCE_TYPES: dict[FlagKind, type[Evidence]] = {
+    evidence.KIND: evidence
+    for evidence in (BurstEvidence, RegularityEvidence, GrowthEvidence, SharedAddressEvidence)
+}
+
+
+def evidence_as_json(evidence: Evidence) -> dict[str, Any]:
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(evidence).items()
+    }
+
+
+def evidence_from_json(kind: FlagKind, fields: dict[str, Any]) -> Evidence:
+    """The evidence as `evidence_as_json` wrote it (lists back to tuples)."""
+    values: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()
+    }
+    return EVIDENCE_TYPES[kind](**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +169,36 @@ class Flag:
             "window_start_ms": self.window_start_ms,
             "window_end_ms": self.window_end_ms,
             "raised_at_ms": self.raised_at_ms,
-            "evidence": {
-                name: list(value) if isinstance(value, tuple) else value
-                for name, value in dataclasses.asdict(self.evidence).items()
-            },
+            "evidence": evidence_as_json(self.evidence),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRecord:
+    """A stored flag: its id, and whether (when, by whom) an operator cleared it."""
+
+    flag_id: int
+    flag: Flag
+    cleared_at_ms: int | None = None
+    cleared_by: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.flag_id,
+            "subject": self.flag.subject,
+            **self.flag.as_json(),
+            "cleared_at_ms": self.cleared_at_ms,
+            "cleared_by": self.cleared_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FlagQuery:
+    """Which stored flags to list, newest first: `before_id` pages on (the last id seen)."""
+
+    user_id: int | None = None
+    since_ms: int | None = None
+    kind: FlagKind | None = None
+    standing_only: bool = False
+    before_id: int | None = None
+    limit: int = 50

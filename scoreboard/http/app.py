@@ -11,7 +11,17 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from scoreboard import json_codec
-from scoreboard.http import actions, admin, leaderboard, oauth, openapi, ops, pages, users
+from scoreboard.http import (
+    actions,
+    admin,
+    leaderboard,
+    moderation,
+    oauth,
+    openapi,
+    ops,
+    pages,
+    users,
+)
 from scoreboard.http.action_route import ActionRoute
 from scoreboard.http.body_guard import BodyGuard
 from scoreboard.http.errors import RequestRejected, render
@@ -38,7 +48,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
-    for module in (actions, admin, leaderboard, users, ops, pages, openapi):
+    for module in (actions, admin, moderation, leaderboard, users, ops, pages, openapi):
         app.register_blueprint(module.blueprint)
     oauth.install(app, services)
 

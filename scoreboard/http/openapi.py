@@ -111,6 +111,118 @@ def _bounds(entry: ActionType, name: str) -> dict[str, int]:
     return {}
 
 
+def _path_id(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The moderation endpoints (`http/moderation.py`): scope admin."""
+    flag = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "kind": {"enum": ["burst", "regular_intervals", "score_growth", "shared_address"]},
+            "subject": {"type": "string"},
+            "user_id": {"type": ["integer", "null"]},
+            "address": {"type": "string"},
+            "window_start_ms": {"type": "integer"},
+            "window_end_ms": {"type": "integer"},
+            "raised_at_ms": {"type": "integer"},
+            "evidence": {"type": "object"},
+            "cleared_at_ms": {"type": ["integer", "null"]},
+            "cleared_by": {"type": ["string", "null"]},
+        },
+        "required": ["id", "kind", "subject", "user_id", "address", "evidence", "cleared_at_ms"],
+    }
+    suspension = _json(
+        {
+            "type": "object",
+            "properties": {
+                "user_id": {"type": "integer"},
+                "suspended": {"type": "boolean"},
+                "changed": {"type": "boolean"},
+            },
+            "required": ["user_id", "suspended", "changed"],
+        },
+        "the user's suspension now, and whether this request changed it",
+    )
+    admin_errors = (400, 403, 404, 503)
+    return {
+        "/api/v1/admin/flags": {
+            "get": _operation(
+                "Behavioural flags, newest first (scope admin)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "flags": {"type": "array", "items": flag},
+                                "next_before": {"type": ["integer", "null"]},
+                            },
+                            "required": ["flags", "next_before"],
+                        },
+                        "a page of flags",
+                    )
+                },
+                secured=True,
+                parameters=[
+                    _query("user", {"type": "integer", "minimum": 1}, "only this user's"),
+                    _query(
+                        "since",
+                        {"type": "string"},
+                        "raised since: RFC 3339, epoch ms, or a span back (2h, 7d)",
+                    ),
+                    _query(
+                        "kind",
+                        {"enum": ["burst", "regular_intervals", "score_growth", "shared_address"]},
+                    ),
+                    _query("standing", {"enum": ["true", "false"]}, "only flags not cleared"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "1-500"),
+                    _query("before", {"type": "integer", "minimum": 1}, "the next_before seen"),
+                ],
+                errors=(400, 403, 503),
+            )
+        },
+        "/api/v1/admin/flags/{flag_id}/clear": {
+            "post": _operation(
+                "Clear a flag (scope admin); clearing it again changes nothing",
+                {
+                    "200": _json(
+                        {"type": "object", "properties": {"flag": flag}, "required": ["flag"]},
+                        "the flag, cleared",
+                    )
+                },
+                secured=True,
+                parameters=[_path_id("flag_id")],
+                errors=admin_errors,
+            )
+        },
+        "/api/v1/admin/users/{user_id}/suspend": {
+            "post": _operation(
+                "Suspend a user: actions refused account_suspended, off the board (scope admin)",
+                {"200": suspension},
+                secured=True,
+                parameters=[_path_id("user_id")],
+                errors=admin_errors,
+            )
+        },
+        "/api/v1/admin/users/{user_id}/unsuspend": {
+            "post": _operation(
+                "Unsuspend a user: actions counted again, back on the board (scope admin)",
+                {"200": suspension},
+                secured=True,
+                parameters=[_path_id("user_id")],
+                errors=admin_errors,
+            )
+        },
+    }
+
+
 def _action_request(catalogue: Catalogue) -> dict[str, Any]:
     kinds = {
         "string": {"type": "string", "minLength": 1, "maxLength": MAX_STRING_FIELD},
@@ -574,6 +686,7 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
                 },
             )
         },
+        **_admin_paths(),
         "/api/v1/supervisor": {
             "get": _operation(
                 "Each supervised actor: state, restarts, last error (its type alone without the "

@@ -235,3 +235,45 @@ async def test_on_start_an_existing_board_is_brought_up_to_postgres(stack: Stack
     await scored(stack, (b, 15))  # committed and acknowledged; its batch died with the keeper
     async with running_keeper(stack):
         assert await stack.board.scores() == {a: 30, b: 35}
+
+
+async def suspend(stack: Stack, user_id: int, suspended: bool = True) -> None:
+    user = await stack.store.get_user(user_id)
+    assert user is not None
+    assert await stack.store.set_suspended(user.username, suspended, "test") == (user_id, True)
+
+
+async def test_on_start_users_suspended_meanwhile_leave_the_board(stack: Stack) -> None:
+    a, b = await stack.new_user(), await stack.new_user()
+    await scored(stack, (a, 30), (b, 20))
+    async with running_keeper(stack):
+        assert await stack.board.scores() == {a: 30, b: 20}
+    await suspend(stack, b)
+    async with running_keeper(stack):
+        assert await stack.board.scores() == {a: 30}
+    await stack.board.remove([a])  # whatever the board holds, a rebuild leaves b out
+    await stack.board.rebuild(await stack.store.board_entries())
+    assert await stack.board.scores() == {a: 30}
+
+
+async def test_the_keeper_follows_suspensions_and_a_late_batch_does_not_bring_one_back(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keeper, "BOARD_CHECK_EVERY_S", 0.05)
+    a, b = await stack.new_user(), await stack.new_user()
+    await scored(stack, (a, 30))
+    async with tap_events(stack.broker) as tap, running_keeper(stack) as inbox:
+        late = await scored(stack, (b, 20))  # committed before the suspension…
+        await suspend(stack, b)
+        await suspend(stack, a)
+        with trio.fail_after(10):
+            # Once a is off, the keeper has read the log past b's suspension too.
+            while a in await stack.board.scores():
+                await trio.sleep(0.05)
+        await inbox.send(Committed(tuple(late)))  # …handled after it
+        await drained(stack, tap, inbox, a)
+        assert await stack.board.scores() == {}
+        await suspend(stack, b, suspended=False)
+        with trio.fail_after(10):
+            while await stack.board.scores() != {b: 20}:
+                await trio.sleep(0.05)

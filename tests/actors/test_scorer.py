@@ -15,9 +15,10 @@ import pytest
 import trio
 import trio.testing
 
-from scoreboard.actors import scorer
+from scoreboard.actors import flags, scorer
 from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, ScorerMsg, Unjudged
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, UnknownUser
+from scoreboard.catalogue import configured_catalogue
 from scoreboard.config import Config
 from scoreboard.model import ActionEnvelope, CommitResult, Decision
 
@@ -125,15 +126,20 @@ async def start_scorer(
     config = Config().replace(scorer={"max_batch": max_batch})
     inbox_send, inbox_receive = scorer.open_inbox()
     keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper_buffer)
+    # Nobody reads the flags inbox here: the scorer drops what does not fit, and goes on.
+    flags_send, _flags_receive = flags.open_inbox()
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(
                 scorer.run,
                 inbox_receive,
                 keeper_send,
+                flags_send,
                 store=ledger,  # type: ignore[arg-type]
                 broker=ledger,  # type: ignore[arg-type]
                 config=config,
+                catalogue=configured_catalogue(config),
+                flag_stats=flags.FlagStats(),
             )
         )
         with inbox_send:

@@ -138,3 +138,18 @@ async def test_two_concurrent_claims_of_one_nonce_accept_once(
             nursery.start_soon(one)
     assert sum(isinstance(answer, Accepted) for answer in answers) == 1
     assert sum(isinstance(answer, Replayed) for answer in answers) == 9
+
+
+async def test_remove_takes_users_off_and_a_missing_board_answers_false(
+    backend: EmbeddedBoardAndGuard,
+) -> None:
+    board = backend.board
+    assert await board.remove([1]) is False
+    await board.rebuild([entry(1, 30, T0), entry(2, 20, T0), entry(3, 10, T0)])
+    assert await board.remove([2, 99]) is True
+    assert await board.scores() == {1: 30, 3: 10}
+    top, _updated_at = await board.top(10)
+    assert [e.user_id for e in top] == [1, 3]
+    assert await board.around(2, 5) is None
+    assert await board.apply([entry(2, 25, T0 + 1)], top_n=10) is not None
+    assert await board.scores() == {1: 30, 2: 25, 3: 10}

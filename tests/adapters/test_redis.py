@@ -443,3 +443,19 @@ async def test_a_timeout_in_the_middle_of_a_call_leaves_the_pool_usable(
         assert top == [ranked(1, 2, 20), ranked(2, 1, 10)]
         assert await claim(backend, nonce="after-timeout") == Accepted()
         await backend.board.ping()
+
+
+async def test_remove_takes_users_off_and_a_missing_board_answers_false(
+    backend: RedisBackend,
+) -> None:
+    board = backend.board
+    assert await board.remove([1]) is False
+    await board.rebuild([entry(1, 30, T0), entry(2, 20, T0), entry(3, 10, T0)])
+    assert await board.remove([2, 99]) is True
+    assert await board.scores() == {1: 30, 3: 10}
+    top, _updated_at = await board.top(10)
+    assert [e.user_id for e in top] == [1, 3]
+    assert await board.around(2, 5) is None
+    # The board stays whole: the next write applies (an incomplete board would answer None).
+    assert await board.apply([entry(2, 25, T0 + 1)], top_n=10) is not None
+    assert await board.scores() == {1: 30, 2: 25, 3: 10}
