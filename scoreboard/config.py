@@ -48,6 +48,11 @@ class ServerConfig:
     role: Role = "all"
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_s: float = 10.0
+    # On SIGTERM: how long `/readyz` answers 503 (and responses carry `Connection: close`)
+    # before the listener stops accepting, so that load balancers route new clients elsewhere.
+    drain_delay_s: float = 1.0
+    # The whole drain's bound: past it the process cancels what still runs and exits 1.
+    drain_timeout_s: float = 20.0
     # `scoreboard serve` on the real stack: how many API processes share the port (0: one per
     # CPU core); the embedded backends live in one process, which runs alone.
     processes: int = 0

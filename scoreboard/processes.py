@@ -19,7 +19,7 @@ The parent is the children's supervisor, with the in-process supervisor's rules:
 dies is restarted after an exponentially growing delay with jitter (starting over once it has
 run for a while); more than `intensity` restarts within `period` seconds and it stops every child
 and exits 1, for the process manager above it to act. On SIGTERM or SIGINT it sends SIGTERM to
-every child, waits for them to drain (up to `server.shutdown_grace_s` and a margin), sends
+every child, waits for them to drain (up to `server.drain_timeout_s` and a margin), sends
 SIGKILL to any still running, and exits 0.
 """
 
@@ -380,7 +380,7 @@ async def run_parent(config: Config, children: Sequence[Child], log_level: str) 
             lambda child, fd: child_command(
                 child, config, port=port, log_level=log_level, link_fd=fd
             ),
-            grace_s=server.shutdown_grace_s + STOP_MARGIN_S,
+            grace_s=server.drain_timeout_s + STOP_MARGIN_S,
         )
 
         async def announce_when_ready() -> None:

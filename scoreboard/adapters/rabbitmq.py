@@ -70,6 +70,10 @@ CONSUME_RETRY_INTERVAL_S = 1.0
 # How long a stopping consumer may take to finish the RPC it is in and close its channel; past
 # that it is cancelled (its connection is wedged, and the watchdog is replacing it).
 CONSUMER_STOP_TIMEOUT_S = 10.0
+# A stopping consumer waits at most this long for the batches in flight to be acknowledged, and
+# gives up sooner when nothing was acknowledged for `IN_FLIGHT_QUIET_S`.
+IN_FLIGHT_GRACE_S = 5.0
+IN_FLIGHT_QUIET_S = 0.5
 # The watchdog: a channel open and close taking longer than this on a broker that answers in
 # milliseconds means the connection is stuck; so does a confirm awaited longer than any request
 # waits for one (`amqp.publish_timeout_s`).
@@ -157,6 +161,25 @@ class RabbitBroker:
 
     async def _ping(self) -> None:
         await _all(_open_and_close(self, c) for c in (self._publishing, self._consuming))
+
+    async def unconsumed_queues(self) -> list[str]:
+        return await self._run(self._unconsumed_queues)
+
+    async def _unconsumed_queues(self) -> list[str]:
+        channel = await self._plain_channel(self._publishing)
+        try:
+            unconsumed = []
+            for name in self.action_queues():
+                declared = await channel.declare_queue(name, passive=True)
+                result = declared.declaration_result
+                if result is None or result.consumer_count == 0:
+                    unconsumed.append(name)
+            return unconsumed
+        finally:
+            await channel.close()
+
+    def action_queues(self) -> list[str]:
+        return [self._config.queue]
 
     # The watchdog
 
@@ -350,13 +373,15 @@ class RabbitBroker:
                 return
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.get_queue(self._config.queue, ensure=False)
-            await queue.consume(on_message, no_ack=False, exclusive=True)
+            consumer_tag = await queue.consume(on_message, no_ack=False, exclusive=True)
             log.info("rabbitmq: consuming %s", self._config.queue)
             # The broker cancels a consumer whose queue was deleted but keeps the channel open.
             await _first_of(channel.closed(), cancelled_by_broker.wait(), stop.wait())
             if cancelled_by_broker.is_set() and not stop.is_set():
                 log.warning("rabbitmq: the broker cancelled the consumer of %s", self._config.queue)
                 await self._declare_topology()
+            if stop.is_set() and not channel.is_closed:
+                await self._finish_in_flight(queue, consumer_tag, incarnation)
         finally:
             self._live_incarnations.discard(incarnation)
             for key in [key for key in self._unsettled if key[0] == incarnation]:
@@ -365,6 +390,29 @@ class RabbitBroker:
                 # Closing returns every unacknowledged delivery to the queue for the next consumer.
                 with contextlib.suppress(*TRANSPORT_ERRORS):
                     await channel.close()
+
+    async def _finish_in_flight(
+        self, queue: aio_pika.abc.AbstractQueue, consumer_tag: str, incarnation: int
+    ) -> None:
+        """A stopping worker: no more deliveries, then a short wait for the scorer to
+        acknowledge the batches it is committing, so they are not redelivered to the next
+        consumer. Deliveries that never reached a batch go back to the queue when the channel
+        closes; their redelivery is harmless, only slower."""
+        with contextlib.suppress(*TRANSPORT_ERRORS):
+            await queue.cancel(consumer_tag)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IN_FLIGHT_GRACE_S
+        settled_before = -1
+        quiet_since = loop.time()
+        while loop.time() < deadline:
+            unsettled = sum(1 for key in self._unsettled if key[0] == incarnation)
+            if unsettled == 0:
+                return
+            if unsettled != settled_before:
+                settled_before, quiet_since = unsettled, loop.time()
+            elif loop.time() - quiet_since > IN_FLIGHT_QUIET_S:
+                return  # what is left was dropped with the consumer's channel, not in a batch
+            await asyncio.sleep(0.05)
 
     async def _consuming_connection_ready(self, stop: asyncio.Event) -> bool:
         """Wait until the consuming connection is up (it may be reconnecting), or `stop`."""

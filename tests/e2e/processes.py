@@ -135,6 +135,11 @@ class ServerProcess:
                 await trio.sleep(0.05)
         return self._process.returncode
 
+    async def send_sigterm(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        await trio.lowlevel.checkpoint()
+
     async def terminate(self, timeout_s: float = 20) -> int:
         """SIGTERM and wait: the graceful drain."""
         assert self._process is not None
