@@ -37,6 +37,9 @@ BACKEND_URL_SETTINGS = (
 )
 
 
+MAX_SHARDS = 1024
+
+
 class ConfigError(ValueError):
     """A setting is missing, unknown or of the wrong type."""
 
@@ -132,6 +135,15 @@ class AmqpConfig:
     prefetch: int = 256
     max_attempts: int = 3
     publish_timeout_s: float = 5.0
+    # Actions are sharded by user id over this many queues (`<queue>.0` ...), each consumed by
+    # one worker at a time; 1 keeps the single queue `queue`. See docs/scaling.md.
+    shards: int = 1
+    # The type of the shard queues: "classic", or "quorum" (replicated; no priorities).
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"amqp.shards must be between 1 and {MAX_SHARDS}, not {self.shards}")
 
 
 @dataclass(frozen=True, slots=True)

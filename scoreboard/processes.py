@@ -1,9 +1,10 @@
 """`scoreboard serve --processes N`: one parent process runs the roles as child processes.
 
 On the real stack, `--role all` runs N API processes and one worker process, `--role api` N API
-processes, `--role worker` N worker processes (one consumes the queue, the others stand by for
-its exclusive consumer). Every API process binds its own socket to the one port with
-SO_REUSEPORT, and the kernel spreads new connections over them. The parent binds the port first
+processes, `--role worker` N worker processes (they split the shard queues between them,
+docs/scaling.md; with one queue, one consumes it and the others stand by). Every API process
+binds its own socket to the one port with SO_REUSEPORT, and the kernel spreads new connections
+over them. The parent binds the port first
 (never listening, so it receives no connection): that picks the port for `--port 0`, fails early
 and clearly when the port is taken, and keeps the port while a child restarts.
 

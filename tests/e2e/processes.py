@@ -54,6 +54,8 @@ def server_environment(
             "SCOREBOARD_AMQP_FAILED_QUEUE": config.amqp.failed_queue,
             "SCOREBOARD_AMQP_DEAD_LETTER_EXCHANGE": config.amqp.dead_letter_exchange,
             "SCOREBOARD_AMQP_EVENTS_EXCHANGE": config.amqp.events_exchange,
+            "SCOREBOARD_AMQP_SHARDS": str(config.amqp.shards),
+            "SCOREBOARD_AMQP_QUEUE_TYPE": config.amqp.queue_type,
         }
     )
     return env
