@@ -5,10 +5,19 @@ one Lua script, so that several API and worker processes see each step as atomic
 
 Key layout, all under `RedisConfig.prefix` (`P`):
 
-- `P board`            sorted set: score, member `"{MAX_MS - reached_ms:013d}:{user_id}"`
-- `P board:member`     hash user_id -> that member (to find and replace a user's entry)
-- `P board:name`       hash user_id -> username
-- `P board:meta`       hash `updated_at` -> ms; its presence says "the board was built"
+- `P{board}`           sorted set: score, member `"{MAX_MS - reached_ms:013d}:{user_id}"`
+- `P{board}:member`    hash user_id -> that member (to find and replace a user's entry)
+- `P{board}:name`      hash user_id -> username
+- `P{board}:meta`      hash `updated_at` -> ms; its presence says "the board was built"
+
+The board's keys carry the hash tag `{board}`, so that they share one Redis Cluster slot and its
+scripts run on a cluster. A board written by an older version under `P board` is left behind
+(delete it at leisure): the new keys start missing and are rebuilt from PostgreSQL.
+
+Writes are conditional: `apply` never replaces a score with a lower one, or with the same one
+reached no earlier (scores only grow in PostgreSQL), and the keeper swaps a rebuilt board in only
+while the board is missing; when another worker rebuilt it meanwhile, the keeper applies its
+entries instead, so its older read never overwrites a newer score.
 - `P nonce:{user}:{nonce}`        "{action_id} {status}", 24 h; the status is how the first
                                   request was answered, or `PUBLISHING` / `OUTCOME_UNKNOWN`
 - `P limit:ip:{ip}`               sorted set of action ids by claim time (60 s sliding window)
@@ -68,6 +77,14 @@ REBUILD_CHUNK = 1000
 REBUILD_TTL_MS = 3600 * 1000
 CONNECT_TIMEOUT_S = 5.0
 TRANSPORT_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def board_keys(prefix: str) -> tuple[str, str, str, str]:
+    """The board's sorted set, member hash, name hash and meta hash. The hash tag `{board}` puts
+    them (and the rebuild's temporary keys, named after them) in one Redis Cluster slot, so that
+    the scripts using several of them run on a cluster."""
+    board = f"{prefix}{{board}}"
+    return board, f"{board}:member", f"{board}:name", f"{board}:meta"
 
 
 def board_member(entry: BoardEntry) -> str:
@@ -362,10 +379,7 @@ class RedisBoard(_RedisAdapter):
 
     def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
         super().__init__(bridge, client, prefix)
-        self._board = f"{prefix}board"
-        self._members = f"{prefix}board:member"
-        self._names = f"{prefix}board:name"
-        self._meta = f"{prefix}board:meta"
+        self._board, self._members, self._names, self._meta = board_keys(prefix)
         self._apply_script = client.register_script(_APPLY)
         self._swap_in_script = client.register_script(_SWAP_IN)
         self._top_script = client.register_script(_TOP)

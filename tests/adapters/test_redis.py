@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 import trio
+from redis.crc import key_slot
 
 from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
@@ -19,7 +20,7 @@ from scoreboard.adapters.interfaces import (
     PendingAction,
     Replayed,
 )
-from scoreboard.adapters.redis import RedisBackend, open_redis
+from scoreboard.adapters.redis import RedisBackend, board_keys, open_redis
 from scoreboard.bridge import open_bridge
 from scoreboard.config import RedisConfig
 from scoreboard.model import BoardEntry, RankChange, RankedEntry
@@ -176,10 +177,8 @@ async def test_rebuild_swaps_the_whole_board_at_once(
     top, _ = await backend.board.top(10)
     assert {e.user_id for e in top}.isdisjoint(old_users)
     assert await backend.board.scores() == {e.user_id: e.score for e in new}
-    assert sorted(raw.scan_iter(match=f"{redis_prefix}*")) == sorted(
-        f"{redis_prefix}{key}" for key in ("board", "board:member", "board:name", "board:meta")
-    )
-    assert raw.ttl(f"{redis_prefix}board") == -1
+    assert sorted(raw.scan_iter(match=f"{redis_prefix}*")) == sorted(board_keys(redis_prefix))
+    assert raw.ttl(board_keys(redis_prefix)[0]) == -1
 
 
 async def test_rebuild_with_no_entries_leaves_an_empty_built_board(backend: RedisBackend) -> None:
@@ -443,3 +442,10 @@ async def test_a_timeout_in_the_middle_of_a_call_leaves_the_pool_usable(
         assert top == [ranked(1, 2, 20), ranked(2, 1, 10)]
         assert await claim(backend, nonce="after-timeout") == Accepted()
         await backend.board.ping()
+
+
+def test_the_board_keys_share_one_cluster_slot() -> None:
+    """Every board script uses several of these keys (and the rebuild its temporary copies,
+    named after them): Redis Cluster runs a script only when all its keys are in one slot."""
+    keys = [*board_keys("sb:"), *(f"{key}:rebuild:0123abcd" for key in board_keys("sb:")[:3])]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
