@@ -15,6 +15,7 @@ from scoreboard.adapters.interfaces import (
     PUBLISHING,
     Accepted,
     BoardMissing,
+    FailureDelay,
     Limited,
     MeView,
     PendingAction,
@@ -449,3 +450,24 @@ def test_the_board_keys_share_one_cluster_slot() -> None:
     named after them): Redis Cluster runs a script only when all its keys are in one slot."""
     keys = [*board_keys("sb:"), *(f"{key}:rebuild:0123abcd" for key in board_keys("sb:")[:3])]
     assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+async def test_the_edge_guard_keys_of_one_script_share_one_cluster_slot(
+    backend: RedisBackend, raw: redis.Redis, redis_prefix: str
+) -> None:
+    """What each script touches, written for real, lands in the slots of the tags `{edge}`
+    (claims, releases, nonces) and `{auth}` (sign-in attempts and failures) only."""
+    await claim(backend, user_id=7, cooldown_ms=60_000)
+    await claim(backend, user_id=8, ip="2001:db8::1", cooldown_ms=60_000)
+    await backend.guard.count_attempts([("signin:user:x", 5), ("signin:ip:y", 5)], now_ms=T0)
+    await backend.guard.admit_after_failures(
+        "login:x:ip",
+        now_ms=T0,
+        delay=FailureDelay(free_failures=1, max_delay_ms=60_000, forget_after_ms=60_000),
+    )
+    slots: dict[str, set[int]] = {}
+    for key in raw.scan_iter(match=f"{redis_prefix}*"):
+        tag = key[key.index("{") : key.index("}") + 1]
+        slots.setdefault(tag, set()).add(key_slot(key.encode()))
+    assert slots.keys() == {"{edge}", "{auth}"}
+    assert all(len(found) == 1 for found in slots.values())
