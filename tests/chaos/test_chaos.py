@@ -100,7 +100,8 @@ async def register(client: httpx.AsyncClient) -> int:
 
 def held_shards(worker: ServerProcess) -> list[int] | None:
     """The shards the worker said it holds last (None before it said anything)."""
-    found = re.findall(r"holding shards (\S+) of \d+", worker.log())
+    latest_start = worker.log().rsplit("scoreboard ready", 1)[-1]
+    found = re.findall(r"holding shards (\S+) of \d+", latest_start)
     if not found:
         return None
     return [] if found[-1] == "none" else [int(s) for s in found[-1].split(",")]
@@ -207,8 +208,9 @@ async def test_chaos_every_accepted_action_counts_once(
     players = [[user, [token(api, user) for api in apis]] for user in users]
     watchers = [Watcher(apis[n % 2].url, token(apis[n % 2], users[n])) for n in range(WATCHERS)]
     events: list[str] = []
+    terminating: set[int] = set()
     results: dict[str, Any] = {}
-    sigterm: dict[str, float | int] = {}
+    sigterm: dict[str, tuple[int, float]] = {}
     rng = random.Random()
 
     load_started = trio.current_time()
@@ -245,6 +247,7 @@ async def test_chaos_every_accepted_action_counts_once(
             elapsed = trio.current_time() - start
             if what == "kill":
                 victim = rng.randrange(2)
+                terminating.add(victim)
                 workers[victim].kill()
                 events.append(f"{elapsed:.1f}s kill -9 worker {victim}")
                 if len(events) == 1:
@@ -256,6 +259,7 @@ async def test_chaos_every_accepted_action_counts_once(
                         f"{trio.current_time() - start:.1f}s worker {1 - victim} holds every shard"
                     )
                 workers[victim].start()
+                terminating.discard(victim)
             elif what == "flush redis":
                 private_redis.flush()
                 events.append(f"{elapsed:.1f}s FLUSHDB")
@@ -266,14 +270,37 @@ async def test_chaos_every_accepted_action_counts_once(
                     f"(up again {trio.current_time() - start - elapsed:.1f}s later)"
                 )
             else:
+                kind, group = ("worker", workers) if what == "sigterm worker" else ("API", apis)
                 victim = rng.randrange(2)
+                if kind == "worker":
+                    terminating.add(victim)  # not for the process manager to start again
+                # Its latest start must be over: a SIGTERM before the handler is set kills it.
+                await group[victim].wait_ready(60)
                 stopped_at = trio.current_time()
-                sigterm["exit"] = await workers[victim].terminate(30)
-                sigterm["seconds"] = trio.current_time() - stopped_at
-                events.append(f"{elapsed:.1f}s SIGTERM worker {victim}: exit {sigterm['exit']}")
-                workers[victim].start()
+                code = await group[victim].terminate(30)
+                sigterm[kind] = (code, trio.current_time() - stopped_at)
+                events.append(
+                    f"{elapsed:.1f}s SIGTERM {kind} {victim}: exit {code} after "
+                    f"{sigterm[kind][1]:.1f} s"
+                )
+                group[victim].start()
+                if kind == "worker":
+                    terminating.discard(victim)
+
+    restarted: Counter[str] = Counter()
+
+    async def process_manager() -> None:
+        """What systemd or Kubernetes does: a worker that exited (one that started while
+        RabbitMQ was going down gives up) is started again."""
+        while True:
+            for number, worker in enumerate(workers):
+                if worker.exited and number not in terminating:
+                    restarted[f"worker {number}"] += 1
+                    worker.start()
+            await trio.sleep(0.5)
 
     async with open_bridge() as bridge, trio.open_nursery() as nursery:
+        nursery.start_soon(process_manager)
         for watcher in watchers:
             nursery.start_soon(watcher.run)
         async with trio.open_nursery() as storm:
@@ -310,10 +337,10 @@ async def test_chaos_every_accepted_action_counts_once(
         f"\nshards at the start {split}, at the end {final_split}"
         f"\nchaos: {'; '.join(events)}"
         f"\nRabbitMQ node started in {[round(s, 1) for s in private_rabbit.started_in_s]} s; "
-        f"SIGTERM of a worker under load: exit {sigterm.get('exit')} after "
-        f"{sigterm.get('seconds', 0):.1f} s"
+        f"SIGTERM under load (exit code, seconds): {sigterm}"
         f"\nwatchers: {[(w.connects, w.snapshots, dict(w.closes)) for w in watchers]} "
         f"(connects, snapshots, closes by code); final top 10 {top[:3]}..."
+        f"\nworkers started again after exiting by themselves: {dict(restarted)}"
         f"\nverify: {verified.stdout.strip().splitlines()[-1] if verified.stdout.strip() else ''}"
     )
     for action_id in accepted:
@@ -321,5 +348,42 @@ async def test_chaos_every_accepted_action_counts_once(
     assert len(stored) == len(accepted)
     assert scores == {user: expected.get(user, 0) for user in users}
     assert results["given_up"] == []
-    assert sigterm["exit"] == 0
+    assert [code for code, _seconds in sigterm.values()] == [0, 0]
     assert all(watcher.last == top for watcher in watchers)
+
+
+async def readyz(client: httpx.AsyncClient) -> tuple[int, list[str]]:
+    response = await client.get("/readyz")
+    return response.status_code, response.json().get("reasons", [])
+
+
+async def test_readyz_follows_redis_going_and_coming_back(
+    config: Config,
+    tmp_path: Path,
+    private_redis: PrivateRedis,
+    processes: list[ServerProcess],
+) -> None:
+    config = config.replace(redis={"url": private_redis.url})
+    server = ServerProcess(config, tmp_path, role="all")
+    processes.append(server)
+    server.start()
+    await server.wait_ready(60)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert (await readyz(client))[0] == 200
+        private_redis.stop()
+        stopped_at = trio.current_time()
+        with trio.fail_after(60):  # a hang guard
+            while (answer := await readyz(client))[0] == 200:
+                await trio.sleep(0.1)
+        down_s = trio.current_time() - stopped_at
+        private_redis.start()
+        started_at = trio.current_time()
+        with trio.fail_after(60):  # a hang guard
+            while (await readyz(client))[0] != 200:
+                await trio.sleep(0.1)
+        up_s = trio.current_time() - started_at
+    print(
+        f"\n/readyz: 503 {down_s:.2f} s after Redis stopped ({answer[1]}), "
+        f"200 again {up_s:.2f} s after it started"
+    )
+    assert answer == (503, ["redis does not answer"])

@@ -88,8 +88,10 @@ class ServerProcess:
         # Arguments before `serve` (`--log-format json`, `--log-level DEBUG`).
         self._arguments = list(arguments)
         self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self) -> None:
+        self.starts += 1
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "scoreboard", *self._arguments, "serve"],
@@ -103,6 +105,10 @@ class ServerProcess:
         assert self._process is not None
         return self._process.pid
 
+    @property
+    def exited(self) -> bool:
+        return self._process is not None and self._process.poll() is not None
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -111,9 +117,10 @@ class ServerProcess:
         return OPS_LISTENER.findall(self.log())
 
     async def wait_ready(self, timeout_s: float = 30) -> None:
-        """Until the process logs that it is ready (and, with HTTP, /readyz answers 200)."""
+        """Until the process (its latest start) logs that it is ready (and, with HTTP, /readyz
+        answers 200)."""
         with trio.fail_after(timeout_s):
-            while "scoreboard ready" not in self.log():
+            while self.log().count("scoreboard ready") < self.starts:
                 assert self._process is not None
                 assert self._process.poll() is None, self.log()
                 await trio.sleep(0.1)
