@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -251,7 +251,7 @@ class LateReader:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stack.store, name)
 
-    async def board_entries(self, user_ids: list[int] | None = None) -> list[BoardEntry]:
+    async def board_entries(self, user_ids: Sequence[int] | None = None) -> list[BoardEntry]:
         if user_ids is not None or self.late is None:
             return await self._stack.store.board_entries(user_ids)
         older, newer = self.late

@@ -132,7 +132,9 @@ class Watcher:
         ws_url = self.url.replace("http://", "ws://") + "/api/v1/ws"
         while True:
             try:
-                async with open_websocket_url(ws_url, extra_headers=[("Origin", self.url)]) as ws:
+                async with open_websocket_url(
+                    ws_url, extra_headers=[(b"Origin", self.url.encode())]
+                ) as ws:
                     self.connects += 1
                     await ws.send_message(json.dumps({"type": "auth", "token": self.token}))
                     while True:
@@ -142,7 +144,7 @@ class Watcher:
                             self.last = [(row["user_id"], row["score"]) for row in rows]
                             self.snapshots += 1
             except ConnectionClosed as closed:
-                self.closes[closed.reason.code] += 1
+                self.closes[closed.reason.code if closed.reason else None] += 1
             except (HandshakeError, OSError, trio.BrokenResourceError):
                 self.closes[None] += 1
             await trio.sleep(0.5)
@@ -181,8 +183,10 @@ async def test_chaos_every_accepted_action_counts_once(
     processes: list[ServerProcess],
 ) -> None:
     config = chaos_config(config, private_redis, private_rabbit)
-    apis = [ServerProcess(config, tmp_path, role="api", env=DRAIN_ENV) for _ in range(2)]
-    workers = [ServerProcess(config, tmp_path, role="worker", env=DRAIN_ENV) for _ in range(2)]
+    apis = [ServerProcess(config, tmp_path, role="api", environment=DRAIN_ENV) for _ in range(2)]
+    workers = [
+        ServerProcess(config, tmp_path, role="worker", environment=DRAIN_ENV) for _ in range(2)
+    ]
     processes.extend([*apis, *workers])
     for process in processes:
         process.start()
@@ -239,6 +243,7 @@ async def test_chaos_every_accepted_action_counts_once(
             + [
                 (0.3 * duration, "flush redis"),
                 (0.5 * duration, "restart rabbitmq"),
+                (0.7 * duration, "sigterm API"),
                 (0.8 * duration, "sigterm worker"),
             ]
         )
@@ -275,7 +280,7 @@ async def test_chaos_every_accepted_action_counts_once(
                 if kind == "worker":
                     terminating.add(victim)  # not for the process manager to start again
                 # Its latest start must be over: a SIGTERM before the handler is set kills it.
-                await group[victim].wait_ready(60)
+                await group[victim].wait_started(60)
                 stopped_at = trio.current_time()
                 code = await group[victim].terminate(30)
                 sigterm[kind] = (code, trio.current_time() - stopped_at)
@@ -319,6 +324,8 @@ async def test_chaos_every_accepted_action_counts_once(
             while (verified := await run_verify(config)).returncode != 0:
                 await trio.sleep(0.5)
         top = await final_top(apis[0].url)
+        async with httpx.AsyncClient() as client:
+            readiness = [(await client.get(f"{api.url}/readyz")).json() for api in apis]
         with trio.fail_after(30):  # a hang guard: the last snapshot reaches every client
             while any(watcher.last != top for watcher in watchers):
                 await trio.sleep(0.2)
@@ -341,6 +348,7 @@ async def test_chaos_every_accepted_action_counts_once(
         f"\nwatchers: {[(w.connects, w.snapshots, dict(w.closes)) for w in watchers]} "
         f"(connects, snapshots, closes by code); final top 10 {top[:3]}..."
         f"\nworkers started again after exiting by themselves: {dict(restarted)}"
+        f"\n/readyz of the APIs at the end: {[(r['ready'], r['reasons']) for r in readiness]}"
         f"\nverify: {verified.stdout.strip().splitlines()[-1] if verified.stdout.strip() else ''}"
     )
     for action_id in accepted:

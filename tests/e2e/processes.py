@@ -116,6 +116,14 @@ class ServerProcess:
         """The operations listeners the process (or its children) logged, in order."""
         return OPS_LISTENER.findall(self.log())
 
+    async def wait_started(self, timeout_s: float = 30) -> None:
+        """Until the process (its latest start) logs that it is ready: its signal handlers are
+        set, whatever its backends say."""
+        with trio.fail_after(timeout_s):
+            while self.log().count("scoreboard ready") < self.starts:
+                assert self._process is not None
+                await trio.sleep(0.1)
+
     async def wait_ready(self, timeout_s: float = 30) -> None:
         """Until the process (its latest start) logs that it is ready (and, with HTTP, /readyz
         answers 200)."""

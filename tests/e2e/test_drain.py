@@ -95,7 +95,7 @@ async def test_sigterm_drains_keep_alive_connections_and_websockets(
     close_codes: list[int] = []
     ready_statuses: list[int] = []
     answered_after_sigterm: list[h11.Response] = []
-    async with open_websocket_url(ws_url, extra_headers=[("Origin", server.url)]) as ws:
+    async with open_websocket_url(ws_url, extra_headers=[(b"Origin", server.url.encode())]) as ws:
         await server.send_sigterm()
         signalled_at = trio.current_time()
         with trio.fail_after(15):  # a hang guard, not a timing assertion
@@ -132,7 +132,7 @@ async def test_sigterm_drains_keep_alive_connections_and_websockets(
                         while True:
                             json.loads(await ws.get_message())
                     except ConnectionClosed as closed:
-                        close_codes.append(closed.reason.code)
+                        close_codes.append(closed.reason.code if closed.reason else 1006)
 
                 nursery.start_soon(readiness)
                 for connection in connections:
