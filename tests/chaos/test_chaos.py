@@ -212,7 +212,7 @@ async def test_chaos_every_accepted_action_counts_once(
     players = [[user, [token(api, user) for api in apis]] for user in users]
     watchers = [Watcher(apis[n % 2].url, token(apis[n % 2], users[n])) for n in range(WATCHERS)]
     events: list[str] = []
-    terminating: set[int] = set()
+    terminating: set[ServerProcess] = set()  # stopped on purpose: not to be started again
     results: dict[str, Any] = {}
     sigterm: dict[str, tuple[int, float]] = {}
     rng = random.Random()
@@ -252,7 +252,7 @@ async def test_chaos_every_accepted_action_counts_once(
             elapsed = trio.current_time() - start
             if what == "kill":
                 victim = rng.randrange(2)
-                terminating.add(victim)
+                terminating.add(workers[victim])
                 workers[victim].kill()
                 events.append(f"{elapsed:.1f}s kill -9 worker {victim}")
                 if len(events) == 1:
@@ -264,7 +264,7 @@ async def test_chaos_every_accepted_action_counts_once(
                         f"{trio.current_time() - start:.1f}s worker {1 - victim} holds every shard"
                     )
                 workers[victim].start()
-                terminating.discard(victim)
+                terminating.discard(workers[victim])
             elif what == "flush redis":
                 private_redis.flush()
                 events.append(f"{elapsed:.1f}s FLUSHDB")
@@ -277,10 +277,9 @@ async def test_chaos_every_accepted_action_counts_once(
             else:
                 kind, group = ("worker", workers) if what == "sigterm worker" else ("API", apis)
                 victim = rng.randrange(2)
-                if kind == "worker":
-                    terminating.add(victim)  # not for the process manager to start again
                 # Its latest start must be over: a SIGTERM before the handler is set kills it.
                 await group[victim].wait_started(60)
+                terminating.add(group[victim])
                 stopped_at = trio.current_time()
                 code = await group[victim].terminate(30)
                 sigterm[kind] = (code, trio.current_time() - stopped_at)
@@ -289,19 +288,18 @@ async def test_chaos_every_accepted_action_counts_once(
                     f"{sigterm[kind][1]:.1f} s"
                 )
                 group[victim].start()
-                if kind == "worker":
-                    terminating.discard(victim)
+                terminating.discard(group[victim])
 
     restarted: Counter[str] = Counter()
 
     async def process_manager() -> None:
-        """What systemd or Kubernetes does: a worker that exited (one that started while
+        """What systemd or Kubernetes does: a process that exited (one that started while
         RabbitMQ was going down gives up) is started again."""
         while True:
-            for number, worker in enumerate(workers):
-                if worker.exited and number not in terminating:
-                    restarted[f"worker {number}"] += 1
-                    worker.start()
+            for process in (*apis, *workers):
+                if process.exited and process not in terminating:
+                    restarted[f"{process.role} {process.port}"] += 1
+                    process.start()
             await trio.sleep(0.5)
 
     async with open_bridge() as bridge, trio.open_nursery() as nursery:
@@ -347,7 +345,7 @@ async def test_chaos_every_accepted_action_counts_once(
         f"SIGTERM under load (exit code, seconds): {sigterm}"
         f"\nwatchers: {[(w.connects, w.snapshots, dict(w.closes)) for w in watchers]} "
         f"(connects, snapshots, closes by code); final top 10 {top[:3]}..."
-        f"\nworkers started again after exiting by themselves: {dict(restarted)}"
+        f"\nprocesses started again after exiting by themselves: {dict(restarted)}"
         f"\n/readyz of the APIs at the end: {[(r['ready'], r['reasons']) for r in readiness]}"
         f"\nverify: {verified.stdout.strip().splitlines()[-1] if verified.stdout.strip() else ''}"
     )
