@@ -669,15 +669,14 @@ class RabbitBroker:
         return await self._run(self._queue_depths)
 
     async def _queue_depths(self) -> dict[str, int]:
+        """`actions` sums the shard queues (and the queue of before sharding)."""
         channel = await self._plain_channel()
         try:
-            depths = {}
-            for name, queue in (
-                ("actions", self._config.queue),
-                ("failed", self._config.failed_queue),
-            ):
+            depths = {"actions": 0, "failed": 0}
+            named = [("actions", queue) for queue in self.action_queues()]
+            for name, queue in [*named, ("failed", self._config.failed_queue)]:
                 declared = await channel.declare_queue(queue, passive=True)
-                depths[name] = declared.declaration_result.message_count or 0
+                depths[name] += declared.declaration_result.message_count or 0
             return depths
         finally:
             await channel.close()

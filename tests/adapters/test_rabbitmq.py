@@ -568,3 +568,8 @@ async def test_two_workers_split_the_shards_and_one_takes_over_from_the_other(
             await second.settle(ack=[delivery])
         assert users == set(range(1, USERS + 1))
         second_consumer.stop()
+
+
+async def test_the_actions_depth_sums_the_shard_queues(sharded_broker: RabbitBroker) -> None:
+    await sharded_broker.publish_actions([envelope(user_id=user) for user in range(1, 21)])
+    assert await sharded_broker.queue_depths() == {"actions": 20, "failed": 0}
