@@ -37,6 +37,9 @@ BACKEND_URL_SETTINGS = (
 )
 
 
+MAX_SHARDS = 1024
+
+
 class ConfigError(ValueError):
     """A setting is missing, unknown or of the wrong type."""
 
@@ -48,6 +51,11 @@ class ServerConfig:
     role: Role = "all"
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_s: float = 10.0
+    # On SIGTERM: how long `/readyz` answers 503 (and responses carry `Connection: close`)
+    # before the listener stops accepting, so that load balancers route new clients elsewhere.
+    drain_delay_s: float = 1.0
+    # The whole drain's bound: past it the process cancels what still runs and exits 1.
+    drain_timeout_s: float = 20.0
     # `scoreboard serve` on the real stack: how many API processes share the port (0: one per
     # CPU core); the embedded backends live in one process, which runs alone.
     processes: int = 0
@@ -127,6 +135,15 @@ class AmqpConfig:
     prefetch: int = 256
     max_attempts: int = 3
     publish_timeout_s: float = 5.0
+    # Actions are sharded by user id over this many queues (`<queue>.0` ...), each consumed by
+    # one worker at a time; 1 keeps the single queue `queue`. See docs/scaling.md.
+    shards: int = 1
+    # The type of the shard queues: "classic", or "quorum" (replicated; no priorities).
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"amqp.shards must be between 1 and {MAX_SHARDS}, not {self.shards}")
 
 
 @dataclass(frozen=True, slots=True)

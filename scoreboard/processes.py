@@ -1,9 +1,10 @@
 """`scoreboard serve --processes N`: one parent process runs the roles as child processes.
 
 On the real stack, `--role all` runs N API processes and one worker process, `--role api` N API
-processes, `--role worker` N worker processes (one consumes the queue, the others stand by for
-its exclusive consumer). Every API process binds its own socket to the one port with
-SO_REUSEPORT, and the kernel spreads new connections over them. The parent binds the port first
+processes, `--role worker` N worker processes (they split the shard queues between them,
+docs/scaling.md; with one queue, one consumes it and the others stand by). Every API process
+binds its own socket to the one port with SO_REUSEPORT, and the kernel spreads new connections
+over them. The parent binds the port first
 (never listening, so it receives no connection): that picks the port for `--port 0`, fails early
 and clearly when the port is taken, and keeps the port while a child restarts.
 
@@ -19,7 +20,7 @@ The parent is the children's supervisor, with the in-process supervisor's rules:
 dies is restarted after an exponentially growing delay with jitter (starting over once it has
 run for a while); more than `intensity` restarts within `period` seconds and it stops every child
 and exits 1, for the process manager above it to act. On SIGTERM or SIGINT it sends SIGTERM to
-every child, waits for them to drain (up to `server.shutdown_grace_s` and a margin), sends
+every child, waits for them to drain (up to `server.drain_timeout_s` and a margin), sends
 SIGKILL to any still running, and exits 0.
 """
 
@@ -380,7 +381,7 @@ async def run_parent(config: Config, children: Sequence[Child], log_level: str) 
             lambda child, fd: child_command(
                 child, config, port=port, log_level=log_level, link_fd=fd
             ),
-            grace_s=server.shutdown_grace_s + STOP_MARGIN_S,
+            grace_s=server.drain_timeout_s + STOP_MARGIN_S,
         )
 
         async def announce_when_ready() -> None:

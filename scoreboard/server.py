@@ -52,6 +52,7 @@ from scoreboard.backends import Backends, describe_backends, open_backends, wait
 from scoreboard.catalogue import Catalogue, configured_catalogue
 from scoreboard.config import Config
 from scoreboard.demo import announcement, create_demo_user
+from scoreboard.drain import Drain
 from scoreboard.http.app import create_asgi_app
 from scoreboard.http.connections import ConnectionCounts
 from scoreboard.http.listener import ListeningSocket, serve_http, socket_url
@@ -81,6 +82,8 @@ class ServerHandle:
     supervisor: Supervisor
     services: Services | None
     request_shutdown: Callable[[], None]
+    drain: Drain
+    """Begun on SIGTERM: `/readyz` (public and ops) answers 503 from then on."""
 
 
 def worker_supervisor(
@@ -322,6 +325,7 @@ async def run_server(
                     supervisor=root,
                     services=services,
                     request_shutdown=nursery.cancel_scope.cancel,
+                    drain=observed.drain,
                 )
             )
 
@@ -339,7 +343,8 @@ async def _announce(config: Config, handle: ServerHandle) -> None:
 
 
 async def run_until_signalled(config: Config, parent: ParentLink | None = None) -> int:
-    """The `scoreboard serve` main: SIGTERM or SIGINT drains and exits 0; a root give-up exits 1.
+    """The `scoreboard serve` main: SIGTERM or SIGINT drains and exits 0 (1 when the drain takes
+    longer than `server.drain_timeout_s`); a root give-up exits 1.
 
     A child of `--processes N` (`parent` given) reports ready to its parent instead of announcing
     itself, ignores SIGINT (its parent stops it), and drains when its parent is gone.
@@ -361,13 +366,28 @@ async def run_until_signalled(config: Config, parent: ParentLink | None = None) 
                 else:
                     log.info("process ready: role=%s%s", config.server.role, where)
                     await parent.report_ready(handle.url)
-                log.info("%s: shutting down", await _wait_for_stop(signals, parent))
-                await handle.supervisor.shutdown()
+                log.info("%s: draining", await _wait_for_stop(signals, parent))
+                bound = config.server.drain_timeout_s
+                with trio.move_on_after(bound) as drain_scope:
+                    await _drain(handle)
+                if drain_scope.cancelled_caught:
+                    log.error("the drain took longer than server.drain_timeout_s (%g s)", bound)
+                    exit_code = 1
                 nursery.cancel_scope.cancel()
         except* SupervisorGaveUp as group:
             log.critical("supervisor gave up: %s", group.exceptions[0])
             exit_code = 1
     return exit_code
+
+
+async def _drain(handle: ServerHandle) -> None:
+    """`/readyz` 503 first; the HTTP server stops accepting and finishes its requests; then the
+    actors stop in reverse order (the consumer before the scorer that acknowledges its batches)."""
+    handle.drain.begin()
+    if handle.services is not None:
+        await handle.drain.http_drained.wait()
+    log.info("shutting down the actors")
+    await handle.supervisor.shutdown()
 
 
 async def _wait_for_stop(signals: AsyncIterator[int], parent: ParentLink | None) -> str:

@@ -7,8 +7,9 @@ nothing itself: the scorer does, after the commit. When the consumer stops, the 
 and its AMQP channel close with it, so every unacknowledged delivery is redelivered.
 
 It reports started once the broker's consumer is running. That consumer subscribes by itself and
-keeps subscribing (after a reconnect, or as a hot standby while another worker holds the
-exclusive queue), so "started" means "consuming or standing by", which is what a worker is for.
+keeps subscribing (after a reconnect, to its share of the shard queues, or as a hot standby while
+other workers hold every shard), so "started" means "consuming or standing by", which is what a
+worker is for.
 """
 
 from __future__ import annotations

@@ -238,14 +238,24 @@ class _Keeper:
         )
 
     async def _rebuild(self, entries: list[BoardEntry]) -> None:
+        """Swap a board built from `entries` in, only if it is still missing then. Another
+        worker may have rebuilt it meanwhile from a newer read of the store and written newer
+        scores since: then `entries` are applied like any batch, where an older score never
+        overwrites a newer one (the apply script compares score and reach time)."""
         log.warning("keeper: the board is missing; rebuilding it from the store")
-        await call_with_retries(
-            functools.partial(self._board.rebuild, entries),
+        built = await call_with_retries(
+            functools.partial(self._board.rebuild_if_missing, entries),
             what="rebuilding the board",
             timeout_s=REBUILD_TIMEOUT_S,
             attempts=math.inf,
         )
-        log.info("keeper: rebuilt the board with %d users", len(entries))
+        if built:
+            log.info("keeper: rebuilt the board with %d users", len(entries))
+            return
+        log.info("keeper: another process rebuilt the board first; merging %d scores", len(entries))
+        for start in range(0, len(entries), CATCH_UP_CHUNK):
+            if await self._write(entries[start : start + CATCH_UP_CHUNK]) is None:
+                raise BackendUnavailable("the board vanished again during its rebuild")
 
     def _leaderboard_event(self, top: list[RankedEntry], events: list[Event]) -> None:
         if tuple(top) != self._published_top:

@@ -445,6 +445,10 @@ class Broker(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def unconsumed_queues(self) -> list[str]:
+        """The action queues that no worker consumes right now (`/readyz` of an API process)."""
+        ...
+
     async def declare_topology(self) -> None: ...
 
     async def publish_action(self, envelope: ActionEnvelope) -> None:

@@ -1,9 +1,19 @@
 """RabbitMQ behind the `Broker` protocol (aio-pika on the bridge loop).
 
 Topology (names from `AmqpConfig`): the durable actions queue with exactly the published
-arguments (TTL, dead-letter exchange, max priority), so that a client declaring it with
-those arguments agrees with us; the direct dead-letter exchange and the failed queue bound to it;
-the fanout events exchange.
+arguments (TTL, dead-letter exchange, max priority), so that a client declaring it with those
+arguments agrees with us; with `amqp.shards` > 1, the shard queues `<queue>.0` ... beside it, each
+with `x-single-active-consumer` and the configured queue type; the direct dead-letter exchange and
+the failed queue bound to it; the fanout events exchange.
+
+Sharding (docs/scaling.md): an action goes to the shard queue of its user (`_queue_of`, the one
+place that chooses, for first publishes, retries and replays alike), so one user's actions stay in
+order in one queue, and one worker at a time consumes it. Each worker counts the workers (the
+consumers of `<queue>.workers`, a queue nothing is published to) and every
+`CONSUME_RETRY_INTERVAL_S` takes free shards up to its share and gives back those over it; a
+worker that dies leaves its shards without a consumer, and the others take them at their next
+look. Workers also consume the unsharded queue, exclusively, so what it held before sharding
+is still processed.
 
 Two robust connections, reconnecting `RECONNECT_INTERVAL_S` after a loss: one for publishing,
 one for consuming, so that a consumer's trouble (a flood of deliveries, a channel closing under
@@ -38,6 +48,8 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import random
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -64,12 +76,16 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 # How soon a lost connection is tried again (aio-pika's default is 5 s).
 RECONNECT_INTERVAL_S = 0.5
-# How often a hot standby asks for the exclusive consumer, and how soon a consumer whose channel
-# closed tries again.
+# How often a worker looks at the shards (takes free ones, gives back those over its share), and
+# how soon a consumer whose channel closed tries again.
 CONSUME_RETRY_INTERVAL_S = 1.0
 # How long a stopping consumer may take to finish the RPC it is in and close its channel; past
 # that it is cancelled (its connection is wedged, and the watchdog is replacing it).
 CONSUMER_STOP_TIMEOUT_S = 10.0
+# A stopping consumer waits at most this long for the batches in flight to be acknowledged, and
+# gives up sooner when nothing was acknowledged for `IN_FLIGHT_QUIET_S`.
+IN_FLIGHT_GRACE_S = 5.0
+IN_FLIGHT_QUIET_S = 0.5
 # The watchdog: a channel open and close taking longer than this on a broker that answers in
 # milliseconds means the connection is stuck; so does a confirm awaited longer than any request
 # waits for one (`amqp.publish_timeout_s`).
@@ -93,7 +109,7 @@ class BrokerStatistics:
 
 
 class RabbitBroker:
-    """The `Broker`: publishes with confirms, exclusive consumption, dead letters, events."""
+    """The `Broker`: publishes with confirms, sharded consumption, dead letters, events."""
 
     def __init__(
         self,
@@ -122,6 +138,8 @@ class RabbitBroker:
         self._awaiting_confirm: dict[int, float] = {}
         self._publish_tokens = itertools.count()
         self._watchdog_resets = 0
+        self._workers_queue = f"{config.queue}.workers"
+        self._held_shards: list[int] = []
         # Trio side.
         self._dropped_events = 0
         self._requeued_deliveries = 0
@@ -157,6 +175,31 @@ class RabbitBroker:
 
     async def _ping(self) -> None:
         await _all(_open_and_close(self, c) for c in (self._publishing, self._consuming))
+
+    async def unconsumed_queues(self) -> list[str]:
+        return await self._run(self._unconsumed_queues)
+
+    async def _unconsumed_queues(self) -> list[str]:
+        channel = await self._plain_channel(self._publishing)
+        try:
+            return [n for n in self.action_queues() if await _consumer_count(channel, n) == 0]
+        finally:
+            await channel.close()
+
+    def shard_queues(self) -> list[str]:
+        """The queues actions are published to: the configured queue itself when unsharded,
+        else `<queue>.0` ... `<queue>.<shards - 1>`."""
+        return shard_queue_names(self._config)
+
+    def action_queues(self) -> list[str]:
+        """Every queue a worker consumes: the shards, and the pre-sharding queue to empty."""
+        shards = self.shard_queues()
+        return shards if self._config.queue in shards else [*shards, self._config.queue]
+
+    def _queue_of(self, user_id: int) -> str:
+        """The one place that picks a user's queue: every publish of an action (first, retried,
+        replayed) goes through it, so a user's actions stay in one queue, in order."""
+        return self.shard_queues()[shard_of(user_id, self._config.shards)]
 
     # The watchdog
 
@@ -195,24 +238,20 @@ class RabbitBroker:
         config = self._config
         channel = await self._plain_channel()
         try:
-            await channel.declare_queue(
-                config.queue,
-                durable=True,
-                arguments={
-                    "x-message-ttl": config.message_ttl_ms,
-                    "x-dead-letter-exchange": config.dead_letter_exchange,
-                    "x-max-priority": config.max_priority,
-                },
-            )
+            for name in self.action_queues():
+                await channel.declare_queue(
+                    name, durable=True, arguments=queue_arguments(config, name)
+                )
             dead_letters = await channel.declare_exchange(
                 config.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
             )
             failed = await channel.declare_queue(config.failed_queue, durable=True)
             await failed.bind(dead_letters, routing_key="")
-            # The broker dead-letters an expired action with the actions queue's name as routing
-            # key (the queue has no x-dead-letter-routing-key); without this binding an accepted
-            # action that waited past the TTL would vanish instead of waiting in the failed queue.
-            await failed.bind(dead_letters, routing_key=config.queue)
+            # The broker dead-letters an expired action with its queue's name as routing key (the
+            # queues have no x-dead-letter-routing-key); without these bindings an accepted action
+            # that waited past the TTL would vanish instead of waiting in the failed queue.
+            for name in self.action_queues():
+                await failed.bind(dead_letters, routing_key=name)
             await channel.declare_exchange(
                 config.events_exchange, aio_pika.ExchangeType.FANOUT, durable=True
             )
@@ -267,7 +306,7 @@ class RabbitBroker:
     async def _publish_action(self, envelope: ActionEnvelope) -> None:
         message = _action_message(envelope.encode(), str(envelope.action_id))
         await self._publish_confirmed(
-            self._publish_channel.default_exchange, message, self._config.queue
+            self._publish_channel.default_exchange, message, self._queue_of(envelope.user_id)
         )
 
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
@@ -301,32 +340,112 @@ class RabbitBroker:
     async def _consume_actions(
         self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int, stop: asyncio.Event
     ) -> None:
-        waiting_logged = False
-        while not stop.is_set():
-            if not await self._consuming_connection_ready(stop):
-                return
-            try:
-                await self._consume_actions_once(deliveries, prefetch, stop)
-            except aiormq.exceptions.ChannelAccessRefused:
-                # Another worker holds the exclusive consumer: stand by until it lets go.
-                if not waiting_logged:
-                    log.info("rabbitmq: %s is consumed elsewhere; standing by", self._config.queue)
-                    waiting_logged = True
-            except TRANSPORT_ERRORS as exc:
-                if self._consuming.is_closed:
-                    raise
-                log.warning("rabbitmq: consuming %s failed (%r); retrying", self._config.queue, exc)
-            else:
-                if stop.is_set():
+        """Hold this worker's share of the shard queues until `stop`, every
+        `CONSUME_RETRY_INTERVAL_S` taking free shards up to the share and giving back those
+        over it (`_balance`); each held queue has a task of its own (`_hold_queue`)."""
+        held: dict[str, _Holding] = {}
+        membership: aio_pika.Channel | None = None
+        per_queue_prefetch = max(1, prefetch // len(self.action_queues()))
+        try:
+            while not stop.is_set():
+                if not await self._consuming_connection_ready(stop):
                     return
-                log.warning("rabbitmq: the channel consuming %s closed", self._config.queue)
-                waiting_logged = False
-            await _wait_or_timeout(stop, CONSUME_RETRY_INTERVAL_S)
+                try:
+                    if membership is None or membership.is_closed:
+                        membership = await self._join_workers()
+                    await self._balance(held, deliveries, per_queue_prefetch, stop)
+                except TRANSPORT_ERRORS as exc:
+                    if self._consuming.is_closed:
+                        raise
+                    log.warning("rabbitmq: balancing the action queues failed (%r)", exc)
+                await _wait_or_timeout(stop, CONSUME_RETRY_INTERVAL_S)
+        finally:
+            for holding in held.values():
+                holding.leave.set()
+            await asyncio.gather(*(h.task for h in held.values()), return_exceptions=True)
+            if membership is not None and not membership.is_closed:
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await membership.close()
 
-    async def _consume_actions_once(
-        self, deliveries: trio.MemorySendChannel[Delivery], prefetch: int, stop: asyncio.Event
+    async def _join_workers(self) -> aio_pika.Channel:
+        """A consumer on the workers' queue, which nothing is published to: its consumer count
+        is the number of workers, from which each computes its share of the shards."""
+        channel = await self._plain_channel()
+        queue = await channel.declare_queue(self._workers_queue, auto_delete=True)
+        await queue.consume(_ignore, no_ack=True)
+        return channel
+
+    async def _balance(
+        self,
+        held: dict[str, _Holding],
+        deliveries: trio.MemorySendChannel[Delivery],
+        prefetch: int,
+        stop: asyncio.Event,
     ) -> None:
-        """Consume on a channel of its own until that channel closes or `stop` is set."""
+        for name in [name for name, holding in held.items() if holding.task.done()]:
+            del held[name]
+        channel = await self._plain_channel()
+        try:
+            workers = await _consumer_count(channel, self._workers_queue)
+            consumers = {name: await _consumer_count(channel, name) for name in self.shard_queues()}
+        finally:
+            await channel.close()
+        share = -(-len(consumers) // max(1, workers))
+        mine = [name for name in held if name in consumers]
+        free = [name for name, count in consumers.items() if count == 0]
+        random.shuffle(free)
+        if len(mine) > share:
+            # Given back: the broker hands it to a worker with fewer than its share.
+            for name in random.sample(mine, len(mine) - share):
+                held[name].leave.set()
+        else:
+            # Two workers that took the same free shard at once: one is active, the other stands
+            # by; each gives it back by a coin toss while another shard has no consumer.
+            for name in mine:
+                if consumers[name] > 1 and free and random.random() < 0.5:
+                    held[name].leave.set()
+            for name in free[: max(0, share - len(mine))]:
+                held[name] = self._start_holding(name, deliveries, prefetch, stop)
+        legacy = self._config.queue
+        if self._config.shards > 1 and legacy not in held:
+            # What was queued before sharding: whoever gets its exclusive consumer empties it.
+            held[legacy] = self._start_holding(legacy, deliveries, prefetch, stop)
+        shards = [shard for shard, name in enumerate(consumers) if name in held]
+        if shards != self._held_shards:
+            self._held_shards = shards
+            log.info(
+                "rabbitmq: holding shards %s of %d (%d workers)",
+                ",".join(map(str, shards)) or "none",
+                len(consumers),
+                workers,
+            )
+
+    def _start_holding(
+        self,
+        name: str,
+        deliveries: trio.MemorySendChannel[Delivery],
+        prefetch: int,
+        stop: asyncio.Event,
+    ) -> _Holding:
+        leave = asyncio.Event()
+        task = self._in_background(self._hold_queue(name, deliveries, prefetch, leave, stop))
+        return _Holding(task, leave)
+
+    def held_shards(self) -> list[int]:
+        """The shard queues this worker consumes (or stands by for), by number."""
+        return list(self._held_shards)
+
+    async def _hold_queue(
+        self,
+        name: str,
+        deliveries: trio.MemorySendChannel[Delivery],
+        prefetch: int,
+        leave: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        """Consume `name` on a channel of its own until that channel closes, or `leave` or
+        `stop` is set; the broker refusing (another worker holds the legacy queue's exclusive
+        consumer) ends it too, and the next balance tries again."""
         incarnation = next(self._incarnations)
         channel = await self._plain_channel()
         self._live_incarnations.add(incarnation)
@@ -346,17 +465,27 @@ class RabbitBroker:
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(lambda _frame: cancelled_by_broker.set())
         try:
-            if stop.is_set():
+            if stop.is_set() or leave.is_set():
                 return
             await channel.set_qos(prefetch_count=prefetch)
-            queue = await channel.get_queue(self._config.queue, ensure=False)
-            await queue.consume(on_message, no_ack=False, exclusive=True)
-            log.info("rabbitmq: consuming %s", self._config.queue)
+            queue = await channel.get_queue(name, ensure=False)
+            # The single queue of an unsharded topology keeps its exclusive consumer; a shard
+            # queue has x-single-active-consumer, which refuses exclusive consumers.
+            exclusive = name == self._config.queue
+            consumer_tag = await queue.consume(on_message, no_ack=False, exclusive=exclusive)
+            log.info("rabbitmq: consuming %s", name)
             # The broker cancels a consumer whose queue was deleted but keeps the channel open.
-            await _first_of(channel.closed(), cancelled_by_broker.wait(), stop.wait())
+            await _first_of(channel.closed(), cancelled_by_broker.wait(), stop.wait(), leave.wait())
             if cancelled_by_broker.is_set() and not stop.is_set():
-                log.warning("rabbitmq: the broker cancelled the consumer of %s", self._config.queue)
+                log.warning("rabbitmq: the broker cancelled the consumer of %s", name)
                 await self._declare_topology()
+            if (stop.is_set() or leave.is_set()) and not channel.is_closed:
+                await self._finish_in_flight(queue, consumer_tag, incarnation)
+        except aiormq.exceptions.ChannelAccessRefused:
+            pass  # another worker holds the legacy queue's exclusive consumer
+        except TRANSPORT_ERRORS as exc:
+            if not self._consuming.is_closed:
+                log.warning("rabbitmq: consuming %s failed (%r)", name, exc)
         finally:
             self._live_incarnations.discard(incarnation)
             for key in [key for key in self._unsettled if key[0] == incarnation]:
@@ -365,6 +494,29 @@ class RabbitBroker:
                 # Closing returns every unacknowledged delivery to the queue for the next consumer.
                 with contextlib.suppress(*TRANSPORT_ERRORS):
                     await channel.close()
+
+    async def _finish_in_flight(
+        self, queue: aio_pika.abc.AbstractQueue, consumer_tag: str, incarnation: int
+    ) -> None:
+        """A stopping worker: no more deliveries, then a short wait for the scorer to
+        acknowledge the batches it is committing, so they are not redelivered to the next
+        consumer. Deliveries that never reached a batch go back to the queue when the channel
+        closes; their redelivery is harmless, only slower."""
+        with contextlib.suppress(*TRANSPORT_ERRORS):
+            await queue.cancel(consumer_tag)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IN_FLIGHT_GRACE_S
+        settled_before = -1
+        quiet_since = loop.time()
+        while loop.time() < deadline:
+            unsettled = sum(1 for key in self._unsettled if key[0] == incarnation)
+            if unsettled == 0:
+                return
+            if unsettled != settled_before:
+                settled_before, quiet_since = unsettled, loop.time()
+            elif loop.time() - quiet_since > IN_FLIGHT_QUIET_S:
+                return  # what is left was dropped with the consumer's channel, not in a batch
+            await asyncio.sleep(0.05)
 
     async def _consuming_connection_ready(self, stop: asyncio.Event) -> bool:
         """Wait until the consuming connection is up (it may be reconnecting), or `stop`."""
@@ -444,7 +596,7 @@ class RabbitBroker:
         await self._publish_confirmed(
             self._publish_channel.default_exchange,
             _action_message(again.encode(), str(envelope.action_id)),
-            self._config.queue,
+            self._queue_of(envelope.user_id),
         )
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
@@ -517,15 +669,14 @@ class RabbitBroker:
         return await self._run(self._queue_depths)
 
     async def _queue_depths(self) -> dict[str, int]:
+        """`actions` sums the shard queues (and the queue of before sharding)."""
         channel = await self._plain_channel()
         try:
-            depths = {}
-            for name, queue in (
-                ("actions", self._config.queue),
-                ("failed", self._config.failed_queue),
-            ):
+            depths = {"actions": 0, "failed": 0}
+            named = [("actions", queue) for queue in self.action_queues()]
+            for name, queue in [*named, ("failed", self._config.failed_queue)]:
                 declared = await channel.declare_queue(queue, passive=True)
-                depths[name] = declared.declaration_result.message_count or 0
+                depths[name] += declared.declaration_result.message_count or 0
             return depths
         finally:
             await channel.close()
@@ -571,12 +722,16 @@ class RabbitBroker:
 
     async def _replay(self, letter: AbstractIncomingMessage) -> None:
         body = letter.body
+        # A body that is no action goes to the first shard, whose consumer dead-letters it again.
+        queue = self.shard_queues()[0]
         with contextlib.suppress(MalformedMessage):
-            body = dataclasses.replace(ActionEnvelope.decode(body), attempts=0).encode()
+            envelope = ActionEnvelope.decode(body)
+            body = dataclasses.replace(envelope, attempts=0).encode()
+            queue = self._queue_of(envelope.user_id)
         await self._publish_confirmed(
             self._publish_channel.default_exchange,
             _action_message(body, letter.message_id or ""),
-            self._config.queue,
+            queue,
         )
         await letter.ack()
 
@@ -585,6 +740,52 @@ class RabbitBroker:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.gather(self._publishing.close(), self._consuming.close())
+
+
+def shard_of(user_id: int, shards: int) -> int:
+    """A user's shard: the same in every process and Python version (CRC-32, not `hash`)."""
+    return zlib.crc32(str(user_id).encode()) % shards
+
+
+def shard_queue_names(config: AmqpConfig) -> list[str]:
+    if config.shards == 1:
+        return [config.queue]
+    return [f"{config.queue}.{shard}" for shard in range(config.shards)]
+
+
+def queue_arguments(config: AmqpConfig, name: str) -> dict[str, Any]:
+    """The unsharded queue keeps the arguments it was always declared with (declaring it with
+    others would fail, PRECONDITION_FAILED); a shard queue has a single active consumer and the
+    configured type. Quorum queues have no priorities."""
+    arguments: dict[str, Any] = {
+        "x-message-ttl": config.message_ttl_ms,
+        "x-dead-letter-exchange": config.dead_letter_exchange,
+    }
+    if name == config.queue:
+        return {**arguments, "x-max-priority": config.max_priority}
+    arguments["x-single-active-consumer"] = True
+    arguments["x-queue-type"] = config.queue_type
+    if config.queue_type == "classic":
+        arguments["x-max-priority"] = config.max_priority
+    return arguments
+
+
+@dataclass(frozen=True, slots=True)
+class _Holding:
+    """A queue this worker consumes: the task that does, and the event that makes it stop."""
+
+    task: asyncio.Task[None]
+    leave: asyncio.Event
+
+
+async def _consumer_count(channel: aio_pika.Channel, name: str) -> int:
+    declared = await channel.declare_queue(name, passive=True)
+    result = declared.declaration_result
+    return 0 if result is None else int(result.consumer_count or 0)
+
+
+async def _ignore(_message: AbstractIncomingMessage) -> None:
+    """The workers' queue never receives a message; its consumers are only counted."""
 
 
 def _key(delivery: Delivery) -> tuple[int, int]:

@@ -5,18 +5,33 @@ one Lua script, so that several API and worker processes see each step as atomic
 
 Key layout, all under `RedisConfig.prefix` (`P`):
 
-- `P board`            sorted set: score, member `"{MAX_MS - reached_ms:013d}:{user_id}"`
-- `P board:member`     hash user_id -> that member (to find and replace a user's entry)
-- `P board:name`       hash user_id -> username
-- `P board:meta`       hash `updated_at` -> ms; its presence says "the board was built"
-- `P nonce:{user}:{nonce}`        "{action_id} {status}", 24 h; the status is how the first
+- `P{board}`           sorted set: score, member `"{MAX_MS - reached_ms:013d}:{user_id}"`
+- `P{board}:member`    hash user_id -> that member (to find and replace a user's entry)
+- `P{board}:name`      hash user_id -> username
+- `P{board}:meta`      hash `updated_at` -> ms; its presence says "the board was built"
+
+The board's keys carry the hash tag `{board}`, so that they share one Redis Cluster slot and its
+scripts run on a cluster. A board written by an older version under `P board` is left behind
+(delete it at leisure): the new keys start missing and are rebuilt from PostgreSQL.
+
+Writes are conditional: `apply` never replaces a score with a lower one, or with the same one
+reached no earlier (scores only grow in PostgreSQL), and the keeper swaps a rebuilt board in only
+while the board is missing; when another worker rebuilt it meanwhile, the keeper applies its
+entries instead, so its older read never overwrites a newer score.
+- `P{edge}:nonce:{user}:{nonce}`   "{action_id} {status}", 24 h; the status is how the first
                                   request was answered, or `PUBLISHING` / `OUTCOME_UNKNOWN`
-- `P limit:ip:{ip}`               sorted set of action ids by claim time (60 s sliding window)
-- `P limit:user:{user}`           the same per user
-- `P cooldown:{user}:{type}`      "{until_ms} {action_id}"
-- `P action:{action_id}`          hash of a claimed action (`pending_action`), lives as its nonce
-- `P attempts:{key}`              sorted set of attempt ids by time (sign-in, token, registration)
-- `P failures:{key}`              hash `count`, `last` (ms): failed sign-ins per username and IP
+- `P{edge}:limit:ip:{ip}`         sorted set of action ids by claim time (60 s sliding window)
+- `P{edge}:limit:user:{user}`     the same per user
+- `P{edge}:cooldown:{user}:{type}` "{until_ms} {action_id}"
+- `P{edge}:action:{action_id}`    hash of a claimed action (`pending_action`), lives as its nonce
+- `P{auth}:attempts:{key}`        sorted set of attempt ids by time (sign-in, token, registration)
+- `P{auth}:failures:{key}`        hash `count`, `last` (ms): failed sign-ins per username and IP
+
+Redis Cluster runs a script only when its keys share one slot, so the keys carry hash tags:
+`{board}`, `{edge}` and `{auth}`, each a slot of its own. A claim checks a user's nonce, window
+and cooldown and an address's window at once; that atomicity is worth more than spreading the
+edge guard over the cluster's nodes (each tag's keys live on one node, which serves hundreds of
+thousands of these scripts a second).
 
 Equal scores must rank by who reached the score first, and Redis orders equal scores by member
 bytes; ZREVRANGE reverses that order too, so the member starts with the reach time subtracted
@@ -68,6 +83,21 @@ REBUILD_CHUNK = 1000
 REBUILD_TTL_MS = 3600 * 1000
 CONNECT_TIMEOUT_S = 5.0
 TRANSPORT_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def board_keys(prefix: str) -> tuple[str, str, str, str]:
+    """The board's sorted set, member hash, name hash and meta hash. The hash tag `{board}` puts
+    them (and the rebuild's temporary keys, named after them) in one Redis Cluster slot, so that
+    the scripts using several of them run on a cluster."""
+    board = f"{prefix}{{board}}"
+    return board, f"{board}:member", f"{board}:name", f"{board}:meta"
+
+
+def edge_prefixes(prefix: str) -> tuple[str, str]:
+    """Where the edge guard's keys start: nonces, rate-limit windows, cooldowns and claimed
+    actions under the hash tag `{edge}`, sign-in attempts and failures under `{auth}`. A claim
+    checks a user's keys and an address's window in one script, so they must share a slot."""
+    return f"{prefix}{{edge}}:", f"{prefix}{{auth}}:"
 
 
 def board_member(entry: BoardEntry) -> str:
@@ -385,10 +415,7 @@ class RedisBoard(_RedisAdapter):
 
     def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
         super().__init__(bridge, client, prefix)
-        self._board = f"{prefix}board"
-        self._members = f"{prefix}board:member"
-        self._names = f"{prefix}board:name"
-        self._meta = f"{prefix}board:meta"
+        self._board, self._members, self._names, self._meta = board_keys(prefix)
         self._apply_script = client.register_script(_APPLY)
         self._swap_in_script = client.register_script(_SWAP_IN)
         self._remove_script = client.register_script(_REMOVE)
@@ -490,6 +517,7 @@ class RedisEdgeGuard(_RedisAdapter):
 
     def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
         super().__init__(bridge, client, prefix)
+        self._edge, self._auth = edge_prefixes(prefix)
         self._claim_script = client.register_script(_CLAIM)
         self._release_script = client.register_script(_RELEASE)
         self._set_first_status_script = client.register_script(_SET_FIRST_STATUS)
@@ -499,16 +527,16 @@ class RedisEdgeGuard(_RedisAdapter):
         self._mark_outcome_unknown_script = client.register_script(_MARK_OUTCOME_UNKNOWN)
 
     def _nonce_key(self, user_id: int, nonce: str) -> str:
-        return f"{self._prefix}nonce:{user_id}:{nonce}"
+        return f"{self._edge}nonce:{user_id}:{nonce}"
 
     def _user_window_key(self, user_id: int) -> str:
-        return f"{self._prefix}limit:user:{user_id}"
+        return f"{self._edge}limit:user:{user_id}"
 
     def _cooldown_key(self, user_id: int, action_type: str) -> str:
-        return f"{self._prefix}cooldown:{user_id}:{action_type}"
+        return f"{self._edge}cooldown:{user_id}:{action_type}"
 
     def _action_key(self, action_id: uuid.UUID) -> str:
-        return f"{self._prefix}action:{action_id}"
+        return f"{self._edge}action:{action_id}"
 
     async def claim(
         self,
@@ -528,7 +556,7 @@ class RedisEdgeGuard(_RedisAdapter):
             raise ValueError("rate limits must admit at least one action a minute")
         keys = [
             self._nonce_key(user_id, nonce),
-            f"{self._prefix}limit:ip:{ip}",
+            f"{self._edge}limit:ip:{ip}",
             self._user_window_key(user_id),
             self._cooldown_key(user_id, action_type),
             self._action_key(action_id),
@@ -607,7 +635,7 @@ class RedisEdgeGuard(_RedisAdapter):
             return 0
         wait_ms = await self._run(
             self._count_attempts_script,
-            [f"{self._prefix}attempts:{key}" for key, _limit in limits],
+            [f"{self._auth}attempts:{key}" for key, _limit in limits],
             [now_ms, LIMIT_WINDOW_MS, uuid.uuid4().hex, *(limit for _key, limit in limits)],
         )
         return math.ceil(int(wait_ms) / 1000)
@@ -631,7 +659,7 @@ class RedisEdgeGuard(_RedisAdapter):
         await self._run(self._client.delete, self._failures_key(key))
 
     def _failures_key(self, key: str) -> str:
-        return f"{self._prefix}failures:{key}"
+        return f"{self._auth}failures:{key}"
 
     async def _pending_action(self, action_id: uuid.UUID) -> dict[str, str]:
         fields = await self._client.hgetall(self._action_key(action_id))

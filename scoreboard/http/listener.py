@@ -13,10 +13,14 @@ worker's internals the way `hypercorn.trio.run.worker_serve` does (`TCPServer`, 
 `WorkerContext`, `wrap_app`); pyproject.toml pins the Hypercorn versions this was checked with,
 and tests/http/test_listener.py fails loudly if those internals change.
 
-Shutdown (the trigger set): stop accepting and close the listening socket, close WebSockets 1001
-and connections still sending their head, tell Hypercorn's connections to finish (idle keep-alive
-connections close, requests in flight complete), wait at most `server.shutdown_grace_s`, then run
-the app's lifespan shutdown.
+Shutdown (the trigger set, or the process's drain begun `server.drain_delay_s` ago): stop
+accepting and close the listening socket, close WebSockets (1012 when the process drains, else
+1001) and connections still sending their head, tell Hypercorn's connections to finish (idle
+keep-alive connections close, requests in flight complete), wait at most `server.shutdown_grace_s`.
+A drain then reports `http_drained` and waits for the trigger; the app's lifespan shutdown runs
+last. While the process drains, every response carries `Connection: close` (`CloseWhenDraining`):
+Hypercorn alone would answer one more request on each keep-alive connection as if nothing
+happened, then drop the connection under the client's next request.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import wrap_app
 
 from scoreboard.config import ServerConfig
+from scoreboard.drain import Drain
 from scoreboard.http import ws
 from scoreboard.http.services import Services
 
@@ -184,7 +189,9 @@ class Listener:
         self.services = services
         self.sock = sock
         self.config = hypercorn_config(services)
-        self.app: AppWrapper = wrap_app(app, self.config.wsgi_max_body_size, "asgi")
+        self.app: AppWrapper = wrap_app(
+            CloseWhenDraining(app, services.observed.drain), self.config.wsgi_max_body_size, "asgi"
+        )
         self.context = WorkerContext(None)
         self.lifespan_state: LifespanState = {}
         self.limit = connection_limit(services.config.server.max_connections)
@@ -204,7 +211,7 @@ class Listener:
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(self.accept, connections, connection_state)
                     task_status.started()
-                    await shutdown.wait()
+                    await self.stop_requested(shutdown)
                     accepting.cancel_scope.cancel()
                 # Refused from now on, rather than queued by the kernel and reset at exit (and
                 # with SO_REUSEPORT, new connections go to the other processes).
@@ -215,8 +222,28 @@ class Listener:
                 connections.cancel_scope.deadline = (
                     trio.current_time() + self.config.graceful_timeout
                 )
+            drain = self.services.observed.drain
+            if drain.draining:
+                drain.http_drained.set()
+                await shutdown.wait()
             await lifespan.wait_for_shutdown()
             lifespan_nursery.cancel_scope.cancel()
+
+    async def stop_requested(self, shutdown: trio.Event) -> None:
+        """Until the trigger is set, or the drain began `server.drain_delay_s` ago."""
+        async with trio.open_nursery() as nursery:
+
+            async def drained() -> None:
+                await self.services.observed.drain.requested.wait()
+                await trio.sleep(self.services.config.server.drain_delay_s)
+                nursery.cancel_scope.cancel()
+
+            async def triggered() -> None:
+                await shutdown.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(drained)
+            nursery.start_soon(triggered)
 
     async def accept(self, connections: trio.Nursery, state: ConnectionState) -> None:
         counts = self.services.connections
@@ -292,6 +319,32 @@ class Listener:
         if received and not scope.cancelled_caught:
             await ws.refuse(conn, 408, "Request Timeout", "the request head did not arrive in time")
         return None
+
+
+class CloseWhenDraining:
+    """ASGI middleware: while the process drains, each HTTP response says `Connection: close`,
+    so that a keep-alive client sends its next request to another process."""
+
+    def __init__(self, app: Any, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start" and self.drain.draining:
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name.lower() != b"connection"
+                ]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 def refuse_overloaded(conn: socket.socket) -> None:

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from quart import Blueprint, Response, jsonify, request
 from scoreboard import json_codec, metrics
 from scoreboard.adapters.interfaces import Board, Broker, Store
 from scoreboard.config import Config, ConfigError, OpsConfig
+from scoreboard.drain import Drain
 from scoreboard.http.services import current_services
 from scoreboard.supervisor import ChildStatistics, Supervision
 
@@ -91,6 +92,8 @@ class Observed:
     registry: CollectorRegistry
     # The worker role reads the queues' depths at each scrape (the API's would be the same).
     reads_queues: bool
+    # Set when the process stops: `/readyz` answers 503, responses close their connections.
+    drain: Drain = field(default_factory=Drain)
 
     @classmethod
     def build(
@@ -163,13 +166,35 @@ def healthz_body() -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()}
 
 
+async def unconsumed_queues(observed: Observed) -> list[str] | None:
+    """The action queues no worker consumes; None when the broker did not say."""
+    with trio.move_on_after(BACKEND_PING_TIMEOUT_S):
+        try:
+            return await observed.broker.unconsumed_queues()
+        except Exception:
+            return None
+    return None
+
+
 async def readiness(observed: Observed) -> tuple[int, dict[str, Any]]:
     config = observed.config
     backends = await backend_health(observed)
     actors_running = observed.supervision.all_running
-    ready = actors_running and all(backends.values())
+    draining = observed.drain.draining
+    broker_answers = backends[BACKEND_NAMES[config.backend_mode][2]]
+    unconsumed = await unconsumed_queues(observed) if broker_answers else None
+    reasons = [f"{name} does not answer" for name, answers in backends.items() if not answers]
+    reasons += [f"no worker consumes {queue}" for queue in unconsumed or ()]
+    if not actors_running:
+        reasons.append("an actor of this process is not running")
+    if draining:
+        reasons.append("the process is draining (shutting down)")
+    ready = not reasons
     body: dict[str, Any] = {
         "ready": ready,
+        "reasons": reasons,
+        "draining": draining,
+        "unconsumed_queues": unconsumed,
         "actors_running": actors_running,
         "backends": backends,
         "limits_enabled": config.limits.enabled,

@@ -12,7 +12,8 @@ One task per connection reads the client and keeps its deadlines: auth within
 `websocket.auth_timeout_s` (else 1008 `auth_timeout`), the token's `exp` (4401
 `token_expired`), a WebSocket ping after `websocket.ping_interval_s` of silence, and a close
 after `websocket.idle_timeout_s` of silence (1008 `idle_timeout`: a client that answers neither
-pings nor anything else is gone or stuck). A server that shuts down closes its sockets 1001.
+pings nor anything else is gone or stuck). A process that drains (SIGTERM) closes its sockets
+1012 (service restart: reconnect, another process answers); an HTTP server stopped otherwise, 1001.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/v1/ws"
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012  # the process drains (SIGTERM): reconnect, elsewhere
 CLOSE_ABNORMAL = 1006  # recorded when the client vanished without a close frame; never sent
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -309,7 +311,7 @@ class Connection:
         self.ping_spread = random.uniform(0.9, 1.1)
         self.message_parts: list[Any] = []  # of one message: all str (text) or all bytes
         self.message_bytes = 0
-        # Cancelled when the server shuts down: the connection then closes 1001.
+        # Cancelled when the server shuts down: the connection then closes 1012 or 1001.
         self.scope = trio.CancelScope()
 
     async def run(self, trailing: bytes) -> None:
@@ -330,7 +332,8 @@ class Connection:
             except* Exception as group:
                 closing = self.closing_for(group)
         if self.scope.cancelled_caught and closing is None:
-            closing = Closing(CLOSE_GOING_AWAY)
+            draining = self.svc.observed.drain.draining
+            closing = Closing(CLOSE_SERVICE_RESTART if draining else CLOSE_GOING_AWAY)
         await self.finish(closing)
 
     def closing_for(self, group: BaseExceptionGroup[Exception]) -> Closing | ClientClosed | None:

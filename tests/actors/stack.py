@@ -20,7 +20,7 @@ import trio
 
 from scoreboard.adapters.postgres import PostgresStore
 from scoreboard.adapters.rabbitmq import RabbitBroker
-from scoreboard.adapters.redis import RedisBoard
+from scoreboard.adapters.redis import RedisBoard, board_keys
 from scoreboard.bridge import Bridge
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
@@ -52,8 +52,7 @@ class Stack:
         """What a Redis restart without persistence, or a FLUSHDB, does to the board."""
         client = redis.Redis.from_url(self.config.redis.url)
         try:
-            board = f"{self.config.redis.prefix}board"
-            client.delete(board, f"{board}:member", f"{board}:name", f"{board}:meta")
+            client.delete(*board_keys(self.config.redis.prefix))
         finally:
             client.close()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -16,6 +17,7 @@ from scoreboard.actors.messages import Committed, KeeperMsg
 from scoreboard.model import (
     ActionEnvelope,
     ActionFinished,
+    BoardEntry,
     CommitResult,
     Decision,
     LeaderboardChanged,
@@ -277,3 +279,56 @@ async def test_the_keeper_follows_suspensions_and_a_late_batch_does_not_bring_on
         with trio.fail_after(10):
             while await stack.board.scores() != {b: 20}:
                 await trio.sleep(0.05)
+
+
+class LateReader:
+    """The store as a keeper sees it when its read of every score is slow: once `late` is set,
+    the read answers `older`, what Postgres held when it began, and meanwhile another worker
+    rebuilt the board from a newer read (`newer`). Every other call goes to the real store."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self.late: tuple[list[BoardEntry], list[BoardEntry]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stack.store, name)
+
+    async def board_entries(self, user_ids: Sequence[int] | None = None) -> list[BoardEntry]:
+        if user_ids is not None or self.late is None:
+            return await self._stack.store.board_entries(user_ids)
+        older, newer = self.late
+        assert await self._stack.board.rebuild_if_missing(newer)
+        return older
+
+
+async def test_a_late_rebuild_never_overwrites_newer_scores_of_another_worker(
+    stack: Stack,
+) -> None:
+    a, b = await stack.new_user(), await stack.new_user()
+    await scored(stack, (a, 10), (b, 20))
+    store = LateReader(stack)
+    async with tap_events(stack.broker) as tap, trio.open_nursery() as nursery:
+        inbox, keeper_inbox = trio.open_memory_channel[KeeperMsg](keeper.INBOX_SIZE)
+        await nursery.start(
+            functools.partial(
+                keeper.run,
+                keeper_inbox,
+                store=store,
+                board=stack.board,
+                broker=stack.broker,
+                config=stack.config,
+            )
+        )
+        await tap.wait_for(lambda events: bool(tops(tap)))
+        older = await stack.store.board_entries([a, b])
+        await scored(stack, (a, 30))  # the other worker's commit, after this keeper's read
+        newer = await stack.store.board_entries([a, b])
+        store.late = (older, newer)
+        stack.drop_board()
+        results = await scored(stack, (b, 5))
+        await inbox.send(Committed(tuple(results)))
+        await finished(tap, results)
+        nursery.cancel_scope.cancel()
+    # The keeper's rebuild from its older read did not take a's newer 40 away.
+    assert await stack.board.scores() == {a: 40, b: 25}
+    assert await stack.store.score_discrepancies() == []

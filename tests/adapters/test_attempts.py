@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from scoreboard.adapters.interfaces import FailureDelay
+from scoreboard.adapters.redis import edge_prefixes
 from tests.adapters.test_redis import T0, backend, raw
 
 __all__ = ["backend", "raw"]
@@ -93,5 +94,5 @@ async def test_forgetting_failures_lifts_the_delay(backend: Any) -> None:
 
 async def test_redis_forgets_failures_by_expiry(backend: Any, raw: Any, redis_prefix: str) -> None:
     await backend.guard.admit_after_failures("login:x:ip", now_ms=T0, delay=DELAY)
-    ttl_ms = raw.pttl(f"{redis_prefix}failures:login:x:ip")
+    ttl_ms = raw.pttl(f"{edge_prefixes(redis_prefix)[1]}failures:login:x:ip")
     assert 0 < ttl_ms <= DELAY.forget_after_ms

@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
@@ -15,9 +16,9 @@ import pytest
 import trio
 
 from scoreboard.adapters.interfaces import Delivery, PublishFailed
-from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq
+from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq, shard_of
 from scoreboard.bridge import Bridge, open_bridge
-from scoreboard.config import AmqpConfig
+from scoreboard.config import AmqpConfig, ConfigError
 from scoreboard.model import ActionEnvelope
 
 pytestmark = pytest.mark.timeout(60)
@@ -461,3 +462,114 @@ async def test_shutdown_with_consumers_running_hangs_nowhere(amqp_config: AmqpCo
             consumer = Consumer(broker, nursery)
             assert (await consumer.receive()).redelivered
             consumer.stop()
+
+
+# Sharded action queues: a user's actions always go to one shard queue, workers split the shards
+# between them, and a worker that stops hands its shards to another.
+
+SHARDS = 6
+USERS = 60
+
+
+@pytest.fixture
+def sharded(amqp_config: AmqpConfig) -> AmqpConfig:
+    return dataclasses.replace(amqp_config, shards=SHARDS)
+
+
+@pytest.fixture
+async def sharded_broker(bridge: Bridge, sharded: AmqpConfig) -> AsyncIterator[RabbitBroker]:
+    async with open_rabbitmq(bridge, sharded) as opened:
+        await opened.declare_topology()
+        yield opened
+
+
+def test_the_shard_of_a_user_is_stable_and_spread() -> None:
+    assert [shard_of(user, 8) for user in (1, 2, 3, 1000)] == [
+        shard_of(user, 8) for user in (1, 2, 3, 1000)
+    ]
+    assert shard_of(12345, 1) == 0
+    spread = {shard_of(user, 8) for user in range(1, 200)}
+    assert spread == set(range(8))
+    with pytest.raises(ConfigError, match="shards"):
+        AmqpConfig(shards=0)
+
+
+async def test_shard_queues_have_a_single_active_consumer(
+    sharded_broker: RabbitBroker, sharded: AmqpConfig
+) -> None:
+    queues = json.loads(
+        await rabbitmqctl(sharded, "list_queues", "name", "arguments", "--formatter", "json")
+    )
+    arguments = {q["name"]: {n: v for n, _t, v in q["arguments"]} for q in queues}
+    for shard in range(SHARDS):
+        assert arguments[f"{sharded.queue}.{shard}"]["x-single-active-consumer"] is True
+        assert arguments[f"{sharded.queue}.{shard}"]["x-queue-type"] == "classic"
+    # The queue of before sharding keeps its arguments, so an upgraded deployment declares it.
+    assert "x-single-active-consumer" not in arguments[sharded.queue]
+
+
+async def test_each_user_stays_in_one_shard_in_order(
+    sharded_broker: RabbitBroker, sharded: AmqpConfig
+) -> None:
+    broker = sharded_broker
+    sent: dict[int, list[ActionEnvelope]] = defaultdict(list)
+    for round_ in range(3):
+        for user in range(1, USERS + 1):
+            sent[user].append(envelope(user_id=user, attempts=round_))
+    await broker.publish_actions([e for user in sent for e in sent[user]])
+    received: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        for _ in range(USERS * 3):
+            delivery = await consumer.receive()
+            decoded = ActionEnvelope.decode(delivery.body)
+            received[decoded.user_id].append((delivery.channel_id, str(decoded.action_id)))
+            await broker.settle(ack=[delivery])
+        consumer.stop()
+    for user, envelopes in sent.items():
+        channels = {channel for channel, _ in received[user]}
+        assert len(channels) == 1, f"user {user} came through {channels}"
+        assert [action for _, action in received[user]] == [str(e.action_id) for e in envelopes]
+
+
+async def wait_for_split(brokers: list[RabbitBroker], shards: int) -> list[list[int]]:
+    """Until the brokers hold disjoint shares covering every shard."""
+    with trio.fail_after(30):  # a hang guard
+        while True:
+            held = [b.held_shards() for b in brokers]
+            flat = [s for shares in held for s in shares]
+            if sorted(flat) == list(range(shards)) and all(held):
+                return held
+            await trio.sleep(0.2)
+
+
+async def test_two_workers_split_the_shards_and_one_takes_over_from_the_other(
+    bridge: Bridge, sharded_broker: RabbitBroker, sharded: AmqpConfig
+) -> None:
+    broker = sharded_broker
+    async with open_rabbitmq(bridge, sharded) as second, trio.open_nursery() as nursery:
+        first_consumer = Consumer(broker, nursery)
+        second_consumer = Consumer(second, nursery)
+        split = await wait_for_split([broker, second], SHARDS)
+        print("shards held by each worker:", split)
+        assert all(len(share) == SHARDS // 2 for share in split)
+
+        first_consumer.stop()
+        with trio.fail_after(30):  # a hang guard
+            while second.held_shards() != list(range(SHARDS)):
+                await trio.sleep(0.2)
+        print("after the first worker stopped:", second.held_shards())
+        # Every user's actions now reach the remaining worker.
+        await broker.publish_actions([envelope(user_id=user) for user in range(1, USERS + 1)])
+        users = set()
+        for _ in range(USERS):
+            delivery = await second_consumer.receive()
+            users.add(ActionEnvelope.decode(delivery.body).user_id)
+            await second.settle(ack=[delivery])
+        assert users == set(range(1, USERS + 1))
+        second_consumer.stop()
+
+
+async def test_the_actions_depth_sums_the_shard_queues(sharded_broker: RabbitBroker) -> None:
+    await sharded_broker.publish_actions([envelope(user_id=user) for user in range(1, 21)])
+    assert await sharded_broker.queue_depths() == {"actions": 20, "failed": 0}

@@ -8,18 +8,20 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 import trio
+from redis.crc import key_slot
 
 from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
     PUBLISHING,
     Accepted,
     BoardMissing,
+    FailureDelay,
     Limited,
     MeView,
     PendingAction,
     Replayed,
 )
-from scoreboard.adapters.redis import RedisBackend, open_redis
+from scoreboard.adapters.redis import RedisBackend, board_keys, open_redis
 from scoreboard.bridge import open_bridge
 from scoreboard.config import RedisConfig
 from scoreboard.model import BoardEntry, RankChange, RankedEntry
@@ -176,10 +178,8 @@ async def test_rebuild_swaps_the_whole_board_at_once(
     top, _ = await backend.board.top(10)
     assert {e.user_id for e in top}.isdisjoint(old_users)
     assert await backend.board.scores() == {e.user_id: e.score for e in new}
-    assert sorted(raw.scan_iter(match=f"{redis_prefix}*")) == sorted(
-        f"{redis_prefix}{key}" for key in ("board", "board:member", "board:name", "board:meta")
-    )
-    assert raw.ttl(f"{redis_prefix}board") == -1
+    assert sorted(raw.scan_iter(match=f"{redis_prefix}*")) == sorted(board_keys(redis_prefix))
+    assert raw.ttl(board_keys(redis_prefix)[0]) == -1
 
 
 async def test_rebuild_with_no_entries_leaves_an_empty_built_board(backend: RedisBackend) -> None:
@@ -459,3 +459,31 @@ async def test_remove_takes_users_off_and_a_missing_board_answers_false(
     # The board stays whole: the next write applies (an incomplete board would answer None).
     assert await board.apply([entry(2, 25, T0 + 1)], top_n=10) is not None
     assert await board.scores() == {1: 30, 2: 25, 3: 10}
+
+
+def test_the_board_keys_share_one_cluster_slot() -> None:
+    """Every board script uses several of these keys (and the rebuild its temporary copies,
+    named after them): Redis Cluster runs a script only when all its keys are in one slot."""
+    keys = [*board_keys("sb:"), *(f"{key}:rebuild:0123abcd" for key in board_keys("sb:")[:3])]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+async def test_the_edge_guard_keys_of_one_script_share_one_cluster_slot(
+    backend: RedisBackend, raw: redis.Redis, redis_prefix: str
+) -> None:
+    """What each script touches, written for real, lands in the slots of the tags `{edge}`
+    (claims, releases, nonces) and `{auth}` (sign-in attempts and failures) only."""
+    await claim(backend, user_id=7, cooldown_ms=60_000)
+    await claim(backend, user_id=8, ip="2001:db8::1", cooldown_ms=60_000)
+    await backend.guard.count_attempts([("signin:user:x", 5), ("signin:ip:y", 5)], now_ms=T0)
+    await backend.guard.admit_after_failures(
+        "login:x:ip",
+        now_ms=T0,
+        delay=FailureDelay(free_failures=1, max_delay_ms=60_000, forget_after_ms=60_000),
+    )
+    slots: dict[str, set[int]] = {}
+    for key in raw.scan_iter(match=f"{redis_prefix}*"):
+        tag = key[key.index("{") : key.index("}") + 1]
+        slots.setdefault(tag, set()).add(key_slot(key.encode()))
+    assert slots.keys() == {"{edge}", "{auth}"}
+    assert all(len(found) == 1 for found in slots.values())

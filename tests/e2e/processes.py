@@ -54,6 +54,8 @@ def server_environment(
             "SCOREBOARD_AMQP_FAILED_QUEUE": config.amqp.failed_queue,
             "SCOREBOARD_AMQP_DEAD_LETTER_EXCHANGE": config.amqp.dead_letter_exchange,
             "SCOREBOARD_AMQP_EVENTS_EXCHANGE": config.amqp.events_exchange,
+            "SCOREBOARD_AMQP_SHARDS": str(config.amqp.shards),
+            "SCOREBOARD_AMQP_QUEUE_TYPE": config.amqp.queue_type,
         }
     )
     return env
@@ -86,8 +88,10 @@ class ServerProcess:
         # Arguments before `serve` (`--log-format json`, `--log-level DEBUG`).
         self._arguments = list(arguments)
         self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self) -> None:
+        self.starts += 1
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "scoreboard", *self._arguments, "serve"],
@@ -101,6 +105,10 @@ class ServerProcess:
         assert self._process is not None
         return self._process.pid
 
+    @property
+    def exited(self) -> bool:
+        return self._process is not None and self._process.poll() is not None
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -108,10 +116,19 @@ class ServerProcess:
         """The operations listeners the process (or its children) logged, in order."""
         return OPS_LISTENER.findall(self.log())
 
-    async def wait_ready(self, timeout_s: float = 30) -> None:
-        """Until the process logs that it is ready (and, with HTTP, /readyz answers 200)."""
+    async def wait_started(self, timeout_s: float = 30) -> None:
+        """Until the process (its latest start) logs that it is ready: its signal handlers are
+        set, whatever its backends say."""
         with trio.fail_after(timeout_s):
-            while "scoreboard ready" not in self.log():
+            while self.log().count("scoreboard ready") < self.starts:
+                assert self._process is not None
+                await trio.sleep(0.1)
+
+    async def wait_ready(self, timeout_s: float = 30) -> None:
+        """Until the process (its latest start) logs that it is ready (and, with HTTP, /readyz
+        answers 200)."""
+        with trio.fail_after(timeout_s):
+            while self.log().count("scoreboard ready") < self.starts:
                 assert self._process is not None
                 assert self._process.poll() is None, self.log()
                 await trio.sleep(0.1)
@@ -134,6 +151,11 @@ class ServerProcess:
             while self._process.poll() is None:
                 await trio.sleep(0.05)
         return self._process.returncode
+
+    async def send_sigterm(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        await trio.lowlevel.checkpoint()
 
     async def terminate(self, timeout_s: float = 20) -> int:
         """SIGTERM and wait: the graceful drain."""

@@ -8,6 +8,7 @@ import pytest
 import redis
 import trio
 
+from scoreboard.adapters.redis import board_keys
 from scoreboard.config import Config
 from scoreboard.server import ServerHandle
 from tests.http.conftest import new_player
@@ -20,8 +21,7 @@ def drop_board(config: Config) -> None:
     """Delete this test's own board keys (its Redis prefix); nothing else is touched."""
     client = redis.Redis.from_url(config.redis.url)
     try:
-        board = f"{config.redis.prefix}board"
-        client.delete(board, f"{board}:member", f"{board}:name", f"{board}:meta")
+        client.delete(*board_keys(config.redis.prefix))
     finally:
         client.close()
 

@@ -12,6 +12,7 @@ import httpx
 import redis
 import trio
 
+from scoreboard.adapters.redis import board_keys
 from scoreboard.config import Config
 from scoreboard.server import ServerHandle
 from tests.e2e.processes import server_environment
@@ -71,11 +72,12 @@ async def test_verify_exits_zero_when_consistent_and_non_zero_on_any_difference(
 
     cache = redis.Redis.from_url(config.redis.url)
     try:
-        members = cache.zrange(f"{config.redis.prefix}board", 0, -1)
+        board = board_keys(config.redis.prefix)[0]
+        members = cache.zrange(board, 0, -1)
         assert members
         first = members[0]
         assert isinstance(first, bytes)
-        cache.zadd(f"{config.redis.prefix}board", {first: 999})
+        cache.zadd(board, {first: 999})
     finally:
         cache.close()
     result = await run_verify(config)
