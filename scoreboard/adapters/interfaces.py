@@ -284,6 +284,17 @@ class Limited:
 
 Claim = Accepted | Replayed | Limited
 
+
+@dataclass(frozen=True, slots=True)
+class RequestCount:
+    """One request counted against a sliding one-minute window (`EdgeGuard.count_request`)."""
+
+    admitted: bool
+    remaining: int  # requests the window admits now, after this one
+    reset_s: int  # admitted: seconds until the oldest counted request leaves the window;
+    # refused: seconds until the window has room (Retry-After), at least 1
+
+
 FAILURE_DELAY_BASE_MS = 1000
 # 2**20 s is past any sensible maximum: the cap always wins before the exponent grows further.
 FAILURE_DELAY_MAX_DOUBLINGS = 20
@@ -418,6 +429,13 @@ class EdgeGuard(Protocol):
         in all), as one atomic step: if every window has room, it is counted in all of them and
         the answer is 0; otherwise nothing is counted anywhere and the answer is the seconds
         until every window has room. A request one key refuses never uses up another's room."""
+        ...
+
+    async def count_request(self, key: str, limit: int, *, now_ms: int) -> RequestCount:
+        """Count one request against `key`'s sliding one-minute window of `limit`, as one
+        atomic step across every process sharing the guard: admitted (and counted) if the
+        window has room, else refused (and not counted, so that `reset_s` is when a retry
+        passes)."""
         ...
 
     async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
