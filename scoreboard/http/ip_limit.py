@@ -22,7 +22,6 @@ refuse with 503 on their own, and reads stay available.
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 from hypercorn.typing import (
@@ -35,7 +34,7 @@ from hypercorn.typing import (
 )
 from werkzeug.datastructures import Headers
 
-from scoreboard import json_codec
+from scoreboard import clock, json_codec
 from scoreboard.adapters.interfaces import BackendUnavailable, RequestCount
 from scoreboard.addresses import address_key
 from scoreboard.http.errors import rate_limited
@@ -97,7 +96,7 @@ class IpLimit:
                 return await self._services.guard.count_request(
                     f"ip:{address_key(ip)}",
                     self._limits.ip_requests_per_minute,
-                    now_ms=time.time_ns() // 1_000_000,
+                    now_ms=clock.now_ms(),
                 )
         except (BackendUnavailable, trio.TooSlowError) as exc:
             log.warning("the per-address limit is not counted: the guard failed (%r)", exc)
