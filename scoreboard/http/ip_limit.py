@@ -34,7 +34,7 @@ from hypercorn.typing import (
 )
 from werkzeug.datastructures import Headers
 
-from scoreboard import clock, json_codec
+from scoreboard import clock, json_codec, metrics
 from scoreboard.adapters.interfaces import BackendUnavailable, RequestCount
 from scoreboard.addresses import address_key
 from scoreboard.http.errors import rate_limited
@@ -73,6 +73,7 @@ class IpLimit:
             return
         headers = _headers(self._limits.ip_requests_per_minute, count)
         if not count.admitted:
+            metrics.RATE_LIMITED.labels("requests_per_ip").inc()
             await _too_many(send, count.reset_s, headers)
             return
 
