@@ -17,6 +17,7 @@ from scoreboard import clock
 from scoreboard.anticheat.records import FLAG_KINDS
 from scoreboard.config import Config, ConfigError, load_config
 from scoreboard.loadtest.options import DESCRIPTION, Options, add_arguments
+from scoreboard.model import ActionEnvelope, MalformedMessage
 
 if TYPE_CHECKING:
     from scoreboard.backends import Backends
@@ -68,10 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="show dead-lettered actions with their reasons"
     )
     listing.add_argument("--limit", type=int, default=50)
+    show = failed_commands.add_parser("show", help="one dead-lettered action, whole, as JSON")
+    show.add_argument("action_id")
     replay = failed_commands.add_parser(
-        "replay", help="move dead-lettered actions back to the queue"
+        "replay",
+        help="move dead-lettered actions back to the queue (safe to repeat: an action counts once)",
     )
     replay.add_argument("--limit", type=int, default=1000)
+    replay.add_argument("--action-id", help="only this action")
+    purge = failed_commands.add_parser("purge", help="delete dead-lettered actions for good")
+    purge_which = purge.add_mutually_exclusive_group(required=True)
+    purge_which.add_argument("--action-id", help="only this action")
+    purge_which.add_argument("--all", action="store_true", help="every dead letter")
 
     keys = commands.add_parser("keys", help="the JWT signing keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -247,13 +256,46 @@ async def run_failed(config: Config, args: argparse.Namespace) -> int:
     from scoreboard.backends import open_backends
 
     async with open_backends(config, exclusive=False) as backends:
-        if args.failed_command == "list":
-            for body, reason in await backends.broker.list_failed(args.limit):
-                print(f"{reason}\t{body.decode(errors='replace')}")
-        else:
-            moved = await backends.broker.replay_failed(args.limit)
-            print(f"replayed {moved} action(s)")
+        broker = backends.broker
+        match args.failed_command:
+            case "list":
+                for body, reason in await broker.list_failed(args.limit):
+                    print(f"{reason}\t{body.decode(errors='replace')}")
+            case "show":
+                letters = await broker.list_failed(FAILED_SHOW_SCAN)
+                found = [(body, reason) for body, reason in letters if _is_action(body, args)]
+                if not found:
+                    print(f"no dead letter of action {args.action_id}", file=sys.stderr)
+                    return 1
+                for body, reason in found:
+                    print(_failed_json(body, reason))
+            case "replay":
+                moved = await broker.replay_failed(args.limit, args.action_id)
+                print(f"replayed {moved} action(s)")
+            case _:
+                purged = await broker.purge_failed(None if args.all else args.action_id)
+                print(f"purged {purged} action(s)")
     return 0
+
+
+# `scoreboard failed show` looks this deep into the failed queue.
+FAILED_SHOW_SCAN = 100_000
+
+
+def _is_action(body: bytes, args: argparse.Namespace) -> bool:
+    try:
+        wanted: str = args.action_id
+        return str(ActionEnvelope.decode(body).action_id) == wanted
+    except MalformedMessage:
+        return False
+
+
+def _failed_json(body: bytes, reason: str) -> str:
+    """A dead letter for an operator: its reason and the whole action."""
+    from scoreboard import json_codec
+
+    action = json_codec.loads(body)  # a letter `_is_action` decoded
+    return json_codec.dumps({"reason": reason, "action": action}, sort_keys=True).decode()
 
 
 def _revocation_expires_at_ms(config: Config) -> int:

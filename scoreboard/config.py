@@ -134,6 +134,9 @@ class AmqpConfig:
     max_priority: int = 10
     prefetch: int = 256
     max_attempts: int = 3
+    # How long a failed action waits before its next attempt: the first delay after the first
+    # attempt, the second after the second, ...; the last one repeats.
+    retry_delays_ms: tuple[int, ...] = (1_000, 10_000)
     publish_timeout_s: float = 5.0
     # Actions are sharded by user id over this many queues (`<queue>.0` ...), each consumed by
     # one worker at a time; 1 keeps the single queue `queue`. See docs/scaling.md.
@@ -144,6 +147,17 @@ class AmqpConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= MAX_SHARDS:
             raise ConfigError(f"amqp.shards must be between 1 and {MAX_SHARDS}, not {self.shards}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"amqp.max_attempts ({ENV_PREFIX}AMQP_MAX_ATTEMPTS) must be >= 1")
+        if not self.retry_delays_ms or any(delay <= 0 for delay in self.retry_delays_ms):
+            raise ConfigError(
+                f"amqp.retry_delays_ms ({ENV_PREFIX}AMQP_RETRY_DELAYS_MS) must list positive"
+                " delays in milliseconds"
+            )
+
+    def retry_delay_ms(self, attempts_done: int) -> int:
+        """The wait before the next attempt of an action that has failed `attempts_done` times."""
+        return self.retry_delays_ms[min(attempts_done, len(self.retry_delays_ms)) - 1]
 
 
 @dataclass(frozen=True, slots=True)

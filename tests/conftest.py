@@ -177,7 +177,12 @@ def config(request: pytest.FixtureRequest, backend_mode: str, tmp_path: Path) ->
     in embedded mode, at a data directory of its own."""
     # Tests register their players from one address, dozens a minute; the registration limits
     # have tests of their own (tests/http/test_account_limits.py), which set them.
-    base = load_config(environ={}).replace(limits={"registrations_per_minute_per_ip": 10_000})
+    # A failing action waits before its next attempt: briefly in tests. Every test's requests
+    # come from one address; the per-address limit has tests of its own, which set it.
+    base = load_config(environ={}).replace(
+        limits={"registrations_per_minute_per_ip": 10_000, "ip_requests_per_minute": 1_000_000},
+        amqp={"retry_delays_ms": (200, 400)},
+    )
     if backend_mode == "embedded":
         return base.replace(server={"port": 0}, embedded={"data_dir": str(tmp_path / "var")})
     return base.replace(

@@ -8,10 +8,12 @@ It shares the store's SQLite file (`sqlite.py`). RabbitMQ's contract, kept:
 - One consumer at a time (an exclusive consumer); another `consume_actions` stands by until the
   first ends. Deliveries go oldest first, at most `prefetch` unsettled, handed to trio without
   blocking. A delivery's tag is its row; its `channel_id` is the consumer's incarnation.
-- `settle` deletes acked rows; a retry is a new row with attempts + 1 and a dead letter a row of
-  `failed_actions` with the reason, each written in the same transaction that deletes the
-  original (atomic, where RabbitMQ publishes then acks). Deliveries of an incarnation that has
-  ended are skipped: their rows are delivered again.
+- `settle` deletes acked rows; a retry is a new row with attempts + 1, due after the configured
+  delay (`amqp.retry_delays_ms`: its `published_at_ms` is when the delay ends, and no row is
+  delivered before its `published_at_ms`, as RabbitMQ's delay queues hold it), and a
+  dead letter a row of `failed_actions` with the reason, each written in the same transaction
+  that deletes the original (atomic, where RabbitMQ publishes then acks). Deliveries of an
+  incarnation that has ended are skipped: their rows are delivered again.
 - Unsettled rows stay in the table, so the next consumer (after a stop, or after a crash of the
   process) gets them again, flagged `redelivered` (each hand-over is counted in the row).
 - The queue's message TTL: a row waiting longer than `amqp.message_ttl_ms` is dead-lettered as
@@ -136,21 +138,22 @@ class EmbeddedBroker(Broker):
         deliveries: trio.MemorySendChannel[Delivery],
         prefetch: int,
     ) -> None:
-        after_seq = 0
         while True:
             changed = self._changed
             room = prefetch - len(unsettled)
             rows: list[_Row] = []
             handed_all = True
+            next_due_ms: int | None = None
             if room > 0:
+                now = clock.now_ms()
                 take = functools.partial(
                     _take,
-                    after_seq,
                     frozenset(unsettled),
                     room,
-                    clock.now_ms() - self._config.message_ttl_ms,
+                    now,
+                    now - self._config.message_ttl_ms,
                 )
-                rows = await self._db.write(take)
+                rows, next_due_ms = await self._db.write(take)
             for row in rows:
                 delivery = Delivery(row.seq, incarnation, row.body, row.message_id, row.redelivered)
                 try:
@@ -162,9 +165,11 @@ class EmbeddedBroker(Broker):
                     handed_all = False
                     break
                 unsettled.add(row.seq)
-                after_seq = row.seq
             if room <= 0 or len(rows) < room or not handed_all:
-                with trio.move_on_after(POLL_INTERVAL_S):
+                wait_s = POLL_INTERVAL_S
+                if next_due_ms is not None:
+                    wait_s = min(wait_s, max(0, next_due_ms - clock.now_ms()) / 1000)
+                with trio.move_on_after(wait_s):
                     await changed.wait()
 
     async def settle(
@@ -178,8 +183,13 @@ class EmbeddedBroker(Broker):
         skipped. All the rest is one transaction; if it fails, nothing is settled and calling
         `settle` again with the same arguments is safe."""
         acked = [d.delivery_tag for d in ack if self._is_unsettled(d)]
+        now = clock.now_ms()
         retried = [
-            (d.delivery_tag, dataclasses.replace(e, attempts=e.attempts + 1).encode())
+            (
+                d.delivery_tag,
+                dataclasses.replace(e, attempts=e.attempts + 1).encode(),
+                now + self._config.retry_delay_ms(e.attempts + 1),
+            )
             for d, e in retry
             if self._is_unsettled(d)
         ]
@@ -221,11 +231,16 @@ class EmbeddedBroker(Broker):
         """Up to `limit` dead letters, oldest first, with their reasons."""
         return await self._db.read(functools.partial(_list_failed, limit))
 
-    async def replay_failed(self, limit: int) -> int:
-        """Move up to `limit` dead letters back to the queue with their attempts reset."""
-        moved = await self._db.write(functools.partial(_replay_failed, limit))
+    async def replay_failed(self, limit: int, action_id: str | None = None) -> int:
+        """Move up to `limit` dead letters (of `action_id` only, if given) back to the queue
+        with their attempts reset."""
+        moved = await self._db.write(functools.partial(_replay_failed, limit, action_id))
         self._notify()
         return moved
+
+    async def purge_failed(self, action_id: str | None = None) -> int:
+        """Delete every dead letter (of `action_id` only, if given); how many were deleted."""
+        return await self._db.write(functools.partial(_purge_failed, action_id))
 
     # What the edge guard asks after a restart (`memory_board.ClaimHistory`)
 
@@ -255,12 +270,18 @@ def _identity(body: bytes) -> tuple[str, int | None, str | None]:
     return str(envelope.action_id), envelope.user_id, envelope.nonce
 
 
-def _enqueue(bodies: list[bytes], connection: sqlite3.Connection) -> None:
+def _enqueue(
+    bodies: list[bytes], connection: sqlite3.Connection, due_at_ms: Sequence[int] = ()
+) -> None:
+    """Queue the bodies, now or each at its `due_at_ms`. A row's `published_at_ms` is when it
+    enters the queue (a retry: when its delay ends, as RabbitMQ moves it from its delay queue
+    then): no consumer sees it before, and its message TTL counts from then."""
     now = clock.now_ms()
+    due = list(due_at_ms) or [now] * len(bodies)
     connection.executemany(
         "INSERT INTO outbox (message_id, user_id, nonce, body, published_at_ms)"
         " VALUES (?, ?, ?, ?, ?)",
-        [(*_identity(body), body, now) for body in bodies],
+        [(*_identity(body), body, at) for body, at in zip(bodies, due, strict=True)],
     )
 
 
@@ -274,14 +295,15 @@ def _dead_letter(seq: int, reason: str, connection: sqlite3.Connection) -> None:
 
 
 def _take(
-    after_seq: int,
     unsettled: frozenset[int],
     limit: int,
+    now: int,
     expired_before_ms: int,
     connection: sqlite3.Connection,
-) -> list[_Row]:
-    """Dead-letter what waited too long, then the next `limit` rows after `after_seq` that are
-    not in flight, counted as delivered once more."""
+) -> tuple[list[_Row], int | None]:
+    """Dead-letter what waited too long, then the first `limit` rows in the queue (published
+    by now) that are not in flight, counted as delivered once more; and when the next row not
+    yet in the queue (a retry waiting for its delay) enters it (None: none waits)."""
     expired = connection.execute(
         "SELECT seq FROM outbox WHERE published_at_ms < ?", (expired_before_ms,)
     ).fetchall()
@@ -291,27 +313,30 @@ def _take(
     rows = [
         _Row(row["seq"], row["message_id"], row["body"], row["deliveries"] > 0)
         for row in connection.execute(
-            "SELECT seq, message_id, body, deliveries FROM outbox WHERE seq > ?"
+            "SELECT seq, message_id, body, deliveries FROM outbox WHERE published_at_ms <= ?"
             " ORDER BY seq LIMIT ?",
-            (after_seq, limit + len(unsettled)),
+            (now, limit + len(unsettled)),
         )
         if row["seq"] not in unsettled
     ][:limit]
     connection.executemany(
         "UPDATE outbox SET deliveries = deliveries + 1 WHERE seq = ?", [(r.seq,) for r in rows]
     )
-    return rows
+    (next_due,) = connection.execute(
+        "SELECT min(published_at_ms) FROM outbox WHERE published_at_ms > ?", (now,)
+    ).fetchone()
+    return rows, next_due
 
 
 def _settle(
     acked: list[int],
-    retried: list[tuple[int, bytes]],
+    retried: list[tuple[int, bytes, int]],
     dead_letters: list[tuple[int, str]],
     connection: sqlite3.Connection,
 ) -> None:
     connection.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in acked])
-    _enqueue([body for _, body in retried], connection)
-    connection.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in retried])
+    _enqueue([body for _, body, _ in retried], connection, [due for _, _, due in retried])
+    connection.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in retried])
     for seq, reason in dead_letters:
         _dead_letter(seq, reason, connection)
 
@@ -329,9 +354,11 @@ def _list_failed(limit: int, connection: sqlite3.Connection) -> list[tuple[bytes
     return [(bytes(row["body"]), row["reason"]) for row in rows]
 
 
-def _replay_failed(limit: int, connection: sqlite3.Connection) -> int:
+def _replay_failed(limit: int, action_id: str | None, connection: sqlite3.Connection) -> int:
     rows = connection.execute(
-        "SELECT seq, body FROM failed_actions ORDER BY seq LIMIT ?", (limit,)
+        "SELECT seq, body FROM failed_actions WHERE coalesce(?, message_id) = message_id"
+        " ORDER BY seq LIMIT ?",
+        (action_id, limit),
     ).fetchall()
     bodies = []
     for row in rows:
@@ -345,6 +372,13 @@ def _replay_failed(limit: int, connection: sqlite3.Connection) -> int:
         "DELETE FROM failed_actions WHERE seq = ?", [(row["seq"],) for row in rows]
     )
     return len(rows)
+
+
+def _purge_failed(action_id: str | None, connection: sqlite3.Connection) -> int:
+    deleted = connection.execute(
+        "DELETE FROM failed_actions WHERE coalesce(?, message_id) = message_id", (action_id,)
+    )
+    return deleted.rowcount
 
 
 _NONCE_HOLDER = """

@@ -284,6 +284,17 @@ class Limited:
 
 Claim = Accepted | Replayed | Limited
 
+
+@dataclass(frozen=True, slots=True)
+class RequestCount:
+    """One request counted against a sliding one-minute window (`EdgeGuard.count_request`)."""
+
+    admitted: bool
+    remaining: int  # requests the window admits now, after this one
+    reset_s: int  # admitted: seconds until the oldest counted request leaves the window;
+    # refused: seconds until the window has room (Retry-After), at least 1
+
+
 FAILURE_DELAY_BASE_MS = 1000
 # 2**20 s is past any sensible maximum: the cap always wins before the exponent grows further.
 FAILURE_DELAY_MAX_DOUBLINGS = 20
@@ -420,6 +431,13 @@ class EdgeGuard(Protocol):
         until every window has room. A request one key refuses never uses up another's room."""
         ...
 
+    async def count_request(self, key: str, limit: int, *, now_ms: int) -> RequestCount:
+        """Count one request against `key`'s sliding one-minute window of `limit`, as one
+        atomic step across every process sharing the guard: admitted (and counted) if the
+        window has room, else refused (and not counted, so that `reset_s` is when a retry
+        passes)."""
+        ...
+
     async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
         """A progressive delay on `key`'s recent failures (sign-ins per username and IP): 0 if
         an attempt may run now, and then it is recorded, atomically, as one more failure (call
@@ -492,6 +510,16 @@ class Broker(Protocol):
         """Messages ready in the queues: `actions` (not yet delivered), `failed` (dead letters)."""
         ...
 
-    async def list_failed(self, limit: int) -> list[tuple[bytes, str]]: ...
+    async def list_failed(self, limit: int) -> list[tuple[bytes, str]]:
+        """Up to `limit` dead letters, oldest first, with their reasons (left in place)."""
+        ...
 
-    async def replay_failed(self, limit: int) -> int: ...
+    async def replay_failed(self, limit: int, action_id: str | None = None) -> int:
+        """Move up to `limit` dead letters (of `action_id` only, if given) back to the actions
+        queue with their attempts reset; how many moved. Replaying an action twice is safe:
+        the store counts an action id once."""
+        ...
+
+    async def purge_failed(self, action_id: str | None = None) -> int:
+        """Delete every dead letter (of `action_id` only, if given); how many were deleted."""
+        ...

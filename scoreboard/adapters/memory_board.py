@@ -36,6 +36,7 @@ from scoreboard.adapters.interfaces import (
     MeView,
     PendingAction,
     Replayed,
+    RequestCount,
 )
 from scoreboard.model import BoardEntry, RankChange, RankedEntry
 
@@ -195,6 +196,7 @@ class MemoryEdgeGuard(EdgeGuard):
         self._user_windows: dict[int, list[tuple[int, uuid.UUID]]] = {}
         self._cooldowns: dict[tuple[int, str], _Cooldown] = {}
         self._attempts: dict[str, list[tuple[int, uuid.UUID]]] = {}
+        self._requests: dict[str, list[tuple[int, uuid.UUID]]] = {}
         self._failures: dict[str, _Failures] = {}
         self._next_sweep_ms = 0
 
@@ -312,6 +314,20 @@ class MemoryEdgeGuard(EdgeGuard):
             bisect.insort(self._attempts.setdefault(key, []), (now_ms, attempt))
         return 0
 
+    async def count_request(self, key: str, limit: int, *, now_ms: int) -> RequestCount:
+        """Nothing awaits between the check and the record: one atomic step in this process
+        (embedded mode is one process)."""
+        if limit < 1:
+            raise ValueError("a limit must admit at least one request a minute")
+        self._sweep(now_ms)
+        window = self._requests.setdefault(key, [])
+        wait_ms = _window_wait(window, limit, now_ms)
+        if wait_ms > 0:
+            return RequestCount(False, 0, max(1, math.ceil(wait_ms / 1000)))
+        bisect.insort(window, (now_ms, uuid.uuid4()))
+        reset_ms = window[0][0] + LIMIT_WINDOW_MS - now_ms
+        return RequestCount(True, limit - len(window), max(1, math.ceil(reset_ms / 1000)))
+
     async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
         self._sweep(now_ms)
         known = self._failures.get(key)
@@ -335,6 +351,7 @@ class MemoryEdgeGuard(EdgeGuard):
         _prune_all(self._ip_windows, now_ms)
         _prune_all(self._user_windows, now_ms)
         _prune_all(self._attempts, now_ms)
+        _prune_all(self._requests, now_ms)
         for failures_key in [k for k, f in self._failures.items() if f.forget_at_ms <= now_ms]:
             del self._failures[failures_key]
         for cooldown_key in [k for k, c in self._cooldowns.items() if c.until_ms <= now_ms]:

@@ -15,6 +15,15 @@ worker that dies leaves its shards without a consumer, and the others take them 
 look. Workers also consume the unsharded queue, exclusively, so what it held before sharding
 is still processed.
 
+Retries wait: an action the worker gives up on for now (the store refused it, its user actor
+crashed) is published to the headers exchange `<queue>.retry` with a per-message TTL of the
+configured delay (`amqp.retry_delays_ms`, growing per attempt), which routes it to the delay
+queue of that delay, `<queue>.retry.<ms>ms`. Nobody consumes a delay queue: when the message
+expires, the broker dead-letters it back to the exchange actions are published to, under the
+routing key it was published with, and it is delivered again. One queue per delay keeps every
+message in a queue expiring in order (RabbitMQ expires only at a queue's head). After
+`amqp.max_attempts` the scorer records the action failed and it goes to the failed queue.
+
 Two robust connections, reconnecting `RECONNECT_INTERVAL_S` after a loss: one for publishing,
 one for consuming, so that a consumer's trouble (a flood of deliveries, a channel closing under
 load) never holds up a publish or its confirm. Publishes share one robust channel in confirm
@@ -46,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import itertools
 import logging
 import random
@@ -73,6 +83,13 @@ from scoreboard.model import ActionEnvelope, MalformedMessage
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# Actions are published to the default exchange, routed by queue name; expired retries are
+# dead-lettered back to it.
+ACTIONS_EXCHANGE = ""
+# The header the retry exchange routes a delayed action by (to the delay queue of its delay).
+RETRY_DELAY_HEADER = "retry-delay"  # no "x-": a headers exchange ignores those
+# `scoreboard failed replay|purge --action-id` looks this deep into the failed queue.
+FAILED_SCAN_LIMIT = 100_000
 CONNECT_TIMEOUT_S = 10.0
 # How soon a lost connection is tried again (aio-pika's default is 5 s).
 RECONNECT_INTERVAL_S = 0.5
@@ -129,6 +146,7 @@ class RabbitBroker:
         self._publish_channel = publish_channel
         self._dead_letter_exchange = self._exchange(config.dead_letter_exchange)
         self._events_exchange = self._exchange(config.events_exchange)
+        self._retry_exchange = self._exchange(_retry_exchange(config))
         self._incarnations = itertools.count(1)
         # Asyncio side: consuming channels still open, and their unsettled deliveries.
         self._live_incarnations: set[int] = set()
@@ -255,6 +273,20 @@ class RabbitBroker:
             await channel.declare_exchange(
                 config.events_exchange, aio_pika.ExchangeType.FANOUT, durable=True
             )
+            retry = await channel.declare_exchange(
+                _retry_exchange(config), aio_pika.ExchangeType.HEADERS, durable=True
+            )
+            for delay_ms in sorted(set(config.retry_delays_ms)):
+                delayed = await channel.declare_queue(
+                    f"{config.queue}.retry.{delay_ms}ms",
+                    durable=True,
+                    # No x-dead-letter-routing-key: an expired retry keeps the routing key it
+                    # was published with, the one that leads to its actions queue.
+                    arguments={"x-dead-letter-exchange": ACTIONS_EXCHANGE},
+                )
+                await delayed.bind(
+                    retry, arguments={"x-match": "all", RETRY_DELAY_HEADER: _delay_tag(delay_ms)}
+                )
         finally:
             await channel.close()
 
@@ -304,10 +336,28 @@ class RabbitBroker:
         return outcomes
 
     async def _publish_action(self, envelope: ActionEnvelope) -> None:
-        message = _action_message(envelope.encode(), str(envelope.action_id))
-        await self._publish_confirmed(
-            self._publish_channel.default_exchange, message, self._queue_of(envelope.user_id)
+        await self._publish_to_actions(
+            envelope.encode(), str(envelope.action_id), self._queue_of(envelope.user_id)
         )
+
+    async def _publish_to_actions(
+        self, body: bytes, message_id: str, queue: str, *, delay_ms: int | None = None
+    ) -> None:
+        """Every publish of an action (accepted, retried, replayed) goes through here, to the
+        actions queue `queue` that `_queue_of` chose. With `delay_ms`, it waits that long in a
+        delay queue first, and the broker then routes it to `queue` as it would have at once."""
+        if delay_ms is None:
+            exchange = self._publish_channel.default_exchange
+            message = _action_message(body, message_id)
+        else:
+            exchange = self._retry_exchange
+            message = _action_message(
+                body,
+                message_id,
+                expiration=dt.timedelta(milliseconds=delay_ms),
+                headers={RETRY_DELAY_HEADER: _delay_tag(delay_ms)},
+            )
+        await self._publish_confirmed(exchange, message, queue)
 
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
         """Transient messages to the fanout, all confirmed together; nobody listening is fine."""
@@ -593,10 +643,11 @@ class RabbitBroker:
 
     async def _retried(self, envelope: ActionEnvelope) -> None:
         again = dataclasses.replace(envelope, attempts=envelope.attempts + 1)
-        await self._publish_confirmed(
-            self._publish_channel.default_exchange,
-            _action_message(again.encode(), str(envelope.action_id)),
+        await self._publish_to_actions(
+            again.encode(),
+            str(envelope.action_id),
             self._queue_of(envelope.user_id),
+            delay_ms=self._config.retry_delay_ms(again.attempts),
         )
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
@@ -693,31 +744,55 @@ class RabbitBroker:
         finally:
             await channel.close()
 
-    async def replay_failed(self, limit: int) -> int:
-        """Move up to `limit` dead letters back to the actions queue with their attempts reset,
-        each acked only once its copy is confirmed. Raises `PublishFailed` if any copy failed
-        (those stay in the failed queue); otherwise answers how many moved."""
-        return await self._run(self._replay_failed, limit)
+    async def replay_failed(self, limit: int, action_id: str | None = None) -> int:
+        """Move up to `limit` dead letters (of `action_id` only, if given) back to the actions
+        queue with their attempts reset, each acked only once its copy is confirmed. Raises
+        `PublishFailed` if any copy failed (those stay in the failed queue); otherwise answers
+        how many moved."""
+        return await self._run(self._replay_failed, limit, action_id)
 
-    async def _replay_failed(self, limit: int) -> int:
+    async def _replay_failed(self, limit: int, action_id: str | None) -> int:
         channel = await self._plain_channel()
         try:
-            letters = await self._get_failed(channel, limit)
+            letters = await self._get_failed(channel, limit, action_id)
             await _all(self._replay(letter) for letter in letters)
             return len(letters)
         finally:
             await channel.close()
 
+    async def purge_failed(self, action_id: str | None = None) -> int:
+        """Delete every dead letter (of `action_id` only, if given); how many were deleted."""
+        return await self._run(self._purge_failed, action_id)
+
+    async def _purge_failed(self, action_id: str | None) -> int:
+        channel = await self._plain_channel()
+        try:
+            if action_id is None:
+                queue = await channel.get_queue(self._config.failed_queue, ensure=False)
+                purged = await queue.purge()
+                return int(purged.message_count or 0)
+            letters = await self._get_failed(channel, FAILED_SCAN_LIMIT, action_id)
+            await _all(letter.ack() for letter in letters)
+            return len(letters)
+        finally:
+            await channel.close()
+
     async def _get_failed(
-        self, channel: aio_pika.Channel, limit: int
+        self, channel: aio_pika.Channel, limit: int, action_id: str | None = None
     ) -> list[AbstractIncomingMessage]:
+        """Up to `limit` dead letters (of `action_id` only, if given), unacked: the ones not
+        acked go back to their places when the channel closes. Looking for one action reads
+        at most `FAILED_SCAN_LIMIT` letters."""
         queue = await channel.get_queue(self._config.failed_queue, ensure=False)
         letters: list[AbstractIncomingMessage] = []
-        while len(letters) < limit:
+        seen = 0
+        while len(letters) < limit and (action_id is None or seen < FAILED_SCAN_LIMIT):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-            letters.append(message)
+            seen += 1
+            if action_id is None or message.message_id == action_id:
+                letters.append(message)
         return letters
 
     async def _replay(self, letter: AbstractIncomingMessage) -> None:
@@ -728,11 +803,7 @@ class RabbitBroker:
             envelope = ActionEnvelope.decode(body)
             body = dataclasses.replace(envelope, attempts=0).encode()
             queue = self._queue_of(envelope.user_id)
-        await self._publish_confirmed(
-            self._publish_channel.default_exchange,
-            _action_message(body, letter.message_id or ""),
-            queue,
-        )
+        await self._publish_to_actions(body, letter.message_id or "", queue)
         await letter.ack()
 
     async def _close(self) -> None:
@@ -792,13 +863,29 @@ def _key(delivery: Delivery) -> tuple[int, int]:
     return (delivery.channel_id, delivery.delivery_tag)
 
 
-def _action_message(body: bytes, message_id: str) -> aio_pika.Message:
+def _action_message(
+    body: bytes,
+    message_id: str,
+    *,
+    expiration: dt.timedelta | None = None,
+    headers: dict[str, Any] | None = None,
+) -> aio_pika.Message:
     return aio_pika.Message(
         body,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
         content_type="application/json",
+        expiration=expiration,
+        headers=headers,
     )
+
+
+def _retry_exchange(config: AmqpConfig) -> str:
+    return f"{config.queue}.retry"
+
+
+def _delay_tag(delay_ms: int) -> str:
+    return f"{delay_ms}ms"
 
 
 def _failure_reason(message: AbstractIncomingMessage) -> str:

@@ -66,6 +66,7 @@ from scoreboard.adapters.interfaces import (
     MeView,
     PendingAction,
     Replayed,
+    RequestCount,
 )
 from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import RedisConfig
@@ -366,6 +367,23 @@ end
 return 0
 """
 
+# KEYS: the request window. ARGV: now_ms, window ms, a unique member for this request, the
+# limit. Answers {1, remaining, ms until the oldest request leaves} (counted) or
+# {0, 0, ms until the window has room} (nothing counted).
+_COUNT_REQUEST = """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local leaving = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  return {0, 0, math.max(tonumber(leaving[2]) + window - now, 1)}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {1, limit - count - 1, tonumber(oldest[2]) + window - now}
+"""
+
 # KEYS: a failures hash {count, last}. ARGV: now_ms, free failures, base delay ms, max delay ms,
 # max doublings, forget-after ms. Answers 0 (admitted, and recorded as one more failure) or the
 # ms to wait (nothing recorded). The arithmetic is `FailureDelay.wait_ms`.
@@ -522,6 +540,7 @@ class RedisEdgeGuard(_RedisAdapter):
         self._release_script = client.register_script(_RELEASE)
         self._set_first_status_script = client.register_script(_SET_FIRST_STATUS)
         self._count_attempts_script = client.register_script(_COUNT_ATTEMPTS)
+        self._count_request_script = client.register_script(_COUNT_REQUEST)
         self._admit_after_failures_script = client.register_script(_ADMIT_AFTER_FAILURES)
         self._mark_queued_script = client.register_script(_MARK_QUEUED)
         self._mark_outcome_unknown_script = client.register_script(_MARK_OUTCOME_UNKNOWN)
@@ -639,6 +658,20 @@ class RedisEdgeGuard(_RedisAdapter):
             [now_ms, LIMIT_WINDOW_MS, uuid.uuid4().hex, *(limit for _key, limit in limits)],
         )
         return math.ceil(int(wait_ms) / 1000)
+
+    async def count_request(self, key: str, limit: int, *, now_ms: int) -> RequestCount:
+        if limit < 1:
+            raise ValueError("a limit must admit at least one request a minute")
+        admitted, remaining, reset_ms = await self._run(
+            self._count_request_script,
+            [f"{self._prefix}requests:{key}"],
+            [now_ms, LIMIT_WINDOW_MS, uuid.uuid4().hex, limit],
+        )
+        return RequestCount(
+            admitted=bool(int(admitted)),
+            remaining=int(remaining),
+            reset_s=max(1, math.ceil(int(reset_ms) / 1000)),
+        )
 
     async def admit_after_failures(self, key: str, *, now_ms: int, delay: FailureDelay) -> int:
         wait_ms = await self._run(

@@ -25,6 +25,7 @@ from scoreboard.http import (
 from scoreboard.http.action_route import ActionRoute
 from scoreboard.http.body_guard import BodyGuard
 from scoreboard.http.errors import RequestRejected, render
+from scoreboard.http.ip_limit import IpLimit
 from scoreboard.http.requests import MAX_BODY_BYTES
 from scoreboard.http.services import Services
 
@@ -85,10 +86,11 @@ def create_app(services: Services) -> QuartTrio:
 
 def create_asgi_app(services: Services) -> BodyGuard:
     """The application as the listener serves it: each request's body is read (bounded in size
-    and time) before the application sees the request (`body_guard.py`), then the lean perform
-    route (`action_route.py`) in front of the Quart application."""
+    and time) before the application sees the request (`body_guard.py`), then counted against
+    its address's request limit (`ip_limit.py`) before any work is done for it, then the lean
+    perform route (`action_route.py`) in front of the Quart application."""
     return BodyGuard(
-        ActionRoute(create_app(services), services),
+        IpLimit(ActionRoute(create_app(services), services), services),
         max_body_bytes=MAX_BODY_BYTES,
         body_timeout_s=services.config.server.body_timeout_s,
     )

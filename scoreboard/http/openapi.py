@@ -14,6 +14,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify
 
 from scoreboard.catalogue import MAX_INTEGER_FIELD, MAX_STRING_FIELD, ActionType, Catalogue
+from scoreboard.http.ip_limit import LIMITED_PREFIX
 from scoreboard.http.services import current_services
 
 blueprint = Blueprint("openapi", __name__)
@@ -740,6 +741,11 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
             )
         },
     }
+    # Every request under /api/ counts against its address's limit (`http/ip_limit.py`).
+    for path, operations in paths.items():
+        if path.startswith(LIMITED_PREFIX):
+            for operation in operations.values():
+                operation["responses"].update(_errors(429))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {

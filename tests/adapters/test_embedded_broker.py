@@ -17,11 +17,13 @@ from scoreboard.adapters.sqlite import database_path, open_sqlite
 from scoreboard.config import AmqpConfig
 from scoreboard.model import ActionEnvelope
 from tests.adapters.test_rabbitmq import (
+    RETRY_DELAYS_MS,
     Consumer,
     envelope,
     test_a_batch_of_publishes_is_confirmed_together,
     test_a_full_delivery_channel_sends_deliveries_back,
     test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable,
+    test_a_waiting_retry_holds_up_nothing_published_after_it,
     test_dead_letters_keep_their_reason_and_can_be_replayed,
     test_events_reach_every_subscriber,
     test_events_that_do_not_fit_are_dropped_and_counted,
@@ -35,6 +37,7 @@ __all__ = [
     "test_a_batch_of_publishes_is_confirmed_together",
     "test_a_full_delivery_channel_sends_deliveries_back",
     "test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable",
+    "test_a_waiting_retry_holds_up_nothing_published_after_it",
     "test_dead_letters_keep_their_reason_and_can_be_replayed",
     "test_events_reach_every_subscriber",
     "test_events_that_do_not_fit_are_dropped_and_counted",
@@ -55,7 +58,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 async def broker(data_dir: Path) -> AsyncIterator[EmbeddedBroker]:
     async with open_sqlite(data_dir, load_sqlite_migrations()) as database:
-        yield EmbeddedBroker(database, AmqpConfig())
+        yield EmbeddedBroker(database, AmqpConfig(retry_delays_ms=RETRY_DELAYS_MS))
 
 
 async def test_a_second_consumer_stands_by_until_the_first_stops(broker: EmbeddedBroker) -> None:

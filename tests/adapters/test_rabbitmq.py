@@ -29,6 +29,10 @@ THROUGHPUT_TASKS = 200
 BATCH_MESSAGES = 500
 
 
+# Short waits before a retry, growing: the first after attempt 1, the second after attempt 2.
+RETRY_DELAYS_MS = (300, 600)
+
+
 @pytest.fixture
 def amqp_config(amqp_vhost_url: str, amqp_names: dict[str, str]) -> AmqpConfig:
     return AmqpConfig(
@@ -37,6 +41,7 @@ def amqp_config(amqp_vhost_url: str, amqp_names: dict[str, str]) -> AmqpConfig:
         failed_queue=amqp_names["failed_queue"],
         dead_letter_exchange=amqp_names["dead_letter_exchange"],
         events_exchange=amqp_names["events_exchange"],
+        retry_delays_ms=RETRY_DELAYS_MS,
     )
 
 
@@ -234,11 +239,29 @@ async def test_retry_republishes_with_one_more_attempt(broker: RabbitBroker) -> 
         consumer = Consumer(broker, nursery)
         delivery = await consumer.receive()
         await broker.settle(retry=[(delivery, ActionEnvelope.decode(delivery.body))])
+        # It waits its delay (the second, after a second attempt) before it comes again.
+        assert await consumer.nothing_within(RETRY_DELAYS_MS[1] / 1000 / 2)
         again = await consumer.receive()
         assert ActionEnvelope.decode(again.body) == dataclasses.replace(original, attempts=2)
         assert (again.message_id, again.redelivered) == (str(original.action_id), False)
         await broker.settle(ack=[again])
         assert await consumer.nothing_within(0.5)
+        consumer.stop()
+
+
+async def test_a_waiting_retry_holds_up_nothing_published_after_it(broker: RabbitBroker) -> None:
+    await broker.publish_action(poison := envelope(attempts=1))
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        delivery = await consumer.receive()
+        await broker.settle(retry=[(delivery, poison)])
+        await broker.publish_action(fine := envelope())
+        first, second = await consumer.receive(), await consumer.receive()
+        assert [ActionEnvelope.decode(d.body).action_id for d in (first, second)] == [
+            fine.action_id,
+            poison.action_id,
+        ]
+        await broker.settle(ack=[first, second])
         consumer.stop()
 
 

@@ -39,6 +39,8 @@ def server_environment(
             "SCOREBOARD_SERVER_PORT": str(port),
             "SCOREBOARD_SERVER_ROLE": role,
             "SCOREBOARD_SERVER_PROCESSES": str(processes),
+            "SCOREBOARD_LIMITS_IP_REQUESTS_PER_MINUTE": str(config.limits.ip_requests_per_minute),
+            "SCOREBOARD_AMQP_RETRY_DELAYS_MS": ",".join(map(str, config.amqp.retry_delays_ms)),
         }
     )
     if config.backend_mode == "embedded":  # the three URLs stay unset

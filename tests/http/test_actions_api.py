@@ -614,19 +614,23 @@ class TestIpLimit:
     @pytest.fixture
     def app_config(self, config: Config) -> Config:
         return config.replace(
-            websocket={"auth_timeout_s": 1.0}, limits={"ip_requests_per_minute": 3}
+            websocket={"auth_timeout_s": 1.0}, limits={"ip_requests_per_minute": 7}
         )
 
-    async def test_the_per_ip_limit_is_429_across_users(
+    async def test_every_api_request_of_an_address_counts_across_users(
         self, server: ServerHandle, client: httpx.AsyncClient
     ) -> None:
-        players = [await new_player(client, server) for _ in range(4)]
+        players = [await new_player(client, server) for _ in range(4)]  # 4 requests
         first = action()
-        first_id = assert_accepted(await client.post(PERFORM, json=first, headers=players[0].auth))
+        response = await client.post(PERFORM, json=first, headers=players[0].auth)
+        assert_accepted(response)
+        assert response.headers["RateLimit-Policy"] == '"ip";q=7;w=60'
+        assert response.headers["RateLimit"].startswith('"ip";r=2;t=')
         for player in players[1:3]:
             assert_accepted(await client.post(PERFORM, json=action(), headers=player.auth))
         response = await client.post(PERFORM, json=action(), headers=players[3].auth)
         assert_rate_limited(response, 60)
+        assert response.headers["RateLimit"].startswith('"ip";r=0;t=')
         # Without trusted proxies, X-Forwarded-For is the client's word: not believed.
         response = await client.post(
             PERFORM,
@@ -634,8 +638,21 @@ class TestIpLimit:
             headers={**players[3].auth, "X-Forwarded-For": "203.0.113.9"},
         )
         assert_rate_limited(response, 60)
-        replay = await client.post(PERFORM, json=first, headers=players[0].auth)
-        assert assert_accepted(replay, replayed=True) == first_id
+        # Every endpoint of the API counts, a replay and a read too; health does not.
+        assert_rate_limited(await client.post(PERFORM, json=first, headers=players[0].auth), 60)
+        assert_rate_limited(await client.get("/api/v1/leaderboard"), 60)
+        for path in ("/healthz", "/readyz"):
+            response = await client.get(path)
+            assert response.status_code == 200, response.text
+            assert "RateLimit" not in response.headers
+
+    async def test_refused_requests_count_too(
+        self, server: ServerHandle, client: httpx.AsyncClient
+    ) -> None:
+        for _ in range(7):
+            response = await client.post(PERFORM, json=action())  # no token: 401
+            assert response.status_code == 401, response.text
+        assert_rate_limited(await client.post(PERFORM, json=action()), 60)
 
 
 class TestIpLimitBehindATrustedProxy:
@@ -643,22 +660,25 @@ class TestIpLimitBehindATrustedProxy:
     def app_config(self, config: Config) -> Config:
         return config.replace(
             websocket={"auth_timeout_s": 1.0},
-            limits={"ip_requests_per_minute": 1},
+            limits={"ip_requests_per_minute": 3},
             server={"trusted_proxies": ["127.0.0.1/32", "::1/128"]},
         )
 
     async def test_the_client_ip_is_the_last_untrusted_hop(
         self, server: ServerHandle, client: httpx.AsyncClient
     ) -> None:
+        # The proxy's own address (no X-Forwarded-For) has its limit: three registrations.
         players = [await new_player(client, server) for _ in range(3)]
+        assert_rate_limited(await client.get("/api/v1/leaderboard"), 60)
 
         def via(player: Player, forwarded: str) -> dict[str, str]:
             return {**player.auth, "X-Forwarded-For": forwarded}
 
-        response = await client.post(
-            PERFORM, json=action(), headers=via(players[0], "198.51.100.1")
-        )
-        assert_accepted(response)
+        for _ in range(3):
+            response = await client.get(
+                "/api/v1/leaderboard", headers=via(players[0], "198.51.100.1")
+            )
+            assert response.status_code == 200, response.text
         # Another client behind the same proxy has its own limit.
         response = await client.post(
             PERFORM, json=action(), headers=via(players[1], "198.51.100.2")

@@ -5,6 +5,10 @@ an operator's `scoreboard failed replay`, once the cause is fixed, scores it exa
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
+import logging
+import re
 import sqlite3
 import time
 import uuid
@@ -165,3 +169,87 @@ async def test_a_failed_action_replayed_once_its_cause_is_fixed_scores_once(
     await server.services.broker.publish_action(copy)
     await trio.sleep(1)
     assert await score_of(server, player) == POINTS
+
+
+ATTEMPT_LOG = re.compile(r"scorer: the store refused action (\S+) \(attempt (\d+)\)")
+
+
+def attempt_times(caplog: pytest.LogCaptureFixture) -> dict[str, list[float]]:
+    """When the scorer saw each action refused, attempt by attempt (its log)."""
+    times: dict[str, list[float]] = {}
+    for record in caplog.records:
+        if match := ATTEMPT_LOG.fullmatch(record.getMessage()):
+            times.setdefault(match[1], []).append(record.created)
+    return times
+
+
+async def test_poison_actions_wait_longer_each_attempt_then_fail_and_replay_once(
+    server: ServerHandle,
+    client: httpx.AsyncClient,
+    app_config: Config,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="scoreboard.actors.scorer")
+    delays_s = [delay / 1000 for delay in app_config.amqp.retry_delays_ms]
+    attempts = app_config.amqp.max_attempts
+    assert (attempts, delays_s) == (3, [0.2, 0.4])  # growing, short for the test
+    players = [await new_player(client, server) for _ in range(10)]
+    await refuse_task(app_config, True)
+    action_ids = []
+    for player in players:
+        response = await client.post(
+            "/api/v1/actions/perform", json=action(task_id=REFUSED_TASK), headers=player.auth
+        )
+        assert response.status_code == 202, response.text
+        action_ids.append(response.json()["action_id"])
+
+    assert server.services is not None
+    broker = server.services.broker
+    with trio.fail_after(60):
+        while len(letters := await broker.list_failed(100)) < len(players):
+            await trio.sleep(0.1)
+    reasons = {ActionEnvelope.decode(body).action_id: reason for body, reason in letters}
+    assert sorted(map(str, reasons)) == sorted(action_ids)
+    assert all("the store refused the action" in reason for reason in reasons.values())
+    times = attempt_times(caplog)
+    for action_id in action_ids:
+        seen = times[action_id]
+        assert len(seen) == attempts, seen
+        gaps = [later - earlier for earlier, later in itertools.pairwise(seen)]
+        # Each wait is at least its configured delay: the broker holds the message that long.
+        assert all(gap >= delay - 0.01 for gap, delay in zip(gaps, delays_s, strict=True)), gaps
+        record = await action_state(
+            client, players[action_ids.index(action_id)], action_id, until="failed"
+        )
+        assert "the store refused the action" in record["message"]
+
+    await refuse_task(app_config, False)  # fixed: replay one action, twice
+    fixed, fixed_player = action_ids[0], players[0]
+    code, output = await scoreboard(app_config, "failed", "show", fixed)
+    assert code == 0, output
+    shown = json.loads(output)
+    assert shown["action"]["action_id"] == fixed
+    assert "the store refused the action" in shown["reason"]
+    code, output = await scoreboard(app_config, "failed", "replay", "--action-id", fixed)
+    assert code == 0, output
+    assert output.startswith("replayed 1 action(s)"), output
+    record = await action_state(client, fixed_player, fixed, until="completed")
+    assert record["score_delta"] == POINTS
+    code, output = await scoreboard(app_config, "failed", "replay", "--action-id", fixed)
+    assert code == 0, output
+    assert output.startswith("replayed 0 action(s)"), output
+    await trio.sleep(0.5)
+    assert await score_of(server, fixed_player) == POINTS
+    assert len(await broker.list_failed(100)) == len(players) - 1
+
+    code, output = await scoreboard(app_config, "failed", "show", str(uuid.uuid4()))
+    assert code == 1
+    code, output = await scoreboard(app_config, "failed", "purge", "--action-id", action_ids[1])
+    assert code == 0, output
+    assert output.startswith("purged 1 action(s)"), output
+    code, output = await scoreboard(app_config, "failed", "purge", "--all")
+    assert code == 0, output
+    assert output.startswith(f"purged {len(players) - 2} action(s)"), output
+    assert await broker.list_failed(100) == []
+    for player in players[1:]:
+        assert await score_of(server, player) == 0
