@@ -48,11 +48,13 @@ async def test_1000_concurrent_requests_over_two_api_processes_admit_exactly_the
 ) -> None:
     limited = config.replace(limits={"ip_requests_per_minute": LIMIT})
     apis = [ServerProcess(limited, tmp_path, role="api", limits_enabled=True) for _ in range(2)]
-    processes.extend(apis)
-    for api in apis:
-        api.start()
-    for api in apis:
-        await api.wait_ready()  # /readyz: not limited
+    # A worker too: an API process is ready (/readyz) only while some worker consumes.
+    worker = ServerProcess(limited, tmp_path, role="worker", limits_enabled=True)
+    processes.extend([*apis, worker])
+    for process in processes:
+        process.start()
+    for process in processes:
+        await process.wait_ready()  # /readyz: not limited
 
     answers: list[httpx.Response] = []
     pool = httpx.Limits(max_connections=CONCURRENT_CONNECTIONS // 2)
