@@ -113,6 +113,10 @@ class PublicConfig:
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     url: str = ""
+    # What `scoreboard migrate` connects with: a role that owns the schema, while `url`'s role
+    # (the server's) gets only what the application needs, `action_logs` append-only
+    # (docs/database.md). Empty: `url`, one role for both, and nothing is append-only for it.
+    owner_url: str = ""
     pool_min: int = 2
     pool_max: int = 8
 

@@ -11,19 +11,35 @@ created first.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from scoreboard.adapters.migrations import load_migrations, load_sqlite_migrations
 from scoreboard.adapters.postgres import apply_migrations
 from scoreboard.adapters.sqlite import migrate_sqlite
 from scoreboard.bridge import open_bridge
-from scoreboard.config import Config
+from scoreboard.config import Config, ConfigError
 
 
-async def migrate(database_url: str) -> list[str]:
-    """Bring the PostgreSQL database at `database_url` up to date; returns the versions applied."""
+async def migrate(database_url: str, application_role: str | None = None) -> list[str]:
+    """Bring the PostgreSQL database at `database_url` up to date, and grant `application_role`
+    (when given) the application's privileges; returns the versions applied."""
     migrations = load_migrations()
     async with open_bridge() as bridge:
-        return await apply_migrations(bridge, database_url, migrations)
+        return await apply_migrations(bridge, database_url, migrations, application_role)
+
+
+def application_role(config: Config) -> str | None:
+    """The role the server connects as, when migrations run as another one (the owner)."""
+    if not config.database.owner_url:
+        return None
+    role = urlsplit(config.database.url).username
+    if not role:
+        raise ConfigError(
+            "database.owner_url is set, so database.url must name the application's role "
+            "(postgresql://ROLE@host/db) for `scoreboard migrate` to grant it its privileges"
+        )
+    owner = urlsplit(config.database.owner_url).username
+    return None if unquote(role) == unquote(owner or "") else unquote(role)
 
 
 async def migrate_configured(config: Config) -> tuple[str, list[str]]:
@@ -33,4 +49,5 @@ async def migrate_configured(config: Config) -> tuple[str, list[str]]:
         data_dir = Path(config.embedded.data_dir)
         applied = await migrate_sqlite(data_dir, load_sqlite_migrations())
         return f"SQLite in {data_dir}", applied
-    return "PostgreSQL", await migrate(config.database.url)
+    owner_url = config.database.owner_url or config.database.url
+    return "PostgreSQL", await migrate(owner_url, application_role(config))

@@ -6,14 +6,16 @@ each action is a redelivery of a stored (or earlier) one, a replayed nonce, or n
 moves its user's running score. A new completed action whose unique key (the catalogue's
 `unique` rule, `Decision.unique`) the user has used already, stored or earlier in the batch, is
 refused instead (`invalid_action`, with the rule as its reason). The store then inserts the
-plan's new actions and the unique keys they take (`action_unique_keys`, whose primary key holds
-the rule even against a writer that skipped the plan), replaces the `failed` rows the plan's
-superseding actions settle, adds each user's `score_changes` and answers with the plan's
-`results`.
+plan's new and superseding actions into `action_logs` and the unique keys they take
+(`action_unique_keys`, whose primary key holds the rule even against a writer that skipped the
+plan), adds each user's `score_changes` and answers with the plan's `results`.
 
-A `failed` row is not final: it records that the store refused the action (the reason is its
+A failure (a row of `action_failures`, which the stores read as a stored action with status
+`failed`) is not final: it records that the store refused the action (the reason is its
 message), and the same action delivered again (the operator's `scoreboard failed replay` once
-the cause is fixed, or a redelivery) is judged and settled afresh, replacing that row, once.
+the cause is fixed, or a redelivery) is judged and settled afresh, once: its row in
+`action_logs` is flagged `settled_after_failure`, and the failure stays beside it, since both
+tables are append-only.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from scoreboard.model import CommitResult, Decision
 
 DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
 SUSPENDED_MESSAGE = "the account is suspended"
-# An anomaly flag: this row replaces the `failed` row of the same action.
+# An anomaly flag: this action failed before (its failure is kept in `action_failures`).
 SETTLED_AFTER_FAILURE = "settled_after_failure"
 
 SettledStatus = Literal["completed", "rejected", "failed"]
@@ -99,7 +101,7 @@ class CommitPlan:
     decisions: Sequence[Decision]
     settled: list[Settled]  # one per decision, in input order
     new: list[tuple[Decision, Settled]]  # the actions to insert
-    superseding: list[tuple[Decision, Settled]]  # the actions whose stored `failed` row to replace
+    superseding: list[tuple[Decision, Settled]]  # the actions that settle a stored failure
     taken_keys: list[TakenKey] = field(default_factory=list)  # the unique keys to insert
 
     def score_changes(self) -> dict[int, ScoreChange]:

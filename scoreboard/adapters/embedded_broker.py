@@ -384,6 +384,8 @@ def _purge_failed(action_id: str | None, connection: sqlite3.Connection) -> int:
 _NONCE_HOLDER = """
 SELECT action_id FROM action_logs WHERE user_id = :user_id AND nonce = :nonce
 UNION ALL
+SELECT action_id FROM action_failures WHERE user_id = :user_id AND nonce = :nonce
+UNION ALL
 SELECT message_id FROM outbox WHERE user_id = :user_id AND nonce = :nonce
 UNION ALL
 SELECT message_id FROM failed_actions WHERE user_id = :user_id AND nonce = :nonce

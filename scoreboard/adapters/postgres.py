@@ -5,10 +5,10 @@ Every public method crosses the bridge once. The asyncio side of each is one cor
 transaction where it writes, and releases the connection before it returns, so a trio
 cancellation unwinds all of it on the asyncio loop and never leaves a connection behind.
 
-Every writer to `action_logs` first locks the user's row (`FOR UPDATE`). That serialises the
-writers of one user, so what a transaction reads from `action_logs` before inserting is still
-true when it inserts, and each row's `new_score` can be written once, at insert time (the log is
-append-only).
+Every writer to `action_logs` and `action_failures` first locks the user's row (`FOR UPDATE`).
+That serialises the writers of one user, so what a transaction reads from them before inserting
+is still true when it inserts, and each row's `new_score` can be written once, at insert time:
+both are append-only (the application's role may not UPDATE or DELETE them).
 """
 
 from __future__ import annotations
@@ -124,14 +124,22 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 async def apply_migrations(
-    bridge: Bridge, database_url: str, migrations: Sequence[Migration]
+    bridge: Bridge,
+    database_url: str,
+    migrations: Sequence[Migration],
+    application_role: str | None = None,
 ) -> list[str]:
     """Create the database if it is missing, then apply the migrations not yet recorded, in order,
-    each in its own transaction. Returns the versions applied (empty when already up to date)."""
-    return await _crossing(bridge)(_apply_migrations, database_url, migrations)
+    each in its own transaction. Returns the versions applied (empty when already up to date).
+
+    With `application_role`, the role the server connects as (not the one migrating, which owns
+    the schema), grant it what the application needs and no more: append-only `action_logs`."""
+    return await _crossing(bridge)(_apply_migrations, database_url, migrations, application_role)
 
 
-async def _apply_migrations(database_url: str, migrations: Sequence[Migration]) -> list[str]:
+async def _apply_migrations(
+    database_url: str, migrations: Sequence[Migration], application_role: str | None
+) -> list[str]:
     conn = await _connect_creating_database(database_url)
     try:
         # A session lock: held across the per-file transactions, released when we disconnect.
@@ -163,6 +171,8 @@ async def _apply_migrations(database_url: str, migrations: Sequence[Migration]) 
                     migration.checksum,
                 )
             applied.append(migration.version)
+        if application_role is not None:
+            await conn.execute("SELECT scoreboard_grant_application_role($1)", application_role)
         return applied
     finally:
         await conn.close()
@@ -421,6 +431,11 @@ SELECT l.action_id, l.user_id, l.nonce, l.status, l.score_delta, l.new_score, l.
 FROM action_logs AS l
 JOIN unnest($2::bigint[], $3::text[]) AS k (user_id, nonce)
   ON l.user_id = k.user_id AND l.nonce = k.nonce
+UNION
+SELECT f.action_id, f.user_id, f.nonce, 'failed', 0, f.score, NULL, f.reason, NULL
+FROM action_failures AS f
+WHERE f.action_id = ANY($1::uuid[])
+   OR (f.user_id, f.nonce) IN (SELECT * FROM unnest($2::bigint[], $3::text[]))
 """
 
 _USED_UNIQUE_KEYS = """
@@ -456,28 +471,6 @@ FROM unnest(
 )
 ON CONFLICT DO NOTHING
 RETURNING action_id
-"""
-
-# The same columns, for the actions that replace their `failed` row (users locked as above).
-_SUPERSEDE_FAILED = f"""
-UPDATE action_logs AS l
-SET action_type = a.action_type, action_data = a.action_data::jsonb, status = a.status,
-    score_delta = a.score_delta, new_score = a.new_score, error = a.error, message = a.message,
-    retry_after_s = a.retry_after_s,
-    flags = ARRAY(SELECT jsonb_array_elements_text(a.flags::jsonb)),
-    ip_address = NULLIF(a.ip_address, ''), user_agent = NULLIF(a.user_agent, ''),
-    request_headers = a.request_headers::jsonb,
-    received_at = {_FROM_EPOCH_MS.format("a.received_at_ms")}, processed_at = now()
-FROM unnest(
-    $1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-    $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[],
-    $15::text[], $16::bigint[]
-) AS a (
-    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
-    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms
-)
-WHERE l.action_id = a.action_id AND l.status = 'failed'
-RETURNING l.action_id
 """
 
 # The score is reached when this statement runs, after the users' locks were granted; the
@@ -558,20 +551,18 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
             suspended={user_id for user_id, row in users.items() if row["suspended"]},
         )
         reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
+        settling = [*plan.new, *plan.superseding]
         written = 0
-        if plan.new:
-            written += len(await conn.fetch(_INSERT_ACTIONS, *_insert_columns(plan.new)))
-        if plan.superseding:
-            columns = _insert_columns(plan.superseding)
-            written += len(await conn.fetch(_SUPERSEDE_FAILED, *columns))
-        if written != len(plan.new) + len(plan.superseding):
+        if settling:
+            written = len(await conn.fetch(_INSERT_ACTIONS, *_insert_columns(settling)))
+        if written != len(settling):
             raise RuntimeError(
                 "an action was stored while its user was locked: a writer of action_logs "
                 "skipped the user lock"
             )
         if plan.taken_keys:
             await conn.execute(_TAKE_UNIQUE_KEYS, *_taken_key_columns(plan.taken_keys))
-        if plan.new or plan.superseding:
+        if settling:
             changes = _score_change_columns(plan.score_changes())
             for row in await conn.fetch(_ADD_TO_SCORES, *changes):
                 reached_at[row["id"]] = row["score_reached_at"]
@@ -592,14 +583,16 @@ def _taken_key_columns(keys: Sequence[TakenKey]) -> list[list[Any]]:
 
 # -- actions
 
+# Not once the action is settled (a failure redelivered after its replay), nor twice.
 _FAIL_ACTION = f"""
-INSERT INTO action_logs (
-    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, message,
-    ip_address, user_agent, request_headers, received_at, processed_at
+INSERT INTO action_failures (
+    action_id, user_id, nonce, action_type, action_data, score, reason, ip_address, user_agent,
+    request_headers, received_at
 )
-SELECT $1, u.id, $3, $4, $5::jsonb, 'failed', 0, u.score, $6, NULLIF($7, ''), NULLIF($8, ''),
-       $9::jsonb, {_FROM_EPOCH_MS.format("$10::bigint")}, now()
+SELECT $1, u.id, $3, $4, $5::jsonb, u.score, $6, NULLIF($7, ''), NULLIF($8, ''), $9::jsonb,
+       {_FROM_EPOCH_MS.format("$10::bigint")}
 FROM (SELECT id, score FROM users WHERE id = $2 FOR UPDATE) AS u
+WHERE NOT EXISTS (SELECT FROM action_logs WHERE action_id = $1)
 ON CONFLICT DO NOTHING
 """
 
@@ -652,9 +645,17 @@ async def _recent_actions(pool: asyncpg.Pool, user_id: int, since_ms: int) -> li
     ]
 
 
-_ACTION_COLUMNS = """
-action_id, user_id, action_type, nonce, status, score_delta, new_score, error, message,
-received_at, processed_at
+# An action as the API reports it: its settled row, else its failure.
+_ACTIONS_AS_REPORTED = """
+SELECT * FROM (
+    SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error, message,
+           received_at, processed_at, 0 AS precedence
+    FROM action_logs
+    UNION ALL
+    SELECT action_id, user_id, action_type, nonce, 'failed', 0, score, NULL, reason,
+           received_at, failed_at, 1
+    FROM action_failures
+) AS a
 """
 
 
@@ -679,7 +680,7 @@ def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
 
 async def _get_action(pool: asyncpg.Pool, action_id: uuid.UUID) -> ActionRecord | None:
     row = await pool.fetchrow(
-        f"SELECT {_ACTION_COLUMNS} FROM action_logs WHERE action_id = $1", action_id
+        f"{_ACTIONS_AS_REPORTED} WHERE action_id = $1 ORDER BY precedence LIMIT 1", action_id
     )
     return _action_record(row)
 
@@ -688,7 +689,7 @@ async def _find_action_by_nonce(
     pool: asyncpg.Pool, user_id: int, nonce: str
 ) -> ActionRecord | None:
     row = await pool.fetchrow(
-        f"SELECT {_ACTION_COLUMNS} FROM action_logs WHERE user_id = $1 AND nonce = $2",
+        f"{_ACTIONS_AS_REPORTED} WHERE user_id = $1 AND nonce = $2 ORDER BY precedence LIMIT 1",
         user_id,
         nonce,
     )

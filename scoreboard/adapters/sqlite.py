@@ -457,6 +457,8 @@ _STORED_COLUMNS = (
     "action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s"
 )
 
+_STORED_FAILURE_COLUMNS = "action_id, user_id, nonce, 'failed', 0, score, NULL, reason, NULL"
+
 
 def _stored_action(row: sqlite3.Row) -> StoredAction:
     # `_STORED_COLUMNS` are exactly `StoredAction`'s fields, by name; SQLite keeps UUIDs as text.
@@ -469,14 +471,6 @@ INSERT INTO action_logs (
     message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms,
     created_at_ms, processed_at_ms
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?)
-"""
-
-_SUPERSEDE_FAILED = """
-UPDATE action_logs
-SET action_type = ?, action_data = ?, status = ?, score_delta = ?, new_score = ?, error = ?,
-    message = ?, retry_after_s = ?, flags = ?, ip_address = NULLIF(?, ''),
-    user_agent = NULLIF(?, ''), request_headers = ?, received_at_ms = ?, processed_at_ms = ?
-WHERE action_id = ? AND status = 'failed'
 """
 
 _ADD_TO_SCORE = """
@@ -504,15 +498,18 @@ def _commit_actions(
     }
     if missing := set(user_ids) - users.keys():
         raise UnknownUser(missing)
-    stored: dict[str, sqlite3.Row] = {}
+    # An action may have a failure and the row that settled it later: both are kept.
+    stored: dict[tuple[str, str], sqlite3.Row] = {}
     for decision in decisions:
         envelope = decision.envelope
         for row in connection.execute(
             f"SELECT {_STORED_COLUMNS} FROM action_logs"
+            " WHERE action_id = ? OR (user_id = ? AND nonce = ?)"
+            f" UNION ALL SELECT {_STORED_FAILURE_COLUMNS} FROM action_failures"
             " WHERE action_id = ? OR (user_id = ? AND nonce = ?)",
-            (str(envelope.action_id), envelope.user_id, envelope.nonce),
+            (str(envelope.action_id), envelope.user_id, envelope.nonce) * 2,
         ):
-            stored[row["action_id"]] = row
+            stored[row["action_id"], row["status"]] = row
     used = [
         key
         for key in unique_keys_of(decisions)
@@ -542,16 +539,9 @@ def _commit_actions(
                 now,
                 now,
             )
-            for d, s in plan.new
+            for d, s in [*plan.new, *plan.superseding]
         ],
     )
-    for d, s in plan.superseding:
-        action_type, *values = _row_values(d, s)
-        replaced = connection.execute(
-            _SUPERSEDE_FAILED, (action_type, *values, now, str(d.envelope.action_id))
-        )
-        if replaced.rowcount != 1:
-            raise RuntimeError(f"the failed row of action {d.envelope.action_id} is gone")
     connection.executemany(
         "INSERT INTO action_unique_keys (user_id, action_type, unique_key, action_id)"
         " VALUES (?, ?, ?, ?)",
@@ -598,13 +588,16 @@ def _row_values(d: Decision, s: Settled) -> tuple[object, ...]:
 
 # -- actions
 
+# Not once the action is settled (a failure redelivered after its replay), nor twice.
 _FAIL_ACTION = """
-INSERT INTO action_logs (
-    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, message,
-    ip_address, user_agent, request_headers, received_at_ms, created_at_ms, processed_at_ms
+INSERT INTO action_failures (
+    action_id, user_id, nonce, action_type, action_data, score, reason, ip_address, user_agent,
+    request_headers, received_at_ms, failed_at_ms
 )
-SELECT ?, id, ?, ?, ?, 'failed', 0, score, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?
-FROM users WHERE id = ?
+SELECT :action_id, id, :nonce, :action_type, :action_data, score, :reason, NULLIF(:ip, ''),
+       NULLIF(:user_agent, ''), :headers, :received_at_ms, :now
+FROM users
+WHERE id = :user_id AND NOT EXISTS (SELECT 1 FROM action_logs WHERE action_id = :action_id)
 ON CONFLICT DO NOTHING
 """
 
@@ -613,20 +606,19 @@ def _fail_action(envelope: ActionEnvelope, reason: str, connection: sqlite3.Conn
     now = clock.now_ms()
     connection.execute(
         _FAIL_ACTION,
-        (
-            str(envelope.action_id),
-            envelope.nonce,
-            envelope.action_type,
-            json.dumps(dict(envelope.action_data)),
-            reason,
-            envelope.ip,
-            envelope.user_agent,
-            json.dumps(dict(envelope.headers)),
-            envelope.received_at_ms,
-            now,
-            now,
-            envelope.user_id,
-        ),
+        {
+            "action_id": str(envelope.action_id),
+            "user_id": envelope.user_id,
+            "nonce": envelope.nonce,
+            "action_type": envelope.action_type,
+            "action_data": json.dumps(dict(envelope.action_data)),
+            "reason": reason,
+            "ip": envelope.ip,
+            "user_agent": envelope.user_agent,
+            "headers": json.dumps(dict(envelope.headers)),
+            "received_at_ms": envelope.received_at_ms,
+            "now": now,
+        },
     )
 
 
@@ -654,8 +646,12 @@ def _one_action(
     where: str, args: tuple[Any, ...], connection: sqlite3.Connection
 ) -> ActionRecord | None:
     row = connection.execute(
+        "SELECT * FROM ("
         "SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error,"
-        f" message, received_at_ms, processed_at_ms FROM action_logs WHERE {where}",
+        " message, received_at_ms, processed_at_ms, 0 AS precedence FROM action_logs"
+        " UNION ALL SELECT action_id, user_id, action_type, nonce, 'failed', 0, score, NULL,"
+        " reason, received_at_ms, failed_at_ms, 1 FROM action_failures"
+        f") WHERE {where} ORDER BY precedence LIMIT 1",
         args,
     ).fetchone()
     if row is None:

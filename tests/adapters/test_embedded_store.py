@@ -196,3 +196,18 @@ async def test_everything_survives_reopening(data_dir: Path) -> None:
         assert record is not None
         assert (record.status, record.new_score) == ("completed", 10)
         assert await store.get_action(uuid.uuid4()) is None
+
+
+async def test_the_action_log_and_its_failures_are_append_only(
+    data_dir: Path, store: SQLiteStore
+) -> None:
+    user_id = await new_user(store)  # type: ignore[arg-type]
+    await store.commit_actions([completed(envelope(user_id), 10)])
+    await store.fail_action(envelope(user_id, nonce="poison"), "exhausted 3 attempts")
+    for table in ("action_logs", "action_failures"):
+        for statement in (f"UPDATE {table} SET nonce = 'forged'", f"DELETE FROM {table}"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                _sqlite(database_path(data_dir), statement)
+    assert [
+        row[0] for row in _sqlite(database_path(data_dir), "SELECT nonce FROM action_failures")
+    ] == ["poison"]
