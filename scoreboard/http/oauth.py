@@ -57,6 +57,9 @@ PAGE_HEADERS = {
 }
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 ECHOED_PARAMETERS = frozenset({"response_type", "grant_type", "redirect_uri"})
+# The Deny button's field: the client then gets `access_denied` (RFC 6749 §4.1.2.1).
+DECISION_FIELD = "decision"
+DENY = "deny"
 _VSCHAR = re.compile(r"[\x20-\x7e]*")
 _ECHOED_PARAMETER = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
@@ -205,7 +208,10 @@ def _login_page(
         f'value="{html.escape(username)}"></label>'
         '<label>Password <input name="password" type="password" '
         'autocomplete="current-password" required></label>'
-        '<button type="submit">Sign in</button></form>'
+        '<button type="submit">Sign in</button>'
+        # No password needed to say no; `formnovalidate` lets the empty form through.
+        f'<button type="submit" name="{DECISION_FIELD}" value="{DENY}" formnovalidate>'
+        "Deny</button></form>"
     )
     return _page("Sign in", content, status, headers)
 
@@ -250,6 +256,8 @@ async def authorize_login() -> Response:
         return _login_page(
             svc, params, error="This sign-in form has expired. Please sign in again.", status=400
         )
+    if form.get(DECISION_FIELD) == DENY:
+        return _authorization_outcome(await trio.to_thread.run_sync(server.deny, oauth_request))
     username, password = form.get("username", ""), form.get("password", "")
     ip_limit = [(f"login:ip:{_ip(svc)}", svc.config.oauth.login_attempts_per_minute_per_ip)]
     try:

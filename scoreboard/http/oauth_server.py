@@ -483,6 +483,19 @@ class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
         )
         return response
 
+    def deny(self, request: OAuthRequest) -> Response:
+        """The resource owner said no: the redirect with `error=access_denied` and the `state`
+        (RFC 6749 §4.1.2.1), or, for a request that is not valid, its error."""
+        try:
+            grant = self.get_consent_grant(request)
+        except OAuth2Error as error:
+            status, body, headers = error()
+            return status, body, list(headers)
+        response: Response = self.create_authorization_response(
+            request, grant_user=None, grant=grant
+        )
+        return response
+
     def token(self, request: OAuthRequest) -> Response:
         response: Response = self.create_token_response(request)
         return response

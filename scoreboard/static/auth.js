@@ -11,6 +11,7 @@ const CLIENT_ID = "scoreboard-web";
 const SCOPE = "read write";
 const TOKENS_KEY = "scoreboard.tokens";
 const LOGIN_KEY = "scoreboard.login"; // state and verifier of a login under way
+const SIGN_IN_CANCELLED = "Sign-in cancelled: you are still watching read-only.";
 // Refresh a quarter of the lifetime before expiry, at most a minute before: a 900 s token is
 // renewed at 840 s, a 5 s test token at 3.75 s. The WebSocket closes at `exp` exactly, so the
 // new token must reach it before then.
@@ -50,11 +51,15 @@ export async function completeLogin(url) {
   const params = url.searchParams;
   const pending = JSON.parse(sessionStorage.getItem(LOGIN_KEY) ?? "null");
   sessionStorage.removeItem(LOGIN_KEY); // one use, whatever happens next
+  // A callback this tab did not start (or a replayed one) is refused: CSRF protection.
+  const ours = pending !== null && params.get("state") === pending.state;
+  if (ours && params.get("error") === "access_denied") {
+    throw new LoginError(SIGN_IN_CANCELLED); // the Deny button on the login form
+  }
   if (params.has("error")) {
     throw new LoginError(params.get("error_description") ?? `Login failed: ${params.get("error")}.`);
   }
-  // A callback this tab did not start (or a replayed one) is refused: CSRF protection.
-  if (!pending || !params.get("code") || params.get("state") !== pending.state) {
+  if (!ours || !params.get("code")) {
     throw new LoginError("That login did not start in this tab. Please log in again.");
   }
   const exchange = {

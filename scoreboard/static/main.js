@@ -182,17 +182,18 @@ async function main() {
   loadCatalogue();
 
   let signedIn = Session.load();
+  let loginFailure = null; // shown on the read-only page (a cancelled sign-in, a refusal)
   if (location.pathname === "/callback") {
     const url = new URL(location.href);
     history.replaceState(null, "", "/"); // the code and state leave the address bar at once
     try {
       signedIn = await completeLogin(url);
     } catch (error) {
-      notice(error.message);
+      loginFailure = error.message;
     }
   }
   if (signedIn) goLive(signedIn);
-  else goPublic();
+  else goPublic(loginFailure);
 }
 
 main();

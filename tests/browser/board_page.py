@@ -106,7 +106,7 @@ def fill_login_form(page: Page, player: Player) -> None:
     page.wait_for_url(re.compile(r"/api/v1/oauth/authorize\?"))
     page.fill("input[name=username]", player.username)
     page.fill("input[name=password]", player.password)
-    page.click("form button[type=submit]")
+    page.click("form button[type=submit]:not([name=decision])")
 
 
 def stored_tokens(page: Page) -> dict[str, Any]:

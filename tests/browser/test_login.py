@@ -67,6 +67,23 @@ def test_register_then_log_in_through_the_login_form_and_the_board_shows_the_use
     page.wait_for_function("() => document.getElementById('me-rank')?.dataset.rank === '1'")
 
 
+def test_deny_on_the_login_form_brings_the_page_back_saying_sign_in_was_cancelled(
+    server: ServerThread, browsing: Browsing
+) -> None:
+    page = browsing.new_page()
+    page.goto(server.url + "/")
+    page.click("#login")
+    page.wait_for_url(re.compile(r"/api/v1/oauth/authorize\?"))
+    page.click("form button[name=decision][value=deny]")  # nothing typed: Deny needs nothing
+    page.wait_for_function(
+        "() => document.getElementById('notice')?.textContent.includes('Sign-in cancelled')"
+    )
+    assert page.url == server.url + "/"  # the error and state are gone from the address bar
+    assert page.is_visible("#notice")
+    assert page.is_visible("#login")
+    assert page.evaluate("() => sessionStorage.length") == 0  # no tokens, no login under way
+
+
 @pytest.mark.server_config(auth={"access_token_ttl_s": SHORT_TTL_S})
 def test_the_page_refreshes_its_token_before_expiry_and_reauthenticates_the_same_socket(
     server: ServerThread, browsing: Browsing, player: Player

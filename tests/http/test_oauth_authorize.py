@@ -11,7 +11,7 @@ import pytest
 
 from scoreboard.config import Config
 from scoreboard.server import ServerHandle
-from tests.http.conftest import new_player
+from tests.http.conftest import PASSWORD, new_player
 from tests.http.oauth_client import (
     GENEROUS_LIMITS,
     THIRD_PARTY_REDIRECT,
@@ -260,3 +260,75 @@ class TestPlainHttpOrigin:
         params = new_authorization(server).params()
         response = await client.get(AUTHORIZE, params=params)
         assert (response.status_code, response.json()["error"]) == (400, "insecure_transport")
+
+
+async def deny(client: httpx.AsyncClient, params: dict[str, str], **extra: str) -> httpx.Response:
+    """GET the authorize page, then press its Deny button (no username or password)."""
+    form_page = await client.get(AUTHORIZE, params=params)
+    assert form_page.status_code == 200, form_page.text
+    assert 'name="decision" value="deny"' in form_page.text
+    return await client.post(AUTHORIZE, data={**hidden_fields(form_page.text), **extra})
+
+
+async def test_deny_sends_access_denied_and_the_state_back_to_the_client(
+    client: httpx.AsyncClient, server: ServerHandle
+) -> None:
+    client_id, _secret = await register_client(server)
+    for authorization in (
+        new_authorization(server),
+        new_authorization(server, client_id, THIRD_PARTY_REDIRECT),
+    ):
+        response = await deny(client, authorization.params(), decision="deny")
+        assert response.status_code == 302, response.text
+        location = response.headers["Location"]
+        assert location.startswith(authorization.redirect_uri + "?")
+        query = query_of(location)
+        assert (query["error"], query["state"]) == ("access_denied", authorization.state)
+        assert "code" not in query
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_deny_replayed_denies_again_and_issues_nothing(
+    client: httpx.AsyncClient, server: ServerHandle
+) -> None:
+    player = await new_player(client, server)
+    authorization = new_authorization(server)
+    form_page = await client.get(AUTHORIZE, params=authorization.params())
+    fields = {**hidden_fields(form_page.text), "decision": "deny"}
+    for _ in range(2):
+        response = await client.post(AUTHORIZE, data=fields)
+        assert query_of(response.headers["Location"])["error"] == "access_denied"
+    # The same form still signs in: denying consumed nothing the user may need.
+    signed_in = await client.post(
+        AUTHORIZE,
+        data={**hidden_fields(form_page.text), "username": player.username, "password": PASSWORD},
+    )
+    assert "code" in query_of(signed_in.headers["Location"])
+
+
+async def test_a_deny_that_is_malformed_or_not_from_the_form_redirects_nowhere(
+    client: httpx.AsyncClient, server: ServerHandle
+) -> None:
+    authorization = new_authorization(server)
+    form_page = await client.get(AUTHORIZE, params=authorization.params())
+    fields = hidden_fields(form_page.text)
+    # A deny without the form's token, or with parameters changed under it: a fresh form.
+    for forged in (
+        {**fields, "form_token": "forged", "decision": "deny"},
+        {**fields, "state": "another", "decision": "deny"},
+    ):
+        response = await client.post(AUTHORIZE, data=forged)
+        assert response.status_code == 400
+        assert "Location" not in response.headers
+        assert "expired" in response.text
+    # A redirect URI that is not the client's: an error page, never a redirect.
+    response = await client.post(
+        AUTHORIZE,
+        data={**fields, "redirect_uri": "https://evil.example/cb", "decision": "deny"},
+    )
+    assert (response.status_code, "Location" in response.headers) == (400, False)
+    # Any other decision is a sign-in, which needs a password.
+    for decision in ("DENY", "deny ", "x" * 3000):
+        response = await client.post(AUTHORIZE, data={**fields, "decision": decision})
+        assert response.status_code == 401
+        assert "Location" not in response.headers
