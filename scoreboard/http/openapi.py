@@ -376,6 +376,11 @@ SCHEMAS: dict[str, Any] = {
             "form_token": {"type": "string"},
             "username": {"type": "string"},
             "password": {"type": "string"},
+            "decision": {
+                "type": "string",
+                "description": "`deny` (the Deny button): the client gets error=access_denied "
+                "and the state, whatever the username and password; otherwise a sign-in",
+            },
         },
         "required": ["username", "password", "form_token"],
     },
@@ -396,7 +401,8 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
     login_page = {
         "200": _html("the login form"),
         "302": {
-            "description": "to the client's redirect URI, with a code or an error",
+            "description": "to the client's redirect URI, with a code or an error "
+            "(access_denied after Deny)",
             "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
         },
         "400": {
