@@ -4,7 +4,8 @@
 -- that settles the action adds its own row to `action_logs`. Both stay, so the history shows
 -- the failure and what came of it.
 --
--- The application's role gets SELECT and INSERT on these tables only: `scoreboard migrate`,
+-- The application's role gets SELECT and INSERT on these tables only (and on the other logs:
+-- the unique keys actions took, the suspensions): `scoreboard migrate`,
 -- run as the role that owns the schema, calls `scoreboard_grant_application_role` below for the
 -- role of `database.url` whenever the two differ (docs/database.md).
 
@@ -46,7 +47,8 @@ ALTER TABLE action_logs
     DROP CONSTRAINT action_logs_status_check,
     ADD CONSTRAINT action_logs_settled_status CHECK (status IN ('completed', 'rejected'));
 
-REVOKE UPDATE, DELETE, TRUNCATE ON action_logs, action_failures FROM PUBLIC;
+REVOKE UPDATE, DELETE, TRUNCATE
+    ON action_logs, action_failures, action_unique_keys, user_suspensions FROM PUBLIC;
 
 -- The application's privileges, granted to `app_role` by the schema's owner: everything it needs
 -- on every table, less UPDATE, DELETE and TRUNCATE on the append-only tables, and read-only
@@ -54,7 +56,8 @@ REVOKE UPDATE, DELETE, TRUNCATE ON action_logs, action_failures FROM PUBLIC;
 CREATE FUNCTION scoreboard_grant_application_role(app_role name) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    append_only CONSTANT text[] := ARRAY['action_logs', 'action_failures'];
+    append_only CONSTANT text[] :=
+        ARRAY['action_logs', 'action_failures', 'action_unique_keys', 'user_suspensions'];
     owner name := (SELECT tableowner FROM pg_tables
                    WHERE schemaname = current_schema() AND tablename = 'action_logs');
 BEGIN

@@ -21,7 +21,7 @@ from scoreboard.migrate import application_role, migrate, migrate_configured
 from tests.adapters.test_postgres import completed, envelope, new_user, pool_config, rejected, sql
 from tests.conftest import PG_ADMIN_URL, RUN_ID, _pg_admin, _with_database
 
-APPEND_ONLY = ("action_logs", "action_failures")
+APPEND_ONLY = ("action_logs", "action_failures", "action_unique_keys", "user_suspensions")
 
 
 def as_role(url: str, role: str) -> str:
@@ -85,7 +85,7 @@ async def test_the_application_role_may_not_update_or_delete_the_action_log(
     app_url = as_role(database_url, app_role)
     for table in APPEND_ONLY:
         for statement in (
-            f"UPDATE {table} SET nonce = 'forged'",
+            f"UPDATE {table} SET user_id = user_id",
             f"DELETE FROM {table}",
             f"TRUNCATE {table}",
         ):
