@@ -1,5 +1,5 @@
 """The `scoreboard` command (docs/api.md, section 6): serve, migrate, verify, the dead-letter
-tools, and the operator's OAuth tools (signing keys, clients, accounts)."""
+tools, the audit trail, and the operator's OAuth tools (signing keys, clients, accounts)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(loadtest)
+
+    audit = commands.add_parser(
+        "audit",
+        help="a user's attempts, newest first: settled, failed, and refused by the API",
+    )
+    audit.add_argument("username")
+    audit.add_argument("--since", help="unix seconds or an RFC 3339 time (2026-12-06T07:00:00Z)")
+    audit.add_argument("--limit", default="50", help="entries on this page, 1-500 (default 50)")
+    audit.add_argument("--cursor", help="where the previous page ended (it prints the next one)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
 
     users = commands.add_parser("users", help="accounts")
     users_commands = users.add_subparsers(dest="users_command", required=True)
@@ -399,6 +409,51 @@ async def run_clients(config: Config, args: argparse.Namespace) -> int:
         return 0
 
 
+async def run_audit(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from scoreboard.audit import (
+        AuditQueryError,
+        decode_cursor,
+        encode_cursor,
+        entry_json,
+        parse_limit,
+        parse_time_ms,
+    )
+    from scoreboard.backends import open_backends
+
+    try:
+        since_ms = parse_time_ms(args.since) if args.since is not None else 0
+        limit = parse_limit(args.limit)
+        before = decode_cursor(args.cursor) if args.cursor is not None else None
+    except AuditQueryError as exc:
+        print(f"scoreboard: {exc}", file=sys.stderr)
+        return 1
+    async with open_backends(config, exclusive=False) as backends:
+        user = await backends.store.get_user_by_username(args.username)
+        if user is None:
+            print(f"scoreboard: no user {args.username}", file=sys.stderr)
+            return 1
+        entries = await backends.store.audit_trail(
+            user.user_id, since_ms=since_ms, before=before, limit=limit + 1
+        )
+    for entry in entries[:limit]:
+        shown = entry_json(entry)
+        if args.json:
+            print(json.dumps(shown, ensure_ascii=False))
+            continue
+        status = shown["status_code"] or ""
+        print(
+            f"{shown['at']}  {shown['outcome']:<9} {status!s:<3}  "
+            f"{shown['action_type'] or '-'}  nonce={shown['nonce'] or '-'}  "
+            f"delta={shown['score_delta']}  ip={shown['ip'] or '-'}  "
+            f"{shown['error'] or ''} {shown['message'] or ''}".rstrip()
+        )
+    if len(entries) > limit:
+        print(f"more: --cursor {encode_cursor(entries[limit - 1].cursor)}", file=sys.stderr)
+    return 0
+
+
 async def run_users(config: Config, args: argparse.Namespace) -> int:
     from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
     from scoreboard.auth.passwords import Passwords
@@ -555,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "verify":
         return _run(run_verify, config)
     operator_tools = {
+        "audit": run_audit,
         "failed": run_failed,
         "keys": run_keys,
         "clients": run_clients,

@@ -487,3 +487,56 @@ def _strings(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if not all(isinstance(value, str) for value in values):
         raise MalformedMessage(f"field {key!r} is not a list of strings")
     return tuple(values)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRefusal:
+    """An action the API refused before queueing it (a 4xx on `POST /actions/perform`, or a
+    refused `action` frame on the WebSocket), for the audit trail. `user_id` is None when the
+    caller was not authenticated; the action's type and nonce when they were read."""
+
+    user_id: int | None
+    action_type: str | None
+    nonce: str | None
+    channel: Literal["http", "websocket"]
+    status_code: int
+    error: str
+    message: str
+    ip: str
+    user_agent: str
+    headers: Mapping[str, str]
+    refused_at_ms: int
+
+
+AuditOutcome = Literal["completed", "rejected", "failed", "refused"]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class AuditCursor:
+    """Where a page of the audit trail ends: entries come newest first, ordered by
+    (`at_us`, `source`, `row_id`), and the next page starts below this."""
+
+    at_us: int
+    source: int
+    row_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One attempt in a user's audit trail: settled by the worker (`completed`, `rejected`),
+    refused by the store (`failed`), or refused at the edge (`refused`, with its HTTP status)."""
+
+    cursor: AuditCursor
+    at_ms: int
+    outcome: AuditOutcome
+    action_id: uuid.UUID | None
+    action_type: str | None
+    nonce: str | None
+    score_delta: int
+    status_code: int | None
+    error: str | None
+    message: str | None
+    channel: str | None
+    ip: str | None
+    user_agent: str | None
+    headers: Mapping[str, str]

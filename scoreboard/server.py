@@ -30,6 +30,7 @@ import trio
 
 from scoreboard import metrics
 from scoreboard.actors import (
+    auditor,
     consumer,
     events,
     flags,
@@ -169,6 +170,7 @@ async def api_supervisor(
     anything verifies a token."""
     hub_handle, hub_inbox = hub.open_inbox()
     publisher_handle, publisher_inbox = publisher.open_inbox()
+    auditor_handle, auditor_inbox = auditor.open_inbox()
     keyring = await load_or_create_keyring(
         backends.store, activation_delay_ms=int(config.oauth.key_activation_s * 1000)
     )
@@ -186,6 +188,7 @@ async def api_supervisor(
         passwords=Passwords(),
         hub=hub_handle,
         publisher=publisher_handle,
+        auditor=auditor_handle,
         deny_list=deny_list,
         observed=observed,
         public_origin=config.public_origin if config.public.origin else listening.url,
@@ -221,6 +224,13 @@ async def api_supervisor(
                 store=backends.store,
                 keyring=keyring,
                 config=config,
+            ),
+            actor_spec(
+                "auditor",
+                auditor.run,
+                auditor_inbox,
+                store=backends.store,
+                stats=auditor_handle.stats,
             ),
         ],
         strategy="rest_for_one",

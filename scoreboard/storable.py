@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.model import ActionEnvelope, Decision, EdgeRefusal
 
 ACTION_TYPE_MAX_CHARS = 50  # action_logs.action_type is varchar(50)
 RECEIVED_AT_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -107,3 +107,29 @@ def _mended_json(data: Any) -> Any:
     if isinstance(data, float) and not math.isfinite(data):
         return str(data)
     return data
+
+
+# A refusal's texts come from a client that may be hostile: each is kept, cut to a bound.
+REFUSAL_TEXT_MAX_CHARS = 512
+
+
+def storable_refusal(refusal: EdgeRefusal) -> EdgeRefusal:
+    """The refusal as the store can keep it: no NUL or lone surrogate, every text bounded."""
+
+    def kept(text: str | None) -> str | None:
+        return None if text is None else _mended(text[:REFUSAL_TEXT_MAX_CHARS])
+
+    return dataclasses.replace(
+        refusal,
+        action_type=kept(refusal.action_type),
+        nonce=kept(refusal.nonce),
+        error=_mended(refusal.error[:REFUSAL_TEXT_MAX_CHARS]),
+        message=_mended(refusal.message[:REFUSAL_TEXT_MAX_CHARS]),
+        ip=_mended(refusal.ip[:REFUSAL_TEXT_MAX_CHARS]),
+        user_agent=_mended(refusal.user_agent[:REFUSAL_TEXT_MAX_CHARS]),
+        headers={
+            _mended(k[:REFUSAL_TEXT_MAX_CHARS]): _mended(v[:REFUSAL_TEXT_MAX_CHARS])
+            for k, v in refusal.headers.items()
+        },
+        refused_at_ms=min(max(refusal.refused_at_ms, 0), RECEIVED_AT_MAX_MS),
+    )

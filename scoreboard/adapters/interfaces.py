@@ -18,10 +18,13 @@ from scoreboard.anticheat.records import Flag, FlagQuery, FlagRecord
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
+    AuditCursor,
+    AuditEntry,
     AuthorizationCodeRecord,
     BoardEntry,
     CommitResult,
     Decision,
+    EdgeRefusal,
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
@@ -108,6 +111,19 @@ class Store(Protocol):
     async def fail_action(self, envelope: ActionEnvelope, reason: str) -> None:
         """Record an action the store refused as `failed` (no score change), whatever its data
         holds. Nothing is recorded if the action is already stored or its user does not exist."""
+        ...
+
+    async def record_edge_refusals(self, refusals: Sequence[EdgeRefusal]) -> None:
+        """Append the API's refusals to the audit trail, in one transaction, each as `storable`
+        makes it (a refusal of a user that no longer exists is kept without its user)."""
+        ...
+
+    async def audit_trail(
+        self, user_id: int, *, since_ms: int, before: AuditCursor | None, limit: int
+    ) -> list[AuditEntry]:
+        """The user's attempts received at or after `since_ms`, newest first, at most `limit`,
+        starting below `before` (the last entry's cursor of the previous page): the actions the
+        worker settled, the failures, and the refusals at the edge."""
         ...
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int: ...

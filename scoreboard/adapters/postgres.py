@@ -59,10 +59,13 @@ from scoreboard.config import DatabaseConfig
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
+    AuditCursor,
+    AuditEntry,
     AuthorizationCodeRecord,
     BoardEntry,
     CommitResult,
     Decision,
+    EdgeRefusal,
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
@@ -73,7 +76,7 @@ from scoreboard.model import (
     UserRecord,
     normalized_identity,
 )
-from scoreboard.storable import storable, storable_all
+from scoreboard.storable import storable, storable_all, storable_refusal
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -269,6 +272,17 @@ class PostgresStore(Store):
         the action as `storable` makes it; if even that is refused, the row is kept without the
         action's data (and the reason says so), so that no failure goes unrecorded."""
         await self._cross(_fail_action, self._pool, storable(envelope), reason)
+
+    async def record_edge_refusals(self, refusals: Sequence[EdgeRefusal]) -> None:
+        kept = [storable_refusal(refusal) for refusal in refusals]
+        await _crossing(self._bridge, _record_edge_refusals, self._pool, kept)
+
+    async def audit_trail(
+        self, user_id: int, *, since_ms: int, before: AuditCursor | None, limit: int
+    ) -> list[AuditEntry]:
+        return await _crossing(
+            self._bridge, _audit_trail, self._pool, user_id, since_ms, before, limit
+        )
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
         return await self._cross(_create_user, self._pool, username, email, password_hash)
@@ -694,6 +708,100 @@ async def _find_action_by_nonce(
         nonce,
     )
     return _action_record(row)
+
+
+# -- the audit trail
+
+_RECORD_EDGE_REFUSALS = f"""
+INSERT INTO edge_refusals (
+    user_id, action_type, nonce, channel, status_code, error, message, ip_address, user_agent,
+    request_headers, refused_at
+)
+SELECT (SELECT id FROM users WHERE id = r.user_id), r.action_type, r.nonce, r.channel,
+       r.status_code, r.error, r.message, NULLIF(r.ip, ''), NULLIF(r.user_agent, ''),
+       r.headers::jsonb, {_FROM_EPOCH_MS.format("r.refused_at_ms")}
+FROM unnest(
+    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::text[], $11::bigint[]
+) AS r (
+    user_id, action_type, nonce, channel, status_code, error, message, ip, user_agent, headers,
+    refused_at_ms
+)
+"""
+
+
+async def _record_edge_refusals(pool: asyncpg.Pool, refusals: Sequence[EdgeRefusal]) -> None:
+    rows = [
+        (
+            r.user_id,
+            r.action_type,
+            r.nonce,
+            r.channel,
+            r.status_code,
+            r.error,
+            r.message,
+            r.ip,
+            r.user_agent,
+            json.dumps(dict(r.headers)),
+            r.refused_at_ms,
+        )
+        for r in refusals
+    ]
+    if rows:
+        await pool.execute(_RECORD_EDGE_REFUSALS, *[list(c) for c in zip(*rows, strict=True)])
+
+
+_MICROSECONDS = "(extract(epoch FROM {}) * 1000000)::bigint"
+
+# Newest first by (time, source, row id): the worker's rows (2), the failures (1), the edge's
+# refusals (0). The cursor is the last entry's key; the next page starts strictly below it.
+_AUDIT_TRAIL = f"""
+SELECT * FROM (
+    SELECT {_MICROSECONDS.format("received_at")} AS at_us, 2 AS source, id, action_id,
+           action_type::text, nonce, status AS outcome, score_delta, NULL::int AS status_code,
+           error, message, NULL AS channel, ip_address, user_agent, request_headers
+    FROM action_logs WHERE user_id = $1 AND received_at >= {_FROM_EPOCH_MS.format("$2::bigint")}
+    UNION ALL
+    SELECT {_MICROSECONDS.format("received_at")}, 1, id, action_id, action_type::text, nonce,
+           'failed', 0, NULL, NULL, reason, NULL, ip_address, user_agent, request_headers
+    FROM action_failures
+    WHERE user_id = $1 AND received_at >= {_FROM_EPOCH_MS.format("$2::bigint")}
+    UNION ALL
+    SELECT {_MICROSECONDS.format("refused_at")}, 0, id, NULL, action_type, nonce, 'refused', 0,
+           status_code, error, message, channel, ip_address, user_agent, request_headers
+    FROM edge_refusals
+    WHERE user_id = $1 AND refused_at >= {_FROM_EPOCH_MS.format("$2::bigint")}
+) AS trail
+WHERE $3::bigint IS NULL OR (at_us, source, id) < ($3::bigint, $4::int, $5::bigint)
+ORDER BY at_us DESC, source DESC, id DESC
+LIMIT $6
+"""
+
+
+async def _audit_trail(
+    pool: asyncpg.Pool, user_id: int, since_ms: int, before: AuditCursor | None, limit: int
+) -> list[AuditEntry]:
+    cursor = (None, None, None) if before is None else (before.at_us, before.source, before.row_id)
+    rows = await pool.fetch(_AUDIT_TRAIL, user_id, since_ms, *cursor, limit)
+    return [
+        AuditEntry(
+            cursor=AuditCursor(row["at_us"], row["source"], row["id"]),
+            at_ms=row["at_us"] // 1000,
+            outcome=row["outcome"],
+            action_id=row["action_id"],
+            action_type=row["action_type"],
+            nonce=row["nonce"],
+            score_delta=row["score_delta"],
+            status_code=row["status_code"],
+            error=row["error"],
+            message=row["message"],
+            channel=row["channel"],
+            ip=row["ip_address"],
+            user_agent=row["user_agent"],
+            headers=json.loads(row["request_headers"]),
+        )
+        for row in rows
+    ]
 
 
 # -- scores

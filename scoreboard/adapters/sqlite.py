@@ -56,10 +56,13 @@ from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.model import (
     ActionEnvelope,
     ActionRecord,
+    AuditCursor,
+    AuditEntry,
     AuthorizationCodeRecord,
     BoardEntry,
     CommitResult,
     Decision,
+    EdgeRefusal,
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
@@ -71,7 +74,7 @@ from scoreboard.model import (
     normalized_identity,
 )
 from scoreboard.private_files import private_directory, private_file, restrict_if_present
-from scoreboard.storable import storable, storable_all
+from scoreboard.storable import storable, storable_all, storable_refusal
 
 T = TypeVar("T")
 
@@ -307,6 +310,17 @@ class SQLiteStore(Store):
             bare = dataclasses.replace(envelope, action_data={}, ip="", user_agent="", headers={})
             why = f"{reason} (its data could not be stored: {exc!r})"
             await self._db.write(functools.partial(_fail_action, storable(bare), why))
+
+    async def record_edge_refusals(self, refusals: Sequence[EdgeRefusal]) -> None:
+        kept = [storable_refusal(refusal) for refusal in refusals]
+        await self._db.write(functools.partial(_record_edge_refusals, kept))
+
+    async def audit_trail(
+        self, user_id: int, *, since_ms: int, before: AuditCursor | None, limit: int
+    ) -> list[AuditEntry]:
+        return await self._db.read(
+            functools.partial(_audit_trail, user_id, since_ms, before, limit)
+        )
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
         return await self._db.write(functools.partial(_create_user, username, email, password_hash))
@@ -669,6 +683,100 @@ def _one_action(
         created_at_ms=row["received_at_ms"],
         processed_at_ms=row["processed_at_ms"],
     )
+
+
+# -- the audit trail
+
+_RECORD_EDGE_REFUSAL = """
+INSERT INTO edge_refusals (
+    user_id, action_type, nonce, channel, status_code, error, message, ip_address, user_agent,
+    request_headers, refused_at_ms
+)
+VALUES ((SELECT id FROM users WHERE id = ?), ?, ?, ?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?)
+"""
+
+
+def _record_edge_refusals(refusals: list[EdgeRefusal], connection: sqlite3.Connection) -> None:
+    connection.executemany(
+        _RECORD_EDGE_REFUSAL,
+        [
+            (
+                r.user_id,
+                r.action_type,
+                r.nonce,
+                r.channel,
+                r.status_code,
+                r.error,
+                r.message,
+                r.ip,
+                r.user_agent,
+                json.dumps(dict(r.headers)),
+                r.refused_at_ms,
+            )
+            for r in refusals
+        ],
+    )
+
+
+# As PostgreSQL's: newest first by (time, source, row id), the cursor's key excluded.
+_AUDIT_TRAIL = """
+SELECT * FROM (
+    SELECT received_at_ms * 1000 AS at_us, 2 AS source, id, action_id, action_type, nonce,
+           status AS outcome, score_delta, NULL AS status_code, error, message, NULL AS channel,
+           ip_address, user_agent, request_headers
+    FROM action_logs WHERE user_id = :user_id AND received_at_ms >= :since
+    UNION ALL
+    SELECT received_at_ms * 1000, 1, id, action_id, action_type, nonce, 'failed', 0, NULL, NULL,
+           reason, NULL, ip_address, user_agent, request_headers
+    FROM action_failures WHERE user_id = :user_id AND received_at_ms >= :since
+    UNION ALL
+    SELECT refused_at_ms * 1000, 0, id, NULL, action_type, nonce, 'refused', 0, status_code,
+           error, message, channel, ip_address, user_agent, request_headers
+    FROM edge_refusals WHERE user_id = :user_id AND refused_at_ms >= :since
+)
+WHERE :at_us IS NULL OR (at_us, source, id) < (:at_us, :source, :row_id)
+ORDER BY at_us DESC, source DESC, id DESC
+LIMIT :limit
+"""
+
+
+def _audit_trail(
+    user_id: int,
+    since_ms: int,
+    before: AuditCursor | None,
+    limit: int,
+    connection: sqlite3.Connection,
+) -> list[AuditEntry]:
+    rows = connection.execute(
+        _AUDIT_TRAIL,
+        {
+            "user_id": user_id,
+            "since": since_ms,
+            "at_us": None if before is None else before.at_us,
+            "source": None if before is None else before.source,
+            "row_id": None if before is None else before.row_id,
+            "limit": limit,
+        },
+    )
+    return [
+        AuditEntry(
+            cursor=AuditCursor(row["at_us"], row["source"], row["id"]),
+            at_ms=row["at_us"] // 1000,
+            outcome=row["outcome"],
+            action_id=None if row["action_id"] is None else uuid.UUID(row["action_id"]),
+            action_type=row["action_type"],
+            nonce=row["nonce"],
+            score_delta=row["score_delta"],
+            status_code=row["status_code"],
+            error=row["error"],
+            message=row["message"],
+            channel=row["channel"],
+            ip=row["ip_address"],
+            user_agent=row["user_agent"],
+            headers=json.loads(row["request_headers"]),
+        )
+        for row in rows
+    ]
 
 
 # -- scores

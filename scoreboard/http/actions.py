@@ -29,7 +29,7 @@ from scoreboard.http.requests import (
     request_data,
 )
 from scoreboard.http.services import Services, current_services
-from scoreboard.http.submission import Submitted, parse_payload, submit_action
+from scoreboard.http.submission import Submitted, audit_refusal, parse_payload, submit_action
 from scoreboard.model import ActionRecord
 
 blueprint = Blueprint("actions", __name__)
@@ -192,25 +192,48 @@ async def perform() -> Response:
     return answer.as_response()
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """What a request has shown of itself so far, for the audit trail of its refusal."""
+
+    user_id: int | None = None
+    body: object = None
+
+
 async def perform_action(svc: Services, request: PerformRequest) -> Answer:
-    """`POST /api/v1/actions/perform` (contract §2), refusals included."""
+    """`POST /api/v1/actions/perform` (contract §2), refusals included: each refusal of the
+    client's goes to the audit trail."""
     started = time.perf_counter()
+    attempt = _Attempt()
     with logs.action_scope():
         try:
-            answer = await _perform(svc, request)
+            answer = await _perform(svc, request, attempt)
         except RequestRejected as rejection:
             metrics.ACTIONS_REFUSED.labels(rejection.error).inc()
+            headers = request.headers
+            audit_refusal(
+                svc,
+                rejection,
+                channel="http",
+                user_id=attempt.user_id,
+                attempted=attempt.body,
+                ip=client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies),
+                user_agent=headers.get("User-Agent", ""),
+                headers=audited_headers(headers),
+            )
             return Answer.refusal(rejection)
     if answer.status == 202:  # accepted and queued; a waited-for outcome counts its wait too
         metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return answer
 
 
-async def _perform(svc: Services, request: PerformRequest) -> Answer:
+async def _perform(svc: Services, request: PerformRequest, attempt: _Attempt) -> Answer:
     headers = request.headers
     token = bearer_from(headers.get("Authorization", ""), token_in_url=request.token_in_url)
     claims = authenticate(svc, token, "write")
+    attempt.user_id = claims.user_id
     body = await read_json(headers.get("Content-Type"), request.content_length, request.read_body)
+    attempt.body = body
     payload = parse_payload(svc, body)
     wait_s = prefer_wait_s(headers.get("Prefer"))
     ip = client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies)

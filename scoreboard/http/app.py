@@ -14,6 +14,7 @@ from scoreboard import json_codec
 from scoreboard.http import (
     actions,
     admin,
+    audit,
     leaderboard,
     moderation,
     oauth,
@@ -49,7 +50,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["SERVICES"] = services
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
-    for module in (actions, admin, moderation, leaderboard, users, ops, pages, openapi):
+    for module in (actions, admin, audit, moderation, leaderboard, users, ops, pages, openapi):
         app.register_blueprint(module.blueprint)
     oauth.install(app, services)
 

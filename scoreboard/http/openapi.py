@@ -369,6 +369,27 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["token"],
     },
+    "AuditEntry": {
+        "type": "object",
+        "description": "one attempt: settled by the worker (completed, rejected), refused by "
+        "the store (failed) or refused by the API before it was queued (refused)",
+        "properties": {
+            "at": {"type": "string"},
+            "outcome": {"enum": ["completed", "rejected", "failed", "refused"]},
+            "action_id": {"type": ["string", "null"]},
+            "action_type": {"type": ["string", "null"]},
+            "nonce": {"type": ["string", "null"]},
+            "score_delta": {"type": "integer"},
+            "status_code": {"type": ["integer", "null"]},
+            "error": {"type": ["string", "null"]},
+            "message": {"type": ["string", "null"]},
+            "channel": {"enum": ["http", "websocket", None]},
+            "ip": {"type": ["string", "null"]},
+            "user_agent": {"type": ["string", "null"]},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "required": ["at", "outcome", "score_delta", "headers"],
+    },
     "LoginForm": {
         "type": "object",
         "properties": {
@@ -661,6 +682,54 @@ def openapi_document(catalogue: Catalogue) -> dict[str, Any]:
                 },
                 secured=True,
                 errors=(403, 503),
+            )
+        },
+        "/api/v1/admin/audit": {
+            "get": _operation(
+                "A user's audit trail, newest first, a page at a time (scope admin)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "user": {
+                                    "type": "object",
+                                    "properties": {
+                                        "user_id": {"type": "integer"},
+                                        "username": {"type": "string"},
+                                    },
+                                },
+                                "entries": {"type": "array", "items": _ref("AuditEntry")},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                            "required": ["user", "entries", "next_cursor"],
+                        },
+                        "a page of the user's attempts; next_cursor fetches the next",
+                    )
+                },
+                parameters=[
+                    {
+                        **_query(
+                            "user",
+                            {"type": "string", "minLength": 1, "maxLength": 64},
+                            "the username",
+                        ),
+                        "required": True,
+                    },
+                    _query(
+                        "since",
+                        {"type": "string", "maxLength": 40},
+                        "unix seconds or an RFC 3339 time; default: the beginning",
+                    ),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "1-500"),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": r"^[0-9]{1,19}\.[0-2]\.[0-9]{1,19}$"},
+                        "the previous page's next_cursor",
+                    ),
+                ],
+                secured=True,
+                errors=(400, 403, 404, 503),
             )
         },
         "/api/v1/ws": {

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import trio
 from quart import current_app
 
+from scoreboard.actors.auditor import AuditHandle
 from scoreboard.actors.hub import BroadcastStats, HubHandle
 from scoreboard.actors.publisher import PublisherHandle
 from scoreboard.actors.revocations import DenyList
@@ -40,6 +41,7 @@ class Services:
     passwords: Passwords
     hub: HubHandle
     publisher: PublisherHandle
+    auditor: AuditHandle
     deny_list: DenyList
     observed: Observed
     """What the operations endpoints report on (the supervision tree, the metrics)."""

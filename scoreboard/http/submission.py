@@ -27,12 +27,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from scoreboard import metrics
-from scoreboard.actors import publisher
+from scoreboard.actors import auditor, publisher
 from scoreboard.adapters.interfaces import (
     OUTCOME_UNKNOWN,
     PUBLISHING,
@@ -47,7 +47,7 @@ from scoreboard.auth.tokens import AccessClaims
 from scoreboard.catalogue import InvalidActionData
 from scoreboard.http.errors import RequestRejected, invalid_request, rate_limited, unavailable
 from scoreboard.http.services import Services
-from scoreboard.model import ActionEnvelope
+from scoreboard.model import ActionEnvelope, EdgeRefusal
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +263,39 @@ def rejected_before_queueing(exc: RequestRejected, nonce: str | None) -> dict[st
         if extra in exc.extra:
             data[extra] = exc.extra[extra]
     return data
+
+
+def audit_refusal(
+    services: Services,
+    rejection: RequestRejected,
+    *,
+    channel: Literal["http", "websocket"],
+    user_id: int | None,
+    attempted: object,
+    ip: str,
+    user_agent: str,
+    headers: Mapping[str, str],
+) -> None:
+    """Hand a refusal of the client's (a 4xx; an outage's 503 is ours) to the auditor, never
+    waiting. `attempted` is what the client sent, as far as it was read: its action type and
+    nonce are kept when they are strings."""
+    if not 400 <= rejection.status < 500:
+        return
+    fields = attempted if isinstance(attempted, Mapping) else {}
+    action_type, nonce = fields.get("action_type"), fields.get("nonce")
+    auditor.record(
+        services.auditor,
+        EdgeRefusal(
+            user_id=user_id,
+            action_type=action_type if isinstance(action_type, str) else None,
+            nonce=nonce if isinstance(nonce, str) else None,
+            channel=channel,
+            status_code=rejection.status,
+            error=rejection.error,
+            message=rejection.message or rejection.error,
+            ip=ip,
+            user_agent=user_agent,
+            headers=headers,
+            refused_at_ms=time.time_ns() // 1_000_000,
+        ),
+    )

@@ -54,7 +54,12 @@ from scoreboard.http.requests import (
     parse_json,
 )
 from scoreboard.http.services import Services
-from scoreboard.http.submission import parse_payload, rejected_before_queueing, submit_action
+from scoreboard.http.submission import (
+    audit_refusal,
+    parse_payload,
+    rejected_before_queueing,
+    submit_action,
+)
 
 log = logging.getLogger(__name__)
 
@@ -543,6 +548,16 @@ class Connection:
                 )
         except RequestRejected as exc:
             metrics.ACTIONS_REFUSED.labels(exc.error).inc()
+            audit_refusal(
+                self.svc,
+                exc,
+                channel="websocket",
+                user_id=self.claims.user_id,
+                attempted=message,
+                ip=self.ip,
+                user_agent=self.user_agent,
+                headers=self.audited,
+            )
             self.personal({"type": "action_result", "data": rejected_before_queueing(exc, nonce)})
             return
         data: dict[str, Any] = {

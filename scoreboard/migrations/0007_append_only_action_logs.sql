@@ -5,7 +5,7 @@
 -- the failure and what came of it.
 --
 -- The application's role gets SELECT and INSERT on these tables only (and on the other logs:
--- the unique keys actions took, the suspensions): `scoreboard migrate`,
+-- the unique keys actions took, the suspensions, the refusals at the edge): `scoreboard migrate`,
 -- run as the role that owns the schema, calls `scoreboard_grant_application_role` below for the
 -- role of `database.url` whenever the two differ (docs/database.md).
 
@@ -47,8 +47,30 @@ ALTER TABLE action_logs
     DROP CONSTRAINT action_logs_status_check,
     ADD CONSTRAINT action_logs_settled_status CHECK (status IN ('completed', 'rejected'));
 
+-- The audit trail's third part: the actions the API refused before queueing them (a 4xx on
+-- `POST /api/v1/actions/perform`, a refused `action` frame on the WebSocket), written in batches
+-- by the API's auditor. `user_id` is NULL when the caller was not authenticated.
+CREATE TABLE edge_refusals (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id         bigint      REFERENCES users (id),
+    action_type     text,
+    nonce           text,
+    channel         text        NOT NULL CHECK (channel IN ('http', 'websocket')),
+    status_code     smallint    NOT NULL,
+    error           text        NOT NULL,
+    message         text        NOT NULL,
+    ip_address      text,
+    user_agent      text,
+    request_headers jsonb       NOT NULL DEFAULT '{}',
+    refused_at      timestamptz NOT NULL
+);
+
+CREATE INDEX edge_refusals_user_refused_idx ON edge_refusals (user_id, refused_at);
+CREATE INDEX edge_refusals_refused_idx ON edge_refusals (refused_at);
+
 REVOKE UPDATE, DELETE, TRUNCATE
-    ON action_logs, action_failures, action_unique_keys, user_suspensions FROM PUBLIC;
+    ON action_logs, action_failures, action_unique_keys, user_suspensions, edge_refusals
+    FROM PUBLIC;
 
 -- The application's privileges, granted to `app_role` by the schema's owner: everything it needs
 -- on every table, less UPDATE, DELETE and TRUNCATE on the append-only tables, and read-only
@@ -57,7 +79,8 @@ CREATE FUNCTION scoreboard_grant_application_role(app_role name) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     append_only CONSTANT text[] :=
-        ARRAY['action_logs', 'action_failures', 'action_unique_keys', 'user_suspensions'];
+        ARRAY['action_logs', 'action_failures', 'action_unique_keys', 'user_suspensions',
+              'edge_refusals'];
     owner name := (SELECT tableowner FROM pg_tables
                    WHERE schemaname = current_schema() AND tablename = 'action_logs');
 BEGIN

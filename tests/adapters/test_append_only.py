@@ -21,7 +21,13 @@ from scoreboard.migrate import application_role, migrate, migrate_configured
 from tests.adapters.test_postgres import completed, envelope, new_user, pool_config, rejected, sql
 from tests.conftest import PG_ADMIN_URL, RUN_ID, _pg_admin, _with_database
 
-APPEND_ONLY = ("action_logs", "action_failures", "action_unique_keys", "user_suspensions")
+APPEND_ONLY = (
+    "action_logs",
+    "action_failures",
+    "action_unique_keys",
+    "user_suspensions",
+    "edge_refusals",
+)
 
 
 def as_role(url: str, role: str) -> str:

@@ -1,6 +1,7 @@
 -- `action_logs` becomes append-only, as in PostgreSQL: a failure goes to `action_failures`
 -- (append-only too) instead of a row that a later replay overwrote, and triggers refuse any
--- UPDATE or DELETE of either table.
+-- UPDATE or DELETE of either table, or of `edge_refusals`, the actions the API refused before
+-- queueing them (the audit trail's third part).
 
 CREATE TABLE action_failures (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,3 +44,26 @@ CREATE TRIGGER action_failures_no_update BEFORE UPDATE ON action_failures
 BEGIN SELECT RAISE(ABORT, 'action_failures is append-only'); END;
 CREATE TRIGGER action_failures_no_delete BEFORE DELETE ON action_failures
 BEGIN SELECT RAISE(ABORT, 'action_failures is append-only'); END;
+
+CREATE TABLE edge_refusals (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id          INTEGER REFERENCES users (id),
+    action_type      TEXT,
+    nonce            TEXT,
+    channel          TEXT    NOT NULL CHECK (channel IN ('http', 'websocket')),
+    status_code      INTEGER NOT NULL,
+    error            TEXT    NOT NULL,
+    message          TEXT    NOT NULL,
+    ip_address       TEXT,
+    user_agent       TEXT,
+    request_headers  TEXT    NOT NULL DEFAULT '{}',
+    refused_at_ms    INTEGER NOT NULL
+);
+
+CREATE INDEX edge_refusals_user_refused_idx ON edge_refusals (user_id, refused_at_ms);
+CREATE INDEX edge_refusals_refused_idx ON edge_refusals (refused_at_ms);
+
+CREATE TRIGGER edge_refusals_no_update BEFORE UPDATE ON edge_refusals
+BEGIN SELECT RAISE(ABORT, 'edge_refusals is append-only'); END;
+CREATE TRIGGER edge_refusals_no_delete BEFORE DELETE ON edge_refusals
+BEGIN SELECT RAISE(ABORT, 'edge_refusals is append-only'); END;
