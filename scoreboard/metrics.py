@@ -102,6 +102,15 @@ RATE_LIMITED = Counter(
     "Requests answered 429, by the limit that refused them.",
     ["limit"],
 )
+AUDIT_REFUSALS_RECORDED = Counter(
+    "scoreboard_audit_refusals_recorded",
+    "Refusals at the edge written to the audit trail by the auditor.",
+)
+AUDIT_REFUSALS_DROPPED = Counter(
+    "scoreboard_audit_refusals_dropped",
+    "Refusals at the edge not written to the audit trail: the auditor's inbox was full, or the "
+    "store did not take them in time.",
+)
 BRIDGE_CALL_LATENCY = Histogram(
     "scoreboard_bridge_call_seconds",
     "Calls from trio to the asyncio backends' loop (PostgreSQL, Redis, RabbitMQ), end to end.",

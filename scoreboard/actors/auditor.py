@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from scoreboard import metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import Store
@@ -36,10 +37,18 @@ WRITE_PATIENCE_S = 30.0
 
 @dataclass(slots=True)
 class AuditStats:
-    """What happened to the refusals handed to `record` (for `/metrics`)."""
+    """What happened to the refusals handed to `record` (also counted in `/metrics`)."""
 
     recorded: int = 0
     dropped: int = 0
+
+    def add_recorded(self, count: int) -> None:
+        self.recorded += count
+        metrics.AUDIT_REFUSALS_RECORDED.inc(count)
+
+    def add_dropped(self, count: int) -> None:
+        self.dropped += count
+        metrics.AUDIT_REFUSALS_DROPPED.inc(count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +72,7 @@ def record(auditor: AuditHandle, refusal: EdgeRefusal) -> None:
     try:
         auditor.inbox.send_nowait(refusal)
     except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        auditor.stats.dropped += 1
+        auditor.stats.add_dropped(1)
 
 
 async def run(
@@ -95,9 +104,9 @@ async def _write(store: Store, stats: AuditStats, batch: list[EdgeRefusal]) -> N
         except Exception:
             # The store refused the data itself: a bug to fix, not a reason to stop the edge.
             log.exception("auditor: the store refused %d refusals; they are dropped", len(batch))
-            stats.dropped += len(batch)
+            stats.add_dropped(len(batch))
             return
-        stats.recorded += len(batch)
+        stats.add_recorded(len(batch))
         return
-    stats.dropped += len(batch)
+    stats.add_dropped(len(batch))
     log.warning("auditor: the store did not take %d refusals; they are dropped", len(batch))

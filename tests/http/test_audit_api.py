@@ -140,6 +140,8 @@ async def test_every_attempt_is_in_the_trail_newest_first(
         assert refusal["ip"]
     [failure] = by_outcome["failed"]
     assert (failure["nonce"], failure["message"]) == ("failed-nonce-1", "exhausted 3 attempts")
+    stats = server.services.auditor.stats
+    assert (stats.recorded, stats.dropped) == (3, 0)
 
 
 async def test_pages_follow_the_cursor_without_gaps_or_repeats(
