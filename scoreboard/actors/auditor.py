@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from scoreboard import metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.retry import call_with_retries
-from scoreboard.adapters.interfaces import Store
 from scoreboard.model import EdgeRefusal
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ INBOX_SIZE = 4096  # refusals waiting for the store; past it, new ones are dropp
 MAX_BATCH = 512
 WRITE_TIMEOUT_S = 5.0
 WRITE_PATIENCE_S = 30.0
+
+
+class RefusalStore(Protocol):
+    """What the auditor needs of the `Store`."""
+
+    async def record_edge_refusals(self, refusals: Sequence[EdgeRefusal]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -78,7 +85,7 @@ def record(auditor: AuditHandle, refusal: EdgeRefusal) -> None:
 async def run(
     inbox: trio.MemoryReceiveChannel[EdgeRefusal],
     *,
-    store: Store,
+    store: RefusalStore,
     stats: AuditStats,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -92,7 +99,7 @@ async def run(
             await _write(store, stats, batch)
 
 
-async def _write(store: Store, stats: AuditStats, batch: list[EdgeRefusal]) -> None:
+async def _write(store: RefusalStore, stats: AuditStats, batch: list[EdgeRefusal]) -> None:
     with trio.move_on_after(WRITE_PATIENCE_S):
         try:
             await call_with_retries(

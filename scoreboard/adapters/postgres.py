@@ -275,14 +275,12 @@ class PostgresStore(Store):
 
     async def record_edge_refusals(self, refusals: Sequence[EdgeRefusal]) -> None:
         kept = [storable_refusal(refusal) for refusal in refusals]
-        await _crossing(self._bridge, _record_edge_refusals, self._pool, kept)
+        await self._cross(_record_edge_refusals, self._pool, kept)
 
     async def audit_trail(
         self, user_id: int, *, since_ms: int, before: AuditCursor | None, limit: int
     ) -> list[AuditEntry]:
-        return await _crossing(
-            self._bridge, _audit_trail, self._pool, user_id, since_ms, before, limit
-        )
+        return await self._cross(_audit_trail, self._pool, user_id, since_ms, before, limit)
 
     async def create_user(self, username: str, email: str, password_hash: str) -> int:
         return await self._cross(_create_user, self._pool, username, email, password_hash)

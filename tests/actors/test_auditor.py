@@ -91,7 +91,7 @@ async def test_a_store_that_does_not_answer_costs_the_batch_never_the_actor(
             inbox,
             store=down,
             stats=handle.stats,
-            task_status=task_status,  # type: ignore[arg-type]
+            task_status=task_status,
         )
     )
     auditor.record(handle, refusal(1))
