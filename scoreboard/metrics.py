@@ -148,7 +148,7 @@ def observe_commit(decisions: Sequence[Decision], results: Sequence[CommitResult
         envelope = types.get(result.action_id)
         if result.duplicate or envelope is None:
             continue
-        ACTIONS_COMMITTED.labels(envelope.action_type, result.status).inc()
+        ACTIONS_COMMITTED.labels(envelope.action_type, result.outcome.status).inc()
         COMMIT_LATENCY.observe(max(0, now_ms - envelope.received_at_ms) / 1000)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from scoreboard import json_codec
 
 ActionStatus = Literal["accepted", "completed", "rejected", "failed"]
+FinalStatus = Literal["completed", "rejected", "failed"]
 ActionError = Literal["rate_limit_exceeded", "invalid_action", "account_suspended"]
 SCHEMA_VERSION = 1
 
@@ -108,15 +109,53 @@ class UniqueKey:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """What the user actor decided about one action; the scorer commits it."""
+class Outcome:
+    """How one action ended: the value every record of a finished action carries, from the user
+    actor's decision through the store and the events to the HTTP answer and the WebSocket
+    frame. A field added here travels that whole way untouched; only `as_json`/`from_json` and
+    the renderers (`http/actions.py:outcome_response`, `actors/frames.py:action_result_data`)
+    name the fields."""
 
-    envelope: ActionEnvelope
-    status: Literal["completed", "rejected"]
+    status: FinalStatus
     score_delta: int
-    error: ActionError | None = None
+    new_score: int | None = None  # None until the store settled the action
+    error: str | None = None
     message: str | None = None
     retry_after_s: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "score_delta": self.score_delta,
+            "new_score": self.new_score,
+            "error": self.error,
+            "message": self.message,
+            "retry_after_s": self.retry_after_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Outcome:
+        """From `as_json`'s shape; also reads a stored row, whose columns bear the same names."""
+        status = _require(data, "status", str)
+        if status not in ("completed", "rejected", "failed"):
+            raise MalformedMessage(f"unknown action status {status!r}")
+        return cls(
+            status=status,
+            score_delta=_require(data, "score_delta", int),
+            new_score=_optional(data, "new_score", int),
+            error=_optional(data, "error", str),
+            message=_optional(data, "message", str),
+            retry_after_s=_optional(data, "retry_after_s", int),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the user actor decided about one action (its outcome before the store gives it a
+    `new_score`); the scorer commits it."""
+
+    envelope: ActionEnvelope
+    outcome: Outcome
     flags: tuple[str, ...] = ()
     unique: UniqueKey | None = None
 
@@ -129,11 +168,7 @@ class ActionRecord:
     user_id: int
     action_type: str
     nonce: str
-    status: ActionStatus
-    score_delta: int
-    new_score: int | None
-    error: str | None
-    message: str | None
+    outcome: Outcome
     # When the API accepted it (`received_at`), as while it was pending: not the row's insert.
     created_at_ms: int
     processed_at_ms: int | None
@@ -147,15 +182,14 @@ class CommitResult:
     user_id: int
     username: str
     nonce: str
-    status: Literal["completed", "rejected", "failed"]
-    score_delta: int
+    outcome: Outcome
     old_score: int
-    new_score: int
     score_reached_at_ms: int
-    error: str | None
-    message: str | None
-    retry_after_s: int | None
     duplicate: bool
+
+    @property
+    def new_score(self) -> int:
+        return self.old_score + self.outcome.score_delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,12 +360,7 @@ class ActionFinished:
     user_id: int
     action_id: uuid.UUID
     nonce: str
-    status: Literal["completed", "rejected", "failed"]
-    score_delta: int
-    new_score: int | None
-    error: str | None
-    message: str | None
-    retry_after_s: int | None
+    outcome: Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,12 +415,7 @@ def _event_body(event: Event) -> dict[str, Any]:
                 "user_id": event.user_id,
                 "action_id": str(event.action_id),
                 "nonce": event.nonce,
-                "status": event.status,
-                "score_delta": event.score_delta,
-                "new_score": event.new_score,
-                "error": event.error,
-                "message": event.message,
-                "retry_after_s": event.retry_after_s,
+                **event.outcome.as_json(),
             }
         case TokensRevoked(grant_ids, jtis, expires_at_ms):
             body = {
@@ -455,9 +479,6 @@ def _decode_event(data: Mapping[str, Any]) -> Event:
             rank_change=_require(data, "rank_change", int),
         )
     if kind == "action":
-        status = _require(data, "status", str)
-        if status not in ("completed", "rejected", "failed"):
-            raise MalformedMessage(f"unknown action status {status!r}")
         try:
             action_id = uuid.UUID(_require(data, "action_id", str))
         except ValueError:
@@ -466,12 +487,7 @@ def _decode_event(data: Mapping[str, Any]) -> Event:
             user_id=_require(data, "user_id", int),
             action_id=action_id,
             nonce=_require(data, "nonce", str),
-            status=status,
-            score_delta=_require(data, "score_delta", int),
-            new_score=_optional(data, "new_score", int),
-            error=_optional(data, "error", str),
-            message=_optional(data, "message", str),
-            retry_after_s=_optional(data, "retry_after_s", int),
+            outcome=Outcome.from_json(data),
         )
     if kind == "revoked":
         return TokensRevoked(

@@ -121,17 +121,7 @@ class _Keeper:
         events = _score_changes(results, changes)
         self._leaderboard_event(top, events)
         events += [
-            ActionFinished(
-                user_id=result.user_id,
-                action_id=result.action_id,
-                nonce=result.nonce,
-                status=result.status,
-                score_delta=result.score_delta,
-                new_score=result.new_score,
-                error=result.error,
-                message=result.message,
-                retry_after_s=result.retry_after_s,
-            )
+            ActionFinished(result.user_id, result.action_id, result.nonce, result.outcome)
             for result in results
         ]
         await self._publish(events)
@@ -143,7 +133,7 @@ class _Keeper:
         latest: dict[int, BoardEntry] = {}
         redelivered: set[int] = set()
         for result in results:
-            if result.status != "completed" or result.user_id in self._suspended:
+            if result.outcome.status != "completed" or result.user_id in self._suspended:
                 continue
             if result.duplicate:
                 redelivered.add(result.user_id)

@@ -218,7 +218,7 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
             log.debug(
                 "committed action %s: %s%s",
                 result.action_id,
-                result.status,
+                result.outcome.status,
                 " (already committed)" if result.duplicate else "",
                 extra={"action_id": str(result.action_id)},
             )
@@ -235,8 +235,8 @@ def _decided_actions(outcome: _Outcome, catalogue: Catalogue) -> list[DecidedAct
     return [
         dataclasses.replace(
             DecidedAction.from_decision(decision, catalogue),
-            accepted=result.status == "completed",
-            score_delta=result.score_delta,
+            accepted=result.outcome.status == "completed",
+            score_delta=result.outcome.score_delta,
         )
         for decision, result in outcome.decided
         if not result.duplicate

@@ -66,6 +66,7 @@ from scoreboard.model import (
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
+    Outcome,
     RecentAction,
     Revocation,
     SigningKeyRecord,
@@ -496,8 +497,7 @@ RETURNING u.id, u.score_reached_at
 
 
 def _stored_actions(rows: Sequence[asyncpg.Record]) -> list[StoredAction]:
-    # `_STORED_ACTIONS` selects exactly `StoredAction`'s fields, by name.
-    return [StoredAction(**row) for row in rows]
+    return [StoredAction.from_row(dict(row)) for row in rows]
 
 
 def _insert_columns(new: Sequence[tuple[Decision, Settled]]) -> list[list[Any]]:
@@ -508,12 +508,12 @@ def _insert_columns(new: Sequence[tuple[Decision, Settled]]) -> list[list[Any]]:
             d.envelope.nonce,
             d.envelope.action_type,
             json.dumps(dict(d.envelope.action_data)),
-            s.status,
-            s.score_delta,
-            s.new_score,
-            s.error,
-            s.message,
-            s.retry_after_s,
+            s.outcome.status,
+            s.outcome.score_delta,
+            s.outcome.new_score,
+            s.outcome.error,
+            s.outcome.message,
+            s.outcome.retry_after_s,
             json.dumps(list(d.flags)),
             d.envelope.ip,
             d.envelope.user_agent,
@@ -654,7 +654,7 @@ async def _recent_actions(pool: asyncpg.Pool, user_id: int, since_ms: int) -> li
 
 _ACTION_COLUMNS = """
 action_id, user_id, action_type, nonce, status, score_delta, new_score, error, message,
-received_at, processed_at
+retry_after_s, received_at, processed_at
 """
 
 
@@ -667,11 +667,7 @@ def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        status=row["status"],
-        score_delta=row["score_delta"],
-        new_score=row["new_score"],
-        error=row["error"],
-        message=row["message"],
+        outcome=Outcome.from_json(dict(row)),
         created_at_ms=_epoch_ms(row["received_at"]),
         processed_at_ms=None if processed_at is None else _epoch_ms(processed_at),
     )

@@ -28,6 +28,7 @@ import trio
 
 from scoreboard import clock
 from scoreboard.adapters.commit_plan import (
+    STORED_ACTION_COLUMNS,
     Settled,
     StoredAction,
     check_deltas,
@@ -63,6 +64,7 @@ from scoreboard.model import (
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
+    Outcome,
     RecentAction,
     Revocation,
     SigningKeyRecord,
@@ -453,14 +455,9 @@ def _marks(count: int) -> str:
 
 # -- commit_actions (planned by `commit_plan`, in one SQLite transaction)
 
-_STORED_COLUMNS = (
-    "action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s"
-)
-
 
 def _stored_action(row: sqlite3.Row) -> StoredAction:
-    # `_STORED_COLUMNS` are exactly `StoredAction`'s fields, by name; SQLite keeps UUIDs as text.
-    return StoredAction(**{**row, "action_id": uuid.UUID(row["action_id"])})
+    return StoredAction.from_row(dict(row))
 
 
 _INSERT_ACTION = """
@@ -508,7 +505,7 @@ def _commit_actions(
     for decision in decisions:
         envelope = decision.envelope
         for row in connection.execute(
-            f"SELECT {_STORED_COLUMNS} FROM action_logs"
+            f"SELECT {STORED_ACTION_COLUMNS} FROM action_logs"
             " WHERE action_id = ? OR (user_id = ? AND nonce = ?)",
             (str(envelope.action_id), envelope.user_id, envelope.nonce),
         ):
@@ -582,12 +579,12 @@ def _row_values(d: Decision, s: Settled) -> tuple[object, ...]:
     return (
         e.action_type,
         json.dumps(dict(e.action_data)),
-        s.status,
-        s.score_delta,
-        s.new_score,
-        s.error,
-        s.message,
-        s.retry_after_s,
+        s.outcome.status,
+        s.outcome.score_delta,
+        s.outcome.new_score,
+        s.outcome.error,
+        s.outcome.message,
+        s.outcome.retry_after_s,
         json.dumps(list(d.flags)),
         e.ip,
         e.user_agent,
@@ -655,7 +652,8 @@ def _one_action(
 ) -> ActionRecord | None:
     row = connection.execute(
         "SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error,"
-        f" message, received_at_ms, processed_at_ms FROM action_logs WHERE {where}",
+        " message, retry_after_s, received_at_ms, processed_at_ms"
+        f" FROM action_logs WHERE {where}",
         args,
     ).fetchone()
     if row is None:
@@ -665,11 +663,7 @@ def _one_action(
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        status=row["status"],
-        score_delta=row["score_delta"],
-        new_score=row["new_score"],
-        error=row["error"],
-        message=row["message"],
+        outcome=Outcome.from_json(dict(row)),
         created_at_ms=row["received_at_ms"],
         processed_at_ms=row["processed_at_ms"],
     )

@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -30,7 +30,7 @@ from scoreboard.http.requests import (
 )
 from scoreboard.http.services import Services, current_services
 from scoreboard.http.submission import Submitted, parse_payload, submit_action
-from scoreboard.model import ActionRecord
+from scoreboard.model import ActionRecord, Outcome
 
 blueprint = Blueprint("actions", __name__)
 
@@ -93,23 +93,16 @@ def accepted_response(
     return Answer(202, body, headers)
 
 
-def outcome_response(
-    action_id: uuid.UUID,
-    status: str,
-    score_delta: int,
-    new_score: int | None,
-    error: str | None,
-    message: str | None,
-    retry_after_s: int | None,
-) -> Answer:
-    """The proposal's §6.2 body for a finished action (200), or its refusal (422 / 429)."""
+def outcome_response(action_id: uuid.UUID, outcome: Outcome) -> Answer:
+    """The body for a finished action (200), or its refusal (422 / 429)."""
+    status, error, retry_after_s = outcome.status, outcome.error, outcome.retry_after_s
     body: dict[str, Any]
     if status == "completed":
         body = {
             "success": True,
             "action_id": str(action_id),
-            "score_delta": score_delta,
-            "new_score": new_score,
+            "score_delta": outcome.score_delta,
+            "new_score": outcome.new_score,
             "message": COMPLETED_MESSAGE,
         }
         code = 200
@@ -118,7 +111,7 @@ def outcome_response(
             "success": False,
             "action_id": str(action_id),
             "error": error or ("action_failed" if status == "failed" else "invalid_action"),
-            "message": message or f"the action ended {status}",
+            "message": outcome.message or f"the action ended {status}",
         }
         code = 422
         if error == "rate_limit_exceeded" and retry_after_s is not None:
@@ -134,11 +127,11 @@ def record_json(record: ActionRecord) -> dict[str, Any]:
     return {
         "action_id": str(record.action_id),
         "action_type": record.action_type,
-        "status": record.status,
-        "score_delta": record.score_delta,
-        "new_score": record.new_score,
-        "error": record.error,
-        "message": record.message,
+        "status": record.outcome.status,
+        "score_delta": record.outcome.score_delta,
+        "new_score": record.outcome.new_score,
+        "error": record.outcome.error,
+        "message": record.outcome.message,
         "created_at": rfc3339_ms(record.created_at_ms),
         "processed_at": rfc3339_ms(record.processed_at_ms) if record.processed_at_ms else None,
     }
@@ -162,17 +155,11 @@ async def replay_response(svc: Services, submitted: Submitted) -> Answer:
             raise
         record = None
     if submitted.replayed_status_code != 202 and record is not None:
-        answer = outcome_response(
-            record.action_id,
-            record.status,
-            record.score_delta,
-            record.new_score,
-            record.error,
-            record.message,
-            None,
-        )
+        # A replay is refused no wait: a rate-limited first answer comes back as 422.
+        answer = outcome_response(record.action_id, replace(record.outcome, retry_after_s=None))
     else:
-        answer = accepted_response(submitted.action_id, record.status if record else "accepted")
+        status = record.outcome.status if record else "accepted"
+        answer = accepted_response(submitted.action_id, status)
     answer.headers["Idempotent-Replayed"] = "true"
     return answer
 
@@ -236,20 +223,12 @@ async def _perform(svc: Services, request: PerformRequest) -> Answer:
             return await replay_response(svc, submitted)
         if awaited is None:
             return accepted_response(submitted.action_id)
-        outcome = None
+        finished = None
         with trio.move_on_after(wait_s):
-            outcome = await awaited.wait()
-    if outcome is None:
+            finished = await awaited.wait()
+    if finished is None:
         return accepted_response(action_id)
-    answer = outcome_response(
-        action_id,
-        outcome.status,
-        outcome.score_delta,
-        outcome.new_score,
-        outcome.error,
-        outcome.message,
-        outcome.retry_after_s,
-    )
+    answer = outcome_response(action_id, finished.outcome)
     with contextlib.suppress(BackendUnavailable):
         await svc.guard.set_first_status(
             user_id=claims.user_id, nonce=payload.nonce, status_code=answer.status

@@ -561,10 +561,10 @@ class Connection:
                 record = None
             if record is not None:
                 data.update(
-                    status=record.status,
-                    score_delta=record.score_delta,
-                    new_score=record.new_score,
-                    error=record.error,
+                    status=record.outcome.status,
+                    score_delta=record.outcome.score_delta,
+                    new_score=record.outcome.new_score,
+                    error=record.outcome.error,
                 )
         self.personal({"type": "action_result", "data": data})
 

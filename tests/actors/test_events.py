@@ -20,6 +20,7 @@ from scoreboard.model import (
     ActionFinished,
     Event,
     LeaderboardChanged,
+    Outcome,
     RankedEntry,
     ScoreChanged,
     decode_events,
@@ -36,12 +37,7 @@ def outcome(user_id: int) -> ActionFinished:
         user_id=user_id,
         action_id=uuid.uuid4(),
         nonce="nonce-00000001",
-        status="completed",
-        score_delta=10,
-        new_score=110,
-        error=None,
-        message=None,
-        retry_after_s=None,
+        outcome=Outcome("completed", 10, 110),
     )
 
 

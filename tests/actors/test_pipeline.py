@@ -101,7 +101,7 @@ async def assert_scored_exactly_once(stack: Stack, items: Sequence[ActionEnvelop
     for item in random.sample(list(items), min(50, len(items))):
         record = await stack.store.get_action(item.action_id)
         assert record is not None
-        assert record.status == "completed"
+        assert record.outcome.status == "completed"
     assert await stack.queue_depth() == 0
 
 
@@ -124,10 +124,10 @@ async def test_limits_are_judged_where_actions_are_scored(stack: Stack) -> None:
     async with tap_events(stack.broker) as tap, running_worker(stack):
         await all_finished(tap, items)
     outcomes = {e.action_id: e for e in tap.events if isinstance(e, ActionFinished)}
-    statuses = [outcomes[item.action_id].status for item in items]
+    statuses = [outcomes[item.action_id].outcome.status for item in items]
     assert statuses == ["completed", "rejected", "rejected", "rejected", "rejected"] * 4
     rejected = outcomes[items[1].action_id]
-    assert (rejected.error, rejected.retry_after_s) == ("rate_limit_exceeded", 4)
+    assert (rejected.outcome.error, rejected.outcome.retry_after_s) == ("rate_limit_exceeded", 4)
     (entry,) = await stack.store.board_entries([user])
     assert entry.score == 4 * POINTS
 

@@ -33,9 +33,13 @@ def test_the_ledger_passes_the_rate_cases(case: RateCase) -> None:
             )
         )
         if attempt.retry_after_s is None:
-            assert (decision.status, decision.error) == ("completed", None), attempt
+            assert (decision.outcome.status, decision.outcome.error) == ("completed", None), attempt
         else:
-            assert (decision.status, decision.error, decision.retry_after_s) == (
+            assert (
+                decision.outcome.status,
+                decision.outcome.error,
+                decision.outcome.retry_after_s,
+            ) == (
                 "rejected",
                 "rate_limit_exceeded",
                 attempt.retry_after_s,

@@ -86,7 +86,7 @@ async def wait_until_processed(server: ServerHandle, action_ids: list[str]) -> N
             for action_id in list(pending)[:200]:
                 record = await store.get_action(action_id)
                 if record is not None:
-                    assert record.status == "completed", record
+                    assert record.outcome.status == "completed", record
                     pending.discard(action_id)
             if pending:
                 await trio.sleep(0.1)
