@@ -16,7 +16,7 @@ from scoreboard.adapters.interfaces import Store
 from scoreboard.auth.passwords import Passwords
 from scoreboard.backends import open_backends
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, BoardEntry, Decision
+from scoreboard.records import ActionEnvelope, BoardEntry, Decision
 
 PASSWORD = "correct horse battery"
 PUBLISH_CONCURRENCY = 100

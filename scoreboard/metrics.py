@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from scoreboard import clock
 
 if TYPE_CHECKING:
-    from scoreboard.model import CommitResult, Decision
+    from scoreboard.records import CommitResult, Decision
     from scoreboard.supervisor import ChildStatistics
 
 # Latencies of a pipeline that answers in milliseconds and may queue for seconds under load.

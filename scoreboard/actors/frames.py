@@ -16,7 +16,7 @@ from wsproto.connection import SERVER, Connection
 from wsproto.events import TextMessage
 
 from scoreboard import json_codec
-from scoreboard.model import ActionFinished, RankedEntry, ScoreChanged
+from scoreboard.records import ActionFinished, RankedEntry, ScoreChanged
 
 # Server-to-client frames are not masked and the live path negotiates no extension, so a message
 # has the same bytes on every connection: one encoder frames them all.

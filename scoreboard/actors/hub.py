@@ -50,7 +50,7 @@ from scoreboard.actors.messages import (
 )
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     Event,
     LeaderboardChanged,

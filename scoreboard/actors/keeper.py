@@ -34,7 +34,7 @@ from scoreboard.actors.messages import Committed, KeeperMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import BackendUnavailable, Board, Broker, PublishFailed, Store
 from scoreboard.config import Config
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     BoardEntry,
     CommitResult,
@@ -43,8 +43,8 @@ from scoreboard.model import (
     RankChange,
     RankedEntry,
     ScoreChanged,
-    encode_events,
 )
+from scoreboard.wire import encode_events
 
 log = logging.getLogger(__name__)
 

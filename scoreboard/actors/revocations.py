@@ -29,7 +29,7 @@ from scoreboard.auth.keys import KeyRing, NoSigningKey
 from scoreboard.auth.revocations import RevocationList
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.config import Config
-from scoreboard.model import TokensRevoked
+from scoreboard.records import TokensRevoked
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from scoreboard.actors.scorer import ScorerHandle
 from scoreboard.adapters.interfaces import Delivery, Store
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.supervisor import DynamicSupervisor, actor_spec
 
 log = logging.getLogger(__name__)

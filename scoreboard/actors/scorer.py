@@ -52,7 +52,7 @@ from scoreboard.anticheat.records import DecidedAction
 from scoreboard.bridge import BridgeClosed
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, CommitResult, Decision
+from scoreboard.records import ActionEnvelope, CommitResult, Decision
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from scoreboard.actors.scorer import ScorerHandle, barrier, give_up, score
 from scoreboard.adapters.interfaces import Store
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, Decision, Outcome, RecentAction, UniqueKey
+from scoreboard.records import ActionEnvelope, Decision, Outcome, RecentAction, UniqueKey
 from scoreboard.storable import unstorable_reason
 
 RATE_WINDOW_MS = 60_000

@@ -23,7 +23,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scoreboard.model import CommitResult, Decision, Outcome
+from scoreboard.records import CommitResult, Decision, Outcome
+from scoreboard.wire import decode_outcome
 
 DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
 SUSPENDED_MESSAGE = "the account is suspended"
@@ -63,7 +64,7 @@ class StoredAction:
             action_id=action_id if isinstance(action_id, uuid.UUID) else uuid.UUID(action_id),
             user_id=row["user_id"],
             nonce=row["nonce"],
-            outcome=Outcome.from_json(row),
+            outcome=decode_outcome(row),
         )
 
     def as_settled(self) -> Settled:

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import trio
 
 from scoreboard.anticheat.records import Flag, FlagQuery, FlagRecord
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionRecord,
     AuthorizationCodeRecord,

@@ -56,7 +56,7 @@ from scoreboard.anticheat.records import (
 from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import DatabaseConfig
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionRecord,
     AuthorizationCodeRecord,
@@ -66,7 +66,6 @@ from scoreboard.model import (
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
-    Outcome,
     RecentAction,
     Revocation,
     SigningKeyRecord,
@@ -75,6 +74,7 @@ from scoreboard.model import (
     normalized_identity,
 )
 from scoreboard.storable import storable, storable_all
+from scoreboard.wire import decode_outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -667,7 +667,7 @@ def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        outcome=Outcome.from_json(dict(row)),
+        outcome=decode_outcome(dict(row)),
         created_at_ms=_epoch_ms(row["received_at"]),
         processed_at_ms=None if processed_at is None else _epoch_ms(processed_at),
     )

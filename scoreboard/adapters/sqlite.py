@@ -54,7 +54,8 @@ from scoreboard.anticheat.records import (
     evidence_from_json,
 )
 from scoreboard.auth.key_encryption import KeyEncryption
-from scoreboard.model import (
+from scoreboard.private_files import private_directory, private_file, restrict_if_present
+from scoreboard.records import (
     ActionEnvelope,
     ActionRecord,
     AuthorizationCodeRecord,
@@ -64,7 +65,6 @@ from scoreboard.model import (
     GrantRecord,
     GrantRevoked,
     OAuthClientRecord,
-    Outcome,
     RecentAction,
     Revocation,
     SigningKeyRecord,
@@ -72,8 +72,8 @@ from scoreboard.model import (
     UserRecord,
     normalized_identity,
 )
-from scoreboard.private_files import private_directory, private_file, restrict_if_present
 from scoreboard.storable import storable, storable_all
+from scoreboard.wire import decode_outcome
 
 T = TypeVar("T")
 
@@ -663,7 +663,7 @@ def _one_action(
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        outcome=Outcome.from_json(dict(row)),
+        outcome=decode_outcome(dict(row)),
         created_at_ms=row["received_at_ms"],
         processed_at_ms=row["processed_at_ms"],
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from scoreboard.catalogue import Catalogue
-from scoreboard.model import Decision
+from scoreboard.records import Decision
 
 FlagKind = Literal["burst", "regular_intervals", "score_growth", "shared_address"]
 FLAG_KINDS: tuple[FlagKind, ...] = ("burst", "regular_intervals", "score_growth", "shared_address")

@@ -43,7 +43,7 @@ from scoreboard.anticheat.detector import FlagDetector
 from scoreboard.anticheat.records import DecidedAction, Flag, FlagKind, SharedAddressEvidence
 from scoreboard.catalogue import ActionType, Catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.records import ActionEnvelope, Decision
 
 SIM_START_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 MINUTE_MS = 60_000

@@ -30,7 +30,7 @@ import trio
 from joserfc.jwk import RSAKey
 
 from scoreboard import clock
-from scoreboard.model import SigningKeyRecord
+from scoreboard.records import SigningKeyRecord
 
 SIGNING_ALGORITHM = "RS256"
 # 2048 bits is RFC 7518's floor for RS256 and what verification on every request can afford.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from scoreboard.auth.passwords import Passwords
-from scoreboard.model import UserRecord
+from scoreboard.records import UserRecord
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
 PASSWORD_MIN_CHARS = 10

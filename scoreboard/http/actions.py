@@ -30,7 +30,7 @@ from scoreboard.http.requests import (
 )
 from scoreboard.http.services import Services, current_services
 from scoreboard.http.submission import Submitted, parse_payload, submit_action
-from scoreboard.model import ActionRecord, Outcome
+from scoreboard.records import ActionRecord, Outcome
 
 blueprint = Blueprint("actions", __name__)
 

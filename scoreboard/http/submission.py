@@ -47,7 +47,7 @@ from scoreboard.auth.tokens import AccessClaims
 from scoreboard.catalogue import InvalidActionData
 from scoreboard.http.errors import RequestRejected, invalid_request, rate_limited, unavailable
 from scoreboard.http.services import Services
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 
 log = logging.getLogger(__name__)
 

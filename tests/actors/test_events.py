@@ -16,17 +16,15 @@ from scoreboard.actors import events, hub
 from scoreboard.actors.messages import HubMsg
 from scoreboard.actors.revocations import DenyList
 from scoreboard.http.mailbox import Mailbox
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     Event,
     LeaderboardChanged,
     Outcome,
     RankedEntry,
     ScoreChanged,
-    decode_events,
-    encode_event,
-    encode_events,
 )
+from scoreboard.wire import decode_events, encode_event, encode_events
 from tests.actors.stack import PROBE_MS, Stack
 
 pytestmark = pytest.mark.timeout(60)

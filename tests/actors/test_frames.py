@@ -9,7 +9,7 @@ from wsproto.connection import CLIENT, Connection
 from wsproto.events import TextMessage
 
 from scoreboard.actors.frames import action_result_frame, leaderboard_frame, outgoing, rfc3339_ms
-from scoreboard.model import ActionFinished, Outcome, RankedEntry
+from scoreboard.records import ActionFinished, Outcome, RankedEntry
 
 
 def test_times_are_rfc3339_utc_with_milliseconds() -> None:

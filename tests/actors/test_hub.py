@@ -30,7 +30,7 @@ from scoreboard.actors.messages import (
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
 from scoreboard.http.mailbox import Mailbox
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     LeaderboardChanged,
     Outcome,

@@ -14,7 +14,7 @@ import trio
 
 from scoreboard.actors import keeper
 from scoreboard.actors.messages import Committed, KeeperMsg
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionFinished,
     BoardEntry,

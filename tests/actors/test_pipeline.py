@@ -14,7 +14,8 @@ import aio_pika
 import pytest
 import trio
 
-from scoreboard.model import ActionEnvelope, ActionFinished
+from scoreboard.records import ActionEnvelope, ActionFinished
+from scoreboard.wire import encode_envelope
 from tests.actors.stack import EventTap, Stack, running_worker, tap_events
 
 pytestmark = pytest.mark.timeout(120)
@@ -174,7 +175,7 @@ async def test_poison_is_dead_lettered_and_the_rest_is_scored(stack: Stack) -> N
                 await trio.sleep(0.05)
         await drained(stack)
     reasons = {body: reason for body, reason in failed}
-    assert reasons[stranger[0].encode()] == "unknown user 987654321"
+    assert reasons[encode_envelope(stranger[0])] == "unknown user 987654321"
     assert reasons[b"this is not an action"].startswith("malformed: ")
     await assert_scored_exactly_once(stack, items)
 

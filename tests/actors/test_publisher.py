@@ -18,7 +18,7 @@ from scoreboard.actors.messages import Publish, PublisherMsg
 from scoreboard.adapters.interfaces import PublishFailed, PublishOutcomeUnknown
 from scoreboard.bridge import BridgeClosed
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 
 INBOX = 1024
 

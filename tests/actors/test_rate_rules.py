@@ -8,7 +8,7 @@ import pytest
 
 from scoreboard.actors.user import Ledger
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from tests.rate_rules import RATE_CASES, T0, RateCase
 
 USER_ID = 7

@@ -25,7 +25,7 @@ from scoreboard.adapters.sqlite import SQLiteStore, open_sqlite
 from scoreboard.bridge import open_bridge
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import Config, DatabaseConfig
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.records import ActionEnvelope, Decision
 
 CATALOGUE = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "actions.toml")
 CONFIG = Config()

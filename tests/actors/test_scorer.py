@@ -21,7 +21,7 @@ from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, Sco
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, UnknownUser
 from scoreboard.catalogue import configured_catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, CommitResult, Decision, Outcome
+from scoreboard.records import ActionEnvelope, CommitResult, Decision, Outcome
 
 T0 = 1_764_500_000_000
 

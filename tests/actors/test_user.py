@@ -24,7 +24,7 @@ from scoreboard.actors.messages import Barrier, Route, Score, ScorerMsg, UserMsg
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery
 from scoreboard.catalogue import Catalogue, load_catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, ActionStatus, Decision, RecentAction
+from scoreboard.records import ActionEnvelope, ActionStatus, Decision, RecentAction
 from tests.actors.scorer_side import answering_barriers
 
 USER_ID = 7

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from scoreboard.adapters.commit_plan import SUSPENDED_MESSAGE, StoredAction, plan_commit
-from scoreboard.model import ActionEnvelope, Decision, Outcome, UniqueKey
+from scoreboard.records import ActionEnvelope, Decision, Outcome, UniqueKey
 
 
 def completed(user_id: int, points: int = 25, unique: str | None = None) -> Decision:

@@ -17,7 +17,7 @@ from scoreboard.adapters.memory_board import MemoryBoard, MemoryEdgeGuard
 from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import SQLiteStore, open_sqlite
 from scoreboard.config import AmqpConfig
-from scoreboard.model import ActionEnvelope, Decision, Outcome
+from scoreboard.records import ActionEnvelope, Decision, Outcome
 from tests.adapters.test_redis import (
     T0,
     claim,

@@ -22,7 +22,7 @@ from scoreboard.adapters.interfaces import (
 from scoreboard.adapters.postgres import PostgresStore, open_postgres_store
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import DatabaseConfig
-from scoreboard.model import ActionEnvelope, Decision, Outcome, SigningKeyRecord
+from scoreboard.records import ActionEnvelope, Decision, Outcome, SigningKeyRecord
 
 RECEIVED_AT_MS = 1_764_500_000_123
 

@@ -28,7 +28,7 @@ from scoreboard.anticheat.records import (
 )
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import AnticheatConfig
-from scoreboard.model import ActionEnvelope, Decision, Outcome
+from scoreboard.records import ActionEnvelope, Decision, Outcome
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 SECOND = 1000

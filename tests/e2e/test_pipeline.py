@@ -13,7 +13,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.server import ServerHandle
 from scoreboard.verify import verify
 from tests.http.conftest import Player, action, new_player
