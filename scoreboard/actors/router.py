@@ -26,7 +26,7 @@ from scoreboard.actors import inbox as inboxes
 from scoreboard.actors import user
 from scoreboard.actors.messages import Route, RouterMsg, UserMsg
 from scoreboard.actors.scorer import ScorerHandle
-from scoreboard.adapters.interfaces import Delivery, Store
+from scoreboard.adapters.interfaces import ActionLog, Delivery
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.records import ActionEnvelope
@@ -76,7 +76,7 @@ async def run(
     inbox: trio.MemoryReceiveChannel[RouterMsg],
     scorer: ScorerHandle,
     *,
-    store: Store,
+    store: ActionLog,
     catalogue: Catalogue,
     config: Config,
     task_status: trio.TaskStatus[DynamicSupervisor] = trio.TASK_STATUS_IGNORED,

@@ -46,7 +46,7 @@ import trio
 from scoreboard.actors.messages import Route, UserMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.actors.scorer import ScorerHandle, barrier, give_up, score
-from scoreboard.adapters.interfaces import Store
+from scoreboard.adapters.interfaces import ActionLog
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
 from scoreboard.records import ActionEnvelope, Decision, Outcome, RecentAction, UniqueKey
@@ -309,7 +309,7 @@ async def run(
     scorer: ScorerHandle,
     *,
     user_id: int,
-    store: Store,
+    store: ActionLog,
     catalogue: Catalogue,
     config: Config,
     in_hand: InHand | None = None,
