@@ -17,8 +17,7 @@ from werkzeug.datastructures import Headers
 from scoreboard import logs, metrics
 from scoreboard.actors import hub
 from scoreboard.actors.frames import rfc3339_ms
-from scoreboard.adapters.interfaces import BackendUnavailable
-from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
+from scoreboard.http.errors import RequestRejected, invalid_request, rejection
 from scoreboard.http.requests import (
     audited_headers,
     authenticate,
@@ -29,7 +28,7 @@ from scoreboard.http.requests import (
     request_data,
 )
 from scoreboard.http.services import Services, current_services
-from scoreboard.http.submission import Submitted, parse_payload, submit_action
+from scoreboard.intake import Accepted, Refused, Replayed, Submitter, Unavailable, stored_action
 from scoreboard.records import ActionRecord, Outcome
 
 blueprint = Blueprint("actions", __name__)
@@ -137,31 +136,20 @@ def record_json(record: ActionRecord) -> dict[str, Any]:
     }
 
 
-async def stored_action(svc: Services, action_id: uuid.UUID) -> ActionRecord | None:
-    try:
-        with trio.fail_after(5):
-            return await svc.store.get_action(action_id)
-    except (BackendUnavailable, trio.TooSlowError):
-        raise unavailable(1, "the store is unavailable") from None
-
-
-async def replay_response(svc: Services, submitted: Submitted) -> Answer:
+def replay_response(replayed: Replayed) -> Answer:
     """The first answer again, with the action's current status. When the store does not
     answer, a first 202 is repeated as it was (the action is queued, that much is known)."""
-    try:
-        record = await stored_action(svc, submitted.action_id)
-    except RequestRejected:
-        if submitted.replayed_status_code != 202:
-            raise
-        record = None
-    if submitted.replayed_status_code != 202 and record is not None:
-        # A replay is refused no wait: a rate-limited first answer comes back as 422.
-        answer = outcome_response(record.action_id, replace(record.outcome, retry_after_s=None))
-    else:
-        status = record.outcome.status if record else "accepted"
-        answer = accepted_response(submitted.action_id, status)
-    answer.headers["Idempotent-Replayed"] = "true"
-    return answer
+    record = replayed.record
+    if replayed.first_status_code != 202:
+        if not replayed.store_answered:
+            raise rejection(Unavailable("the store is unavailable"))
+        if record is not None:
+            # A replay is refused no wait: a rate-limited first answer comes back as 422.
+            answer = outcome_response(record.action_id, replace(record.outcome, retry_after_s=None))
+            answer.headers["Idempotent-Replayed"] = "true"
+            return answer
+    status = record.outcome.status if record else "accepted"
+    return accepted_response(replayed.action_id, status, replayed=True)
 
 
 @blueprint.post("/api/v1/actions/perform")
@@ -185,9 +173,9 @@ async def perform_action(svc: Services, request: PerformRequest) -> Answer:
     with logs.action_scope():
         try:
             answer = await _perform(svc, request)
-        except RequestRejected as rejection:
-            metrics.ACTIONS_REFUSED.labels(rejection.error).inc()
-            return Answer.refusal(rejection)
+        except RequestRejected as refused:
+            metrics.ACTIONS_REFUSED.labels(refused.error).inc()
+            return Answer.refusal(refused)
     if answer.status == 202:  # accepted and queued; a waited-for outcome counts its wait too
         metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return answer
@@ -198,9 +186,16 @@ async def _perform(svc: Services, request: PerformRequest) -> Answer:
     token = bearer_from(headers.get("Authorization", ""), token_in_url=request.token_in_url)
     claims = authenticate(svc, token, "write")
     body = await read_json(headers.get("Content-Type"), request.content_length, request.read_body)
-    payload = parse_payload(svc, body)
+    payload = svc.intake.parse(body)
+    if isinstance(payload, Refused):
+        raise rejection(payload)
     wait_s = prefer_wait_s(headers.get("Prefer"))
-    ip = client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies)
+    submitter = Submitter(
+        user_id=claims.user_id,
+        ip=client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies),
+        user_agent=headers.get("User-Agent", ""),
+        headers=audited_headers(headers),
+    )
     action_id = uuid.uuid4()
     logs.current_action_id.set(str(action_id))
     async with contextlib.AsyncExitStack() as waiting:
@@ -210,29 +205,22 @@ async def _perform(svc: Services, request: PerformRequest) -> Answer:
             if wait_s
             else None
         )
-        submitted = await submit_action(
-            svc,
-            claims,
-            payload,
-            action_id=action_id,
-            ip=ip,
-            user_agent=headers.get("User-Agent", ""),
-            headers=audited_headers(headers),
-        )
-        if submitted.replayed_status_code is not None:
-            return await replay_response(svc, submitted)
+        match await svc.intake.submit(payload, submitter, action_id=action_id):
+            case Replayed() as replayed:
+                return replay_response(replayed)
+            case Refused() | Unavailable() as refused:
+                raise rejection(refused)
+            case Accepted():
+                pass
         if awaited is None:
-            return accepted_response(submitted.action_id)
+            return accepted_response(action_id)
         finished = None
         with trio.move_on_after(wait_s):
             finished = await awaited.wait()
     if finished is None:
         return accepted_response(action_id)
     answer = outcome_response(action_id, finished.outcome)
-    with contextlib.suppress(BackendUnavailable):
-        await svc.guard.set_first_status(
-            user_id=claims.user_id, nonce=payload.nonce, status_code=answer.status
-        )
+    await svc.intake.remember_first_answer(submitter, payload, answer.status)
     return answer
 
 
@@ -249,7 +237,9 @@ async def get_action(action_id: str) -> Response:
         parsed = uuid.UUID(action_id)
     except ValueError:
         raise invalid_request("action_id must be a UUID") from None
-    record = await stored_action(svc, parsed)
+    record = await stored_action(svc.store, parsed)
+    if isinstance(record, Unavailable):
+        raise rejection(record)
     if record is None:
         pending = await svc.guard.pending_action(parsed)
         if pending is None or pending.user_id != claims.user_id:

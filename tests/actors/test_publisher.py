@@ -94,7 +94,7 @@ async def running(
 async def publish(
     inbox: trio.MemorySendChannel[PublisherMsg], item: ActionEnvelope
 ) -> Exception | None:
-    """What a request handler does (`http/submission.py`)."""
+    """What a request handler does (`scoreboard/intake.py`)."""
     reply_send, reply_receive = trio.open_memory_channel[Exception | None](1)
     with reply_receive:
         await inbox.send(Publish(item, reply_send))
