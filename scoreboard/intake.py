@@ -26,10 +26,11 @@ never answers with an action id that does not exist.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -231,13 +232,28 @@ class Intake:
                 )
                 return Accepted(action_id, payload.nonce)
             case _NotQueued(reason):
-                await self._release(payload, submitter, action_id)
+                # Nothing queued: the client may retry with the same nonce.
+                release = functools.partial(
+                    self.guard.release,
+                    user_id=submitter.user_id,
+                    nonce=payload.nonce,
+                    action_id=action_id,
+                    action_type=payload.action_type,
+                )
+                await _best_effort(release)
                 return Unavailable(
                     f"the action was not accepted (nothing was queued: {reason}); you may retry",
                     "not_queued",
                 )
             case _OutcomeUnknown():
-                await self._mark_outcome_unknown(payload, submitter, action_id)
+                # A nonce left `PUBLISHING` (if this fails) is handled by a replay the same way.
+                mark = functools.partial(
+                    self.guard.mark_outcome_unknown,
+                    user_id=submitter.user_id,
+                    nonce=payload.nonce,
+                    action_id=action_id,
+                )
+                await _best_effort(mark)
                 return Unavailable(OUTCOME_UNKNOWN_MESSAGE, "unknown")
 
     async def remember_first_answer(
@@ -272,31 +288,14 @@ class Intake:
             return _OutcomeUnknown()
         return None
 
-    async def _mark_outcome_unknown(
-        self, payload: ActionPayload, submitter: Submitter, action_id: uuid.UUID
-    ) -> None:
-        """Best effort: a nonce left `PUBLISHING` is handled by a replay the same way."""
-        try:
-            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_S):
-                await self.guard.mark_outcome_unknown(
-                    user_id=submitter.user_id, nonce=payload.nonce, action_id=action_id
-                )
-        except BackendUnavailable:
-            pass
 
-    async def _release(
-        self, payload: ActionPayload, submitter: Submitter, action_id: uuid.UUID
-    ) -> None:
-        try:
-            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_S):
-                await self.guard.release(
-                    user_id=submitter.user_id,
-                    nonce=payload.nonce,
-                    action_id=action_id,
-                    action_type=payload.action_type,
-                )
-        except BackendUnavailable:
-            pass
+async def _best_effort(update: Callable[[], Awaitable[None]]) -> None:
+    """An edge-guard update the answer does not wait long for, nor a cancelled request stops."""
+    try:
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_S):
+            await update()
+    except BackendUnavailable:
+        pass
 
 
 @dataclass(frozen=True, slots=True)

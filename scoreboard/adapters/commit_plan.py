@@ -37,6 +37,21 @@ STORED_ACTION_COLUMNS = (
 )
 
 
+def outcome_columns(
+    outcome: Outcome,
+) -> tuple[str, int, int | None, str | None, str | None, int | None]:
+    """The columns of `action_logs` that keep an outcome, in the order both stores write them
+    (status, score_delta, new_score, error, message, retry_after_s)."""
+    return (
+        outcome.status,
+        outcome.score_delta,
+        outcome.new_score,
+        outcome.error,
+        outcome.message,
+        outcome.retry_after_s,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     """How one action of a batch ended, before its user's final `score_reached_at` is known."""

@@ -32,6 +32,7 @@ from scoreboard.adapters.commit_plan import (
     Settled,
     StoredAction,
     check_deltas,
+    outcome_columns,
     plan_commit,
     unique_keys_of,
 )
@@ -579,12 +580,7 @@ def _row_values(d: Decision, s: Settled) -> tuple[object, ...]:
     return (
         e.action_type,
         json.dumps(dict(e.action_data)),
-        s.outcome.status,
-        s.outcome.score_delta,
-        s.outcome.new_score,
-        s.outcome.error,
-        s.outcome.message,
-        s.outcome.retry_after_s,
+        *outcome_columns(s.outcome),
         json.dumps(list(d.flags)),
         e.ip,
         e.user_agent,
