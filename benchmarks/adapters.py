@@ -16,7 +16,7 @@ from scoreboard.adapters.interfaces import Store
 from scoreboard.auth.passwords import Passwords
 from scoreboard.backends import open_backends
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, BoardEntry, Decision
+from scoreboard.records import ActionEnvelope, BoardEntry, Decision, Outcome
 
 PASSWORD = "correct horse battery"
 PUBLISH_CONCURRENCY = 100
@@ -108,7 +108,9 @@ async def adapters_stage(config: Config, plan: AdapterPlan, tables: list[Table])
         )
 
         async def commit_batch() -> None:
-            decisions = [Decision(envelope(i), "completed", 10) for i in range(ADAPTER_BATCH)]
+            decisions = [
+                Decision(envelope(i), Outcome("completed", 10)) for i in range(ADAPTER_BATCH)
+            ]
             await backends.store.commit_actions(decisions)
 
         commit_ms = await timed_ms(commit_batch, plan.commit_batches)

@@ -30,7 +30,7 @@ from benchmarks.figures import MachineCpu, Table, cpu_seconds, fmt, resident_kib
 from scoreboard.actors import hub
 from scoreboard.auth.tokens import issue_access_token
 from scoreboard.config import Config, load_config
-from scoreboard.model import LeaderboardChanged, RankedEntry
+from scoreboard.records import LeaderboardChanged, RankedEntry
 from scoreboard.server import GC_THRESHOLDS, ServerHandle, run_server
 
 CLIENTS_PER_PROCESS = 2500

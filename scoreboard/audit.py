@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from scoreboard.actors.frames import rfc3339_ms
-from scoreboard.model import AuditCursor, AuditEntry
+from scoreboard.records import AuditCursor, AuditEntry
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500

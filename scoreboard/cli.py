@@ -17,7 +17,7 @@ from scoreboard import clock
 from scoreboard.anticheat.records import FLAG_KINDS
 from scoreboard.config import Config, ConfigError, load_config
 from scoreboard.loadtest.options import DESCRIPTION, Options, add_arguments
-from scoreboard.model import ActionEnvelope, MalformedMessage
+from scoreboard.wire import MalformedMessage, decode_envelope
 
 if TYPE_CHECKING:
     from scoreboard.backends import Backends
@@ -295,7 +295,7 @@ FAILED_SHOW_SCAN = 100_000
 def _is_action(body: bytes, args: argparse.Namespace) -> bool:
     try:
         wanted: str = args.action_id
-        return str(ActionEnvelope.decode(body).action_id) == wanted
+        return str(decode_envelope(body).action_id) == wanted
     except MalformedMessage:
         return False
 
@@ -318,7 +318,8 @@ def _revocation_expires_at_ms(config: Config) -> int:
 async def _announce_revoked(backends: Backends, grant_ids: list[str], expires_at_ms: int) -> None:
     """Tell running API processes at once (they also reload the deny-list every second or so,
     which is how a server in embedded mode, whose broker lives in its own process, learns it)."""
-    from scoreboard.model import TokensRevoked, encode_event
+    from scoreboard.records import TokensRevoked
+    from scoreboard.wire import encode_event
 
     if not grant_ids:
         return

@@ -6,15 +6,15 @@ from __future__ import annotations
 import secrets
 import shlex
 
-from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
+from scoreboard.adapters.interfaces import Accounts, EmailTaken, UsernameTaken
 from scoreboard.auth.passwords import Passwords
-from scoreboard.auth.users import UserStore, register_user
+from scoreboard.auth.users import register_user
 
 DEMO_USERNAME = "demo"
 DEMO_EMAIL = "demo@example.com"
 
 
-async def create_demo_user(store: UserStore, passwords: Passwords) -> str | None:
+async def create_demo_user(store: Accounts, passwords: Passwords) -> str | None:
     """The new demo account's password; None when the account exists already."""
     if await store.get_user_by_username(DEMO_USERNAME) is not None:
         return None

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from scoreboard import clock
 
 if TYPE_CHECKING:
-    from scoreboard.model import CommitResult, Decision
+    from scoreboard.records import CommitResult, Decision
     from scoreboard.supervisor import ChildStatistics
 
 # Latencies of a pipeline that answers in milliseconds and may queue for seconds under load.
@@ -157,7 +157,7 @@ def observe_commit(decisions: Sequence[Decision], results: Sequence[CommitResult
         envelope = types.get(result.action_id)
         if result.duplicate or envelope is None:
             continue
-        ACTIONS_COMMITTED.labels(envelope.action_type, result.status).inc()
+        ACTIONS_COMMITTED.labels(envelope.action_type, result.outcome.status).inc()
         COMMIT_LATENCY.observe(max(0, now_ms - envelope.received_at_ms) / 1000)
 
 

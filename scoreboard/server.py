@@ -59,6 +59,7 @@ from scoreboard.http.connections import ConnectionCounts
 from scoreboard.http.listener import ListeningSocket, serve_http, socket_url
 from scoreboard.http.ops import Observed, bind_ops_socket, serve_ops
 from scoreboard.http.services import Services
+from scoreboard.intake import Intake
 from scoreboard.processes import ParentLink
 from scoreboard.supervisor import (
     ChildSpec,
@@ -189,6 +190,7 @@ async def api_supervisor(
         hub=hub_handle,
         publisher=publisher_handle,
         auditor=auditor_handle,
+        intake=Intake(catalogue, config, backends.guard, publisher_handle, backends.store),
         deny_list=deny_list,
         observed=observed,
         public_origin=config.public_origin if config.public.origin else listening.url,

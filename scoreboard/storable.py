@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from scoreboard.model import ActionEnvelope, Decision, EdgeRefusal
+from scoreboard.records import ActionEnvelope, Decision, EdgeRefusal
 
 ACTION_TYPE_MAX_CHARS = 50  # action_logs.action_type is varchar(50)
 RECEIVED_AT_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z

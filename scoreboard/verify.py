@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scoreboard.adapters.interfaces import Board, Store
+from scoreboard.adapters.interfaces import ActionLog, Board
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class VerifyReport:
         return lines
 
 
-async def verify(store: Store, board: Board) -> VerifyReport:
+async def verify(store: ActionLog, board: Board) -> VerifyReport:
     score_mismatches = await store.score_discrepancies()
     postgres_scores = {entry.user_id: entry.score for entry in await store.board_entries()}
     redis_scores = await board.scores()

@@ -7,7 +7,7 @@ import time
 from scoreboard import clock
 from scoreboard.auth.revocations import RevocationList
 from scoreboard.auth.tokens import AccessClaims
-from scoreboard.model import TokensRevoked
+from scoreboard.records import TokensRevoked
 
 
 def test_now_follows_the_system_clock() -> None:

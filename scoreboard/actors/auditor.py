@@ -26,7 +26,7 @@ import trio
 from scoreboard import metrics
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.retry import call_with_retries
-from scoreboard.model import EdgeRefusal
+from scoreboard.records import EdgeRefusal
 
 log = logging.getLogger(__name__)
 

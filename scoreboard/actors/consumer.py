@@ -25,7 +25,7 @@ from scoreboard.actors.retry import call_with_retries
 from scoreboard.actors.router import RouterHandle, route
 from scoreboard.adapters.interfaces import Broker, Delivery, PublishFailed
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, MalformedMessage
+from scoreboard.wire import MalformedMessage, decode_envelope
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ async def run(
                 if delivery.redelivered:
                     metrics.DELIVERIES_REDELIVERED.inc()
                 try:
-                    envelope = ActionEnvelope.decode(delivery.body)
+                    envelope = decode_envelope(delivery.body)
                 except MalformedMessage as exc:
                     log.warning("consumer: dead-lettering a malformed message (%s)", exc)
                     await call_with_retries(

@@ -17,7 +17,8 @@ from scoreboard.actors import hub as hubs
 from scoreboard.actors.hub import HubHandle
 from scoreboard.actors.revocations import DenyList
 from scoreboard.adapters.interfaces import Broker
-from scoreboard.model import MalformedMessage, TokensRevoked, decode_events
+from scoreboard.records import TokensRevoked
+from scoreboard.wire import MalformedMessage, decode_events
 
 log = logging.getLogger(__name__)
 

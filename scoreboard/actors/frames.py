@@ -16,7 +16,7 @@ from wsproto.connection import SERVER, Connection
 from wsproto.events import TextMessage
 
 from scoreboard import json_codec
-from scoreboard.model import ActionFinished, RankedEntry, ScoreChanged
+from scoreboard.records import ActionFinished, RankedEntry, ScoreChanged
 
 # Server-to-client frames are not masked and the live path negotiates no extension, so a message
 # has the same bytes on every connection: one encoder frames them all.
@@ -78,18 +78,19 @@ def score_update_frame(event: ScoreChanged) -> str:
 
 def action_result_data(event: ActionFinished) -> dict[str, Any]:
     """The `data` of an `action_result` frame for a finished action."""
+    outcome = event.outcome
     data: dict[str, Any] = {
         "action_id": str(event.action_id),
         "nonce": event.nonce,
-        "status": event.status,
-        "score_delta": event.score_delta,
-        "new_score": event.new_score,
-        "error": event.error,
+        "status": outcome.status,
+        "score_delta": outcome.score_delta,
+        "new_score": outcome.new_score,
+        "error": outcome.error,
     }
-    if event.message is not None:
-        data["message"] = event.message
-    if event.retry_after_s is not None:
-        data["retry_after"] = event.retry_after_s
+    if outcome.message is not None:
+        data["message"] = outcome.message
+    if outcome.retry_after_s is not None:
+        data["retry_after"] = outcome.retry_after_s
     return data
 
 

@@ -50,7 +50,7 @@ from scoreboard.actors.messages import (
 )
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     Event,
     LeaderboardChanged,
@@ -237,7 +237,9 @@ class _Hub:
                 if msg.user_id in self.by_user:
                     self.offer_personal(msg.user_id, outgoing(score_update_frame(msg)))
             case ActionFinished():
-                log.debug("action %s %s", msg.action_id, msg.status, extra=_about(msg.action_id))
+                log.debug(
+                    "action %s %s", msg.action_id, msg.outcome.status, extra=_about(msg.action_id)
+                )
                 self.remember(msg)
                 for reply in self.waiters.pop(msg.action_id, ()):
                     inboxes.reply(reply, msg)

@@ -15,7 +15,7 @@ import logging
 import trio
 
 from scoreboard import clock
-from scoreboard.adapters.interfaces import BackendUnavailable, Purgeable, Store
+from scoreboard.adapters.interfaces import Authorizations, BackendUnavailable, Purgeable
 from scoreboard.config import JanitorConfig
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ BATCH_PAUSE_S = 0.05
 
 async def run(
     *,
-    store: Store,
+    store: Authorizations,
     config: JanitorConfig,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -43,7 +43,7 @@ async def run(
         await trio.sleep(config.interval_s)
 
 
-async def sweep(store: Store, config: JanitorConfig, now_ms: int) -> dict[str, int]:
+async def sweep(store: Authorizations, config: JanitorConfig, now_ms: int) -> dict[str, int]:
     """Delete everything expired as of `now_ms`, batch by batch: the rows deleted per kind
     (and, as "grants", the grants that went with them)."""
     deleted: dict[str, int] = {}

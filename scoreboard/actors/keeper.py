@@ -24,7 +24,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
-from typing import assert_never
+from typing import Protocol, assert_never
 
 import trio
 
@@ -32,9 +32,16 @@ from scoreboard import clock
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.messages import Committed, KeeperMsg
 from scoreboard.actors.retry import call_with_retries
-from scoreboard.adapters.interfaces import BackendUnavailable, Board, Broker, PublishFailed, Store
+from scoreboard.adapters.interfaces import (
+    ActionLog,
+    BackendUnavailable,
+    Board,
+    Broker,
+    Moderation,
+    PublishFailed,
+)
 from scoreboard.config import Config
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     BoardEntry,
     CommitResult,
@@ -43,10 +50,15 @@ from scoreboard.model import (
     RankChange,
     RankedEntry,
     ScoreChanged,
-    encode_events,
 )
+from scoreboard.wire import encode_events
 
 log = logging.getLogger(__name__)
+
+
+class BoardSource(ActionLog, Moderation, Protocol):
+    """What the keeper reads: the users' scores, and who is suspended."""
+
 
 INBOX_SIZE = 64  # whole batches: dozens let the scorer commit ahead while Redis is slow
 BOARD_CHECK_EVERY_S = 5.0  # how soon a lost board key is rebuilt when no batch finds it first
@@ -72,7 +84,7 @@ async def update_board(keeper: KeeperHandle, results: Sequence[CommitResult]) ->
 
 
 class _Keeper:
-    def __init__(self, store: Store, board: Board, broker: Broker, config: Config) -> None:
+    def __init__(self, store: BoardSource, board: Board, broker: Broker, config: Config) -> None:
         self._store = store
         self._board = board
         self._broker = broker
@@ -121,17 +133,7 @@ class _Keeper:
         events = _score_changes(results, changes)
         self._leaderboard_event(top, events)
         events += [
-            ActionFinished(
-                user_id=result.user_id,
-                action_id=result.action_id,
-                nonce=result.nonce,
-                status=result.status,
-                score_delta=result.score_delta,
-                new_score=result.new_score,
-                error=result.error,
-                message=result.message,
-                retry_after_s=result.retry_after_s,
-            )
+            ActionFinished(result.user_id, result.action_id, result.nonce, result.outcome)
             for result in results
         ]
         await self._publish(events)
@@ -143,7 +145,7 @@ class _Keeper:
         latest: dict[int, BoardEntry] = {}
         redelivered: set[int] = set()
         for result in results:
-            if result.status != "completed" or result.user_id in self._suspended:
+            if result.outcome.status != "completed" or result.user_id in self._suspended:
                 continue
             if result.duplicate:
                 redelivered.add(result.user_id)
@@ -315,7 +317,7 @@ def _score_changes(results: Sequence[CommitResult], changes: list[RankChange]) -
 async def run(
     inbox: trio.MemoryReceiveChannel[KeeperMsg],
     *,
-    store: Store,
+    store: BoardSource,
     board: Board,
     broker: Broker,
     config: Config,

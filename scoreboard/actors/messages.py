@@ -19,7 +19,7 @@ import trio
 from scoreboard.actors.frames import Frame
 from scoreboard.adapters.interfaces import Delivery
 from scoreboard.anticheat.records import DecidedAction
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionFinished,
     CommitResult,

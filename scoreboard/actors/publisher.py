@@ -44,7 +44,7 @@ from scoreboard.adapters.interfaces import (
     PublishOutcomeUnknown,
 )
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,20 @@ answer, or not in time, is logged and tried again at the next poll; it never cra
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import trio
 
 from scoreboard import clock
 from scoreboard.actors import hub
 from scoreboard.actors.hub import HubHandle
-from scoreboard.adapters.interfaces import BackendUnavailable, Store
+from scoreboard.adapters.interfaces import Authorizations, BackendUnavailable, SigningKeys
 from scoreboard.auth.key_encryption import KeyEncryptionError
 from scoreboard.auth.keys import KeyRing, NoSigningKey
 from scoreboard.auth.revocations import RevocationList
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.config import Config
-from scoreboard.model import TokensRevoked
+from scoreboard.records import TokensRevoked
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class DenyList:
         """A set lookup, no I/O: every request asks."""
         return self._revoked.is_revoked(claims)
 
-    async def load(self, store: Store) -> None:
+    async def load(self, store: Authorizations) -> None:
         """Everything in force in the store, before any connection exists to be closed."""
         self._revoked.merge(await store.revocations(clock.now_ms()))
 
@@ -57,16 +58,20 @@ class DenyList:
         if new.grant_ids or new.jtis:
             await hub.notify(self._hub, new)
 
-    async def reload(self, store: Store) -> None:
+    async def reload(self, store: Authorizations) -> None:
         """Take in the store's list (what expired leaves); what was new closes its WebSockets."""
         for new in self._revoked.merge(await store.revocations(clock.now_ms())):
             await hub.notify(self._hub, new)
 
 
+class DenyListAndKeys(Authorizations, SigningKeys, Protocol):
+    """What this actor reloads: the deny-list and the signing keys."""
+
+
 async def run(
     deny_list: DenyList,
     *,
-    store: Store,
+    store: DenyListAndKeys,
     keyring: KeyRing,
     config: Config,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

@@ -26,10 +26,10 @@ from scoreboard.actors import inbox as inboxes
 from scoreboard.actors import user
 from scoreboard.actors.messages import Route, RouterMsg, UserMsg
 from scoreboard.actors.scorer import ScorerHandle
-from scoreboard.adapters.interfaces import Delivery, Store
+from scoreboard.adapters.interfaces import ActionLog, Delivery
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.supervisor import DynamicSupervisor, actor_spec
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ async def run(
     inbox: trio.MemoryReceiveChannel[RouterMsg],
     scorer: ScorerHandle,
     *,
-    store: Store,
+    store: ActionLog,
     catalogue: Catalogue,
     config: Config,
     task_status: trio.TaskStatus[DynamicSupervisor] = trio.TASK_STATUS_IGNORED,

@@ -42,17 +42,17 @@ from scoreboard.actors.keeper import KeeperHandle, update_board
 from scoreboard.actors.messages import Barrier, Score, ScorerMsg, Unjudged
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.adapters.interfaces import (
+    ActionLog,
     Broker,
     Delivery,
     PublishFailed,
-    Store,
     UnknownUser,
 )
 from scoreboard.anticheat.records import DecidedAction
 from scoreboard.bridge import BridgeClosed
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, CommitResult, Decision
+from scoreboard.records import ActionEnvelope, CommitResult, Decision
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ async def run(
     keeper: KeeperHandle,
     flags: FlagsHandle,
     *,
-    store: Store,
+    store: ActionLog,
     broker: Broker,
     config: Config,
     catalogue: Catalogue,
@@ -169,7 +169,7 @@ def _sorted_out(
     return scores, unjudged, barriers
 
 
-async def _commit(store: Store, config: Config, scores: list[Score], outcome: _Outcome) -> None:
+async def _commit(store: ActionLog, config: Config, scores: list[Score], outcome: _Outcome) -> None:
     """Commit `scores` (in order) and say in `outcome` how each delivery is to be settled."""
     try:
         results = await call_with_retries(
@@ -218,7 +218,7 @@ async def _commit(store: Store, config: Config, scores: list[Score], outcome: _O
             log.debug(
                 "committed action %s: %s%s",
                 result.action_id,
-                result.status,
+                result.outcome.status,
                 " (already committed)" if result.duplicate else "",
                 extra={"action_id": str(result.action_id)},
             )
@@ -235,8 +235,8 @@ def _decided_actions(outcome: _Outcome, catalogue: Catalogue) -> list[DecidedAct
     return [
         dataclasses.replace(
             DecidedAction.from_decision(decision, catalogue),
-            accepted=result.status == "completed",
-            score_delta=result.score_delta,
+            accepted=result.outcome.status == "completed",
+            score_delta=result.outcome.score_delta,
         )
         for decision, result in outcome.decided
         if not result.duplicate
@@ -244,7 +244,7 @@ def _decided_actions(outcome: _Outcome, catalogue: Catalogue) -> list[DecidedAct
 
 
 async def _give_up_on(
-    store: Store,
+    store: ActionLog,
     config: Config,
     envelope: ActionEnvelope,
     delivery: Delivery,
@@ -261,7 +261,7 @@ async def _give_up_on(
 
 
 async def _record_failed(
-    store: Store, envelope: ActionEnvelope, delivery: Delivery, reason: str, outcome: _Outcome
+    store: ActionLog, envelope: ActionEnvelope, delivery: Delivery, reason: str, outcome: _Outcome
 ) -> None:
     """Record the action `failed` with `reason` (an audit row, whatever it holds), and send it
     to the dead letters, from where an operator may replay it."""

@@ -46,10 +46,10 @@ import trio
 from scoreboard.actors.messages import Route, UserMsg
 from scoreboard.actors.retry import call_with_retries
 from scoreboard.actors.scorer import ScorerHandle, barrier, give_up, score
-from scoreboard.adapters.interfaces import Store
+from scoreboard.adapters.interfaces import ActionLog
 from scoreboard.catalogue import ActionType, Catalogue, InvalidActionData
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, Decision, RecentAction, UniqueKey
+from scoreboard.records import ActionEnvelope, Decision, Outcome, RecentAction, UniqueKey
 from scoreboard.storable import unstorable_reason
 
 RATE_WINDOW_MS = 60_000
@@ -144,7 +144,7 @@ class Ledger:
         if earlier is not None:
             return earlier
         decision = self._judge(envelope)
-        completed = decision.status == "completed"
+        completed = decision.outcome.status == "completed"
         unique_key = decision.unique.key if decision.unique is not None and completed else None
         known = _Known(
             envelope.received_at_ms, envelope.action_type, completed, decision, unique_key
@@ -166,7 +166,7 @@ class Ledger:
         # Stored already: the store answers with the stored outcome, whatever this says.
         entry = self._catalogue.get(known.action_type)
         delta = entry.points if known.completed and entry is not None else 0
-        return Decision(envelope, "completed" if known.completed else "rejected", delta)
+        return Decision(envelope, Outcome("completed" if known.completed else "rejected", delta))
 
     def _judge(self, envelope: ActionEnvelope) -> Decision:
         now = envelope.received_at_ms
@@ -193,16 +193,16 @@ class Ledger:
             waits = [self._cooldown_left_ms(entry, now), self._rate_limit_left_ms(now)]
             retry_after_ms = max((wait for wait in waits if wait is not None), default=None)
             if retry_after_ms is not None:
-                return Decision(
-                    envelope,
+                limited = Outcome(
                     "rejected",
                     0,
                     error="rate_limit_exceeded",
                     message="rate limit exceeded",
                     retry_after_s=_ceil_seconds(retry_after_ms),
-                    flags=tuple(flags),
                 )
-        return Decision(envelope, "completed", entry.points, flags=tuple(flags), unique=unique)
+                return Decision(envelope, limited, flags=tuple(flags))
+        scored = Outcome("completed", entry.points)
+        return Decision(envelope, scored, flags=tuple(flags), unique=unique)
 
     def _rapid_fire(self, now: int) -> bool:
         index = bisect.bisect_left(self._times, now)
@@ -300,9 +300,8 @@ def _times_of(entry: ActionType) -> list[str]:
 
 
 def _invalid(envelope: ActionEnvelope, message: str, flags: list[str]) -> Decision:
-    return Decision(
-        envelope, "rejected", 0, error="invalid_action", message=message, flags=tuple(flags)
-    )
+    invalid = Outcome("rejected", 0, error="invalid_action", message=message)
+    return Decision(envelope, invalid, flags=tuple(flags))
 
 
 async def run(
@@ -310,7 +309,7 @@ async def run(
     scorer: ScorerHandle,
     *,
     user_id: int,
-    store: Store,
+    store: ActionLog,
     catalogue: Catalogue,
     config: Config,
     in_hand: InHand | None = None,

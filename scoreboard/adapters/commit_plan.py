@@ -23,29 +23,43 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any
 
-from scoreboard.model import CommitResult, Decision
+from scoreboard.records import CommitResult, Decision, Outcome
+from scoreboard.wire import decode_outcome
 
 DUPLICATE_NONCE_MESSAGE = "duplicate nonce"
 SUSPENDED_MESSAGE = "the account is suspended"
 # An anomaly flag: this action failed before (its failure is kept in `action_failures`).
 SETTLED_AFTER_FAILURE = "settled_after_failure"
 
-SettledStatus = Literal["completed", "rejected", "failed"]
+# What both stores select to build a `StoredAction`: the outcome's columns bear its fields' names.
+STORED_ACTION_COLUMNS = (
+    "action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s"
+)
+
+
+def outcome_columns(
+    outcome: Outcome,
+) -> tuple[str, int, int | None, str | None, str | None, int | None]:
+    """The columns of `action_logs` that keep an outcome, in the order both stores write them
+    (status, score_delta, new_score, error, message, retry_after_s)."""
+    return (
+        outcome.status,
+        outcome.score_delta,
+        outcome.new_score,
+        outcome.error,
+        outcome.message,
+        outcome.retry_after_s,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Settled:
     """How one action of a batch ended, before its user's final `score_reached_at` is known."""
 
-    status: SettledStatus
-    score_delta: int
+    outcome: Outcome
     old_score: int
-    new_score: int
-    error: str | None
-    message: str | None
-    retry_after_s: int | None
     duplicate: bool
 
 
@@ -57,24 +71,23 @@ class StoredAction:
     action_id: uuid.UUID
     user_id: int
     nonce: str
-    status: SettledStatus
-    score_delta: int
-    new_score: int
-    error: str | None
-    message: str | None
-    retry_after_s: int | None
+    outcome: Outcome  # its `new_score` is always set: the store wrote it with the row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StoredAction:
+        """A row of `STORED_ACTION_COLUMNS`, as a mapping."""
+        action_id = row["action_id"]
+        return cls(
+            action_id=action_id if isinstance(action_id, uuid.UUID) else uuid.UUID(action_id),
+            user_id=row["user_id"],
+            nonce=row["nonce"],
+            outcome=decode_outcome(row),
+        )
 
     def as_settled(self) -> Settled:
-        return Settled(
-            status=self.status,
-            score_delta=self.score_delta,
-            old_score=self.new_score - self.score_delta,
-            new_score=self.new_score,
-            error=self.error,
-            message=self.message,
-            retry_after_s=self.retry_after_s,
-            duplicate=True,
-        )
+        assert self.outcome.new_score is not None
+        old_score = self.outcome.new_score - self.outcome.score_delta
+        return Settled(self.outcome, old_score, duplicate=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +120,11 @@ class CommitPlan:
     def score_changes(self) -> dict[int, ScoreChange]:
         """Per user with new or superseding actions."""
         changes: dict[int, ScoreChange] = {}
-        for decision, outcome in [*self.new, *self.superseding]:
+        for decision, settled in [*self.new, *self.superseding]:
             envelope = decision.envelope
             change = changes.get(envelope.user_id, ScoreChange(0, envelope.received_at_ms))
             changes[envelope.user_id] = ScoreChange(
-                change.delta + outcome.score_delta,
+                change.delta + settled.outcome.score_delta,
                 max(change.last_received_at_ms, envelope.received_at_ms),
             )
         return changes
@@ -126,23 +139,18 @@ class CommitPlan:
                 user_id=decision.envelope.user_id,
                 username=usernames[decision.envelope.user_id],
                 nonce=decision.envelope.nonce,
-                status=outcome.status,
-                score_delta=outcome.score_delta,
-                old_score=outcome.old_score,
-                new_score=outcome.new_score,
+                outcome=settled.outcome,
+                old_score=settled.old_score,
                 score_reached_at_ms=score_reached_at_ms[decision.envelope.user_id],
-                error=outcome.error,
-                message=outcome.message,
-                retry_after_s=outcome.retry_after_s,
-                duplicate=outcome.duplicate,
+                duplicate=settled.duplicate,
             )
-            for decision, outcome in zip(self.decisions, self.settled, strict=True)
+            for decision, settled in zip(self.decisions, self.settled, strict=True)
         ]
 
 
 def check_deltas(decisions: Sequence[Decision]) -> None:
     """A score only grows: a negative delta is a bug upstream, refused before any I/O."""
-    if negative := [d.envelope.action_id for d in decisions if d.score_delta < 0]:
+    if negative := [d.envelope.action_id for d in decisions if d.outcome.score_delta < 0]:
         raise ValueError(f"negative score deltas for actions {negative}")
 
 
@@ -151,7 +159,7 @@ def unique_keys_of(decisions: Sequence[Decision]) -> list[tuple[int, str, str]]:
     return [
         (d.envelope.user_id, d.envelope.action_type, d.unique.key)
         for d in decisions
-        if d.unique is not None and d.status == "completed"
+        if d.unique is not None and d.outcome.status == "completed"
     ]
 
 
@@ -169,8 +177,8 @@ def plan_commit(
     used = set(used_keys)
     taken: list[TakenKey] = []
     running = dict(scores)
-    by_action_id = {a.action_id: a.as_settled() for a in stored if a.status != "failed"}
-    failed = {a.action_id for a in stored if a.status == "failed"}
+    by_action_id = {a.action_id: a.as_settled() for a in stored if a.outcome.status != "failed"}
+    failed = {a.action_id for a in stored if a.outcome.status == "failed"}
     nonce_holders = {(a.user_id, a.nonce): a.action_id for a in stored}
     settled: list[Settled] = []
     new: list[tuple[Decision, Settled]] = []
@@ -183,60 +191,56 @@ def plan_commit(
             continue
         holder = nonce_holders.get((envelope.user_id, envelope.nonce))
         if holder is not None and holder != envelope.action_id:
-            replayed_nonce = Settled(
-                status="rejected",
-                score_delta=0,
-                old_score=score,
+            refused = Outcome(
+                "rejected",
+                0,
                 new_score=score,
                 error="invalid_action",
                 message=DUPLICATE_NONCE_MESSAGE,
-                retry_after_s=None,
-                duplicate=True,
             )
+            replayed_nonce = Settled(refused, old_score=score, duplicate=True)
             settled.append(replayed_nonce)
             continue
+        decided = decision.outcome
         if envelope.user_id in suspended:
-            decision = replace(
-                decision,
+            decided = replace(
+                decided,
                 status="rejected",
                 score_delta=0,
                 error="account_suspended",
                 message=SUSPENDED_MESSAGE,
                 retry_after_s=None,
             )
-        elif decision.status == "completed" and decision.unique is not None:
+            decision = replace(decision, outcome=decided)
+        elif decided.status == "completed" and decision.unique is not None:
             key = (envelope.user_id, envelope.action_type, decision.unique.key)
             if key in used:
-                decision = replace(
-                    decision,
+                decided = replace(
+                    decided,
                     status="rejected",
                     score_delta=0,
                     error="invalid_action",
                     message=decision.unique.reason,
                     retry_after_s=None,
                 )
+                decision = replace(decision, outcome=decided)
             else:
                 used.add(key)
                 taken.append(TakenKey(*key, envelope.action_id))
-        delta = decision.score_delta if decision.status == "completed" else 0
+        delta = decided.score_delta if decided.status == "completed" else 0
         running[envelope.user_id] = score + delta
-        outcome = Settled(
-            status=decision.status,
-            score_delta=delta,
+        ending = Settled(
+            replace(decided, score_delta=delta, new_score=score + delta),
             old_score=score,
-            new_score=score + delta,
-            error=decision.error,
-            message=decision.message,
-            retry_after_s=decision.retry_after_s,
             duplicate=False,
         )
-        settled.append(outcome)
+        settled.append(ending)
         if envelope.action_id in failed:
             failed.discard(envelope.action_id)
             flagged = replace(decision, flags=(*decision.flags, SETTLED_AFTER_FAILURE))
-            superseding.append((flagged, outcome))
+            superseding.append((flagged, ending))
         else:
-            new.append((decision, outcome))
-        by_action_id[envelope.action_id] = replace(outcome, duplicate=True)
+            new.append((decision, ending))
+        by_action_id[envelope.action_id] = replace(ending, duplicate=True)
         nonce_holders[(envelope.user_id, envelope.nonce)] = envelope.action_id
     return CommitPlan(decisions, settled, new, superseding, taken)

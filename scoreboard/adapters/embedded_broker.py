@@ -49,7 +49,8 @@ from scoreboard.adapters.interfaces import (
 )
 from scoreboard.adapters.sqlite import SQLiteDatabase
 from scoreboard.config import AmqpConfig
-from scoreboard.model import ActionEnvelope, MalformedMessage
+from scoreboard.records import ActionEnvelope
+from scoreboard.wire import MalformedMessage, decode_envelope, encode_envelope
 
 # How often an idle consumer looks at the table for rows written by another process.
 POLL_INTERVAL_S = 1.0
@@ -110,7 +111,9 @@ class EmbeddedBroker(Broker):
     async def publish_actions(self, envelopes: Sequence[ActionEnvelope]) -> list[Exception | None]:
         """One transaction (one fsync) for the whole batch: all of it is accepted, or none."""
         try:
-            await self._db.write(functools.partial(_enqueue, [e.encode() for e in envelopes]))
+            await self._db.write(
+                functools.partial(_enqueue, [encode_envelope(e) for e in envelopes])
+            )
         except BackendUnavailable as exc:
             return [PublishFailed(f"the outbox write failed: {exc}") for _ in envelopes]
         self._notify()
@@ -187,7 +190,7 @@ class EmbeddedBroker(Broker):
         retried = [
             (
                 d.delivery_tag,
-                dataclasses.replace(e, attempts=e.attempts + 1).encode(),
+                encode_envelope(dataclasses.replace(e, attempts=e.attempts + 1)),
                 now + self._config.retry_delay_ms(e.attempts + 1),
             )
             for d, e in retry
@@ -252,7 +255,7 @@ class EmbeddedBroker(Broker):
         body = await self._db.read(functools.partial(_queued_body, str(action_id)))
         if body is None:
             return None
-        envelope = ActionEnvelope.decode(body)
+        envelope = decode_envelope(body)
         return PendingAction(
             envelope.user_id, envelope.action_type, envelope.nonce, envelope.received_at_ms
         )
@@ -264,7 +267,7 @@ class EmbeddedBroker(Broker):
 def _identity(body: bytes) -> tuple[str, int | None, str | None]:
     """Message id, user and nonce of a body (a body that is not an envelope has none)."""
     try:
-        envelope = ActionEnvelope.decode(body)
+        envelope = decode_envelope(body)
     except MalformedMessage:
         return "", None, None
     return str(envelope.action_id), envelope.user_id, envelope.nonce
@@ -365,7 +368,7 @@ def _replay_failed(limit: int, action_id: str | None, connection: sqlite3.Connec
         body = bytes(row["body"])
         # A body that is not an envelope goes back as it is: the consumer dead-letters it again.
         with contextlib.suppress(MalformedMessage):
-            body = dataclasses.replace(ActionEnvelope.decode(body), attempts=0).encode()
+            body = encode_envelope(dataclasses.replace(decode_envelope(body), attempts=0))
         bodies.append(body)
     _enqueue(bodies, connection)
     connection.executemany(

@@ -1,8 +1,16 @@
 """What the actors and the HTTP layer need from the outside systems, as small protocols.
 
-One module per backend implements them (`postgres.py`, `redis.py`, `rabbitmq.py`; the embedded
-backends later). Every method is one unit of work: it crosses the asyncio bridge once. All of them
-are trio-callable (`async def`, cancellable; a cancelled call leaves the backend usable).
+The store is one backend but several protocols, by consumer: `ActionLog` (the worker's actors,
+action status, `verify`), `Accounts` (registration, sign-in), `SigningKeys` and `KeyRotation`
+(the key ring), `Moderation` (flags, suspensions), `Authorizations` (OAuth); `Store` is all of
+them, what a backend implements and the wiring passes around. A consumer names the narrowest
+protocol it uses.
+
+One module per backend implements them: `postgres.py` or `sqlite.py` (embedded) the store,
+`redis.py` or `memory_board.py` the board and the edge guard, `rabbitmq.py` or
+`embedded_broker.py` the broker. Every method is one unit of work: it crosses the asyncio
+bridge once. All of them are trio-callable (`async def`, cancellable; a cancelled call leaves
+the backend usable).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Literal, Protocol
 import trio
 
 from scoreboard.anticheat.records import Flag, FlagQuery, FlagRecord
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionRecord,
     AuditCursor,
@@ -77,10 +85,9 @@ class PublishOutcomeUnknown(PublishFailed):
     message or not. Publishing it again under the same message id is the way to be sure."""
 
 
-class Store(Protocol):
-    """PostgreSQL: the source of truth."""
-
-    async def ping(self) -> None: ...
+class ActionLog(Protocol):
+    """The actions and the scores they add up to: what the worker's actors, `GET /actions/<id>`
+    and `scoreboard verify` use."""
 
     async def commit_actions(self, decisions: Sequence[Decision]) -> list[CommitResult]:
         """One transaction for the whole batch. Inserts each action with ON CONFLICT DO NOTHING
@@ -113,6 +120,11 @@ class Store(Protocol):
         holds. Nothing is recorded if the action is already stored or its user does not exist."""
         ...
 
+
+class AuditTrail(Protocol):
+    """Every attempt of a user's, for operators: the auditor actor appends the API's refusals,
+    `scoreboard audit` and `GET /api/v1/admin/audit` page through the trail."""
+
     async def record_edge_refusals(self, refusals: Sequence[EdgeRefusal]) -> None:
         """Append the API's refusals to the audit trail, in one transaction, each as `storable`
         makes it (a refusal of a user that no longer exists is kept without its user)."""
@@ -126,11 +138,19 @@ class Store(Protocol):
         worker settled, the failures, and the refusals at the edge."""
         ...
 
-    async def create_user(self, username: str, email: str, password_hash: str) -> int: ...
 
-    async def get_user(self, user_id: int) -> UserRecord | None: ...
+class Accounts(Protocol):
+    """Registration and sign-in."""
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> int:
+        """Raises `UsernameTaken` or `EmailTaken` if either is in use."""
+        ...
 
     async def get_user_by_username(self, username: str) -> UserRecord | None: ...
+
+
+class SigningKeys(Protocol):
+    """The JWT signing keys, as the key ring loads and adds them."""
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Every key, decrypted. Raises `KeyEncryptionError` (a `ConfigError`) for a key no
@@ -138,31 +158,39 @@ class Store(Protocol):
         ...
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
-        """Stored sealed with the store's key-encryption key, if it has one."""
+        """Insert, or do nothing if a key with this kid exists; stored sealed with the store's
+        key-encryption key, if it has one."""
         ...
 
-    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
-        """Seal every key stored in plain text with the first key-encryption key and, unless
-        `plain_only`, every key sealed with another one (a KEK rotation); the kids changed.
-        Nothing changes without a KEK. Raises `KeyEncryptionError` as `signing_keys` does."""
-        ...
+
+class KeyRotation(SigningKeys, Protocol):
+    """The key ring's rotation: a new key, then the old one retired."""
 
     async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None:
         """Stop publishing and verifying with this key (a retired key stays, so its kid is
         never reused)."""
         ...
 
-    async def disable_user(self, username: str, revocation_expires_at_ms: int) -> list[str] | None:
-        """Disable the account and revoke every grant of it; the revoked grant ids, or None
-        if there is no such user."""
+
+class Moderation(Protocol):
+    """Behaviour flags and suspensions: the flags actor stores flags, operators list and clear
+    them and suspend users, the keeper follows the suspension log."""
+
+    async def add_flags(self, flags: Sequence[Flag]) -> list[int]:
+        """Store the flags; their ids, in order."""
         ...
 
-    async def set_admin(
-        self, username: str, admin: bool, revocation_expires_at_ms: int
-    ) -> list[str] | None:
-        """Mark the user as one who may be granted the `admin` scope, or no longer. Taking it
-        away revokes every grant of the user that holds `admin` (their ids are returned, to be
-        announced); None if there is no such user."""
+    async def list_flags(self, query: FlagQuery) -> list[FlagRecord]:
+        """Stored flags, newest first."""
+        ...
+
+    async def clear_flag(self, flag_id: int, cleared_by: str) -> FlagRecord | None:
+        """Mark the flag cleared (once: clearing it again changes nothing); None if there is
+        no such flag."""
+        ...
+
+    async def cleared_flags(self, since_ms: int) -> list[FlagRecord]:
+        """Flags cleared at or after `since_ms`, the flags actor's way to hear of clears."""
         ...
 
     async def set_suspended(
@@ -183,25 +211,10 @@ class Store(Protocol):
 
     # Behavioural flags (`scoreboard/anticheat/`), stored by the flags actor.
 
-    async def add_flags(self, flags: Sequence[Flag]) -> list[int]:
-        """Store the flags; their ids, in order."""
-        ...
 
-    async def list_flags(self, query: FlagQuery) -> list[FlagRecord]:
-        """Stored flags, newest first."""
-        ...
-
-    async def clear_flag(self, flag_id: int, cleared_by: str) -> FlagRecord | None:
-        """Mark the flag cleared (once: clearing it again changes nothing); None if there is
-        no such flag."""
-        ...
-
-    async def cleared_flags(self, since_ms: int) -> list[FlagRecord]:
-        """Flags cleared at or after `since_ms`, the flags actor's way to hear of clears."""
-        ...
-
-    # OAuth (design §5): clients, codes, grants and their refresh-token families, the deny-list.
-    # Times are passed in (ms), so every backend expires things by the same clock.
+class Authorizations(Protocol):
+    """OAuth: clients, codes, grants and their refresh-token families, and the deny-list. Times
+    are passed in (ms), so every backend expires things by the same clock."""
 
     async def add_client(self, client: OAuthClientRecord) -> None:
         """Raises `ClientExists` if the client id is taken."""
@@ -265,6 +278,35 @@ class Store(Protocol):
         """Delete at most `limit` authorization codes, refresh tokens or deny-list entries that
         expired before `before_ms`, and the grants that deleting codes or refresh tokens left
         with neither, in one short transaction (the janitor's batch)."""
+        ...
+
+
+class Store(ActionLog, AuditTrail, Accounts, KeyRotation, Moderation, Authorizations, Protocol):
+    """PostgreSQL (or SQLite, embedded): the source of truth, as each backend implements it
+    whole. A consumer asks for the narrowest of the protocols above that it needs; what only the
+    wiring, the CLI and the HTTP handlers use is declared here."""
+
+    async def ping(self) -> None: ...
+
+    async def get_user(self, user_id: int) -> UserRecord | None: ...
+
+    async def disable_user(self, username: str, revocation_expires_at_ms: int) -> list[str] | None:
+        """Disable the account and revoke every grant of it; the revoked grant ids, or None
+        if there is no such user."""
+        ...
+
+    async def set_admin(
+        self, username: str, admin: bool, revocation_expires_at_ms: int
+    ) -> list[str] | None:
+        """Mark the user as one who may be granted the `admin` scope, or no longer. Taking it
+        away revokes every grant of the user that holds `admin` (their ids are returned, to be
+        announced); None if there is no such user."""
+        ...
+
+    async def reseal_signing_keys(self, *, plain_only: bool) -> list[str]:
+        """Seal every key stored in plain text with the first key-encryption key and, unless
+        `plain_only`, every key sealed with another one (a KEK rotation); the kids changed.
+        Nothing changes without a KEK. Raises `KeyEncryptionError` as `signing_keys` does."""
         ...
 
 

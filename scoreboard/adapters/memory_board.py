@@ -38,7 +38,7 @@ from scoreboard.adapters.interfaces import (
     Replayed,
     RequestCount,
 )
-from scoreboard.model import BoardEntry, RankChange, RankedEntry
+from scoreboard.records import BoardEntry, RankChange, RankedEntry
 
 K = TypeVar("K")
 

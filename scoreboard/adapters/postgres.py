@@ -33,6 +33,7 @@ from scoreboard.adapters.commit_plan import (
     StoredAction,
     TakenKey,
     check_deltas,
+    outcome_columns,
     plan_commit,
     unique_keys_of,
 )
@@ -56,7 +57,7 @@ from scoreboard.anticheat.records import (
 from scoreboard.auth.key_encryption import KeyEncryption
 from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import DatabaseConfig
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionRecord,
     AuditCursor,
@@ -77,6 +78,7 @@ from scoreboard.model import (
     normalized_identity,
 )
 from scoreboard.storable import storable, storable_all, storable_refusal
+from scoreboard.wire import decode_outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -501,8 +503,7 @@ RETURNING u.id, u.score_reached_at
 
 
 def _stored_actions(rows: Sequence[asyncpg.Record]) -> list[StoredAction]:
-    # `_STORED_ACTIONS` selects exactly `StoredAction`'s fields, by name.
-    return [StoredAction(**row) for row in rows]
+    return [StoredAction.from_row(dict(row)) for row in rows]
 
 
 def _insert_columns(new: Sequence[tuple[Decision, Settled]]) -> list[list[Any]]:
@@ -513,12 +514,7 @@ def _insert_columns(new: Sequence[tuple[Decision, Settled]]) -> list[list[Any]]:
             d.envelope.nonce,
             d.envelope.action_type,
             json.dumps(dict(d.envelope.action_data)),
-            s.status,
-            s.score_delta,
-            s.new_score,
-            s.error,
-            s.message,
-            s.retry_after_s,
+            *outcome_columns(s.outcome),
             json.dumps(list(d.flags)),
             d.envelope.ip,
             d.envelope.user_agent,
@@ -661,10 +657,10 @@ async def _recent_actions(pool: asyncpg.Pool, user_id: int, since_ms: int) -> li
 _ACTIONS_AS_REPORTED = """
 SELECT * FROM (
     SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error, message,
-           received_at, processed_at, 0 AS precedence
+           retry_after_s, received_at, processed_at, 0 AS precedence
     FROM action_logs
     UNION ALL
-    SELECT action_id, user_id, action_type, nonce, 'failed', 0, score, NULL, reason,
+    SELECT action_id, user_id, action_type, nonce, 'failed', 0, score, NULL, reason, NULL,
            received_at, failed_at, 1
     FROM action_failures
 ) AS a
@@ -680,11 +676,7 @@ def _action_record(row: asyncpg.Record | None) -> ActionRecord | None:
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        status=row["status"],
-        score_delta=row["score_delta"],
-        new_score=row["new_score"],
-        error=row["error"],
-        message=row["message"],
+        outcome=decode_outcome(dict(row)),
         created_at_ms=_epoch_ms(row["received_at"]),
         processed_at_ms=None if processed_at is None else _epoch_ms(processed_at),
     )

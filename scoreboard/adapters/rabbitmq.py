@@ -78,7 +78,8 @@ from scoreboard.adapters.interfaces import (
 )
 from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import AmqpConfig
-from scoreboard.model import ActionEnvelope, MalformedMessage
+from scoreboard.records import ActionEnvelope
+from scoreboard.wire import MalformedMessage, decode_envelope, encode_envelope
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class RabbitBroker:
 
     async def _publish_action(self, envelope: ActionEnvelope) -> None:
         await self._publish_to_actions(
-            envelope.encode(), str(envelope.action_id), self._queue_of(envelope.user_id)
+            encode_envelope(envelope), str(envelope.action_id), self._queue_of(envelope.user_id)
         )
 
     async def _publish_to_actions(
@@ -644,7 +645,7 @@ class RabbitBroker:
     async def _retried(self, envelope: ActionEnvelope) -> None:
         again = dataclasses.replace(envelope, attempts=envelope.attempts + 1)
         await self._publish_to_actions(
-            again.encode(),
+            encode_envelope(again),
             str(envelope.action_id),
             self._queue_of(envelope.user_id),
             delay_ms=self._config.retry_delay_ms(again.attempts),
@@ -800,8 +801,8 @@ class RabbitBroker:
         # A body that is no action goes to the first shard, whose consumer dead-letters it again.
         queue = self.shard_queues()[0]
         with contextlib.suppress(MalformedMessage):
-            envelope = ActionEnvelope.decode(body)
-            body = dataclasses.replace(envelope, attempts=0).encode()
+            envelope = decode_envelope(body)
+            body = encode_envelope(dataclasses.replace(envelope, attempts=0))
             queue = self._queue_of(envelope.user_id)
         await self._publish_to_actions(body, letter.message_id or "", queue)
         await letter.ack()

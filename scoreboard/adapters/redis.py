@@ -70,7 +70,7 @@ from scoreboard.adapters.interfaces import (
 )
 from scoreboard.bridge import Bridge, Crossing
 from scoreboard.config import RedisConfig
-from scoreboard.model import BoardEntry, RankChange, RankedEntry
+from scoreboard.records import BoardEntry, RankChange, RankedEntry
 
 T = TypeVar("T")
 

@@ -28,9 +28,11 @@ import trio
 
 from scoreboard import clock
 from scoreboard.adapters.commit_plan import (
+    STORED_ACTION_COLUMNS,
     Settled,
     StoredAction,
     check_deltas,
+    outcome_columns,
     plan_commit,
     unique_keys_of,
 )
@@ -53,7 +55,8 @@ from scoreboard.anticheat.records import (
     evidence_from_json,
 )
 from scoreboard.auth.key_encryption import KeyEncryption
-from scoreboard.model import (
+from scoreboard.private_files import private_directory, private_file, restrict_if_present
+from scoreboard.records import (
     ActionEnvelope,
     ActionRecord,
     AuditCursor,
@@ -73,8 +76,8 @@ from scoreboard.model import (
     UserRecord,
     normalized_identity,
 )
-from scoreboard.private_files import private_directory, private_file, restrict_if_present
 from scoreboard.storable import storable, storable_all, storable_refusal
+from scoreboard.wire import decode_outcome
 
 T = TypeVar("T")
 
@@ -467,16 +470,12 @@ def _marks(count: int) -> str:
 
 # -- commit_actions (planned by `commit_plan`, in one SQLite transaction)
 
-_STORED_COLUMNS = (
-    "action_id, user_id, nonce, status, score_delta, new_score, error, message, retry_after_s"
-)
-
+# A failure as a row of `STORED_ACTION_COLUMNS`.
 _STORED_FAILURE_COLUMNS = "action_id, user_id, nonce, 'failed', 0, score, NULL, reason, NULL"
 
 
 def _stored_action(row: sqlite3.Row) -> StoredAction:
-    # `_STORED_COLUMNS` are exactly `StoredAction`'s fields, by name; SQLite keeps UUIDs as text.
-    return StoredAction(**{**row, "action_id": uuid.UUID(row["action_id"])})
+    return StoredAction.from_row(dict(row))
 
 
 _INSERT_ACTION = """
@@ -517,7 +516,7 @@ def _commit_actions(
     for decision in decisions:
         envelope = decision.envelope
         for row in connection.execute(
-            f"SELECT {_STORED_COLUMNS} FROM action_logs"
+            f"SELECT {STORED_ACTION_COLUMNS} FROM action_logs"
             " WHERE action_id = ? OR (user_id = ? AND nonce = ?)"
             f" UNION ALL SELECT {_STORED_FAILURE_COLUMNS} FROM action_failures"
             " WHERE action_id = ? OR (user_id = ? AND nonce = ?)",
@@ -586,12 +585,7 @@ def _row_values(d: Decision, s: Settled) -> tuple[object, ...]:
     return (
         e.action_type,
         json.dumps(dict(e.action_data)),
-        s.status,
-        s.score_delta,
-        s.new_score,
-        s.error,
-        s.message,
-        s.retry_after_s,
+        *outcome_columns(s.outcome),
         json.dumps(list(d.flags)),
         e.ip,
         e.user_agent,
@@ -662,9 +656,10 @@ def _one_action(
     row = connection.execute(
         "SELECT * FROM ("
         "SELECT action_id, user_id, action_type, nonce, status, score_delta, new_score, error,"
-        " message, received_at_ms, processed_at_ms, 0 AS precedence FROM action_logs"
+        " message, retry_after_s, received_at_ms, processed_at_ms, 0 AS precedence"
+        " FROM action_logs"
         " UNION ALL SELECT action_id, user_id, action_type, nonce, 'failed', 0, score, NULL,"
-        " reason, received_at_ms, failed_at_ms, 1 FROM action_failures"
+        " reason, NULL, received_at_ms, failed_at_ms, 1 FROM action_failures"
         f") WHERE {where} ORDER BY precedence LIMIT 1",
         args,
     ).fetchone()
@@ -675,11 +670,7 @@ def _one_action(
         user_id=row["user_id"],
         action_type=row["action_type"],
         nonce=row["nonce"],
-        status=row["status"],
-        score_delta=row["score_delta"],
-        new_score=row["new_score"],
-        error=row["error"],
-        message=row["message"],
+        outcome=decode_outcome(dict(row)),
         created_at_ms=row["received_at_ms"],
         processed_at_ms=row["processed_at_ms"],
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from scoreboard.catalogue import Catalogue
-from scoreboard.model import Decision
+from scoreboard.records import Decision
 
 FlagKind = Literal["burst", "regular_intervals", "score_growth", "shared_address"]
 FLAG_KINDS: tuple[FlagKind, ...] = ("burst", "regular_intervals", "score_growth", "shared_address")
@@ -47,9 +47,9 @@ class DecidedAction:
             action_type=envelope.action_type,
             decided_at_ms=envelope.received_at_ms,
             claimed_completion_s=claimed,
-            score_delta=decision.score_delta,
+            score_delta=decision.outcome.score_delta,
             ip=envelope.ip,
-            accepted=decision.status == "completed",
+            accepted=decision.outcome.status == "completed",
         )
 
 

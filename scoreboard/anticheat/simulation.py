@@ -43,7 +43,7 @@ from scoreboard.anticheat.detector import FlagDetector
 from scoreboard.anticheat.records import DecidedAction, Flag, FlagKind, SharedAddressEvidence
 from scoreboard.catalogue import ActionType, Catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.records import ActionEnvelope, Decision
 
 SIM_START_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 MINUTE_MS = 60_000
@@ -266,7 +266,7 @@ def _reaction_ms(rng: random.Random) -> int:
 
 def _after(decision: Decision) -> int:
     """How long the web page keeps the buttons blocked after this decision."""
-    return _seconds(decision.retry_after_s or 0)
+    return _seconds(decision.outcome.retry_after_s or 0)
 
 
 def _human(
@@ -315,7 +315,7 @@ def _human(
                     decision = yield Attempt(at, entry.name, ip)
             if grind_left > 0:
                 grind_left -= 1
-                if decision.status == "completed":
+                if decision.outcome.status == "completed":
                     at += _seconds(entry.cooldown_s) + _reaction_ms(rng)
                 else:
                     at += max(_after(decision), 1000) + _reaction_ms(rng)
@@ -364,7 +364,7 @@ def _score_farmer(
     while at < end_ms:
         entry = _richest_ready(types, completed_at, at)
         decision = yield Attempt(at, entry.name, ip)
-        if decision.status == "completed":
+        if decision.outcome.status == "completed":
             completed_at[entry.name] = at
         at += max(_after(decision), rng.randint(5_500, 9_000))
 

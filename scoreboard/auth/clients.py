@@ -19,7 +19,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from scoreboard import clock
-from scoreboard.model import ClientType, OAuthClientRecord, UserRecord
+from scoreboard.records import ClientType, OAuthClientRecord, UserRecord
 
 WEB_CLIENT_ID = "scoreboard-web"
 # Every scope there is. `admin` (the operators' endpoints) is granted only to users marked

@@ -36,8 +36,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from scoreboard.config import Config, ConfigError
-from scoreboard.model import SigningKeyRecord
 from scoreboard.private_files import PRIVATE_FILE_MODE, private_directory
+from scoreboard.records import SigningKeyRecord
 
 log = logging.getLogger(__name__)
 

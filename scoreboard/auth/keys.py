@@ -24,13 +24,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from joserfc.jwk import RSAKey
 
 from scoreboard import clock
-from scoreboard.model import SigningKeyRecord
+from scoreboard.adapters.interfaces import KeyRotation, SigningKeys
+from scoreboard.records import SigningKeyRecord
 
 SIGNING_ALGORITHM = "RS256"
 # 2048 bits is RFC 7518's floor for RS256 and what verification on every request can afford.
@@ -40,20 +41,6 @@ KID_PATTERN = re.compile(r"key-([1-9][0-9]{0,8})")
 
 class NoSigningKey(RuntimeError):
     """The store holds no key that is not retired."""
-
-
-class KeyStore(Protocol):
-    """The part of `scoreboard.adapters.interfaces.Store` the key ring uses."""
-
-    async def signing_keys(self) -> list[SigningKeyRecord]: ...
-
-    async def add_signing_key(self, key: SigningKeyRecord) -> None:
-        """Insert, or do nothing if a key with this kid exists (ON CONFLICT (kid) DO NOTHING)."""
-        ...
-
-
-class KeyRotationStore(KeyStore, Protocol):
-    async def retire_signing_key(self, kid: str, retired_at_ms: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +82,7 @@ class KeyRing:
         """The public JWK set, as served at `/.well-known/jwks.json`."""
         return {"keys": [dict(jwk) for jwk in self._keys.public_jwks]}
 
-    async def refresh(self, store: KeyStore) -> None:
+    async def refresh(self, store: SigningKeys) -> None:
         """Pick up keys added or retired by other processes. Raises `NoSigningKey` (and keeps
         the current keys) if the store has no active key."""
         records = await store.signing_keys()
@@ -107,7 +94,7 @@ class KeyRing:
         self.generation += 1
 
 
-async def load_or_create_keyring(store: KeyStore, *, activation_delay_ms: int = 0) -> KeyRing:
+async def load_or_create_keyring(store: SigningKeys, *, activation_delay_ms: int = 0) -> KeyRing:
     """The ring from the store, creating the first key if there is none."""
     records = await store.signing_keys()
     if not any(record.retired_at_ms is None for record in records):
@@ -192,7 +179,7 @@ def _form_secret(private_pem: str) -> bytes:
 
 
 async def rotate_keys(
-    store: KeyRotationStore, *, token_lifetime_ms: int, now_ms: int | None = None
+    store: KeyRotation, *, token_lifetime_ms: int, now_ms: int | None = None
 ) -> tuple[str, list[str]]:
     """Add the next generation of key, and retire the keys whose tokens have all expired: those
     whose successor was created more than `token_lifetime_ms` (access-token lifetime, leeway

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from scoreboard import clock
 from scoreboard.auth.tokens import AccessClaims
-from scoreboard.model import Revocation, TokensRevoked
+from scoreboard.records import Revocation, TokensRevoked
 
 
 class RevocationList:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
 
+from scoreboard.adapters.interfaces import Accounts
 from scoreboard.auth.passwords import Passwords
-from scoreboard.model import UserRecord
+from scoreboard.records import UserRecord
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
 PASSWORD_MIN_CHARS = 10
@@ -27,16 +27,6 @@ EMAIL_LOCAL_PATTERN = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 EMAIL_DOMAIN_PATTERN = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 )
-
-
-class UserStore(Protocol):
-    """The part of `scoreboard.adapters.interfaces.Store` registration and login use."""
-
-    async def create_user(self, username: str, email: str, password_hash: str) -> int:
-        """Raises `UsernameTaken` or `EmailTaken` if either is in use."""
-        ...
-
-    async def get_user_by_username(self, username: str) -> UserRecord | None: ...
 
 
 class RegistrationError(ValueError):
@@ -67,14 +57,14 @@ def validate_registration(username: object, email: object, password: object) -> 
 
 
 async def register_user(
-    store: UserStore, passwords: Passwords, username: object, email: object, password: object
+    store: Accounts, passwords: Passwords, username: object, email: object, password: object
 ) -> int:
     """Validate, hash and store a new account; return its user id. Raises `RegistrationError`,
     or the store's `UsernameTaken` / `EmailTaken`."""
     return await create_account(store, passwords, validate_registration(username, email, password))
 
 
-async def create_account(store: UserStore, passwords: Passwords, registration: Registration) -> int:
+async def create_account(store: Accounts, passwords: Passwords, registration: Registration) -> int:
     """Hash and store a validated registration; its user id. Raises the store's
     `UsernameTaken` / `EmailTaken` (taken in any case: names are unique case-insensitively),
     or `HashingBusy`."""
@@ -83,7 +73,7 @@ async def create_account(store: UserStore, passwords: Passwords, registration: R
 
 
 async def authenticate_user(
-    store: UserStore, passwords: Passwords, username: str, password: str
+    store: Accounts, passwords: Passwords, username: str, password: str
 ) -> UserRecord | None:
     """The account if the password is right and the account is enabled, else None. Takes the
     same time whether or not the username exists (and whether or not the account is disabled)."""

@@ -1,4 +1,4 @@
-"""`/api/v1/actions/*` (contract §2)."""
+"""`/api/v1/actions/*` (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -17,13 +17,8 @@ from werkzeug.datastructures import Headers
 from scoreboard import logs, metrics
 from scoreboard.actors import hub
 from scoreboard.actors.frames import rfc3339_ms
-from scoreboard.adapters.interfaces import BackendUnavailable
-from scoreboard.http.errors import (
-    RequestRejected,
-    insufficient_scope,
-    invalid_request,
-    unavailable,
-)
+from scoreboard.http.edge_audit import audit_refusal
+from scoreboard.http.errors import RequestRejected, insufficient_scope, invalid_request, rejection
 from scoreboard.http.requests import (
     audited_headers,
     authenticate,
@@ -34,8 +29,8 @@ from scoreboard.http.requests import (
     request_data,
 )
 from scoreboard.http.services import Services, current_services
-from scoreboard.http.submission import Submitted, audit_refusal, parse_payload, submit_action
-from scoreboard.model import ActionRecord
+from scoreboard.intake import Accepted, Refused, Replayed, Submitter, Unavailable, stored_action
+from scoreboard.records import ActionRecord, Outcome
 
 blueprint = Blueprint("actions", __name__)
 
@@ -98,23 +93,16 @@ def accepted_response(
     return Answer(202, body, headers)
 
 
-def outcome_response(
-    action_id: uuid.UUID,
-    status: str,
-    score_delta: int,
-    new_score: int | None,
-    error: str | None,
-    message: str | None,
-    retry_after_s: int | None,
-) -> Answer:
-    """The proposal's §6.2 body for a finished action (200), or its refusal (422 / 429)."""
+def outcome_response(action_id: uuid.UUID, outcome: Outcome) -> Answer:
+    """The body for a finished action (200), or its refusal (422 / 429)."""
+    status, error, retry_after_s = outcome.status, outcome.error, outcome.retry_after_s
     body: dict[str, Any]
     if status == "completed":
         body = {
             "success": True,
             "action_id": str(action_id),
-            "score_delta": score_delta,
-            "new_score": new_score,
+            "score_delta": outcome.score_delta,
+            "new_score": outcome.new_score,
             "message": COMPLETED_MESSAGE,
         }
         code = 200
@@ -123,7 +111,7 @@ def outcome_response(
             "success": False,
             "action_id": str(action_id),
             "error": error or ("action_failed" if status == "failed" else "invalid_action"),
-            "message": message or f"the action ended {status}",
+            "message": outcome.message or f"the action ended {status}",
         }
         code = 422
         if error == "rate_limit_exceeded" and retry_after_s is not None:
@@ -139,47 +127,30 @@ def record_json(record: ActionRecord) -> dict[str, Any]:
     return {
         "action_id": str(record.action_id),
         "action_type": record.action_type,
-        "status": record.status,
-        "score_delta": record.score_delta,
-        "new_score": record.new_score,
-        "error": record.error,
-        "message": record.message,
+        "status": record.outcome.status,
+        "score_delta": record.outcome.score_delta,
+        "new_score": record.outcome.new_score,
+        "error": record.outcome.error,
+        "message": record.outcome.message,
         "created_at": rfc3339_ms(record.created_at_ms),
         "processed_at": rfc3339_ms(record.processed_at_ms) if record.processed_at_ms else None,
     }
 
 
-async def stored_action(svc: Services, action_id: uuid.UUID) -> ActionRecord | None:
-    try:
-        with trio.fail_after(5):
-            return await svc.store.get_action(action_id)
-    except (BackendUnavailable, trio.TooSlowError):
-        raise unavailable(1, "the store is unavailable") from None
-
-
-async def replay_response(svc: Services, submitted: Submitted) -> Answer:
+def replay_response(replayed: Replayed) -> Answer:
     """The first answer again, with the action's current status. When the store does not
     answer, a first 202 is repeated as it was (the action is queued, that much is known)."""
-    try:
-        record = await stored_action(svc, submitted.action_id)
-    except RequestRejected:
-        if submitted.replayed_status_code != 202:
-            raise
-        record = None
-    if submitted.replayed_status_code != 202 and record is not None:
-        answer = outcome_response(
-            record.action_id,
-            record.status,
-            record.score_delta,
-            record.new_score,
-            record.error,
-            record.message,
-            None,
-        )
-    else:
-        answer = accepted_response(submitted.action_id, record.status if record else "accepted")
-    answer.headers["Idempotent-Replayed"] = "true"
-    return answer
+    record = replayed.record
+    if replayed.first_status_code != 202:
+        if not replayed.store_answered:
+            raise rejection(Unavailable("the store is unavailable"))
+        if record is not None:
+            # A replay is refused no wait: a rate-limited first answer comes back as 422.
+            answer = outcome_response(record.action_id, replace(record.outcome, retry_after_s=None))
+            answer.headers["Idempotent-Replayed"] = "true"
+            return answer
+    status = record.outcome.status if record else "accepted"
+    return accepted_response(replayed.action_id, status, replayed=True)
 
 
 @blueprint.post("/api/v1/actions/perform")
@@ -206,19 +177,19 @@ class _Attempt:
 
 
 async def perform_action(svc: Services, request: PerformRequest) -> Answer:
-    """`POST /api/v1/actions/perform` (contract §2), refusals included: each refusal of the
+    """`POST /api/v1/actions/perform` (docs/api.md), refusals included: each refusal of the
     client's goes to the audit trail."""
     started = time.perf_counter()
     attempt = _Attempt()
     with logs.action_scope():
         try:
             answer = await _perform(svc, request, attempt)
-        except RequestRejected as rejection:
-            metrics.ACTIONS_REFUSED.labels(rejection.error).inc()
+        except RequestRejected as refused:
+            metrics.ACTIONS_REFUSED.labels(refused.error).inc()
             headers = request.headers
             audit_refusal(
                 svc,
-                rejection,
+                refused,
                 channel="http",
                 user_id=attempt.user_id,
                 attempted=attempt.body,
@@ -226,7 +197,7 @@ async def perform_action(svc: Services, request: PerformRequest) -> Answer:
                 user_agent=headers.get("User-Agent", ""),
                 headers=audited_headers(headers),
             )
-            return Answer.refusal(rejection)
+            return Answer.refusal(refused)
     if answer.status == 202:  # accepted and queued; a waited-for outcome counts its wait too
         metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return answer
@@ -241,9 +212,16 @@ async def _perform(svc: Services, request: PerformRequest, attempt: _Attempt) ->
         raise insufficient_scope("write")
     body = await read_json(headers.get("Content-Type"), request.content_length, request.read_body)
     attempt.body = body
-    payload = parse_payload(svc, body)
+    payload = svc.intake.parse(body)
+    if isinstance(payload, Refused):
+        raise rejection(payload)
     wait_s = prefer_wait_s(headers.get("Prefer"))
-    ip = client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies)
+    submitter = Submitter(
+        user_id=claims.user_id,
+        ip=client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies),
+        user_agent=headers.get("User-Agent", ""),
+        headers=audited_headers(headers),
+    )
     action_id = uuid.uuid4()
     logs.current_action_id.set(str(action_id))
     async with contextlib.AsyncExitStack() as waiting:
@@ -253,37 +231,22 @@ async def _perform(svc: Services, request: PerformRequest, attempt: _Attempt) ->
             if wait_s
             else None
         )
-        submitted = await submit_action(
-            svc,
-            claims,
-            payload,
-            action_id=action_id,
-            ip=ip,
-            user_agent=headers.get("User-Agent", ""),
-            headers=audited_headers(headers),
-        )
-        if submitted.replayed_status_code is not None:
-            return await replay_response(svc, submitted)
+        match await svc.intake.submit(payload, submitter, action_id=action_id):
+            case Replayed() as replayed:
+                return replay_response(replayed)
+            case Refused() | Unavailable() as refused:
+                raise rejection(refused)
+            case Accepted():
+                pass
         if awaited is None:
-            return accepted_response(submitted.action_id)
-        outcome = None
+            return accepted_response(action_id)
+        finished = None
         with trio.move_on_after(wait_s):
-            outcome = await awaited.wait()
-    if outcome is None:
+            finished = await awaited.wait()
+    if finished is None:
         return accepted_response(action_id)
-    answer = outcome_response(
-        action_id,
-        outcome.status,
-        outcome.score_delta,
-        outcome.new_score,
-        outcome.error,
-        outcome.message,
-        outcome.retry_after_s,
-    )
-    with contextlib.suppress(BackendUnavailable):
-        await svc.guard.set_first_status(
-            user_id=claims.user_id, nonce=payload.nonce, status_code=answer.status
-        )
+    answer = outcome_response(action_id, finished.outcome)
+    await svc.intake.remember_first_answer(submitter, payload, answer.status)
     return answer
 
 
@@ -300,7 +263,9 @@ async def get_action(action_id: str) -> Response:
         parsed = uuid.UUID(action_id)
     except ValueError:
         raise invalid_request("action_id must be a UUID") from None
-    record = await stored_action(svc, parsed)
+    record = await stored_action(svc.store, parsed)
+    if isinstance(record, Unavailable):
+        raise rejection(record)
     if record is None:
         pending = await svc.guard.pending_action(parsed)
         if pending is None or pending.user_id != claims.user_id:

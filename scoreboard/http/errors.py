@@ -6,6 +6,8 @@ from typing import Any
 
 from quart import Response, jsonify
 
+from scoreboard.intake import Refused, Unavailable
+
 
 class RequestRejected(Exception):
     """Raised by handlers and helpers; rendered as the contract's JSON error."""
@@ -87,6 +89,15 @@ def unavailable(retry_after_s: int, message: str, *, outcome: str | None = None)
         headers={"Retry-After": str(retry_after_s)},
         extra=extra,
     )
+
+
+def rejection(refusal: Refused | Unavailable) -> RequestRejected:
+    """How HTTP and the WebSocket tell an action's refusal by the intake."""
+    if isinstance(refusal, Unavailable):
+        return unavailable(refusal.retry_after_s, refusal.message, outcome=refusal.outcome)
+    if refusal.retry_after_s is not None:
+        return rate_limited(refusal.retry_after_s)
+    return RequestRejected(400, refusal.error, refusal.message)
 
 
 def render(rejection: RequestRejected) -> Response:

@@ -35,7 +35,7 @@ from scoreboard.http.oauth_server import (
 from scoreboard.http.oauth_server import Response as OAuthResponse
 from scoreboard.http.requests import authenticate, bearer_token, client_ip, json_body
 from scoreboard.http.services import Services, current_services
-from scoreboard.model import normalized_identity
+from scoreboard.records import normalized_identity
 
 blueprint = Blueprint("oauth", __name__)
 

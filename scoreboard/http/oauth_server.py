@@ -47,7 +47,7 @@ from scoreboard.auth.clients import (
 from scoreboard.auth.tokens import AccessClaims, InvalidToken, issue_access_token
 from scoreboard.auth.tokens import verify_access_token as verify_token
 from scoreboard.http.services import Services
-from scoreboard.model import (
+from scoreboard.records import (
     AuthorizationCodeRecord,
     GrantRecord,
     GrantRevoked,

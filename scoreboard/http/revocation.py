@@ -10,7 +10,8 @@ import trio
 
 from scoreboard.adapters.interfaces import BackendUnavailable, PublishFailed
 from scoreboard.http.services import Services
-from scoreboard.model import TokensRevoked, encode_event
+from scoreboard.records import TokensRevoked
+from scoreboard.wire import encode_event
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from scoreboard.auth.token_cache import VerifiedTokens
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
 from scoreboard.http.connections import ConnectionCounts
+from scoreboard.intake import Intake
 
 if TYPE_CHECKING:
     from scoreboard.http.ops import Observed
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Services:
     """The API's dependencies: the backends, the actors it calls (the hub and the publisher,
-    through their client functions), what the operations endpoints report on, and the objects that
-    own the process's shared state (the deny-list, the connection counts, the hub's figures)."""
+    through their client functions), the intake of actions (`scoreboard/intake.py`), what the
+    operations endpoints report on, and the objects that own the process's shared state (the
+    deny-list, the connection counts, the hub's figures)."""
 
     config: Config
     catalogue: Catalogue
@@ -42,6 +44,7 @@ class Services:
     hub: HubHandle
     publisher: PublisherHandle
     auditor: AuditHandle
+    intake: Intake
     deny_list: DenyList
     observed: Observed
     """What the operations endpoints report on (the supervision tree, the metrics)."""

@@ -45,7 +45,8 @@ from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.addresses import address_key
 from scoreboard.auth.tokens import AccessClaims
 from scoreboard.http.connections import TooManyConnections
-from scoreboard.http.errors import RequestRejected
+from scoreboard.http.edge_audit import audit_refusal
+from scoreboard.http.errors import RequestRejected, rejection
 from scoreboard.http.outbox import GONE, MailboxClosed, SlowReader, SocketOutbox
 from scoreboard.http.requests import (
     audited_headers,
@@ -54,12 +55,7 @@ from scoreboard.http.requests import (
     parse_json,
 )
 from scoreboard.http.services import Services
-from scoreboard.http.submission import (
-    audit_refusal,
-    parse_payload,
-    rejected_before_queueing,
-    submit_action,
-)
+from scoreboard.intake import Accepted, Refused, Replayed, Submitter, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +102,40 @@ def error_frame(error: str, message: str | None = None) -> dict[str, Any]:
     if message:
         frame["message"] = message
     return frame
+
+
+def action_result(data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "action_result", "data": data}
+
+
+def accepted_data(action_id: uuid.UUID, nonce: str) -> dict[str, Any]:
+    """The `action_result` of an action queued, not yet scored."""
+    return {
+        "action_id": str(action_id),
+        "nonce": nonce,
+        "status": "accepted",
+        "score_delta": None,
+        "new_score": None,
+        "error": None,
+    }
+
+
+def rejected_before_queueing(exc: RequestRejected, nonce: str | None) -> dict[str, Any]:
+    """The `action_result` of a refusal before queueing (the same error codes as HTTP)."""
+    data: dict[str, Any] = {
+        "action_id": None,
+        "nonce": nonce,
+        "status": "rejected",
+        "score_delta": 0,
+        "new_score": None,
+        "error": exc.error,
+    }
+    if exc.message is not None:
+        data["message"] = exc.message
+    for extra in ("retry_after", "outcome"):
+        if extra in exc.extra:
+            data[extra] = exc.extra[extra]
+    return data
 
 
 def is_live_path_upgrade(head: bytes) -> h11.Request | None:
@@ -532,56 +562,53 @@ class Connection:
         assert self.claims is not None
         nonce = message.get("nonce") if isinstance(message.get("nonce"), str) else None
         action_id = uuid.uuid4()
-        try:
-            if "write" not in self.claims.scope:
-                raise RequestRejected(403, "insufficient_scope", "this needs the 'write' scope")
-            payload = parse_payload(self.svc, message, allowed_extra=frozenset({"type"}))
-            with logs.action_context(action_id):
-                submitted = await submit_action(
-                    self.svc,
-                    self.claims,
-                    payload,
-                    action_id=action_id,
-                    ip=self.ip,
-                    user_agent=self.user_agent,
-                    headers=self.audited,
-                )
-        except RequestRejected as exc:
-            metrics.ACTIONS_REFUSED.labels(exc.error).inc()
-            audit_refusal(
-                self.svc,
-                exc,
-                channel="websocket",
-                user_id=self.claims.user_id,
-                attempted=message,
-                ip=self.ip,
-                user_agent=self.user_agent,
-                headers=self.audited,
+        if "write" not in self.claims.scope:
+            self.refuse(
+                RequestRejected(403, "insufficient_scope", "this needs the 'write' scope"),
+                message,
+                nonce,
             )
-            self.personal({"type": "action_result", "data": rejected_before_queueing(exc, nonce)})
             return
-        data: dict[str, Any] = {
-            "action_id": str(submitted.action_id),
-            "nonce": submitted.nonce,
-            "status": "accepted",
-            "score_delta": None,
-            "new_score": None,
-            "error": None,
-        }
-        if submitted.replayed_status_code is not None:
-            data["replayed"] = True
-            try:
-                record = await self.svc.store.get_action(submitted.action_id)
-            except BackendUnavailable:
-                record = None
-            if record is not None:
-                data.update(
-                    status=record.status,
-                    score_delta=record.score_delta,
-                    new_score=record.new_score,
-                    error=record.error,
-                )
-        self.personal({"type": "action_result", "data": data})
+        payload = self.svc.intake.parse(message, allowed_extra=frozenset({"type"}))
+        if isinstance(payload, Refused):
+            self.refuse(rejection(payload), message, nonce)
+            return
+        submitter = Submitter(self.claims.user_id, self.ip, self.user_agent, self.audited)
+        with logs.action_context(action_id):
+            submitted = await self.svc.intake.submit(payload, submitter, action_id=action_id)
+        match submitted:
+            case Refused() | Unavailable() as refused:
+                self.refuse(rejection(refused), message, nonce)
+            case Accepted(accepted_id, accepted_nonce):
+                self.personal(action_result(accepted_data(accepted_id, accepted_nonce)))
+            case Replayed(replayed_id, replayed_nonce, _, record):
+                data = accepted_data(replayed_id, replayed_nonce)
+                data["replayed"] = True
+                if record is not None:
+                    data.update(
+                        status=record.outcome.status,
+                        score_delta=record.outcome.score_delta,
+                        new_score=record.outcome.new_score,
+                        error=record.outcome.error,
+                    )
+                self.personal(action_result(data))
+
+    def refuse(self, rejected: RequestRejected, message: dict[str, Any], nonce: str | None) -> None:
+        """The `action_result` of an action refused before it was queued; the refusal of
+        `message` goes to the audit trail."""
+        assert self.claims is not None
+        metrics.ACTIONS_REFUSED.labels(rejected.error).inc()
+        audit_refusal(
+            self.svc,
+            rejected,
+            channel="websocket",
+            user_id=self.claims.user_id,
+            attempted=message,
+            ip=self.ip,
+            user_agent=self.user_agent,
+            headers=self.audited,
+        )
+        self.personal(action_result(rejected_before_queueing(rejected, nonce)))
 
     def personal(self, frame: dict[str, Any]) -> None:
         self.control(outgoing(encode_frame(frame)))

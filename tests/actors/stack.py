@@ -24,9 +24,10 @@ from scoreboard.adapters.redis import RedisBoard, board_keys
 from scoreboard.bridge import Bridge
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.model import Event, LeaderboardChanged, decode_events, encode_event
+from scoreboard.records import Event, LeaderboardChanged
 from scoreboard.server import worker_supervisor
 from scoreboard.supervisor import Supervisor
+from scoreboard.wire import decode_events, encode_event
 
 PROBE_MS = -1  # the updated_at_ms of the probe events that show the tap is subscribed
 

@@ -13,7 +13,7 @@ from scoreboard.actors import auditor
 from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import SQLiteStore, open_sqlite
-from scoreboard.model import EdgeRefusal
+from scoreboard.records import EdgeRefusal
 
 
 def refusal(n: int, user_id: int | None = None) -> EdgeRefusal:

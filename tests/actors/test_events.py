@@ -16,16 +16,15 @@ from scoreboard.actors import events, hub
 from scoreboard.actors.messages import HubMsg
 from scoreboard.actors.revocations import DenyList
 from scoreboard.http.mailbox import Mailbox
-from scoreboard.model import (
+from scoreboard.records import (
     ActionFinished,
     Event,
     LeaderboardChanged,
+    Outcome,
     RankedEntry,
     ScoreChanged,
-    decode_events,
-    encode_event,
-    encode_events,
 )
+from scoreboard.wire import decode_events, encode_event, encode_events
 from tests.actors.stack import PROBE_MS, Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,12 +35,7 @@ def outcome(user_id: int) -> ActionFinished:
         user_id=user_id,
         action_id=uuid.uuid4(),
         nonce="nonce-00000001",
-        status="completed",
-        score_delta=10,
-        new_score=110,
-        error=None,
-        message=None,
-        retry_after_s=None,
+        outcome=Outcome("completed", 10, 110),
     )
 
 

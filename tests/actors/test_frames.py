@@ -9,7 +9,7 @@ from wsproto.connection import CLIENT, Connection
 from wsproto.events import TextMessage
 
 from scoreboard.actors.frames import action_result_frame, leaderboard_frame, outgoing, rfc3339_ms
-from scoreboard.model import ActionFinished, RankedEntry
+from scoreboard.records import ActionFinished, Outcome, RankedEntry
 
 
 def test_times_are_rfc3339_utc_with_milliseconds() -> None:
@@ -28,7 +28,7 @@ def test_a_leaderboard_frame_is_compact_json_of_the_contract_shape() -> None:
 
 def test_an_action_result_carries_message_and_retry_after_only_when_present() -> None:
     action_id = uuid.uuid4()
-    completed = ActionFinished(7, action_id, "n-1", "completed", 10, 110, None, None, None)
+    completed = ActionFinished(7, action_id, "n-1", Outcome("completed", 10, 110))
     assert json.loads(action_result_frame(completed))["data"] == {
         "action_id": str(action_id),
         "nonce": "n-1",
@@ -38,7 +38,7 @@ def test_an_action_result_carries_message_and_retry_after_only_when_present() ->
         "error": None,
     }
     limited = ActionFinished(
-        7, action_id, "n-2", "rejected", 0, 100, "rate_limit_exceeded", "slow down", 4
+        7, action_id, "n-2", Outcome("rejected", 0, 100, "rate_limit_exceeded", "slow down", 4)
     )
     data = json.loads(action_result_frame(limited))["data"]
     assert (data["error"], data["message"], data["retry_after"]) == (

@@ -30,7 +30,13 @@ from scoreboard.actors.messages import (
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
 from scoreboard.config import Config
 from scoreboard.http.mailbox import Mailbox
-from scoreboard.model import ActionFinished, LeaderboardChanged, RankedEntry, ScoreChanged
+from scoreboard.records import (
+    ActionFinished,
+    LeaderboardChanged,
+    Outcome,
+    RankedEntry,
+    ScoreChanged,
+)
 
 T0_MS = 1_764_500_000_000
 
@@ -69,20 +75,15 @@ def board(*scores: int) -> tuple[RankedEntry, ...]:
     )
 
 
-def finished(user_id: int, action_id: uuid.UUID | None = None, **changes: object) -> ActionFinished:
-    fields: dict[str, object] = {
-        "user_id": user_id,
-        "action_id": action_id or uuid.uuid4(),
-        "nonce": "nonce-0001",
-        "status": "completed",
-        "score_delta": 10,
-        "new_score": 110,
-        "error": None,
-        "message": None,
-        "retry_after_s": None,
-    }
-    fields.update(changes)
-    return ActionFinished(**fields)  # type: ignore[arg-type]
+def finished(
+    user_id: int,
+    action_id: uuid.UUID | None = None,
+    outcome: Outcome | None = None,
+    nonce: str = "nonce-0001",
+) -> ActionFinished:
+    return ActionFinished(
+        user_id, action_id or uuid.uuid4(), nonce, outcome or Outcome("completed", 10, 110)
+    )
 
 
 @dataclass
@@ -191,12 +192,14 @@ async def test_personal_frames_go_only_to_that_users_connections(running_hub: Hu
         finished(7, action_id),
         finished(
             7,
-            error="rate_limit_exceeded",
-            status="rejected",
-            score_delta=0,
-            new_score=100,
-            message="rate limit exceeded",
-            retry_after_s=4,
+            outcome=Outcome(
+                "rejected",
+                0,
+                new_score=100,
+                error="rate_limit_exceeded",
+                message="rate limit exceeded",
+                retry_after_s=4,
+            ),
         ),
     )
     for mailbox in (alice_phone, alice_laptop):

@@ -14,13 +14,14 @@ import trio
 
 from scoreboard.actors import keeper
 from scoreboard.actors.messages import Committed, KeeperMsg
-from scoreboard.model import (
+from scoreboard.records import (
     ActionEnvelope,
     ActionFinished,
     BoardEntry,
     CommitResult,
     Decision,
     LeaderboardChanged,
+    Outcome,
     RankedEntry,
     ScoreChanged,
 )
@@ -41,8 +42,9 @@ def decision(user_id: int, delta: int, status: str = "completed") -> Decision:
         received_at_ms=T0,
     )
     if status == "completed":
-        return Decision(envelope, "completed", delta)
-    return Decision(envelope, "rejected", 0, error="rate_limit_exceeded", retry_after_s=3)
+        return Decision(envelope, Outcome("completed", delta))
+    limited = Outcome("rejected", 0, error="rate_limit_exceeded", retry_after_s=3)
+    return Decision(envelope, limited)
 
 
 async def scored(stack: Stack, *users_and_deltas: tuple[int, int]) -> list[CommitResult]:
@@ -137,7 +139,10 @@ async def test_a_batch_moves_scores_and_publishes_what_changed(stack: Stack) -> 
             c: ScoreChanged(c, name_c, old_score=0, new_score=1, rank=3, rank_change=0),
         }
         published = outcomes(tap, results)
-        assert [(e.user_id, e.status, e.score_delta, e.new_score) for e in published] == [
+        assert [
+            (e.user_id, e.outcome.status, e.outcome.score_delta, e.outcome.new_score)
+            for e in published
+        ] == [
             (b, "completed", 15, 35),
             (b, "completed", 5, 40),
             (c, "completed", 1, 1),
@@ -154,7 +159,7 @@ async def test_a_rejection_is_announced_without_moving_anything(stack: Stack) ->
         await inbox.send(Committed(tuple(results)))
         await drained(stack, tap, inbox, a)
         (outcome,) = outcomes(tap, results)
-        assert (outcome.status, outcome.error, outcome.retry_after_s) == (
+        assert (outcome.outcome.status, outcome.outcome.error, outcome.outcome.retry_after_s) == (
             "rejected",
             "rate_limit_exceeded",
             3,

@@ -14,7 +14,8 @@ import aio_pika
 import pytest
 import trio
 
-from scoreboard.model import ActionEnvelope, ActionFinished
+from scoreboard.records import ActionEnvelope, ActionFinished
+from scoreboard.wire import encode_envelope
 from tests.actors.stack import EventTap, Stack, running_worker, tap_events
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,7 +102,7 @@ async def assert_scored_exactly_once(stack: Stack, items: Sequence[ActionEnvelop
     for item in random.sample(list(items), min(50, len(items))):
         record = await stack.store.get_action(item.action_id)
         assert record is not None
-        assert record.status == "completed"
+        assert record.outcome.status == "completed"
     assert await stack.queue_depth() == 0
 
 
@@ -124,10 +125,10 @@ async def test_limits_are_judged_where_actions_are_scored(stack: Stack) -> None:
     async with tap_events(stack.broker) as tap, running_worker(stack):
         await all_finished(tap, items)
     outcomes = {e.action_id: e for e in tap.events if isinstance(e, ActionFinished)}
-    statuses = [outcomes[item.action_id].status for item in items]
+    statuses = [outcomes[item.action_id].outcome.status for item in items]
     assert statuses == ["completed", "rejected", "rejected", "rejected", "rejected"] * 4
     rejected = outcomes[items[1].action_id]
-    assert (rejected.error, rejected.retry_after_s) == ("rate_limit_exceeded", 4)
+    assert (rejected.outcome.error, rejected.outcome.retry_after_s) == ("rate_limit_exceeded", 4)
     (entry,) = await stack.store.board_entries([user])
     assert entry.score == 4 * POINTS
 
@@ -174,7 +175,7 @@ async def test_poison_is_dead_lettered_and_the_rest_is_scored(stack: Stack) -> N
                 await trio.sleep(0.05)
         await drained(stack)
     reasons = {body: reason for body, reason in failed}
-    assert reasons[stranger[0].encode()] == "unknown user 987654321"
+    assert reasons[encode_envelope(stranger[0])] == "unknown user 987654321"
     assert reasons[b"this is not an action"].startswith("malformed: ")
     await assert_scored_exactly_once(stack, items)
 

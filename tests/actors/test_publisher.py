@@ -18,7 +18,7 @@ from scoreboard.actors.messages import Publish, PublisherMsg
 from scoreboard.adapters.interfaces import PublishFailed, PublishOutcomeUnknown
 from scoreboard.bridge import BridgeClosed
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 
 INBOX = 1024
 
@@ -94,7 +94,7 @@ async def running(
 async def publish(
     inbox: trio.MemorySendChannel[PublisherMsg], item: ActionEnvelope
 ) -> Exception | None:
-    """What a request handler does (`http/submission.py`)."""
+    """What a request handler does (`scoreboard/intake.py`)."""
     reply_send, reply_receive = trio.open_memory_channel[Exception | None](1)
     with reply_receive:
         await inbox.send(Publish(item, reply_send))

@@ -8,7 +8,7 @@ import pytest
 
 from scoreboard.actors.user import Ledger
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from tests.rate_rules import RATE_CASES, T0, RateCase
 
 USER_ID = 7
@@ -33,9 +33,13 @@ def test_the_ledger_passes_the_rate_cases(case: RateCase) -> None:
             )
         )
         if attempt.retry_after_s is None:
-            assert (decision.status, decision.error) == ("completed", None), attempt
+            assert (decision.outcome.status, decision.outcome.error) == ("completed", None), attempt
         else:
-            assert (decision.status, decision.error, decision.retry_after_s) == (
+            assert (
+                decision.outcome.status,
+                decision.outcome.error,
+                decision.outcome.retry_after_s,
+            ) == (
                 "rejected",
                 "rate_limit_exceeded",
                 attempt.retry_after_s,

@@ -11,7 +11,7 @@ from scoreboard.actors import hub
 from scoreboard.actors.messages import HubMsg
 from scoreboard.actors.revocations import DenyList
 from scoreboard.auth.tokens import AccessClaims
-from scoreboard.model import Revocation, TokensRevoked
+from scoreboard.records import Revocation, TokensRevoked
 
 FAR_MS = 4_102_444_800_000  # 2100: nothing here expires
 

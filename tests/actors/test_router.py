@@ -24,7 +24,7 @@ from scoreboard.actors.user import CRASHED
 from scoreboard.adapters.interfaces import Delivery
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, RecentAction
+from scoreboard.records import ActionEnvelope, RecentAction
 from scoreboard.supervisor import DynamicSupervisor
 from tests.actors.scorer_side import answering_barriers, handed_over
 

@@ -25,7 +25,7 @@ from scoreboard.adapters.sqlite import SQLiteStore, open_sqlite
 from scoreboard.bridge import open_bridge
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import Config, DatabaseConfig
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.records import ActionEnvelope, Decision
 
 CATALOGUE = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "actions.toml")
 CONFIG = Config()
@@ -169,17 +169,17 @@ async def test_each_rule_refuses_with_its_reason_on_both_backends(
         item = envelope(user_id, step)
         decision = await decide(ledger_for(), store, user_id, item)
         [result] = await store.commit_actions([decision])
-        assert (index, result.status) == (index, step.status), result.message
+        assert (index, result.outcome.status) == (index, step.status), result.outcome.message
         if step.status == "rejected":
-            assert result.error == "invalid_action"
-            assert step.message is None or step.message in (result.message or "")
+            assert result.outcome.error == "invalid_action"
+            assert step.message is None or step.message in (result.outcome.message or "")
         else:
             expected_score += CATALOGUE.types[step.action_type].points
         # A redelivery of the same action answers the same, and counts nothing again.
         [again] = await store.commit_actions([decision])
-        assert (again.status, again.message, again.duplicate) == (
-            result.status,
-            result.message,
+        assert (again.outcome.status, again.outcome.message, again.duplicate) == (
+            result.outcome.status,
+            result.outcome.message,
             True,
         )
     entries = await store.board_entries([user_id])
@@ -195,16 +195,20 @@ async def test_two_workers_deciding_the_same_key_at_once_count_it_once(store: St
         Ledger(CATALOGUE, CONFIG).decide(envelope(user_id, login(NOON + offset)))
         for offset in (0, STEP_MS)
     )
-    assert first.status == second.status == "completed"
+    assert first.outcome.status == second.outcome.status == "completed"
     results = await store.commit_actions([first, second])
-    assert [r.status for r in results] == ["completed", "rejected"]
-    assert results[1].message == ONCE_A_DAY
+    assert [r.outcome.status for r in results] == ["completed", "rejected"]
+    assert results[1].outcome.message == ONCE_A_DAY
     third = Ledger(CATALOGUE, CONFIG).decide(envelope(user_id, login(NOON + 2 * STEP_MS)))
     [result] = await store.commit_actions([third])
-    assert (result.status, result.message, result.new_score) == ("rejected", ONCE_A_DAY, 5)
+    assert (result.outcome.status, result.outcome.message, result.new_score) == (
+        "rejected",
+        ONCE_A_DAY,
+        5,
+    )
     record = await store.get_action(third.envelope.action_id)
     assert record is not None
-    assert (record.status, record.error, record.message) == (
+    assert (record.outcome.status, record.outcome.error, record.outcome.message) == (
         "rejected",
         "invalid_action",
         ONCE_A_DAY,

@@ -4,6 +4,7 @@ The same behaviour against the real PostgreSQL and RabbitMQ is in test_pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +21,7 @@ from scoreboard.actors.messages import Barrier, Committed, KeeperMsg, Score, Sco
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, UnknownUser
 from scoreboard.catalogue import configured_catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, CommitResult, Decision
+from scoreboard.records import ActionEnvelope, CommitResult, Decision, Outcome
 
 T0 = 1_764_500_000_000
 
@@ -35,7 +36,7 @@ def score(tag: int, user_id: int = 1, attempts: int = 0) -> Score:
         received_at_ms=T0 + tag,
         attempts=attempts,
     )
-    return Score(Decision(envelope, "completed", 5), Delivery(tag, 1, b"", None, False))
+    return Score(Decision(envelope, Outcome("completed", 5)), Delivery(tag, 1, b"", None, False))
 
 
 def result_of(decision: Decision) -> CommitResult:
@@ -45,14 +46,9 @@ def result_of(decision: Decision) -> CommitResult:
         user_id=envelope.user_id,
         username=f"user{envelope.user_id}",
         nonce=envelope.nonce,
-        status=decision.status,
-        score_delta=decision.score_delta,
+        outcome=dataclasses.replace(decision.outcome, new_score=decision.outcome.score_delta),
         old_score=0,
-        new_score=decision.score_delta,
         score_reached_at_ms=T0,
-        error=None,
-        message=None,
-        retry_after_s=None,
         duplicate=False,
     )
 

@@ -24,7 +24,7 @@ from scoreboard.actors.messages import Barrier, Route, Score, ScorerMsg, UserMsg
 from scoreboard.adapters.interfaces import BackendUnavailable, Delivery
 from scoreboard.catalogue import Catalogue, load_catalogue
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope, ActionStatus, Decision, RecentAction
+from scoreboard.records import ActionEnvelope, ActionStatus, Decision, RecentAction
 from tests.actors.scorer_side import answering_barriers
 
 USER_ID = 7
@@ -174,26 +174,28 @@ async def actor(store: RecentActions, cfg: Config) -> AsyncIterator[UserActor]:
 
 def completed(decision: Decision, points: int = 10) -> bool:
     return (
-        decision.status == "completed" and decision.score_delta == points and decision.error is None
+        decision.outcome.status == "completed"
+        and decision.outcome.score_delta == points
+        and decision.outcome.error is None
     )
 
 
 def rate_limited(decision: Decision, retry_after_s: int) -> bool:
     return (
-        decision.status == "rejected"
-        and decision.error == "rate_limit_exceeded"
-        and decision.score_delta == 0
-        and decision.retry_after_s == retry_after_s
+        decision.outcome.status == "rejected"
+        and decision.outcome.error == "rate_limit_exceeded"
+        and decision.outcome.score_delta == 0
+        and decision.outcome.retry_after_s == retry_after_s
     )
 
 
 def invalid(decision: Decision, message: str) -> bool:
     return (
-        decision.status == "rejected"
-        and decision.error == "invalid_action"
-        and decision.score_delta == 0
-        and decision.message == message
-        and decision.retry_after_s is None
+        decision.outcome.status == "rejected"
+        and decision.outcome.error == "invalid_action"
+        and decision.outcome.score_delta == 0
+        and decision.outcome.message == message
+        and decision.outcome.retry_after_s is None
     )
 
 
@@ -204,8 +206,8 @@ async def test_an_action_completes_for_the_catalogues_points(actor: UserActor) -
     decisions = await actor.decide(
         envelope(T0), envelope(T0 + 2000, "win_match"), envelope(T0 + 4000, "collect_item")
     )
-    assert [d.score_delta for d in decisions] == [10, 25, 2]
-    assert all(d.status == "completed" and d.flags == () for d in decisions)
+    assert [d.outcome.score_delta for d in decisions] == [10, 25, 2]
+    assert all(d.outcome.status == "completed" and d.flags == () for d in decisions)
 
 
 async def test_an_unknown_action_type_is_invalid(actor: UserActor) -> None:
@@ -328,7 +330,7 @@ async def test_cooldowns_are_per_action_type(actor: UserActor) -> None:
         envelope(T0 + 3_000, "collect_item"),
         envelope(T0 + 3_500, "win_match"),
     )
-    assert [d.status for d in decisions] == ["completed"] * 4 + ["rejected"]
+    assert [d.outcome.status for d in decisions] == ["completed"] * 4 + ["rejected"]
     assert rate_limited(decisions[4], 3)
 
 
@@ -389,7 +391,7 @@ async def test_rejected_actions_do_not_count_toward_the_limit(actor: UserActor) 
         *(envelope(T0 + 100 * n, "no_such_type", data={}) for n in range(1, 20)),
         *(envelope(T0 + 2_100 + 500 * n) for n in range(5)),  # all within complete_task's cooldown
     )
-    assert sum(d.status == "completed" for d in decisions) == 1
+    assert sum(d.outcome.status == "completed" for d in decisions) == 1
     rest = await actor.decide(*(envelope(T0 + 6_000 * n) for n in range(1, 10)))
     assert all(completed(d) for d in rest)  # 10 completed in all
 
@@ -402,7 +404,7 @@ async def test_the_configured_limit_applies(store: RecentActions) -> None:
             envelope(T0 + 2_000, "daily_login"),
             envelope(T0 + 3_000, "collect_item"),
         )
-        assert [d.status for d in decisions] == ["completed"] * 3 + ["rejected"]
+        assert [d.outcome.status for d in decisions] == ["completed"] * 3 + ["rejected"]
         assert rate_limited(decisions[3], 57)
 
 
@@ -414,8 +416,8 @@ async def test_an_action_received_before_later_ones_counts_them_too(actor: UserA
     # [T0, T0+60 s) would hold it and nine of the later ones: fine; with one more it would not.
     assert completed(early, 25)
     earlier_still = await actor.one(envelope(T0 + 5_000, "daily_login"))
-    assert earlier_still.status == "rejected"
-    assert earlier_still.error == "rate_limit_exceeded"
+    assert earlier_still.outcome.status == "rejected"
+    assert earlier_still.outcome.error == "rate_limit_exceeded"
 
 
 async def test_limits_off_admits_everything_but_still_checks_validity(store: RecentActions) -> None:
@@ -516,7 +518,7 @@ async def test_a_stored_action_redelivered_after_a_restart_is_not_counted_again(
     last_id = store.add(T0)
     async with start_user(store, config()) as actor:
         redelivered = await actor.one(envelope(T0, action_id=last_id))
-        assert redelivered.status == "completed"
+        assert redelivered.outcome.status == "completed"
         assert redelivered.envelope.action_id == last_id
         # Ten in the window, counting the redelivered one once; the oldest leaves at T0 + 6 s.
         assert rate_limited(await actor.one(envelope(T0 + 1_000, "win_match")), 5)

@@ -115,26 +115,30 @@ async def test_the_store_records_everything_it_did_before_as_the_application_rol
     first, refused = await app_store.commit_actions(
         [completed(envelope(user_id), 8), rejected(envelope(user_id))]
     )
-    assert (first.status, refused.status) == ("completed", "rejected")
+    assert (first.outcome.status, refused.outcome.status) == ("completed", "rejected")
     poison = envelope(user_id, nonce="poison-1")
     await app_store.fail_action(poison, "exhausted 3 attempts")
     await app_store.fail_action(poison, "again")
     record = await app_store.get_action(poison.action_id)
     assert record is not None
-    assert (record.status, record.message, record.new_score) == (
+    assert (record.outcome.status, record.outcome.message, record.outcome.new_score) == (
         "failed",
         "exhausted 3 attempts",
         8,
     )
     # Replayed once its cause is fixed: a row of its own, scored once; the failure stays.
     [replayed] = await app_store.commit_actions([completed(poison, 5)])
-    assert (replayed.status, replayed.duplicate, replayed.new_score) == ("completed", False, 13)
+    assert (replayed.outcome.status, replayed.duplicate, replayed.new_score) == (
+        "completed",
+        False,
+        13,
+    )
     [again] = await app_store.commit_actions([completed(poison, 5)])
     assert (again.duplicate, again.new_score) == (True, 13)
     await app_store.fail_action(poison, "a late copy of the failure")
     record = await app_store.get_action(poison.action_id)
     assert record is not None
-    assert (record.status, record.score_delta) == ("completed", 5)
+    assert (record.outcome.status, record.outcome.score_delta) == ("completed", 5)
     assert await app_store.find_action_by_nonce(user_id, "poison-1") == record
     assert await app_store.score_discrepancies() == []
 

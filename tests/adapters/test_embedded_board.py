@@ -17,7 +17,7 @@ from scoreboard.adapters.memory_board import MemoryBoard, MemoryEdgeGuard
 from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import SQLiteStore, open_sqlite
 from scoreboard.config import AmqpConfig
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.records import ActionEnvelope, Decision, Outcome
 from tests.adapters.test_redis import (
     T0,
     claim,
@@ -108,7 +108,7 @@ async def test_after_a_restart_a_nonce_of_a_queued_or_stored_action_is_still_rep
     user_id = await backend.store.create_user("ada", "ada@example.test", "hash")
     queued, stored = _envelope(user_id, "queued-0001"), _envelope(user_id, "stored-0001")
     await backend.broker.publish_action(queued)
-    await backend.store.commit_actions([Decision(stored, "completed", 10)])
+    await backend.store.commit_actions([Decision(stored, Outcome("completed", 10))])
     forgetful = MemoryEdgeGuard(backend.broker)  # a new process: nothing in memory
 
     got = await claim(backend, user_id=user_id, nonce="queued-0001")  # type: ignore[arg-type]

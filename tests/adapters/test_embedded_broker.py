@@ -15,7 +15,7 @@ from scoreboard.adapters.interfaces import PublishFailed
 from scoreboard.adapters.migrations import load_sqlite_migrations
 from scoreboard.adapters.sqlite import database_path, open_sqlite
 from scoreboard.config import AmqpConfig
-from scoreboard.model import ActionEnvelope
+from scoreboard.wire import decode_envelope, encode_envelope
 from tests.adapters.test_rabbitmq import (
     RETRY_DELAYS_MS,
     Consumer,
@@ -65,14 +65,14 @@ async def test_a_second_consumer_stands_by_until_the_first_stops(broker: Embedde
     async with trio.open_nursery() as nursery:
         active = Consumer(broker, nursery)  # type: ignore[arg-type]
         await broker.publish_action(first := envelope())
-        assert ActionEnvelope.decode((await active.receive()).body) == first
+        assert decode_envelope((await active.receive()).body) == first
         standby = Consumer(broker, nursery)  # type: ignore[arg-type]
         await broker.publish_action(second := envelope())
-        assert ActionEnvelope.decode((await active.receive()).body) == second
+        assert decode_envelope((await active.receive()).body) == second
         assert await standby.nothing_within(0.5)
         active.stop()  # without acks: both come back, to the standby
         taken_over = [await standby.receive() for _ in range(2)]
-        assert [ActionEnvelope.decode(d.body) for d in taken_over] == [first, second]
+        assert [decode_envelope(d.body) for d in taken_over] == [first, second]
         assert all(d.redelivered for d in taken_over)
         await broker.settle(ack=taken_over)
         standby.stop()
@@ -94,7 +94,7 @@ async def test_what_was_unacked_when_the_process_died_is_redelivered(data_dir: P
         async with trio.open_nursery() as nursery:
             consumer = Consumer(broker, nursery)  # type: ignore[arg-type]
             back = [await consumer.receive(), await consumer.receive()]
-            assert [ActionEnvelope.decode(d.body) for d in back] == [held, never_delivered]
+            assert [decode_envelope(d.body) for d in back] == [held, never_delivered]
             assert all(d.redelivered for d in back)
             await broker.settle(ack=back)
             assert await consumer.nothing_within(0.3)
@@ -116,8 +116,8 @@ async def test_an_action_that_waited_past_the_ttl_is_dead_lettered(data_dir: Pat
         async with trio.open_nursery() as nursery:
             consumer = Consumer(broker, nursery)  # type: ignore[arg-type]
             delivery = await consumer.receive()
-            assert ActionEnvelope.decode(delivery.body) == fresh
-            assert await broker.list_failed(10) == [(stale.encode(), EXPIRED_REASON)]
+            assert decode_envelope(delivery.body) == fresh
+            assert await broker.list_failed(10) == [(encode_envelope(stale), EXPIRED_REASON)]
             consumer.stop()
 
 
@@ -130,7 +130,7 @@ async def test_rows_written_by_another_process_are_picked_up(
             consumer = Consumer(broker, nursery)  # type: ignore[arg-type]
             assert await consumer.nothing_within(0.2)
             await other_process.publish_action(sent := envelope())
-            assert ActionEnvelope.decode((await consumer.receive(timeout_s=5)).body) == sent
+            assert decode_envelope((await consumer.receive(timeout_s=5)).body) == sent
             consumer.stop()
 
 

@@ -91,10 +91,14 @@ async def test_an_action_is_stored_with_its_audit_fields(
     user_id = await new_user(store)  # type: ignore[arg-type]
     env = envelope(user_id, ip="203.0.113.7", user_agent="pytest", headers={"x-request-id": "r1"})
     [result] = await store.commit_actions([completed(env, 10, flags=("rapid_fire",))])
-    assert (result.status, result.new_score, result.duplicate) == ("completed", 10, False)
+    assert (result.outcome.status, result.new_score, result.duplicate) == ("completed", 10, False)
     record = await store.get_action(env.action_id)
     assert record is not None
-    assert (record.status, record.score_delta, record.new_score) == ("completed", 10, 10)
+    assert (record.outcome.status, record.outcome.score_delta, record.outcome.new_score) == (
+        "completed",
+        10,
+        10,
+    )
     assert record.processed_at_ms is not None
     assert await store.find_action_by_nonce(user_id, env.nonce) == record
 
@@ -138,7 +142,7 @@ async def test_group_commit_is_one_transaction(data_dir: Path, store: SQLiteStor
     results = await store.commit_actions(decisions)
     running = dict.fromkeys(users, 0)
     for decision, result in zip(decisions, results, strict=True):
-        running[decision.envelope.user_id] += decision.score_delta
+        running[decision.envelope.user_id] += decision.outcome.score_delta
         assert result.new_score == running[decision.envelope.user_id]
     assert {e.user_id: e.score for e in await store.board_entries(users)} == running
     assert await store.score_discrepancies() == []
@@ -180,7 +184,7 @@ async def test_commits_cancelled_at_random_moments_are_all_or_nothing(
             await store.commit_actions(batch)
     expected = dict.fromkeys(users, 0)
     for decision in (d for batch in batches for d in batch):
-        expected[decision.envelope.user_id] += decision.score_delta
+        expected[decision.envelope.user_id] += decision.outcome.score_delta
     assert {e.user_id: e.score for e in await store.board_entries(users)} == expected
 
 
@@ -194,7 +198,7 @@ async def test_everything_survives_reopening(data_dir: Path) -> None:
         store = SQLiteStore(database)
         record = await store.get_action(env.action_id)
         assert record is not None
-        assert (record.status, record.new_score) == ("completed", 10)
+        assert (record.outcome.status, record.outcome.new_score) == ("completed", 10)
         assert await store.get_action(uuid.uuid4()) is None
 
 

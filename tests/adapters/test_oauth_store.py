@@ -13,7 +13,7 @@ from scoreboard.actors import janitor
 from scoreboard.adapters.interfaces import ClientExists, Purged, Store
 from scoreboard.auth.clients import new_client
 from scoreboard.config import JanitorConfig
-from scoreboard.model import AuthorizationCodeRecord, GrantRecord, GrantRevoked, Revocation
+from scoreboard.records import AuthorizationCodeRecord, GrantRecord, GrantRevoked, Revocation
 from tests.adapters.test_postgres import bridge, new_user, store
 
 __all__ = ["bridge", "store"]

@@ -22,7 +22,7 @@ from scoreboard.adapters.interfaces import (
 from scoreboard.adapters.postgres import PostgresStore, open_postgres_store
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import DatabaseConfig
-from scoreboard.model import ActionEnvelope, Decision, SigningKeyRecord
+from scoreboard.records import ActionEnvelope, Decision, Outcome, SigningKeyRecord
 
 RECEIVED_AT_MS = 1_764_500_000_123
 
@@ -75,16 +75,19 @@ def envelope(
     )
 
 
-def completed(env: ActionEnvelope, delta: int = 10, **fields: Any) -> Decision:
-    return Decision(envelope=env, status="completed", score_delta=delta, **fields)
+def completed(
+    env: ActionEnvelope, delta: int = 10, flags: tuple[str, ...] = (), **fields: Any
+) -> Decision:
+    return Decision(env, Outcome("completed", delta, **fields), flags)
 
 
 def rejected(
     env: ActionEnvelope,
     error: Literal["rate_limit_exceeded", "invalid_action"] = "rate_limit_exceeded",
+    flags: tuple[str, ...] = (),
     **fields: Any,
 ) -> Decision:
-    return Decision(envelope=env, status="rejected", score_delta=0, error=error, **fields)
+    return Decision(env, Outcome("rejected", 0, error=error, **fields), flags)
 
 
 async def connection_states(bridge: Bridge, url: str) -> list[str]:
@@ -238,13 +241,23 @@ async def test_commit_one_completed_action_and_read_it_back(
 
     assert result.action_id == env.action_id
     assert (result.user_id, result.username, result.nonce) == (user_id, "alice", "nonce-0001")
-    assert (result.status, result.score_delta, result.old_score, result.new_score) == (
+    assert (
+        result.outcome.status,
+        result.outcome.score_delta,
+        result.old_score,
+        result.new_score,
+    ) == (
         "completed",
         10,
         0,
         10,
     )
-    assert (result.error, result.message, result.retry_after_s, result.duplicate) == (
+    assert (
+        result.outcome.error,
+        result.outcome.message,
+        result.outcome.retry_after_s,
+        result.duplicate,
+    ) == (
         None,
         None,
         None,
@@ -252,13 +265,18 @@ async def test_commit_one_completed_action_and_read_it_back(
     )
     record = await store.get_action(env.action_id)
     assert record is not None
-    assert (record.user_id, record.action_type, record.nonce, record.status) == (
+    assert (record.user_id, record.action_type, record.nonce, record.outcome.status) == (
         user_id,
         "complete_task",
         "nonce-0001",
         "completed",
     )
-    assert (record.score_delta, record.new_score, record.error, record.message) == (
+    assert (
+        record.outcome.score_delta,
+        record.outcome.new_score,
+        record.outcome.error,
+        record.outcome.message,
+    ) == (
         10,
         10,
         None,
@@ -299,7 +317,7 @@ async def test_group_commit_of_a_thousand_actions_keeps_a_running_new_score_per_
         user_id = decision.envelope.user_id
         assert result.action_id == decision.envelope.action_id
         assert result.old_score == running[user_id]
-        running[user_id] += decision.score_delta
+        running[user_id] += decision.outcome.score_delta
         assert result.new_score == running[user_id]
         assert not result.duplicate
     entries = await store.board_entries(users)
@@ -330,16 +348,21 @@ async def test_committing_the_same_batch_again_moves_no_score(store: PostgresSto
     assert {e.user_id: e.score for e in await store.board_entries(users)} == scores
     assert [r.duplicate for r in again] == [True] * len(decisions)
     for before, after in zip(first, again, strict=True):
-        assert (after.status, after.score_delta, after.old_score, after.new_score) == (
-            before.status,
-            before.score_delta,
+        assert (
+            after.outcome.status,
+            after.outcome.score_delta,
+            after.old_score,
+            after.new_score,
+        ) == (
+            before.outcome.status,
+            before.outcome.score_delta,
             before.old_score,
             before.new_score,
         )
-        assert (after.error, after.message, after.retry_after_s) == (
-            before.error,
-            before.message,
-            before.retry_after_s,
+        assert (after.outcome.error, after.outcome.message, after.outcome.retry_after_s) == (
+            before.outcome.error,
+            before.outcome.message,
+            before.outcome.retry_after_s,
         )
     assert await store.score_discrepancies() == []
 
@@ -351,7 +374,7 @@ async def test_an_action_id_twice_in_one_batch_counts_once(store: PostgresStore)
     first, second = await store.commit_actions([decision, decision])
 
     assert (first.duplicate, first.new_score) == (False, 7)
-    assert (second.duplicate, second.status, second.new_score) == (True, "completed", 7)
+    assert (second.duplicate, second.outcome.status, second.new_score) == (True, "completed", 7)
     user = await store.get_user(user_id)
     assert user is not None
     assert user.score == 7
@@ -373,12 +396,12 @@ async def test_a_replayed_nonce_under_a_new_action_id_is_rejected_and_not_stored
 
     replayed, fresh, replayed_in_batch = results
     for result, score in ((replayed, 10), (replayed_in_batch, 13)):
-        assert (result.status, result.error, result.message) == (
+        assert (result.outcome.status, result.outcome.error, result.outcome.message) == (
             "rejected",
             "invalid_action",
             "duplicate nonce",
         )
-        assert (result.score_delta, result.old_score, result.new_score) == (0, score, score)
+        assert (result.outcome.score_delta, result.old_score, result.new_score) == (0, score, score)
         assert result.duplicate
     assert (fresh.new_score, fresh.duplicate) == (13, False)
     assert await store.get_action(replay.action_id) is None
@@ -395,7 +418,8 @@ async def test_rejected_actions_are_stored_with_no_delta_and_their_reason(
     decisions = [
         completed(envelope(user_id), 10),
         Decision(
-            envelope(user_id), "rejected", 10, "rate_limit_exceeded", "slow down", retry_after_s=4
+            envelope(user_id),
+            Outcome("rejected", 10, None, "rate_limit_exceeded", "slow down", retry_after_s=4),
         ),
         rejected(envelope(user_id), "invalid_action", message="task already completed"),
         completed(envelope(user_id), 5),
@@ -403,24 +427,37 @@ async def test_rejected_actions_are_stored_with_no_delta_and_their_reason(
 
     results = await store.commit_actions(decisions)
 
-    assert [(r.status, r.score_delta, r.old_score, r.new_score) for r in results] == [
+    assert [
+        (r.outcome.status, r.outcome.score_delta, r.old_score, r.new_score) for r in results
+    ] == [
         ("completed", 10, 0, 10),
         ("rejected", 0, 10, 10),
         ("rejected", 0, 10, 10),
         ("completed", 5, 10, 15),
     ]
-    assert (results[1].error, results[1].message, results[1].retry_after_s) == (
+    assert (
+        results[1].outcome.error,
+        results[1].outcome.message,
+        results[1].outcome.retry_after_s,
+    ) == (
         "rate_limit_exceeded",
         "slow down",
         4,
     )
     record = await store.get_action(decisions[2].envelope.action_id)
     assert record is not None
-    assert (record.status, record.score_delta, record.new_score) == ("rejected", 0, 10)
-    assert (record.error, record.message) == ("invalid_action", "task already completed")
+    assert (record.outcome.status, record.outcome.score_delta, record.outcome.new_score) == (
+        "rejected",
+        0,
+        10,
+    )
+    assert (record.outcome.error, record.outcome.message) == (
+        "invalid_action",
+        "task already completed",
+    )
     assert record.created_at_ms == RECEIVED_AT_MS  # accepted then, whenever it was stored
     [redelivered] = await store.commit_actions([decisions[1]])
-    assert (redelivered.duplicate, redelivered.retry_after_s) == (True, 4)
+    assert (redelivered.duplicate, redelivered.outcome.retry_after_s) == (True, 4)
     assert await store.score_discrepancies() == []
 
 
@@ -551,20 +588,32 @@ async def test_a_failure_is_recorded_once_and_a_later_delivery_settles_it_once(
 
     record = await store.get_action(poison.action_id)
     assert record is not None
-    assert (record.status, record.score_delta, record.new_score) == ("failed", 0, 8)
-    assert (record.error, record.message) == (None, "exhausted 3 attempts")
+    assert (record.outcome.status, record.outcome.score_delta, record.outcome.new_score) == (
+        "failed",
+        0,
+        8,
+    )
+    assert (record.outcome.error, record.outcome.message) == (None, "exhausted 3 attempts")
     assert record.created_at_ms == RECEIVED_AT_MS
     # The cause fixed, the action comes again (a replay of its dead letter): it is scored, once.
     [replayed] = await store.commit_actions([completed(poison, 5)])
-    assert (replayed.status, replayed.duplicate, replayed.new_score) == ("completed", False, 13)
+    assert (replayed.outcome.status, replayed.duplicate, replayed.new_score) == (
+        "completed",
+        False,
+        13,
+    )
     [again] = await store.commit_actions([completed(poison, 5)])
-    assert (again.status, again.duplicate, again.new_score) == ("completed", True, 13)
+    assert (again.outcome.status, again.duplicate, again.new_score) == ("completed", True, 13)
     record = await store.get_action(poison.action_id)
     assert record is not None
-    assert (record.status, record.score_delta, record.message) == ("completed", 5, None)
+    assert (record.outcome.status, record.outcome.score_delta, record.outcome.message) == (
+        "completed",
+        5,
+        None,
+    )
     # Another action with its nonce is still a replay of it.
     [copy] = await store.commit_actions([completed(envelope(user_id, nonce="poison-1"), 5)])
-    assert (copy.status, copy.message) == ("rejected", "duplicate nonce")
+    assert (copy.outcome.status, copy.outcome.message) == ("rejected", "duplicate nonce")
     user = await store.get_user(user_id)
     assert user is not None
     assert user.score == 13
@@ -589,7 +638,7 @@ async def test_what_the_store_cannot_keep_is_mended_in_the_row_never_refused(
         rejected(e, "invalid_action", message="the action cannot be stored") for e in odd.values()
     ]
     results = await store.commit_actions([completed(envelope(user_id), 5), *decisions])
-    assert [r.status for r in results] == ["completed"] + ["rejected"] * len(odd)
+    assert [r.outcome.status for r in results] == ["completed"] + ["rejected"] * len(odd)
     stored = await store.recent_actions(user_id, 0)
     assert len(stored) == 1 + len(odd)
     record = await store.get_action(odd["type"].action_id)
@@ -610,8 +659,8 @@ async def test_a_failure_is_recorded_whatever_the_action_holds(store: PostgresSt
     await store.fail_action(unstorable, "the store cannot keep it: action_data holds U+0000")
     record = await store.get_action(unstorable.action_id)
     assert record is not None
-    assert (record.status, record.score_delta) == ("failed", 0)
-    assert record.message == "the store cannot keep it: action_data holds U+0000"
+    assert (record.outcome.status, record.outcome.score_delta) == ("failed", 0)
+    assert record.outcome.message == "the store cannot keep it: action_data holds U+0000"
     assert record.action_type == ("complete_task\ufffd" + "x" * 60)[:50]
 
 
@@ -627,7 +676,7 @@ async def test_fail_action_leaves_a_stored_action_alone_and_ignores_unknown_user
 
     record = await store.get_action(env.action_id)
     assert record is not None
-    assert record.status == "completed"
+    assert record.outcome.status == "completed"
     assert await store.recent_actions(user_id + 1000, 0) == []
 
 
@@ -739,6 +788,6 @@ async def test_commits_cancelled_at_random_moments_are_all_or_nothing(
                 await store.commit_actions(batch)
         expected = dict.fromkeys(users, 0)
         for decision in (d for batch in batches for d in batch):
-            expected[decision.envelope.user_id] += decision.score_delta
+            expected[decision.envelope.user_id] += decision.outcome.score_delta
         entries = await store.board_entries(users)
         assert {e.user_id: e.score for e in entries} == expected

@@ -19,7 +19,8 @@ from scoreboard.adapters.interfaces import Delivery, PublishFailed
 from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq, shard_of
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import AmqpConfig, ConfigError
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
+from scoreboard.wire import decode_envelope, encode_envelope
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,7 +170,7 @@ async def test_publish_consume_ack(broker: RabbitBroker) -> None:
     async with trio.open_nursery() as nursery:
         consumer = Consumer(broker, nursery)
         got = [await consumer.receive() for _ in sent]
-        assert [ActionEnvelope.decode(d.body) for d in got] == sent
+        assert [decode_envelope(d.body) for d in got] == sent
         assert [d.message_id for d in got] == [str(item.action_id) for item in sent]
         assert not any(d.redelivered for d in got)
         await broker.settle(ack=got)
@@ -193,7 +194,7 @@ async def test_unacked_deliveries_come_back_when_the_consumer_stops(broker: Rabb
     async with trio.open_nursery() as nursery:
         consumer = Consumer(broker, nursery)
         back = await consumer.receive()
-        assert (ActionEnvelope.decode(back.body), back.redelivered) == (second, True)
+        assert (decode_envelope(back.body), back.redelivered) == (second, True)
         # The old channel's tags are dead: settling them is skipped, never an error.
         await broker.settle(ack=[dropped], retry=[(dropped, second)], dead=[(dropped, "old")])
         await broker.settle(ack=[back])
@@ -208,14 +209,14 @@ async def test_a_second_consumer_stands_by_until_the_first_stops(
     async with open_rabbitmq(bridge, amqp_config) as standby_broker, trio.open_nursery() as nursery:
         active = Consumer(broker, nursery)
         await broker.publish_action(first := envelope())
-        assert ActionEnvelope.decode((await active.receive()).body) == first
+        assert decode_envelope((await active.receive()).body) == first
         standby = Consumer(standby_broker, nursery)
         await broker.publish_action(second := envelope())
-        assert ActionEnvelope.decode((await active.receive()).body) == second
+        assert decode_envelope((await active.receive()).body) == second
         assert await standby.nothing_within(1.5)
         active.stop()  # without acks: both come back, to the standby
         taken_over = [await standby.receive(timeout_s=10) for _ in range(2)]
-        assert [ActionEnvelope.decode(d.body) for d in taken_over] == [first, second]
+        assert [decode_envelope(d.body) for d in taken_over] == [first, second]
         assert all(d.redelivered for d in taken_over)
         await standby_broker.settle(ack=taken_over)
         standby.stop()
@@ -229,7 +230,7 @@ async def test_an_unroutable_publish_fails(broker: RabbitBroker, amqp_config: Am
     await broker.publish_action(ok := envelope())  # the channel is still usable
     async with trio.open_nursery() as nursery:
         consumer = Consumer(broker, nursery)
-        assert ActionEnvelope.decode((await consumer.receive()).body) == ok
+        assert decode_envelope((await consumer.receive()).body) == ok
         consumer.stop()
 
 
@@ -238,11 +239,11 @@ async def test_retry_republishes_with_one_more_attempt(broker: RabbitBroker) -> 
     async with trio.open_nursery() as nursery:
         consumer = Consumer(broker, nursery)
         delivery = await consumer.receive()
-        await broker.settle(retry=[(delivery, ActionEnvelope.decode(delivery.body))])
+        await broker.settle(retry=[(delivery, decode_envelope(delivery.body))])
         # It waits its delay (the second, after a second attempt) before it comes again.
         assert await consumer.nothing_within(RETRY_DELAYS_MS[1] / 1000 / 2)
         again = await consumer.receive()
-        assert ActionEnvelope.decode(again.body) == dataclasses.replace(original, attempts=2)
+        assert decode_envelope(again.body) == dataclasses.replace(original, attempts=2)
         assert (again.message_id, again.redelivered) == (str(original.action_id), False)
         await broker.settle(ack=[again])
         assert await consumer.nothing_within(0.5)
@@ -257,7 +258,7 @@ async def test_a_waiting_retry_holds_up_nothing_published_after_it(broker: Rabbi
         await broker.settle(retry=[(delivery, poison)])
         await broker.publish_action(fine := envelope())
         first, second = await consumer.receive(), await consumer.receive()
-        assert [ActionEnvelope.decode(d.body).action_id for d in (first, second)] == [
+        assert [decode_envelope(d.body).action_id for d in (first, second)] == [
             fine.action_id,
             poison.action_id,
         ]
@@ -276,19 +277,19 @@ async def test_dead_letters_keep_their_reason_and_can_be_replayed(broker: Rabbit
 
         failed = [(body, reason) for body, reason in await broker.list_failed(10)]
         assert failed == [
-            (first.encode(), "the store refused it"),
-            (second.encode(), "malformed: not JSON"),
+            (encode_envelope(first), "the store refused it"),
+            (encode_envelope(second), "malformed: not JSON"),
         ]
         assert await broker.list_failed(1) == failed[:1]
         assert await broker.list_failed(10) == failed  # listing takes nothing away, keeps order
 
         assert await broker.replay_failed(1) == 1
         replayed = await consumer.receive()
-        assert ActionEnvelope.decode(replayed.body) == dataclasses.replace(first, attempts=0)
+        assert decode_envelope(replayed.body) == dataclasses.replace(first, attempts=0)
         assert replayed.message_id == str(first.action_id)
         assert await broker.list_failed(10) == failed[1:]
         assert await broker.replay_failed(10) == 1
-        assert ActionEnvelope.decode((await consumer.receive()).body).action_id == second.action_id
+        assert decode_envelope((await consumer.receive()).body).action_id == second.action_id
         assert await broker.list_failed(10) == []
         assert await broker.replay_failed(10) == 0
         consumer.stop()
@@ -353,7 +354,7 @@ async def test_a_full_delivery_channel_sends_deliveries_back(broker: RabbitBroke
         got: list[ActionEnvelope] = []
         while len(got) < 3:
             delivery = await consumer.receive()
-            got.append(ActionEnvelope.decode(delivery.body))
+            got.append(decode_envelope(delivery.body))
             await broker.settle(ack=[delivery])
         assert sorted(str(e.action_id) for e in got) == sorted(str(e.action_id) for e in sent)
         assert broker.statistics().requeued_deliveries >= 1
@@ -378,7 +379,7 @@ async def test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable(
         consumer = Consumer(broker, nursery)
         while wanted:
             delivery = await consumer.receive()
-            wanted.discard(ActionEnvelope.decode(delivery.body).action_id)
+            wanted.discard(decode_envelope(delivery.body).action_id)
             await broker.settle(ack=[delivery])
         consumer.stop()
 
@@ -429,7 +430,7 @@ async def test_a_batch_of_publishes_is_confirmed_together(broker: RabbitBroker) 
         consumer = Consumer(broker, nursery)
         while wanted:
             delivery = await consumer.receive()
-            wanted.remove(ActionEnvelope.decode(delivery.body).action_id)
+            wanted.remove(decode_envelope(delivery.body).action_id)
             await broker.settle(ack=[delivery])
         consumer.stop()
     print(f"\none batch of {len(items)} confirmed publishes: {len(items) / publish_s:,.0f}/s")
@@ -545,7 +546,7 @@ async def test_each_user_stays_in_one_shard_in_order(
         consumer = Consumer(broker, nursery)
         for _ in range(USERS * 3):
             delivery = await consumer.receive()
-            decoded = ActionEnvelope.decode(delivery.body)
+            decoded = decode_envelope(delivery.body)
             received[decoded.user_id].append((delivery.channel_id, str(decoded.action_id)))
             await broker.settle(ack=[delivery])
         consumer.stop()
@@ -587,7 +588,7 @@ async def test_two_workers_split_the_shards_and_one_takes_over_from_the_other(
         users = set()
         for _ in range(USERS):
             delivery = await second_consumer.receive()
-            users.add(ActionEnvelope.decode(delivery.body).user_id)
+            users.add(decode_envelope(delivery.body).user_id)
             await second.settle(ack=[delivery])
         assert users == set(range(1, USERS + 1))
         second_consumer.stop()

@@ -24,7 +24,7 @@ from scoreboard.adapters.interfaces import (
 from scoreboard.adapters.redis import RedisBackend, board_keys, open_redis
 from scoreboard.bridge import open_bridge
 from scoreboard.config import RedisConfig
-from scoreboard.model import BoardEntry, RankChange, RankedEntry
+from scoreboard.records import BoardEntry, RankChange, RankedEntry
 from tests.rate_rules import IP_LIMIT, RATE_CASES, RateCase
 
 T0 = 1_764_500_000_000

@@ -28,7 +28,7 @@ from scoreboard.anticheat.records import (
 )
 from scoreboard.catalogue import load_catalogue
 from scoreboard.config import AnticheatConfig
-from scoreboard.model import ActionEnvelope, Decision
+from scoreboard.records import ActionEnvelope, Decision, Outcome
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 SECOND = 1000
@@ -359,15 +359,13 @@ def test_a_decision_becomes_a_decided_action_with_its_claimed_completion_time() 
         received_at_ms=T0,
         ip="2001:db8::1",
     )
-    completed = DecidedAction.from_decision(Decision(envelope, "completed", 10), CATALOGUE)
+    completed = DecidedAction.from_decision(Decision(envelope, Outcome("completed", 10)), CATALOGUE)
     assert completed == DecidedAction(
         uuid.UUID(int=5), 3, "complete_task", T0, T0 // 1000 - 2, 10, "2001:db8::1", True
     )
     refused = Decision(
         dataclasses.replace(envelope, action_type="win_match", action_data={}),
-        "rejected",
-        0,
-        error="rate_limit_exceeded",
+        Outcome("rejected", 0, error="rate_limit_exceeded"),
     )
     action = DecidedAction.from_decision(refused, CATALOGUE)
     assert (action.accepted, action.score_delta, action.claimed_completion_s) == (False, 0, None)

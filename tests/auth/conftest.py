@@ -19,7 +19,7 @@ import trio
 from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
 from scoreboard.auth.passwords import Passwords
 from scoreboard.config import Config
-from scoreboard.model import SigningKeyRecord, UserRecord, normalized_identity
+from scoreboard.records import SigningKeyRecord, UserRecord, normalized_identity
 
 # The smallest argon2id cost, so tests that only need *a* hash stay fast.
 FAST_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

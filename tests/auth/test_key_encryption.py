@@ -21,7 +21,7 @@ from scoreboard.auth.key_encryption import (
 )
 from scoreboard.auth.keys import generate_signing_key
 from scoreboard.config import Config, ConfigError
-from scoreboard.model import SigningKeyRecord
+from scoreboard.records import SigningKeyRecord
 
 OLD, NEW = new_kek(), new_kek()
 

@@ -14,7 +14,7 @@ from scoreboard.auth.keys import KeyRing, generate_signing_key
 from scoreboard.auth.token_cache import VerifiedTokens
 from scoreboard.auth.tokens import InvalidToken, issue_access_token, verify_access_token
 from scoreboard.config import Config
-from scoreboard.model import SigningKeyRecord
+from scoreboard.records import SigningKeyRecord
 from tests.auth.conftest import MemoryStore
 
 NOW = 1_700_000_000

@@ -23,7 +23,7 @@ from scoreboard.auth.tokens import (
     verify_access_token,
 )
 from scoreboard.config import Config
-from scoreboard.model import SigningKeyRecord
+from scoreboard.records import SigningKeyRecord
 from tests.auth.conftest import MemoryStore
 
 NOW = 1_700_000_000

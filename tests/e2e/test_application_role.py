@@ -12,7 +12,7 @@ import pytest
 from scoreboard.bridge import open_bridge
 from scoreboard.config import Config
 from scoreboard.migrate import migrate_configured
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.server import ServerHandle
 from tests.adapters.test_append_only import app_role, as_role
 from tests.adapters.test_postgres import sql

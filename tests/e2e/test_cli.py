@@ -12,7 +12,7 @@ import httpx
 import trio
 
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.server import ServerHandle
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.processes import server_environment

@@ -134,7 +134,7 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(
                 for action_id in every.values():
                     while (record := await backends.store.get_action(uuid.UUID(action_id))) is None:
                         await trio.sleep(0.1)
-                    assert record.status == "completed", record
+                    assert record.outcome.status == "completed", record
             for user_id in tokens:
                 user = await backends.store.get_user(user_id)
                 assert user is not None

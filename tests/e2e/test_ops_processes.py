@@ -194,7 +194,7 @@ async def test_json_logs_carry_the_action_id_from_http_to_broadcast(
     lines = about(server, action_id)
     loggers = {line["logger"] for line in lines}
     assert {
-        "scoreboard.http.submission",
+        "scoreboard.intake",
         "scoreboard.actors.router",
         "scoreboard.actors.scorer",
         "scoreboard.actors.hub",

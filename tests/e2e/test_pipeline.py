@@ -13,7 +13,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.server import ServerHandle
 from scoreboard.verify import verify
 from tests.http.conftest import Player, action, new_player
@@ -86,7 +86,7 @@ async def wait_until_processed(server: ServerHandle, action_ids: list[str]) -> N
             for action_id in list(pending)[:200]:
                 record = await store.get_action(action_id)
                 if record is not None:
-                    assert record.status == "completed", record
+                    assert record.outcome.status == "completed", record
                     pending.discard(action_id)
             if pending:
                 await trio.sleep(0.1)

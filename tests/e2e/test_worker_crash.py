@@ -123,7 +123,7 @@ async def test_killing_the_worker_mid_flight_loses_and_doubles_nothing(
     for action_id in action_ids:
         record = await backends.store.get_action(uuid.UUID(action_id))
         assert record is not None
-        assert record.status == "completed", record
+        assert record.outcome.status == "completed", record
     with trio.fail_after(10):
         while not (report := await verify(backends.store, backends.board)).ok:
             await trio.sleep(0.2)

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from scoreboard.http.submission import NONCE_PATTERN
+from scoreboard.intake import NONCE_PATTERN
 from tests.fuzz.conftest import FUZZ_SETTINGS, REQUEST_TIMEOUT_S, FuzzServer
 from tests.http.conftest import PASSWORD
 from tests.http.oauth_client import hidden_fields, new_authorization

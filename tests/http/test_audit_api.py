@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.server import ServerHandle
 from tests.http.conftest import Player, action, issue_token, new_player
 from tests.http.test_admin_scope import make_admin

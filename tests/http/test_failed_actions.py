@@ -23,8 +23,9 @@ import trio
 from scoreboard.adapters.sqlite import database_path
 from scoreboard.bridge import open_bridge
 from scoreboard.config import Config
-from scoreboard.model import ActionEnvelope
+from scoreboard.records import ActionEnvelope
 from scoreboard.server import ServerHandle
+from scoreboard.wire import decode_envelope
 from tests.e2e.test_cli import scoreboard
 from tests.http.conftest import Player, action, new_player
 
@@ -208,7 +209,7 @@ async def test_poison_actions_wait_longer_each_attempt_then_fail_and_replay_once
     with trio.fail_after(60):
         while len(letters := await broker.list_failed(100)) < len(players):
             await trio.sleep(0.1)
-    reasons = {ActionEnvelope.decode(body).action_id: reason for body, reason in letters}
+    reasons = {decode_envelope(body).action_id: reason for body, reason in letters}
     assert sorted(map(str, reasons)) == sorted(action_ids)
     assert all("the store refused the action" in reason for reason in reasons.values())
     times = attempt_times(caplog)

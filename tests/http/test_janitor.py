@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from scoreboard.config import Config
-from scoreboard.model import AuthorizationCodeRecord, GrantRecord
+from scoreboard.records import AuthorizationCodeRecord, GrantRecord
 from scoreboard.server import ServerHandle
 from tests.http.conftest import new_player
 

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionRejected
 
 from scoreboard.actors import hub
 from scoreboard.config import Config
-from scoreboard.model import LeaderboardChanged, RankedEntry
+from scoreboard.records import LeaderboardChanged, RankedEntry
 from scoreboard.server import ServerHandle, run_server
 from tests.http.conftest import Player, new_player
 from tests.http.raw_ws import OP_CLOSE, OP_PING, RawWebSocket, open_raw_websocket
