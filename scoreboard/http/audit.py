@@ -18,6 +18,7 @@ from scoreboard.audit import (
 )
 from scoreboard.http.admin import ADMIN_PREFIX, require_admin
 from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
+from scoreboard.http.requests import query_args
 from scoreboard.http.services import current_services
 
 blueprint = Blueprint("audit", __name__, url_prefix=ADMIN_PREFIX)
@@ -31,11 +32,7 @@ STORE_TIMEOUT_S = 10.0
 async def audit_trail() -> Response:
     svc = current_services()
     await require_admin(svc)
-    args = request.args
-    if unknown := sorted(set(args) - PARAMETERS):
-        raise invalid_request(f"unknown parameter {unknown[0][:64]!r}")
-    if any(len(args.getlist(name)) > 1 for name in args):
-        raise invalid_request("each parameter may be given once")
+    args = query_args(request.args, PARAMETERS)
     username = args.get("user", "")
     if not username or len(username) > MAX_USERNAME_CHARS:
         raise invalid_request("user is the username whose trail to read")

@@ -26,7 +26,7 @@ from scoreboard.adapters.interfaces import BackendUnavailable
 from scoreboard.anticheat.records import FLAG_KINDS, FlagQuery
 from scoreboard.http.admin import ADMIN_PREFIX, require_admin
 from scoreboard.http.errors import RequestRejected, invalid_request, unavailable
-from scoreboard.http.requests import request_data
+from scoreboard.http.requests import query_args, request_data
 from scoreboard.http.services import current_services
 from scoreboard.since import InvalidSince, parse_since
 
@@ -68,11 +68,7 @@ def _positive_int(name: str, raw: str | None, maximum: int = MAX_ID) -> int | No
 async def list_flags() -> Response:
     svc = current_services()
     await require_admin(svc)
-    args = request.args
-    if unknown := sorted(set(args) - FLAG_QUERY_PARAMETERS):
-        raise invalid_request(f"unknown parameter(s): {', '.join(unknown)[:200]}")
-    if any(len(args.getlist(name)) > 1 for name in args):
-        raise invalid_request("each parameter at most once")
+    args = query_args(request.args, FLAG_QUERY_PARAMETERS)
     kind = args.get("kind")
     if kind is not None and kind not in FLAG_KINDS:
         raise invalid_request(f"kind must be one of {', '.join(FLAG_KINDS)}")

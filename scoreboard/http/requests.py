@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Request
-from werkzeug.datastructures import Headers
+from werkzeug.datastructures import Headers, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 
@@ -190,6 +190,15 @@ def _storable(value: Any) -> bool:
     if isinstance(value, list):
         return all(_storable(item) for item in value)
     return True
+
+
+def query_args(args: MultiDict[str, str], allowed: frozenset[str]) -> MultiDict[str, str]:
+    """`args` if it holds only `allowed` parameters, each at most once; else a 400."""
+    if unknown := sorted(set(args) - allowed):
+        raise invalid_request(f"unknown parameter(s): {', '.join(unknown)[:200]}")
+    if any(len(args.getlist(name)) > 1 for name in args):
+        raise invalid_request("each parameter may be given once")
+    return args
 
 
 def body_too_large() -> RequestRejected:
