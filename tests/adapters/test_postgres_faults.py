@@ -64,4 +64,5 @@ async def test_a_dropped_connection_is_always_backend_unavailable(database_url: 
         # And the pool is fine once the faults stop.
         with trio.fail_after(10):
             await store.ping()
+            await store.commit_actions([completed(envelope(user_id))])
             assert await store.recent_actions(user_id, 0)

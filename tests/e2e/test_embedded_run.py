@@ -87,7 +87,7 @@ class JustRun:
             while self.process.poll() is None:
                 await trio.sleep(0.05)
         output = self.text()
-        assert "received SIGINT: shutting down" in output, output
+        assert "received SIGINT: draining" in output, output
         assert "Traceback" not in output, output
 
 
