@@ -11,9 +11,16 @@ python := venv / "bin/python"
 run *ARGS: install migrate
     {{venv}}/bin/scoreboard serve {{ARGS}}
 
-# The whole test suite: the contract suites against the real services and the embedded backends
+# The whole test suite: the contract suites against the real services and the embedded backends.
+# Most tests wait on servers rather than compute, so they run in parallel processes
+# (SCOREBOARD_TEST_WORKERS, default 4; each has its own databases, prefixes and vhost); the timed
+# fault drills (marker `alone`) run after them with the machine to themselves.
 test *ARGS: install
-    {{python}} -m pytest {{ARGS}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    selected() { "$@" || [ $? -eq 5 ]; }  # 5: ARGS selected none of that part's tests
+    selected {{python}} -m pytest -n "${SCOREBOARD_TEST_WORKERS:-4}" --dist loadfile -m "not alone" {{ARGS}}
+    selected {{python}} -m pytest -m alone {{ARGS}}
 
 # The fast tier: the application on the embedded backends through Quart's test client, no services
 test-fast *ARGS: install

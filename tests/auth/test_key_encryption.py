@@ -99,6 +99,7 @@ def test_a_plain_key_is_sealed_and_a_rotation_reseals_with_the_first_kek(
         base64.urlsafe_b64encode(b"x" * 16).decode(),  # 128 bits: too short
         NEW + "," + NEW[:20],
     ],
+    ids=["empty", "not base64", "128 bits", "a second key cut short"],
 )
 def test_a_kek_is_32_bytes_of_base64url(text: str) -> None:
     with pytest.raises(

@@ -37,7 +37,7 @@ from tests.e2e.processes import ServerProcess
 from tests.e2e.test_cli_verify import run_verify
 from tests.http.conftest import PASSWORD
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.chaos, pytest.mark.alone, pytest.mark.timeout(300)]
 
 ACTIONS = 5000
 RATE_PER_S = 150.0

@@ -91,9 +91,16 @@ class ServerProcess:
         self._arguments = list(arguments)
         self._process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # How many "scoreboard ready" lines the log held when the latest start began: a start
+        # that gave up before it was ready (its backends down) must not count as a later one.
+        self._ready_before = 0
+
+    def _ready_lines(self) -> int:
+        return self.log().count("scoreboard ready") if self.log_path.exists() else 0
 
     def start(self) -> None:
         self.starts += 1
+        self._ready_before = self._ready_lines()
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "scoreboard", *self._arguments, "serve"],
@@ -122,7 +129,7 @@ class ServerProcess:
         """Until the process (its latest start) logs that it is ready: its signal handlers are
         set, whatever its backends say."""
         with trio.fail_after(timeout_s):
-            while self.log().count("scoreboard ready") < self.starts:
+            while self._ready_lines() <= self._ready_before:
                 assert self._process is not None
                 await trio.sleep(0.1)
 
@@ -130,7 +137,7 @@ class ServerProcess:
         """Until the process (its latest start) logs that it is ready (and, with HTTP, /readyz
         answers 200)."""
         with trio.fail_after(timeout_s):
-            while self.log().count("scoreboard ready") < self.starts:
+            while self._ready_lines() <= self._ready_before:
                 assert self._process is not None
                 assert self._process.poll() is None, self.log()
                 await trio.sleep(0.1)

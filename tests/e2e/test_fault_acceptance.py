@@ -38,7 +38,7 @@ from tests.pgfaults import BackendTerminator
 
 __all__ = ["proxied_config", "proxy"]
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.alone, pytest.mark.timeout(240)]
 
 RATE_PER_S = 100
 FAULT_S = 20.0
