@@ -149,9 +149,14 @@ class DynamicSupervisor:
 
     def inject_crash(self, child_id: str, error: Exception | None = None) -> None:
         """End the running children with id `child_id` (named `users/17`, as in the statistics)
-        as if they had raised `error`. `LookupError` if there is none."""
+        as if they had raised `error`. `LookupError` if there is none, or only ones with a crash
+        injected that they have not yet crashed with (each injection is one crash, one restart)."""
         head, _, rest = child_id.partition("/")
-        targets = [c for c in self._children if c.spec.id == rest and c.state == "running"]
+        targets = [
+            c
+            for c in self._children
+            if c.spec.id == rest and c.state == "running" and c.injected is None
+        ]
         if head != self.name or not targets:
             raise LookupError(f"{self.name}: no running child {child_id!r}")
         for child in targets:

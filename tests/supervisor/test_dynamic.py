@@ -176,3 +176,22 @@ async def test_under_an_actor_that_reports_it_the_tree_shows_it_and_crashes_reac
         with pytest.raises(LookupError):
             root.inject_crash("router/users/nobody")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_injected_twice_before_it_lands_is_one_crash(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Each injection that is accepted is one crash and one restart: a second one, before the
+    child has crashed with the first, is refused, so a fault drill counts what really happened."""
+    one = member("1")
+    async with running(DynamicSupervisor("users")) as users:
+        users.start_child(one.spec())
+        await trio.testing.wait_all_tasks_blocked()
+        users.inject_crash("users/1")
+        with pytest.raises(LookupError):
+            users.inject_crash("users/1")
+        await trio.sleep(20)  # past any backoff
+        users.inject_crash("users/1")
+        await trio.sleep(20)
+        assert len(one.starts) == 3
+        assert users.statistics()[0].restarts == 2
