@@ -194,10 +194,6 @@ class ProcessSupervisor:
         self._children = [_Running(child) for child in children]
         self._command = command
         self._grace_s = grace_s
-        self.intensity = intensity
-        self.period = period
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
         self._rng = rng if rng is not None else random.Random()
         self._intensity = RestartIntensity(intensity, period)
@@ -260,13 +256,13 @@ class ProcessSupervisor:
             if self._intensity.exceeded_by_one_more(trio.current_time()):
                 log.critical(
                     "more than %d child restarts in %g s, the last of %s: stopping every child",
-                    self.intensity,
-                    self.period,
+                    self._intensity.intensity,
+                    self._intensity.period,
                     running.child.name,
                 )
                 self._gave_up = ProcessesGaveUp(
                     f"child {running.child.name} {_describe_exit(returncode)}; more than "
-                    f"{self.intensity} restarts in {self.period:g} s"
+                    f"{self._intensity.intensity} restarts in {self._intensity.period:g} s"
                 )
                 self.stop()
                 return

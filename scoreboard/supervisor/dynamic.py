@@ -85,14 +85,9 @@ class DynamicSupervisor:
     ) -> None:
         self._intensity = RestartIntensity(intensity, period)
         self._rng = rng if rng is not None else random.Random()
-        self._backoff = Backoff(backoff_min, backoff_max, jitter, self._rng)
+        self.backoff = Backoff(backoff_min, backoff_max, jitter, self._rng)
         self.name = name
-        self.intensity = intensity
-        self.period = period
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
-        self.jitter: Jitter = jitter
         self._children: set[_Child] = set()
         self._nursery: trio.Nursery | None = None
         self._gave_up: SupervisorGaveUp | None = None
@@ -242,8 +237,8 @@ class DynamicSupervisor:
             logger.error(
                 "%s: more than %d crashes in %g s, the last of child %r; giving up",
                 self.name,
-                self.intensity,
-                self.period,
+                self._intensity.intensity,
+                self._intensity.period,
                 child.spec.id,
             )
             child.state = "failed"
@@ -253,7 +248,7 @@ class DynamicSupervisor:
         ran_since = child.running_since
         if ran_since is not None and now - ran_since >= self.backoff_reset_after:
             child.backoff_attempt = 0
-        delay = self._backoff.delay(child.backoff_attempt)
+        delay = self.backoff.delay(child.backoff_attempt)
         child.backoff_attempt += 1
         child.restarts += 1
         self._restarts += 1

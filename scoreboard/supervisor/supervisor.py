@@ -160,14 +160,9 @@ class Supervisor:
             raise ValueError(f"child ids must be unique: {ids}")
         self._intensity = RestartIntensity(intensity, period)
         self._rng = rng if rng is not None else random.Random()
-        self._backoff = Backoff(backoff_min, backoff_max, jitter, self._rng)
+        self.backoff = Backoff(backoff_min, backoff_max, jitter, self._rng)
         self.strategy = strategy
-        self.intensity = intensity
-        self.period = period
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
-        self.jitter: Jitter = jitter
         self.name = name
         self._specs = tuple(children)
         self._children = [_Child(spec) for spec in self._specs]
@@ -452,12 +447,12 @@ class Supervisor:
             logger.error(
                 "%s: more than %d restarts in %g s, the last for child %r; giving up",
                 self.name,
-                self.intensity,
-                self.period,
+                self._intensity.intensity,
+                self._intensity.period,
                 child.spec.id,
             )
             return SupervisorGaveUp(self.name, child.spec.id, error)
-        delay = self._backoff.delay(child.backoff_attempt)
+        delay = self.backoff.delay(child.backoff_attempt)
         child.backoff_attempt += 1
         group = self._restart_group(child)
         for sibling in reversed(group):

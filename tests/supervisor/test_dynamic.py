@@ -80,7 +80,7 @@ async def test_a_crashed_child_restarts_alone_on_its_inbox(
         await trio.sleep(20)  # past any backoff
         assert members[1].handled == ["a", "b"]
         assert len(members[1].starts) == 2
-        assert members[1].starts[1] - members[1].starts[0] >= users.backoff_min
+        assert members[1].starts[1] - members[1].starts[0] >= users.backoff.minimum
         for one in (members[0], members[2]):
             assert (len(one.starts), one.handled) == (1, ["x"])
         (summary,) = users.statistics()
