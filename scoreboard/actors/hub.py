@@ -13,7 +13,10 @@ requests waiting for them (`Prefer: wait=N`). A revoked grant or access token (`
 closes the connections authenticated with it: their writers send `token_revoked` and close 4401.
 
 Connections and requests use the client functions (`register`, `unregister`, `rebind`,
-`waiting_for`); the events actor and the deny-list hand it events with `notify`.
+`waiting_for`); the events actor and the deny-list hand it events with `notify_all` and `notify`.
+The hub handles every message already waiting at one wake-up (up to `HANDLED_PER_WAKEUP`): with
+thousands of connection tasks in trio's run queue, one message per trip through it left the
+events of a busy second hundreds of milliseconds behind.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import assert_never
@@ -67,6 +70,11 @@ TOKEN_REVOKED = "token_revoked"  # why the hub closes a subscriber whose token w
 LEAVE_TIMEOUT_S = 2.0
 RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcome still gets it
 INITIAL_TOP_TIMEOUT_S = 5.0
+# Messages handled at one wake-up: each receive would otherwise wait a whole trip through trio's
+# run queue, long with thousands of connections, and the events of a busy second pile up behind
+# it; bounded so that a burst (each event may be offered to many connections) does not hold the
+# run queue longer than a fan-out does.
+HANDLED_PER_WAKEUP = 256
 # Of the process's time a fan-out may take (wall time: a process starved of CPU is behind too);
 # beyond it the tick stretches, leaving the rest to reading clients and serving HTTP.
 MAX_BROADCAST_SHARE = 0.75
@@ -117,6 +125,18 @@ async def unregister(hub: HubHandle, connection_id: int) -> None:
 async def notify(hub: HubHandle, event: Event) -> None:
     """An event from the worker (or this process's revocation) for the connections."""
     await hub.send(event)
+
+
+async def notify_all(hub: HubHandle, events: Iterable[Event]) -> None:
+    """`notify` each of `events` in order, with one checkpoint for all of them while the inbox
+    has room: a checkpoint per event is a trip through trio's run queue each, and a committed
+    batch holds an outcome per action."""
+    for event in events:
+        try:
+            hub.send_nowait(event)
+        except trio.WouldBlock:
+            await hub.send(event)
+    await trio.lowlevel.checkpoint()
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,3 +344,6 @@ async def run(
                 hub.broadcast()
             else:
                 hub.handle(msg)
+                # A broadcast that fell due meanwhile goes first at the next turn.
+                for waiting in inboxes.take_waiting(inbox, HANDLED_PER_WAKEUP):
+                    hub.handle(waiting)

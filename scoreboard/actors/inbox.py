@@ -5,6 +5,9 @@
   confirms, the scorer's group commit);
 - `receive_until`: the next message or, at a deadline, None: work on a tick besides the inbox
   (the hub's broadcasts, the keeper's board check, the router's reaping);
+- `take_waiting`: what is already waiting, without a checkpoint: an actor that handles many
+  small messages takes them all at one wake-up (each receive is otherwise a trip through
+  trio's run queue, which thousands of connection tasks make long);
 - `reply`: answer a request without ever waiting on the requester;
 - `call`: send a request that carries its own reply channel and wait for the one answer (what
   an actor's client functions do for their callers).
@@ -29,6 +32,14 @@ REPLY_BUFFER = 1  # a request gets exactly one answer, which must never make the
 async def receive_batch(inbox: trio.MemoryReceiveChannel[T], max_size: int) -> list[T]:
     """The next message and whatever else is waiting behind it, at most `max_size` in all."""
     batch = [await inbox.receive()]
+    batch += take_waiting(inbox, max_size - 1)
+    return batch
+
+
+def take_waiting(inbox: trio.MemoryReceiveChannel[T], max_size: int) -> list[T]:
+    """The messages already waiting, at most `max_size`, without waiting or checkpointing;
+    a closed inbox gives what is left (the next receive raises `trio.EndOfChannel`)."""
+    batch: list[T] = []
     while len(batch) < max_size:
         try:
             batch.append(inbox.receive_nowait())

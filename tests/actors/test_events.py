@@ -23,6 +23,7 @@ from scoreboard.records import (
     Outcome,
     RankedEntry,
     ScoreChanged,
+    TokensRevoked,
 )
 from scoreboard.wire import decode_events, encode_event, encode_events
 from tests.actors.stack import PROBE_MS, Stack
@@ -106,6 +107,27 @@ async def test_a_batch_of_events_in_one_message_reaches_the_hub_in_order(stack: 
         with trio.fail_after(10):
             got = [await next_event(received) for _ in published]
         assert got == published
+
+
+async def test_events_waiting_together_reach_the_hub_in_order_around_a_revocation(
+    stack: Stack,
+) -> None:
+    """Messages that wait together are forwarded in one go; a revocation among them still goes
+    through the deny-list (which tells the hub) exactly where it stood."""
+    revoked = TokensRevoked(("grant-1",), (), 1_764_500_000_000)
+    first: list[Event] = [
+        ScoreChanged(7, "alice", old_score=100, new_score=110, rank=1, rank_change=0),
+        revoked,
+        outcome(7),
+    ]
+    second: list[Event] = [outcome(8), outcome(9)]
+    async with running_events(stack) as received:
+        await stack.broker.publish_events(
+            [encode_events(first), b"not an event", encode_events(second)]
+        )
+        with trio.fail_after(10):
+            got = [await next_event(received) for _ in range(5)]
+        assert got == [first[0], revoked, first[2], *second]
 
 
 async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: Stack) -> None:
