@@ -1,7 +1,8 @@
 """The leaderboard keeper: Redis follows Postgres, and every API process hears about it.
 
-For each committed batch it writes the changed users' absolute scores from Postgres to the board
-(never increments, so a redelivery cannot count twice), then publishes, in one broker call, a
+For each committed batch (or, when it fell behind, the batches waiting together) it writes the
+changed users' absolute scores from Postgres to the board (never increments, so a redelivery
+cannot count twice), then publishes, in one broker call, a
 `ScoreChanged` for each user whose score moved, a `LeaderboardChanged` when the top differs from
 the one it last published, and an `ActionFinished` for every result (duplicates too: a client
 waiting for a redelivered action hears its outcome).
@@ -68,6 +69,10 @@ CATCH_UP_CHUNK = 1000  # scores per board write on start: each is one Redis scri
 PUBLISH_TIMEOUT_S = 10.0
 PUBLISH_ATTEMPTS = 3
 SUSPENSIONS_CHUNK = 1000
+# A keeper that fell behind takes the batches waiting in its inbox together, up to about this many
+# results: one board write and one publish for all of them instead of a round trip to Redis and
+# one to RabbitMQ per batch, which under load made the snapshots wait for each other.
+MERGED_RESULTS = 1000
 
 KeeperHandle = trio.MemorySendChannel[KeeperMsg]
 """How the scorer reaches the keeper: the sending end of its inbox."""
@@ -314,6 +319,16 @@ def _score_changes(results: Sequence[CommitResult], changes: list[RankChange]) -
     return events
 
 
+def _waiting_results(inbox: trio.MemoryReceiveChannel[KeeperMsg]) -> list[CommitResult]:
+    """The results of the batches already waiting, in commit order, up to about
+    `MERGED_RESULTS`; handled with the one just received as a single batch (the newest score of
+    each user wins, and every outcome is announced)."""
+    results: list[CommitResult] = []
+    while len(results) < MERGED_RESULTS and (waiting := inboxes.take_waiting(inbox, 1)):
+        results += waiting[0].results
+    return results
+
+
 async def run(
     inbox: trio.MemoryReceiveChannel[KeeperMsg],
     *,
@@ -338,7 +353,7 @@ async def run(
                 case None:
                     await keeper.check_board()
                 case Committed(results):
-                    await keeper.handle(results)
+                    await keeper.handle([*results, *_waiting_results(inbox)])
                 case _:
                     assert_never(msg)
             next_check_at = trio.current_time() + BOARD_CHECK_EVERY_S

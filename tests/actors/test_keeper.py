@@ -150,6 +150,42 @@ async def test_a_batch_moves_scores_and_publishes_what_changed(stack: Stack) -> 
         assert await stack.board.scores() == {a: 30, b: 40, c: 1}
 
 
+async def test_batches_waiting_behind_the_keeper_are_handled_as_one(stack: Stack) -> None:
+    """A keeper that fell behind writes and publishes the waiting batches together: one score
+    change per user from the first old score to the last new one, every outcome in order."""
+    a, b = [await stack.new_user() for _ in range(2)]
+    batches = [
+        await scored(stack, (a, 10)),
+        await scored(stack, (b, 20)),
+        await scored(stack, (a, 15)),
+    ]
+    send, receive = trio.open_memory_channel[KeeperMsg](keeper.INBOX_SIZE)
+    for results in batches:  # all waiting before the keeper reads its inbox
+        send.send_nowait(Committed(tuple(results)))
+    every = [result for results in batches for result in results]
+    async with tap_events(stack.broker) as tap, trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                keeper.run,
+                receive,
+                store=stack.store,
+                board=stack.board,
+                broker=stack.broker,
+                config=stack.config,
+            )
+        )
+        await finished(tap, every)
+        changes = [e for e in tap.of(ScoreChanged) if isinstance(e, ScoreChanged)]
+        name_a, name_b = await usernames(stack, a, b)
+        assert sorted(changes, key=lambda e: e.user_id) == [
+            ScoreChanged(a, name_a, old_score=0, new_score=25, rank=1, rank_change=0),
+            ScoreChanged(b, name_b, old_score=0, new_score=20, rank=2, rank_change=0),
+        ]
+        assert [e.action_id for e in outcomes(tap, every)] == [r.action_id for r in every]
+        assert await stack.board.scores() == {a: 25, b: 20}
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_rejection_is_announced_without_moving_anything(stack: Stack) -> None:
     a = await stack.new_user()
     await scored(stack, (a, 30))
