@@ -18,6 +18,10 @@ from scoreboard.loadtest.histogram import Histogram, Series
 
 WATCHER_COMMAND = [sys.executable, "-m", "scoreboard.loadtest.watchers"]
 EVENTS_BUFFER = 64
+# A watcher process that reads its sockets later than this after the data arrived (p99) is
+# falling behind: the server sends each client an update per tick (100 ms by default), and a
+# process that needs longer than a tick to read one tick's frames gets further behind with each.
+BEHIND_P99_MS = 100.0
 
 
 class WorkerFailed(Exception):
@@ -120,6 +124,7 @@ class FleetFigures:
     lag: Histogram = field(default_factory=Histogram)
     lag_series: Series = field(default_factory=Series)
     gap: Histogram = field(default_factory=Histogram)
+    read_delay: Histogram = field(default_factory=Histogram)
     a2s: Histogram = field(default_factory=Histogram)
     a2s_series: Series = field(default_factory=Series)
     a2s_late: int = 0
@@ -128,6 +133,19 @@ class FleetFigures:
     a2s_sampling_step: int = 1
     on_final_board: int = 0
     snapshots_distinct: int = 0
+
+    def behind_warning(self) -> str | None:
+        """What to say when the watcher processes did not keep up with their sockets."""
+        p99 = self.read_delay.percentile(99)
+        if p99 is None or p99 <= BEHIND_P99_MS:
+            return None
+        return (
+            f"the watcher processes read their sockets up to {p99:,.0f} ms (p99) after the data "
+            f"arrived (max {self.read_delay.max_ms:,.0f} ms): the latencies count from the "
+            "kernel's arrival times and do not include it, but watchers that stay behind let "
+            "the sockets' receive buffers fill and the server then sees slow readers; use more "
+            "--client-processes or a second machine"
+        )
 
     def merge(self, result: dict[str, Any]) -> None:
         self.clients += result["clients"]
@@ -145,6 +163,7 @@ class FleetFigures:
         self.lag.merge(Histogram.from_json(result["lag"]))
         self.lag_series.merge(Series.from_json(result["lag_series"]))
         self.gap.merge(Histogram.from_json(result["gap"]))
+        self.read_delay.merge(Histogram.from_json(result["read_delay"]))
         self.a2s.merge(Histogram.from_json(result["a2s"]))
         self.a2s_series.merge(Series.from_json(result["a2s_series"]))
         self.a2s_late += result["a2s_late"]

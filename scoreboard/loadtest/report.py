@@ -138,12 +138,14 @@ def render_table(result: dict[str, Any]) -> str:
     else:
         rows.append(("server", "CPU and memory not measured (not on this machine?)"))
     workers = ", ".join(number(share, 2) for share in generator["cpu_cores_workers"]) or "-"
+    read_delay = generator["read_delay_ms"]
     rows += [
         (
             "generator",
             f"main process {number(generator['cpu_cores_main'], 2)} cores, watcher processes "
             f"{workers} cores" + (" (SATURATED)" if generator["saturated"] else ""),
         ),
+        ("", f"watchers read their sockets {latency_line(read_delay, bound=never)} after arrival"),
         (
             "machine",
             f"{machine['cpus']} CPUs, {number((machine['busy'] or 0) * 100)} % busy while "

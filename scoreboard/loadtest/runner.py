@@ -1029,6 +1029,8 @@ class LoadTest:
                 f"{max(saturated):.0%} of a core): figures may be bounded by the client side; "
                 "use more --client-processes or a second machine"
             )
+        if (behind := fleet.behind_warning()) is not None:
+            self.warnings.append(behind)
         lags = sorted(self.dispatch_lags)
         late_dispatch = sum(1 for lag in lags if lag > 0.010)
         if lags and lags[-1] > 0.05:
@@ -1151,6 +1153,7 @@ class LoadTest:
                 "cpu_cores_main": own_main,
                 "cpu_cores_workers": own_workers,
                 "saturated": bool(saturated),
+                "read_delay_ms": fleet.read_delay.summary(),
             },
             "machine": {
                 "cpus": os.cpu_count(),

@@ -154,6 +154,8 @@ class Worker:
         self.lag = Histogram()
         self.lag_series = Series()
         self.gap = Histogram()
+        # Per wake-up while sending: how long the oldest data it read had waited in the kernel.
+        self.read_delay = Histogram()
         self.updates_per_second: Counter[int] = Counter()
 
     # -- connecting
@@ -261,7 +263,9 @@ class Worker:
     async def receive_forever(self) -> None:
         """Drain every readable socket at each wake-up. Each read carries the kernel's arrival
         time (SO_TIMESTAMPNS), so a wake-up that comes late (this process short of CPU) does
-        not add to the latencies measured."""
+        not add to the latencies measured; how late it came is recorded apart (`read_delay`),
+        because a process that stays behind lets its sockets' receive buffers fill, and then
+        the server sees slow readers."""
         poll = self.epoll.poll
         by_fd = self.by_fd
         monotonic = time.monotonic
@@ -272,6 +276,7 @@ class Worker:
             await trio.lowlevel.wait_readable(self.epoll.fileno())
             events = poll(0, MAX_EVENTS)
             wall_minus_monotonic = time.time() - monotonic()
+            earliest = math.inf
             for fd, _events in events:
                 watcher = by_fd.get(fd)
                 if watcher is None or watcher.sock is None:
@@ -293,6 +298,7 @@ class Worker:
                     now = seconds + nanoseconds * 1e-9 - wall_minus_monotonic
                 else:
                     now = monotonic()
+                earliest = min(earliest, now)
                 assert watcher.reader is not None
                 try:
                     messages = watcher.reader.feed(bytes(view[:size]))
@@ -300,6 +306,9 @@ class Worker:
                     self._drop(watcher, f"protocol error: {exc}")
                     continue
                 self._messages(watcher, messages, now)
+            done = monotonic()
+            if earliest < math.inf and self.window_start <= done < self.window_end:
+                self.read_delay.add((done - earliest) * 1000)
 
     def _messages(self, watcher: Watcher, messages: list[tuple[int, bytes]], now: float) -> None:
         for opcode, payload in messages:
@@ -428,6 +437,7 @@ class Worker:
             "lag": self.lag.to_json(),
             "lag_series": self.lag_series.to_json(),
             "gap": self.gap.to_json(),
+            "read_delay": self.read_delay.to_json(),
             "on_final_board": on_final,
             **a2s.figures(),
         }

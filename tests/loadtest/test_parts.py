@@ -11,6 +11,7 @@ from functools import partial
 import pytest
 import trio
 
+from scoreboard.loadtest.fleet import BEHIND_P99_MS, FleetFigures
 from scoreboard.loadtest.histogram import Histogram
 from scoreboard.loadtest.http11 import HttpConnection, Origin
 from scoreboard.loadtest.procstats import ProcessTree, listening_pids, server_roots
@@ -158,6 +159,19 @@ def test_histogram_percentiles_count_the_missing_values() -> None:
     merged.merge(Histogram.of([0.0, 500.0]))
     assert (merged.count, merged.missing, merged.max_ms) == (102, 2, 500.0)
     assert Histogram().summary()["p50"] is None
+
+
+def test_watchers_that_read_late_are_reported_and_prompt_warning() -> None:
+    fleet = FleetFigures()
+    assert fleet.behind_warning() is None  # nothing read while sending: nothing to say
+    fleet.read_delay = Histogram.of([5.0] * 99 + [BEHIND_P99_MS * 3])
+    assert fleet.behind_warning() is None  # one late wake-up in a hundred is not behind
+    late = FleetFigures()
+    late.read_delay = Histogram.of([BEHIND_P99_MS * 2] * 10)
+    warning = late.behind_warning()
+    assert warning is not None
+    assert "200 ms (p99)" in warning
+    assert "--client-processes" in warning
 
 
 async def test_http_bodies_by_length_and_by_chunks() -> None:

@@ -124,6 +124,8 @@ async def test_a_short_mixed_run_is_correct_and_produces_every_figure(
     for key in ("cpu_cores", "rss_mib_max", "kib_per_client", "rss_mib_before"):
         assert server_figures[key] is not None, key
     assert result["load_generator"]["cpu_cores_main"] is not None
+    assert_measured(result["load_generator"]["read_delay_ms"])
+    assert re.search(r"^ +watchers read their sockets p50 .* after arrival$", stdout, re.MULTILINE)
     assert len(result["load_generator"]["cpu_cores_workers"]) == 2
     assert result["machine"]["busy"] is not None
 
