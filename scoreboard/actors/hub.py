@@ -72,9 +72,11 @@ RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcom
 INITIAL_TOP_TIMEOUT_S = 5.0
 # Messages handled at one wake-up: each receive would otherwise wait a whole trip through trio's
 # run queue, long with thousands of connections, and the events of a busy second pile up behind
-# it; bounded so that a burst (each event may be offered to many connections) does not hold the
-# run queue longer than a fan-out does.
-HANDLED_PER_WAKEUP = 256
+# it. Bounded so that a burst does not hold the run queue much longer than a fan-out does: each
+# of a user's own frames goes to all of that user's connections (dozens when a load test signs
+# many sockets in as one player), and at a few hundred events a second per process a turn of the
+# run queue rarely finds more than this waiting.
+HANDLED_PER_WAKEUP = 64
 # Of the process's time a fan-out may take (wall time: a process starved of CPU is behind too);
 # beyond it the tick stretches, leaving the rest to reading clients and serving HTTP.
 MAX_BROADCAST_SHARE = 0.75
