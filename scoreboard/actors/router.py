@@ -121,12 +121,14 @@ async def run(
                         if actor is None:
                             actor = actors[envelope.user_id] = start_actor(envelope.user_id)
                         actor.last_routed_at = trio.current_time()
-                        log.debug(
-                            "routing action %s to user %d's actor",
-                            envelope.action_id,
-                            envelope.user_id,
-                            extra={"action_id": str(envelope.action_id)},
-                        )
+                        # Guarded: not a str(UUID) per action for a line that is off.
+                        if log.isEnabledFor(logging.DEBUG):
+                            log.debug(
+                                "routing action %s to user %d's actor",
+                                envelope.action_id,
+                                envelope.user_id,
+                                extra={"action_id": str(envelope.action_id)},
+                            )
                         await actor.inbox.send(msg)
                     case _:
                         assert_never(msg)
