@@ -224,6 +224,8 @@ def summarise_profile(raw: Path) -> list[str]:
         count = int(count_text)
         frames = [_short(frame) for frame in stack.split(";")[1:]]
         total += count
+        if not frames:
+            continue  # py-spy caught the thread between frames: a sample with no stack
         for frame in set(frames):
             if not frame.startswith(EVERY_STACK):
                 inclusive[frame] += count

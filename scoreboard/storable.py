@@ -63,7 +63,11 @@ def storable(envelope: ActionEnvelope) -> ActionEnvelope:
 
 def storable_all(decisions: Sequence[Decision]) -> list[Decision]:
     """The decisions with their envelopes `storable`: what both stores commit."""
-    return [dataclasses.replace(d, envelope=storable(d.envelope)) for d in decisions]
+    # Most envelopes are kept as they are: no new Decision for those.
+    return [
+        d if (kept := storable(d.envelope)) is d.envelope else dataclasses.replace(d, envelope=kept)
+        for d in decisions
+    ]
 
 
 def _texts(envelope: ActionEnvelope) -> Iterator[tuple[str, str]]:

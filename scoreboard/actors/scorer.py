@@ -1,9 +1,9 @@
 """The scorer: group commit of the user actors' decisions, then the acknowledgements.
 
-Batching is natural: it waits for one decision, then takes whatever else is already waiting, up
-to `scorer.max_batch`, and commits them in one transaction. Only after the commit does it settle
-the deliveries with the broker (ack after commit, never before; a crash in between means a
-redelivery, which the store answers with the stored outcome).
+Batching: it waits for one decision, then gathers what else arrives within `scorer.linger_ms`
+(a few milliseconds), up to `scorer.max_batch`, and commits them in one transaction. Only after
+the commit does it settle the deliveries with the broker (ack after commit, never before; a
+crash in between means a redelivery, which the store answers with the stored outcome).
 
 The results go to the keeper after the commit and before the acknowledgement: a scorer that
 dies in between leaves the deliveries unacknowledged, and their redelivery (as duplicates) makes
@@ -118,6 +118,7 @@ async def run(
                 batch = await inboxes.receive_batch(inbox, config.scorer.max_batch)
             except trio.EndOfChannel:
                 return
+            await _gather_more(inbox, batch, config.scorer.max_batch, config.scorer.linger_ms)
             metrics.BATCH_SIZE.labels("scorer").observe(len(batch))
             scores, unjudged, barriers = _sorted_out(batch)
             outcome = _Outcome()
@@ -137,6 +138,19 @@ async def run(
                 await _settle(broker, outcome)
             for reply in barriers:
                 inboxes.reply(reply, None)
+
+
+async def _gather_more(
+    inbox: trio.MemoryReceiveChannel[ScorerMsg], batch: list[ScorerMsg], max_size: int, ms: int
+) -> None:
+    """Add to `batch` what arrives within `ms`, up to `max_size` (a closed inbox ends it early;
+    the next receive sees it closed)."""
+    with trio.move_on_after(ms / 1000):
+        while len(batch) < max_size:
+            try:
+                batch.append(await inbox.receive())
+            except trio.EndOfChannel:
+                return
 
 
 async def _settle(broker: Broker, outcome: _Outcome) -> None:

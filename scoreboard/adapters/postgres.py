@@ -224,7 +224,16 @@ async def open_postgres_store(
 
 
 async def _open_pool(config: DatabaseConfig) -> asyncpg.Pool:
-    return await asyncpg.create_pool(config.url, min_size=config.pool_min, max_size=config.pool_max)
+    return await asyncpg.create_pool(
+        config.url, min_size=config.pool_min, max_size=config.pool_max, reset=_keep_session
+    )
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection goes back to the pool: no use of the pool changes its
+    session (no SET, LISTEN, cursor or advisory lock; the migration lock has a connection of its
+    own), and asyncpg rolls back a transaction left open before calling this. Its default reset
+    query was one more round trip for every commit of the worker."""
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
@@ -452,53 +461,66 @@ WHERE f.action_id = ANY($1::uuid[])
    OR (f.user_id, f.nonce) IN (SELECT * FROM unnest($2::bigint[], $3::text[]))
 """
 
-_USED_UNIQUE_KEYS = """
-SELECT k.user_id, k.action_type, k.unique_key FROM action_unique_keys AS k
-JOIN unnest($1::bigint[], $2::text[], $3::text[]) AS b (user_id, action_type, unique_key)
+# What the batch needs to read under the users' locks, in one round trip: the stored actions
+# (`stored`) and the used unique keys of `unique_keys_of` ($4-$6, not `stored`).
+_STORED_ACTIONS_AND_USED_KEYS = f"""
+SELECT true AS stored, s.*, NULL::text AS action_type, NULL::text AS unique_key
+FROM ({_STORED_ACTIONS}) AS s
+UNION ALL
+SELECT false, NULL, k.user_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.action_type,
+       k.unique_key
+FROM action_unique_keys AS k
+JOIN unnest($4::bigint[], $5::text[], $6::text[]) AS b (user_id, action_type, unique_key)
   ON k.user_id = b.user_id AND k.action_type = b.action_type AND k.unique_key = b.unique_key
 """
 
-# No ON CONFLICT: a key taken despite the user lock is a bug, and the batch must not commit.
-_TAKE_UNIQUE_KEYS = """
-INSERT INTO action_unique_keys (user_id, action_type, unique_key, action_id)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::uuid[])
-"""
-
-_INSERT_ACTIONS = f"""
-INSERT INTO action_logs (
-    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
-    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at,
-    processed_at
+# The batch's writes in one statement (one round trip): its actions, the unique keys they take,
+# the users' scores; it answers how many actions were inserted, and each changed user's
+# score_reached_at. The score is reached when this statement runs, after the users' locks were
+# granted; the transaction's start (now()) may be long before, while it waited for a lock. The
+# keys have no ON CONFLICT: a key taken despite the user lock is a bug, and the batch must not
+# commit (nor may an action that was stored meanwhile: the caller compares the count).
+_WRITE_BATCH = f"""
+WITH inserted AS (
+    INSERT INTO action_logs (
+        action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
+        message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at,
+        processed_at
+    )
+    SELECT a.action_id, a.user_id, a.nonce, a.action_type, a.action_data::jsonb, a.status,
+           a.score_delta, a.new_score, a.error, a.message, a.retry_after_s,
+           ARRAY(SELECT jsonb_array_elements_text(a.flags::jsonb)),
+           NULLIF(a.ip_address, ''), NULLIF(a.user_agent, ''), a.request_headers::jsonb,
+           {_FROM_EPOCH_MS.format("a.received_at_ms")}, now()
+    FROM unnest(
+        $1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+        $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[],
+        $15::text[], $16::bigint[]
+    ) AS a (
+        action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
+        message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING action_id
+), taken AS (
+    INSERT INTO action_unique_keys (user_id, action_type, unique_key, action_id)
+    SELECT * FROM unnest($17::bigint[], $18::text[], $19::text[], $20::uuid[])
+), scored AS (
+    UPDATE users AS u
+    SET score = u.score + d.delta,
+        score_reached_at = CASE WHEN d.delta > 0 THEN statement_timestamp()
+                                ELSE u.score_reached_at END,
+        last_action_at = GREATEST(
+            u.last_action_at, {_FROM_EPOCH_MS.format("d.last_received_ms")}
+        ),
+        updated_at = now()
+    FROM unnest($21::bigint[], $22::bigint[], $23::bigint[]) AS d (user_id, delta, last_received_ms)
+    WHERE u.id = d.user_id
+    RETURNING u.id, u.score_reached_at
 )
-SELECT a.action_id, a.user_id, a.nonce, a.action_type, a.action_data::jsonb, a.status,
-       a.score_delta, a.new_score, a.error, a.message, a.retry_after_s,
-       ARRAY(SELECT jsonb_array_elements_text(a.flags::jsonb)),
-       NULLIF(a.ip_address, ''), NULLIF(a.user_agent, ''), a.request_headers::jsonb,
-       {_FROM_EPOCH_MS.format("a.received_at_ms")}, now()
-FROM unnest(
-    $1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-    $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[],
-    $15::text[], $16::bigint[]
-) AS a (
-    action_id, user_id, nonce, action_type, action_data, status, score_delta, new_score, error,
-    message, retry_after_s, flags, ip_address, user_agent, request_headers, received_at_ms
-)
-ON CONFLICT DO NOTHING
-RETURNING action_id
-"""
-
-# The score is reached when this statement runs, after the users' locks were granted; the
-# transaction's start (now()) may be long before, while it waited for a lock.
-_ADD_TO_SCORES = f"""
-UPDATE users AS u
-SET score = u.score + d.delta,
-    score_reached_at = CASE WHEN d.delta > 0 THEN statement_timestamp()
-                            ELSE u.score_reached_at END,
-    last_action_at = GREATEST(u.last_action_at, {_FROM_EPOCH_MS.format("d.last_received_ms")}),
-    updated_at = now()
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (user_id, delta, last_received_ms)
-WHERE u.id = d.user_id
-RETURNING u.id, u.score_reached_at
+SELECT (SELECT count(*) FROM inserted) AS written,
+       (SELECT coalesce(array_agg(id), '{{}}') FROM scored) AS user_ids,
+       (SELECT coalesce(array_agg(score_reached_at), '{{}}') FROM scored) AS reached_at
 """
 
 
@@ -527,7 +549,7 @@ def _insert_columns(new: Sequence[tuple[Decision, Settled]]) -> list[list[Any]]:
 
 
 def _score_change_columns(changes: dict[int, ScoreChange]) -> list[list[int]]:
-    """`_ADD_TO_SCORES`'s arrays: user ids, deltas, latest received_at_ms."""
+    """The score arrays of `_WRITE_BATCH`: user ids, deltas, latest received_at_ms."""
     return [
         list(changes),
         [change.delta for change in changes.values()],
@@ -541,39 +563,42 @@ async def _commit_actions(pool: asyncpg.Pool, decisions: Sequence[Decision]) -> 
         users = {row["id"]: row for row in await conn.fetch(_LOCK_USERS, user_ids)}
         if missing := set(user_ids) - users.keys():
             raise UnknownUser(missing)
-        stored = await conn.fetch(
-            _STORED_ACTIONS,
+        keys = unique_keys_of(decisions)
+        key_columns = [list(column) for column in zip(*keys, strict=True)] if keys else [[]] * 3
+        read = await conn.fetch(
+            _STORED_ACTIONS_AND_USED_KEYS,
             [d.envelope.action_id for d in decisions],
             [d.envelope.user_id for d in decisions],
             [d.envelope.nonce for d in decisions],
-        )
-        keys = unique_keys_of(decisions)
-        used = (
-            await conn.fetch(_USED_UNIQUE_KEYS, *map(list, zip(*keys, strict=True))) if keys else []
+            *key_columns,
         )
         plan = plan_commit(
             decisions,
             {user_id: row["score"] for user_id, row in users.items()},
-            _stored_actions(stored),
-            [(row["user_id"], row["action_type"], row["unique_key"]) for row in used],
+            _stored_actions([row for row in read if row["stored"]]),
+            [
+                (row["user_id"], row["action_type"], row["unique_key"])
+                for row in read
+                if not row["stored"]
+            ],
             suspended={user_id for user_id, row in users.items() if row["suspended"]},
         )
         reached_at = {user_id: row["score_reached_at"] for user_id, row in users.items()}
         settling = [*plan.new, *plan.superseding]
-        written = 0
         if settling:
-            written = len(await conn.fetch(_INSERT_ACTIONS, *_insert_columns(settling)))
-        if written != len(settling):
-            raise RuntimeError(
-                "an action was stored while its user was locked: a writer of action_logs "
-                "skipped the user lock"
+            written = await conn.fetchrow(
+                _WRITE_BATCH,
+                *_insert_columns(settling),
+                *_taken_key_columns(plan.taken_keys),
+                *_score_change_columns(plan.score_changes()),
             )
-        if plan.taken_keys:
-            await conn.execute(_TAKE_UNIQUE_KEYS, *_taken_key_columns(plan.taken_keys))
-        if settling:
-            changes = _score_change_columns(plan.score_changes())
-            for row in await conn.fetch(_ADD_TO_SCORES, *changes):
-                reached_at[row["id"]] = row["score_reached_at"]
+            assert written is not None, "the statement answers one row"
+            if written["written"] != len(settling):
+                raise RuntimeError(
+                    "an action was stored while its user was locked: a writer of action_logs "
+                    "skipped the user lock"
+                )
+            reached_at.update(zip(written["user_ids"], written["reached_at"], strict=True))
     return plan.results(
         {user_id: row["username"] for user_id, row in users.items()},
         {user_id: _epoch_ms(moment) for user_id, moment in reached_at.items()},

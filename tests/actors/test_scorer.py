@@ -117,9 +117,9 @@ class Scorer:
 
 @asynccontextmanager
 async def start_scorer(
-    ledger: Ledger, max_batch: int = 500, keeper_buffer: int = 100
+    ledger: Ledger, max_batch: int = 500, keeper_buffer: int = 100, linger_ms: int = 0
 ) -> AsyncIterator[Scorer]:
-    config = Config().replace(scorer={"max_batch": max_batch})
+    config = Config().replace(scorer={"max_batch": max_batch, "linger_ms": linger_ms})
     inbox_send, inbox_receive = scorer.open_inbox()
     keeper_send, keeper_receive = trio.open_memory_channel[KeeperMsg](keeper_buffer)
     # Nobody reads the flags inbox here: the scorer drops what does not fit, and goes on.
@@ -187,6 +187,35 @@ async def test_a_lone_action_is_committed_at_once() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert ledger.commits() == [["nonce-00000001"]]
         assert ledger.settlements() == [{"ack": [1], "retry": [], "dead": []}]
+
+
+async def test_what_arrives_within_the_linger_joins_the_batch(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    ledger = Ledger()
+    async with start_scorer(ledger, linger_ms=5) as running:
+        await running.inbox.send(score(1))
+        await trio.sleep(0.004)
+        await running.inbox.send(score(2))
+        await trio.sleep(0.002)  # the linger is over: 1 and 2 are committed together
+        await running.inbox.send(score(3))
+        await trio.sleep(0.010)
+        assert ledger.commits() == [["nonce-00000001", "nonce-00000002"], ["nonce-00000003"]]
+        assert [s["ack"] for s in ledger.settlements()] == [[1, 2], [3]]
+
+
+async def test_a_full_batch_is_committed_without_lingering(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    ledger = Ledger()
+    async with start_scorer(ledger, max_batch=2, linger_ms=1000) as running:
+        started = trio.current_time()
+        await running.inbox.send(score(1))
+        await running.inbox.send(score(2))
+        while not ledger.commits():
+            await trio.sleep(0.001)
+        assert trio.current_time() - started < 1.0
+        assert ledger.commits() == [["nonce-00000001", "nonce-00000002"]]
 
 
 async def test_deliveries_are_acknowledged_only_after_the_commit() -> None:

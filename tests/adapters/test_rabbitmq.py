@@ -203,6 +203,32 @@ async def test_unacked_deliveries_come_back_when_the_consumer_stops(broker: Rabb
     assert await broker.list_failed(10) == []
 
 
+async def test_acking_many_at_once_never_settles_a_delivery_left_out(
+    broker: RabbitBroker,
+) -> None:
+    """The acks of a batch go as one `multiple` ack where that is safe: never over a delivery
+    still unsettled below them, nor over one that is being dead-lettered."""
+    sent = [envelope(user_id=n) for n in range(6)]
+    for item in sent:
+        await broker.publish_action(item)
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        got = [await consumer.receive() for _ in sent]
+        await broker.settle(ack=[got[0], got[1], got[3]], dead=[(got[4], "poison")])
+        consumer.stop()
+    async with trio.open_nursery() as nursery:
+        again = Consumer(broker, nursery)
+        back = [await again.receive() for _ in range(2)]
+        assert [(decode_envelope(d.body), d.redelivered) for d in back] == [
+            (sent[2], True),
+            (sent[5], True),
+        ]
+        await broker.settle(ack=back)
+        assert await again.nothing_within(0.5)
+        again.stop()
+    assert [decode_envelope(body) for body, _ in await broker.list_failed(10)] == [sent[4]]
+
+
 async def test_a_second_consumer_stands_by_until_the_first_stops(
     bridge: Bridge, broker: RabbitBroker, amqp_config: AmqpConfig
 ) -> None:
