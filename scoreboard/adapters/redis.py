@@ -1,7 +1,9 @@
 """Redis behind the `Board` and `EdgeGuard` protocols (redis.asyncio on the bridge loop).
 
 Every protocol method is one bridge crossing and, where it reads or writes more than one key,
-one Lua script, so that several API and worker processes see each step as atomic.
+one Lua script, so that several API and worker processes see each step as atomic. The two
+scripts every request runs (the claim, the request count) are the exception: concurrent calls
+share one crossing and one pipeline (`redis_batch.py`), each still its own atomic script.
 
 Key layout, all under `RedisConfig.prefix` (`P`):
 
@@ -41,6 +43,7 @@ from a constant, fixed width: the earlier reach gives the larger prefix and rank
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -53,6 +56,7 @@ import redis.exceptions
 import trio
 from redis.typing import EncodableT
 
+from scoreboard.adapters import redis_batch
 from scoreboard.adapters.interfaces import (
     FAILURE_DELAY_BASE_MS,
     FAILURE_DELAY_MAX_DOUBLINGS,
@@ -531,10 +535,19 @@ class RedisBoard(_RedisAdapter):
 
 
 class RedisEdgeGuard(_RedisAdapter):
-    """Nonce idempotency and rate limits, checked and recorded by one script per request."""
+    """Nonce idempotency and rate limits, checked and recorded by one script per request. The
+    scripts every request runs (`claim`, `count_request`) go through the batcher `scripts`
+    (`redis_batch.py`): those of concurrent requests share a pipeline and a bridge crossing."""
 
-    def __init__(self, bridge: Bridge, client: redis.asyncio.Redis, prefix: str):
+    def __init__(
+        self,
+        bridge: Bridge,
+        client: redis.asyncio.Redis,
+        prefix: str,
+        scripts: redis_batch.ScriptsHandle,
+    ):
         super().__init__(bridge, client, prefix)
+        self._scripts = scripts
         self._edge, self._auth = edge_prefixes(prefix)
         self._claim_script = client.register_script(_CLAIM)
         self._release_script = client.register_script(_RELEASE)
@@ -580,7 +593,7 @@ class RedisEdgeGuard(_RedisAdapter):
             self._cooldown_key(user_id, action_type),
             self._action_key(action_id),
         ]
-        args = [
+        args: list[EncodableT] = [
             str(action_id),
             now_ms,
             cooldown_ms,
@@ -594,7 +607,7 @@ class RedisEdgeGuard(_RedisAdapter):
             action_type,
             nonce,
         ]
-        reply = await self._run(self._claim_script, keys, args)
+        reply = await redis_batch.call(self._scripts, self._claim_script, keys, args)
         match reply:
             case ["replayed", known]:
                 first_action_id, status_code = known.split(" ")
@@ -662,7 +675,8 @@ class RedisEdgeGuard(_RedisAdapter):
     async def count_request(self, key: str, limit: int, *, now_ms: int) -> RequestCount:
         if limit < 1:
             raise ValueError("a limit must admit at least one request a minute")
-        admitted, remaining, reset_ms = await self._run(
+        admitted, remaining, reset_ms = await redis_batch.call(
+            self._scripts,
             self._count_request_script,
             [f"{self._prefix}requests:{key}"],
             [now_ms, LIMIT_WINDOW_MS, uuid.uuid4().hex, limit],
@@ -721,13 +735,23 @@ async def _connect(url: str) -> redis.asyncio.Redis:
 
 @asynccontextmanager
 async def open_redis(bridge: Bridge, config: RedisConfig) -> AsyncIterator[RedisBackend]:
-    """Connect (and check that Redis answers); close the pool on exit, even when cancelled."""
-    client = await Crossing(bridge, "redis", TRANSPORT_ERRORS)(_connect, config.url)
+    """Connect (and check that Redis answers) and start the edge guard's batcher; on exit let
+    the batcher finish the batches it sent, then close the pool, even when cancelled."""
+    crossing = Crossing(bridge, "redis", TRANSPORT_ERRORS)
+    client = await crossing(_connect, config.url)
     try:
-        yield RedisBackend(
-            board=RedisBoard(bridge, client, config.prefix),
-            guard=RedisEdgeGuard(bridge, client, config.prefix),
-        )
+        scripts, scripts_inbox = redis_batch.open_inbox()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(redis_batch.run, scripts_inbox, crossing=crossing, client=client)
+            )
+            try:
+                yield RedisBackend(
+                    board=RedisBoard(bridge, client, config.prefix),
+                    guard=RedisEdgeGuard(bridge, client, config.prefix, scripts),
+                )
+            finally:
+                scripts.close()
     finally:
         with trio.CancelScope(shield=True):
             await bridge.run(client.aclose)
