@@ -93,7 +93,8 @@ BROADCAST_LATENCY = Histogram(
 )
 BATCH_SIZE = Histogram(
     "scoreboard_batch_size",
-    "Messages per batch: the scorer's transactions, the publisher's confirms.",
+    "Messages per batch: the scorer's transactions, the publisher's confirms, the edge guard's"
+    " Redis pipelines.",
     ["stage"],
     buckets=BATCH_BUCKETS,
 )
