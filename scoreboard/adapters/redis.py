@@ -43,7 +43,6 @@ from a constant, fixed width: the earlier reach gives the larger prefix and rank
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -739,19 +738,23 @@ async def open_redis(bridge: Bridge, config: RedisConfig) -> AsyncIterator[Redis
     the batcher finish the batches it sent, then close the pool, even when cancelled."""
     crossing = Crossing(bridge, "redis", TRANSPORT_ERRORS)
     client = await crossing(_connect, config.url)
+    scripts, scripts_inbox = redis_batch.open_inbox()
+    batcher_done = trio.Event()
+
+    async def batcher() -> None:
+        try:
+            await redis_batch.run(scripts_inbox, crossing=crossing, client=client)
+        finally:
+            batcher_done.set()
+
+    trio.lowlevel.spawn_system_task(batcher, name="redis-batcher")
     try:
-        scripts, scripts_inbox = redis_batch.open_inbox()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(redis_batch.run, scripts_inbox, crossing=crossing, client=client)
-            )
-            try:
-                yield RedisBackend(
-                    board=RedisBoard(bridge, client, config.prefix),
-                    guard=RedisEdgeGuard(bridge, client, config.prefix, scripts),
-                )
-            finally:
-                scripts.close()
+        yield RedisBackend(
+            board=RedisBoard(bridge, client, config.prefix),
+            guard=RedisEdgeGuard(bridge, client, config.prefix, scripts),
+        )
     finally:
+        scripts.close()
         with trio.CancelScope(shield=True):
+            await batcher_done.wait()  # each batch out ends within `BATCH_TIMEOUT_S`
             await bridge.run(client.aclose)

@@ -96,18 +96,16 @@ async def call(
 
 
 async def run(
-    inbox: trio.MemoryReceiveChannel[ScriptCall],
-    *,
-    crossing: Crossing,
-    client: redis.asyncio.Redis,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    inbox: trio.MemoryReceiveChannel[ScriptCall], *, crossing: Crossing, client: redis.asyncio.Redis
 ) -> None:
-    """Until the inbox is closed (then the batches out are finished) or until cancelled; either
-    way every call taken in is answered, or its reply channel closed."""
+    """Until the inbox is closed (then the batches out are finished first) or until cancelled;
+    either way every call taken in is answered, or its reply channel closed. `open_redis` runs
+    it as a trio system task: a nursery held across its `yield` would tie every user of the
+    adapter to its cancel scopes. A system task must never raise, so a bug here is logged, and
+    the calls after it are answered `BackendUnavailable`."""
     free_slots = trio.Semaphore(MAX_BATCHES_IN_FLIGHT)
     try:
         async with trio.open_nursery() as nursery:
-            task_status.started()
             while True:
                 await free_slots.acquire()
                 try:
@@ -115,6 +113,8 @@ async def run(
                 except trio.EndOfChannel:
                     return
                 nursery.start_soon(_send_in_slot, crossing, client, batch, free_slots)
+    except Exception:
+        log.critical("redis: the edge guard's batcher failed", exc_info=True)
     finally:
         # Calls still queued get no answer: closing their replies tells their callers.
         with inbox:

@@ -57,13 +57,11 @@ class Batching:
         """Start the batcher; cancelling the scope returned stops it."""
         stop = trio.CancelScope()
 
-        async def batcher(*, task_status: trio.TaskStatus[None]) -> None:
+        async def batcher() -> None:
             with stop:
-                await redis_batch.run(
-                    self.inbox, crossing=self.crossing, client=self.client, task_status=task_status
-                )
+                await redis_batch.run(self.inbox, crossing=self.crossing, client=self.client)
 
-        await self.nursery.start(batcher)
+        self.nursery.start_soon(batcher)
         return stop
 
 
