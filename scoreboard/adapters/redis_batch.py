@@ -10,6 +10,13 @@ pipeline without MULTI, one `EVALSHA` per call, in one bridge crossing. Up to
 does not wait for that batch's round trip; calls pile up, and batches grow, only when every slot
 is taken.
 
+The request count is not folded into the claim script, even for the perform route: it is taken
+by `http/ip_limit.py` for every API request before the application reads the body or the token
+(a 401 or a 422 counts, an address over its limit is answered 429 with the `RateLimit` headers
+before any work), while the claim comes after both. Merging them would move the count after
+authentication and change what is counted and answered; in one pipeline they cost one crossing
+anyway.
+
 Each call is still one script, atomic on its own: batching changes nothing of what a claim sees
 or records. Redis runs a pipeline's entries in order, so of two claims of one nonce in one batch
 the first is `Accepted` and the second `Replayed`, as if they had come one after the other.
