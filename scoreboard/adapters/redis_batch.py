@@ -14,8 +14,8 @@ The request count is not folded into the claim script, even for the perform rout
 by `http/ip_limit.py` for every API request before the application reads the body or the token
 (a 401 or a 422 counts, an address over its limit is answered 429 with the `RateLimit` headers
 before any work), while the claim comes after both. Merging them would move the count after
-authentication and change what is counted and answered; in one pipeline they cost one crossing
-anyway.
+authentication and change what is counted and answered. Batched, the counts and the claims of
+concurrent requests share crossings and pipelines anyway.
 
 Each call is still one script, atomic on its own: batching changes nothing of what a claim sees
 or records. Redis runs a pipeline's entries in order, so of two claims of one nonce in one batch
