@@ -26,8 +26,9 @@ from scoreboard.adapters.interfaces import (
     Replayed,
     RequestCount,
 )
-from scoreboard.adapters.redis import TRANSPORT_ERRORS, RedisEdgeGuard, _connect
+from scoreboard.adapters.redis import TRANSPORT_ERRORS, RedisEdgeGuard, _connect, open_redis
 from scoreboard.bridge import Crossing, open_bridge
+from scoreboard.config import RedisConfig
 from tests.faultproxy import FaultProxy
 
 T0 = 1_764_500_000_000
@@ -269,3 +270,16 @@ async def test_a_stopped_batcher_answers_every_call_it_held(batching: Batching) 
         assert isinstance(held.error, BackendUnavailable)
         with pytest.raises(BackendUnavailable):
             await claim(guard, nonce="too-late-01")()
+
+
+async def test_after_open_redis_exits_a_call_is_backend_unavailable(
+    redis_url: str, redis_prefix: str
+) -> None:
+    with trio.fail_after(NO_HANG_S):
+        async with (
+            open_bridge() as bridge,
+            open_redis(bridge, RedisConfig(url=redis_url, prefix=redis_prefix)) as backend,
+        ):
+            assert await claim(backend.guard, nonce="inside-001")() == Accepted()
+        with pytest.raises(BackendUnavailable):
+            await claim(backend.guard, nonce="outside-01")()
