@@ -44,7 +44,7 @@ from hypercorn.utils import wrap_app
 
 from scoreboard.config import ServerConfig
 from scoreboard.drain import Drain
-from scoreboard.http import ws
+from scoreboard.http import perform_loop, ws
 from scoreboard.http.services import Services
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,17 @@ class Listener:
                 trailing = head[head.index(b"\r\n\r\n") + 4 :]
                 await ws.serve(self.services, conn, peer, request, trailing, self.websockets)
             else:
-                stream = ReplayStream(head, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+                rest = await perform_loop.serve(
+                    self.services,
+                    conn,
+                    peer,
+                    head,
+                    lambda received: self.next_head(conn, received),
+                    self.config.keep_alive_max_requests,
+                )
+                if rest is None:
+                    return
+                stream = ReplayStream(rest, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
                 # Annotated as an SSL stream; a plain one works (its `.socket` is what it reads).
                 await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
         except Exception:
@@ -288,23 +298,22 @@ class Listener:
             self.services.connections.connection_closed()
             conn.close()
 
-    async def read_head(self, conn: socket.socket) -> bytes | None:
-        """The bytes up to the end of the first request head, and whatever came with them;
-        None (and the connection answered if it sent part of a head) if none arrives in time."""
-        received = bytearray()
+    async def read_head(
+        self, conn: socket.socket, timeout_s: float | None = None, received: bytes = b""
+    ) -> bytes | None:
+        """The bytes up to the end of a request head, and whatever came with them, given those
+        of `received`; None (and the connection answered if it sent part of a head) if none
+        arrives within `timeout_s` (default `server.header_timeout_s`)."""
+        if timeout_s is None:
+            timeout_s = self.services.config.server.header_timeout_s
+        buffer = bytearray(received)
         with trio.CancelScope() as scope:
             self.unrouted.add(scope)
             try:
-                with trio.move_on_after(self.services.config.server.header_timeout_s):
-                    while True:
-                        data = await ws.receive_some(conn)
-                        if not data:
-                            return None
-                        searched_from = max(0, len(received) - 3)
-                        received += data
-                        if received.find(b"\r\n\r\n", searched_from) >= 0:
-                            return bytes(received)
-                        if len(received) > MAX_HEAD_BYTES:
+                with trio.move_on_after(timeout_s):
+                    searched_from = 0
+                    while buffer.find(b"\r\n\r\n", searched_from) < 0:
+                        if len(buffer) > MAX_HEAD_BYTES:
                             await ws.refuse(
                                 conn,
                                 431,
@@ -312,13 +321,31 @@ class Listener:
                                 "request head too large",
                             )
                             return None
+                        data = await ws.receive_some(conn)
+                        if not data:
+                            return None
+                        searched_from = max(0, len(buffer) - 3)
+                        buffer += data
+                    return bytes(buffer)
             except ws.PeerGone:
                 return None
             finally:
                 self.unrouted.discard(scope)
-        if received and not scope.cancelled_caught:
+        if buffer and not scope.cancelled_caught:
             await ws.refuse(conn, 408, "Request Timeout", "the request head did not arrive in time")
         return None
+
+    async def next_head(self, conn: socket.socket, received: bytes) -> bytes | None:
+        """The next request head on a keep-alive connection of the lean perform loop, within
+        Hypercorn's `keep_alive_timeout` as its own idle connections; None once the server
+        stops (as Hypercorn closes its idle keep-alive connections then)."""
+        if self.context.terminated.is_set():
+            return None
+        if received.find(b"\r\n\r\n") >= 0:
+            # A pipelined request: give other tasks their turn before serving it.
+            await trio.lowlevel.checkpoint()
+            return received
+        return await self.read_head(conn, self.config.keep_alive_timeout, received)
 
 
 class CloseWhenDraining:
