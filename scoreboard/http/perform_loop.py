@@ -54,6 +54,7 @@ FIELD = re.compile(
     rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
 )
 CONTINUE = b"HTTP/1.1 100 \r\n\r\n"
+CONNECTION_CLOSE = (b"connection", b"close")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +142,14 @@ async def answer(
     """Read the body of `head` (the start of it in `rest`), answer, and return what came after
     the body; None when the connection is closed."""
     length = head.content_length
-    close = head.close or last
+    # Who ends the connection decides how its answer says so, as through Hypercorn: h11 puts
+    # `Connection: close` last when the client (or the request count) ends it; the ASGI chain's
+    # `connection: close` (an unread body, a 408, the drain) comes before Hypercorn's `date`.
+    client_closes = head.close or last
+    server_closes = False
     read_body: Callable[[], Awaitable[bytes]] = too_large
     if length > MAX_BODY_BYTES:
-        close = True  # the body is not read; `read_json` refuses its declared length
+        server_closes = True  # the body is not read; `read_json` refuses its declared length
     else:
         if len(rest) < length:
             if head.expects_continue and not await send(conn, CONTINUE):
@@ -158,7 +163,10 @@ async def answer(
                     (b"content-type", b"application/json"),
                     (b"content-length", b"%d" % len(timed_out)),
                 ]
-                await send_and_close(conn, encode(408, headers, timed_out, close=True))
+                if not client_closes:
+                    headers.append(CONNECTION_CLOSE)
+                data = encode(408, headers, timed_out, client_closes=client_closes)
+                await send_and_close(conn, data)
                 return None
             if completed is None:
                 return None  # the client went away: nothing performed
@@ -178,9 +186,11 @@ async def answer(
     content, headers = encode_answer(reply)
     if counted is not None:
         headers += counted.headers
-    close = close or svc.observed.drain.draining
-    data = encode(reply.status, headers, content, close=close)
-    if close:
+    server_closes = server_closes or svc.observed.drain.draining
+    if server_closes and not client_closes:
+        headers.append(CONNECTION_CLOSE)
+    data = encode(reply.status, headers, content, client_closes=client_closes)
+    if server_closes or client_closes:
         await send_and_close(conn, data)
         return None
     return rest if await send(conn, data) else None
@@ -223,13 +233,15 @@ class HttpDate:
 http_date = HttpDate()
 
 
-def encode(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, close: bool) -> bytes:
+def encode(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, client_closes: bool
+) -> bytes:
     """A whole answer as Hypercorn's h11 writes one: no reason phrase, the headers as given,
-    `date`, and `Connection: close` last when the connection ends after it."""
+    `date`, and `Connection: close` last when the client ends the connection after it."""
     lines = [b"HTTP/1.1 %d \r\n" % status]
     lines += [b"%s: %s\r\n" % header for header in headers]
     lines.append(b"date: %s\r\n" % http_date())
-    if close:
+    if client_closes:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")
     lines.append(body)
