@@ -1,5 +1,9 @@
 """`POST /api/v1/actions/perform` as a lean ASGI route in front of the Quart application.
 
+Most perform requests never come here: the listener serves plain HTTP/1.1 ones on its own loop
+(`http/perform_loop.py`), with this module's `perform` and `encode_answer`. This route answers
+those that reach Hypercorn (HTTP/1.0, chunked bodies, h2c, heads the lean loop does not take).
+
 The perform route is the hot path of the API: at hundreds of requests a second, Quart's request
 and response objects, its context locals, routing and response conversion cost more CPU than the
 action itself. This ASGI application answers that one route from the raw ASGI scope, reads the

@@ -3,10 +3,13 @@
 The process owns the listening socket. For each connection it reads the first request head
 (at most `MAX_HEAD_BYTES`, within `server.header_timeout_s`, else the connection is closed,
 408/431 if a partial head came). A WebSocket upgrade of `GET /api/v1/ws` goes to the lean
-path (`http/ws.py`); every other connection (HTTP/1.1 with keep-alive and bodies, h2c, WebSocket
-upgrades of other paths, anything unparsable) goes to Hypercorn's own connection handler over a
-stream that first replays the bytes already read, so Hypercorn sees the connection exactly as a
-client sent it. A connection past `server.max_connections` gets a 503 and is closed at once.
+path (`http/ws.py`); a plain HTTP/1.1 `POST /api/v1/actions/perform` to the lean perform loop
+(`http/perform_loop.py`), which keeps the connection while perform requests follow on it. Every
+other connection (other routes, HTTP/1.0, chunked bodies, h2c, WebSocket upgrades of other
+paths, anything unparsable), and a lean one from its first other request on, goes to
+Hypercorn's own connection handler over a stream that first replays the bytes already read, so
+Hypercorn sees the connection exactly as a client sent it. A connection past
+`server.max_connections` gets a 503 and is closed at once.
 
 Hypercorn has no public API for serving a connection it did not accept, so this drives its trio
 worker's internals the way `hypercorn.trio.run.worker_serve` does (`TCPServer`, `Lifespan`,
@@ -15,10 +18,12 @@ and tests/http/test_listener.py fails loudly if those internals change.
 
 Shutdown (the trigger set, or the process's drain begun `server.drain_delay_s` ago): stop
 accepting and close the listening socket, close WebSockets (1012 when the process drains, else
-1001) and connections still sending their head, tell Hypercorn's connections to finish (idle
-keep-alive connections close, requests in flight complete), wait at most `server.shutdown_grace_s`.
+1001) and connections waiting for a request head (the first, or the next on a lean perform
+connection), tell Hypercorn's connections to finish (idle keep-alive connections close, requests
+in flight complete), wait at most `server.shutdown_grace_s`.
 A drain then reports `http_drained` and waits for the trigger; the app's lifespan shutdown runs
-last. While the process drains, every response carries `Connection: close` (`CloseWhenDraining`):
+last. While the process drains, every response carries `Connection: close` (`CloseWhenDraining`,
+and the lean perform loop likewise):
 Hypercorn alone would answer one more request on each keep-alive connection as if nothing
 happened, then drop the connection under the client's next request.
 """
@@ -185,9 +190,12 @@ def hypercorn_config(services: Services) -> HypercornConfig:
 
 
 class Listener:
-    def __init__(self, app: Any, services: Services, sock: socket.socket) -> None:
+    def __init__(
+        self, app: Any, services: Services, sock: socket.socket, *, lean_perform: bool = True
+    ) -> None:
         self.services = services
         self.sock = sock
+        self.lean_perform = lean_perform
         self.config = hypercorn_config(services)
         self.app: AppWrapper = wrap_app(
             CloseWhenDraining(app, services.observed.drain), self.config.wsgi_max_body_size, "asgi"
@@ -195,7 +203,8 @@ class Listener:
         self.context = WorkerContext(None)
         self.lifespan_state: LifespanState = {}
         self.limit = connection_limit(services.config.server.max_connections)
-        # Cancelled at shutdown: connections still sending their first head, and WebSockets.
+        # Cancelled at shutdown: connections waiting for a request head (the first, or the next
+        # on a lean perform connection), and WebSockets.
         self.unrouted: set[trio.CancelScope] = set()
         self.websockets: set[trio.CancelScope] = set()
 
@@ -278,7 +287,8 @@ class Listener:
             if request is not None:
                 trailing = head[head.index(b"\r\n\r\n") + 4 :]
                 await ws.serve(self.services, conn, peer, request, trailing, self.websockets)
-            else:
+                return
+            if self.lean_perform:
                 rest = await perform_loop.serve(
                     self.services,
                     conn,
@@ -289,9 +299,10 @@ class Listener:
                 )
                 if rest is None:
                     return
-                stream = ReplayStream(rest, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
-                # Annotated as an SSL stream; a plain one works (its `.socket` is what it reads).
-                await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+                head = rest  # Hypercorn's from this request on
+            stream = ReplayStream(head, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+            # Annotated as an SSL stream; a plain one works (its `.socket` is what it reads).
+            await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
@@ -387,7 +398,10 @@ async def serve_http(
     sock: socket.socket,
     shutdown: trio.Event,
     *,
+    lean_perform: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve on the listening socket `sock` until `shutdown` is set; it is closed then."""
-    await Listener(app, services, sock).serve(shutdown, task_status=task_status)
+    """Serve on the listening socket `sock` until `shutdown` is set; it is closed then. Without
+    `lean_perform`, perform requests go to `app` through Hypercorn too (tests compare both)."""
+    listener = Listener(app, services, sock, lean_perform=lean_perform)
+    await listener.serve(shutdown, task_status=task_status)
