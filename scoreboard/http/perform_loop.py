@@ -143,8 +143,9 @@ async def answer(
     the body; None when the connection is closed."""
     length = head.content_length
     # Who ends the connection decides how its answer says so, as through Hypercorn: h11 puts
-    # `Connection: close` last when the client (or the request count) ends it; the ASGI chain's
-    # `connection: close` (an unread body, a 408, the drain) comes before Hypercorn's `date`.
+    # `Connection: close` last when the client ends it (Hypercorn, at its request count, the
+    # same place); the ASGI chain's `connection: close` (an unread body, a 408, the drain) comes
+    # before Hypercorn's `date`.
     client_closes = head.close or last
     server_closes = False
     read_body: Callable[[], Awaitable[bytes]] = too_large
@@ -158,15 +159,7 @@ async def answer(
             with trio.move_on_after(timeout_s) as reading:
                 completed = await receive_at_least(conn, rest, length)
             if reading.cancelled_caught:
-                timed_out = request_timeout_body(timeout_s)
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", b"%d" % len(timed_out)),
-                ]
-                if not client_closes:
-                    headers.append(CONNECTION_CLOSE)
-                data = encode(408, headers, timed_out, client_closes=client_closes)
-                await send_and_close(conn, data)
+                await send_and_close(conn, request_timeout(timeout_s, client_closes=client_closes))
                 return None
             if completed is None:
                 return None  # the client went away: nothing performed
@@ -194,6 +187,15 @@ async def answer(
         await send_and_close(conn, data)
         return None
     return rest if await send(conn, data) else None
+
+
+def request_timeout(timeout_s: float, *, client_closes: bool) -> bytes:
+    """The 408 of a body not read within `timeout_s`, as `BodyGuard` answers it."""
+    body = request_timeout_body(timeout_s)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if not client_closes:
+        headers.append(CONNECTION_CLOSE)
+    return encode(408, headers, body, client_closes=client_closes)
 
 
 async def too_large() -> bytes:
