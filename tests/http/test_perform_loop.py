@@ -532,3 +532,17 @@ async def test_shutdown_closes_idle_lean_connections_and_finishes_requests_in_fl
     assert await in_flight.closed_by_server()
     with trio.fail_after(ANSWER_TIMEOUT_S):
         await listener.stopped.wait()
+
+
+async def test_a_lean_connection_ends_after_hypercorns_request_count(connect: Opener) -> None:
+    """As Hypercorn closes a keep-alive connection after `keep_alive_max_requests` (1,000)."""
+    connection = await connect()
+    refused = request(b"{}", {"Content-Type": "application/json"})  # no token: 401
+    for _ in range(999):
+        await connection.send(refused)
+        answer = await connection.answer()
+        assert (answer.status, answer.closes) == (401, False), answer
+    await connection.send(refused)
+    last = await connection.answer()
+    assert (last.status, last.closes, last.from_hypercorn) == (401, True, False), last
+    assert await connection.closed_by_server()
