@@ -16,9 +16,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoreboard.config import Config, ServerConfig
 from scoreboard.drain import Drain
@@ -293,6 +296,60 @@ def test_only_a_plain_perform_head_is_parsed_for_the_lean_loop() -> None:
         b"\r\n" + plain,
     ):
         assert parse_head(other) is None, other
+
+
+# Pieces of header lines: mostly what a well-formed line holds, now and then what none may.
+VALID = st.sampled_from(
+    [b"a", b"Z", b"-", b"5", b" ", b"\t", b",", b'"', b"\xe9", b"close", b"100-continue"]
+)
+ODD = st.sampled_from([b":", b"\x00", b"\x01", b"\x7f", b"\r", b"\n", b" \r\n "])
+NAMES = st.sampled_from(
+    [b"X-A", b"X-B", b"Connection", b"expect", b"Content-Length", b"HOST", b"Upgrade", b"X\xe9"]
+)
+HEAD_LINES = st.lists(
+    st.tuples(
+        st.one_of(NAMES, NAMES, NAMES, st.lists(st.one_of(VALID, ODD), max_size=3).map(b"".join)),
+        st.sampled_from([b": ", b": ", b":", b":\t", b" :", b""]),
+        st.lists(st.one_of(VALID, VALID, VALID, ODD), max_size=5).map(b"".join),
+    ).map(b"".join),
+    max_size=3,
+).flatmap(lambda extra: st.permutations([b"Host: t", b"Content-Length: 2", *extra]))
+REQUEST_LINES = st.sampled_from(
+    [
+        b"POST /api/v1/actions/perform HTTP/1.1",
+        b"POST /api/v1/actions/perform HTTP/1.1",
+        b"POST /api/v1/actions/perform?access_token=x&a=%20 HTTP/1.1",
+        b"POST /api/v1/actions/perform?a=\x7f HTTP/1.1",
+        b"POST /api/v1/actions/perform  HTTP/1.1",
+        b"POST /api/v1/actions/perform HTTP/1.10",
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(request_line=REQUEST_LINES, lines=HEAD_LINES)
+def test_a_head_the_lean_loop_takes_is_one_h11_reads_the_same(
+    request_line: bytes, lines: list[bytes]
+) -> None:
+    """The lean loop is stricter than Hypercorn's h11, never looser: whatever it takes, h11
+    reads as the same request, with the same headers and length."""
+    head = b"\r\n".join([request_line, *lines]) + b"\r\n\r\n"
+    parsed = parse_head(head)
+    if parsed is None:
+        return
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(head)
+    event = connection.next_event()
+    assert isinstance(event, h11.Request), head
+    assert (event.method, event.http_version) == (b"POST", b"1.1")
+    assert event.target == PERFORM.encode() + (b"?" + parsed.query if b"?" in event.target else b"")
+    assert [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers] == (
+        list(parsed.headers.items())
+    )
+    lengths = [int(value) for name, value in event.headers if name == b"content-length"]
+    assert lengths == [parsed.content_length]
+    assert connection.they_are_waiting_for_100_continue is parsed.expects_continue
+    assert parsed.size == head.index(b"\r\n\r\n") + 4
 
 
 async def test_a_head_sent_before_its_body_in_pieces_is_served(
