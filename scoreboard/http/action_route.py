@@ -1,5 +1,9 @@
 """`POST /api/v1/actions/perform` as a lean ASGI route in front of the Quart application.
 
+Most perform requests never come here: the listener serves plain HTTP/1.1 ones on its own loop
+(`http/perform_loop.py`), with this module's `perform` and `encode_answer`. This route answers
+those that reach Hypercorn (HTTP/1.0, chunked bodies, h2c, heads the lean loop does not take).
+
 The perform route is the hot path of the API: at hundreds of requests a second, Quart's request
 and response objects, its context locals, routing and response conversion cost more CPU than the
 action itself. This ASGI application answers that one route from the raw ASGI scope, reads the
@@ -13,6 +17,7 @@ bodies and headers are the same either way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 from hypercorn.typing import (
@@ -60,30 +65,48 @@ class ActionRoute:
         headers = Headers(
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
         )
-        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         client = scope["client"]
-        request = PerformRequest(
-            headers=headers,
-            token_in_url="access_token" in query,
-            remote_addr=client[0] if client else None,
-            content_length=_content_length(headers),
-            read_body=lambda: _read_body(receive),
-        )
         try:
-            answer = await perform_action(self._services, request)
+            answer = await perform(
+                self._services,
+                headers,
+                scope["query_string"],
+                client[0] if client else None,
+                lambda: _read_body(receive),
+            )
         except ClientGone:
             return
-        except Exception:
-            log.exception("POST %s failed", PERFORM_PATH)
-            answer = Answer(
-                500,
-                {
-                    "success": False,
-                    "error": "server_error",
-                    "message": InternalServerError.description,
-                },
-            )
         await _send_answer(send, answer)
+
+
+async def perform(
+    services: Services,
+    headers: Headers,
+    query_string: bytes,
+    remote_addr: str | None,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> Answer:
+    """The answer to one `POST /api/v1/actions/perform`, whichever server read it: this ASGI
+    route or the listener's lean loop (`http/perform_loop.py`). `ClientGone` (from `read_body`)
+    passes through; any other failure is the route's 500."""
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    request = PerformRequest(
+        headers=headers,
+        token_in_url="access_token" in query,
+        remote_addr=remote_addr,
+        content_length=_content_length(headers),
+        read_body=read_body,
+    )
+    try:
+        return await perform_action(services, request)
+    except ClientGone:
+        raise
+    except Exception:
+        log.exception("POST %s failed", PERFORM_PATH)
+        return Answer(
+            500,
+            {"success": False, "error": "server_error", "message": InternalServerError.description},
+        )
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -111,8 +134,9 @@ async def _read_body(receive: ASGIReceiveCallable) -> bytes:
             return b"".join(chunks)
 
 
-async def _send_answer(send: ASGISendCallable, answer: Answer) -> None:
-    # The bytes Quart's `jsonify` writes: sorted keys, compact, a final newline.
+def encode_answer(answer: Answer) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers of `answer`. The body is the bytes Quart's `jsonify` writes: sorted
+    keys, compact, a final newline."""
     body = json_codec.dumps(answer.body, sort_keys=True) + b"\n"
     headers = [
         (b"content-type", b"application/json"),
@@ -122,5 +146,10 @@ async def _send_answer(send: ASGISendCallable, answer: Answer) -> None:
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in answer.headers.items()
     ]
+    return body, headers
+
+
+async def _send_answer(send: ASGISendCallable, answer: Answer) -> None:
+    body, headers = encode_answer(answer)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -89,7 +89,8 @@ def create_asgi_app(services: Services) -> BodyGuard:
     """The application as the listener serves it: each request's body is read (bounded in size
     and time) before the application sees the request (`body_guard.py`), then counted against
     its address's request limit (`ip_limit.py`) before any work is done for it, then the lean
-    perform route (`action_route.py`) in front of the Quart application."""
+    perform route (`action_route.py`) in front of the Quart application. Plain HTTP/1.1 perform
+    requests do not come through here: the listener serves them (`perform_loop.py`)."""
     return BodyGuard(
         IpLimit(ActionRoute(create_app(services), services), services),
         max_body_bytes=MAX_BODY_BYTES,

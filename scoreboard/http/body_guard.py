@@ -124,14 +124,19 @@ def _guarded_send(send: Send, *, close_connection: bool) -> Send:
 
 
 async def _request_timeout(send: Send, timeout_s: float, *, close_connection: bool) -> None:
-    body = json.dumps(
+    body = request_timeout_body(timeout_s)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    guarded = _guarded_send(send, close_connection=close_connection)
+    await guarded({"type": "http.response.start", "status": 408, "headers": headers})
+    await guarded({"type": "http.response.body", "body": body})
+
+
+def request_timeout_body(timeout_s: float) -> bytes:
+    """The 408 of a body that did not arrive in time (here, and in `http/perform_loop.py`)."""
+    return json.dumps(
         {
             "success": False,
             "error": "request_timeout",
             "message": f"the request body did not arrive within {timeout_s:g} s",
         }
     ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    guarded = _guarded_send(send, close_connection=close_connection)
-    await guarded({"type": "http.response.start", "status": 408, "headers": headers})
-    await guarded({"type": "http.response.body", "body": body})

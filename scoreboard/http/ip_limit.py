@@ -22,6 +22,7 @@ refuse with 503 on their own, and reads stay available.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import trio
 from hypercorn.typing import (
@@ -55,7 +56,6 @@ class IpLimit:
     def __init__(self, app: ASGIFramework, services: Services) -> None:
         self.app = app
         self._services = services
-        self._limits = services.config.limits
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -63,45 +63,66 @@ class IpLimit:
         if (
             scope["type"] != "http"
             or not scope["path"].startswith(LIMITED_PREFIX)
-            or not self._limits.enabled
+            or not self._services.config.limits.enabled  # saves reading the headers
         ):
             await self.app(scope, receive, send)
             return
-        count = await self._count(scope)
-        if count is None:
+        client = scope["client"]
+        counted = await count_request(
+            self._services, client[0] if client else None, _scope_headers(scope)
+        )
+        if counted is None:
             await self.app(scope, receive, send)
             return
-        headers = _headers(self._limits.ip_requests_per_minute, count)
-        if not count.admitted:
-            metrics.RATE_LIMITED.labels("requests_per_ip").inc()
-            await _too_many(send, count.reset_s, headers)
+        if not counted.admitted:
+            await _too_many(send, counted.retry_after_s, counted.headers)
             return
 
         async def send_with_headers(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *headers]}
+                message = {**message, "headers": [*message.get("headers", []), *counted.headers]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _count(self, scope: HTTPScope) -> RequestCount | None:
-        client = scope["client"]
-        headers = Headers(
-            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
-        )
-        ip = client_ip(
-            client[0] if client else None, headers, self._services.config.server.trusted_proxies
-        )
-        try:
-            with trio.fail_after(GUARD_TIMEOUT_S):
-                return await self._services.guard.count_request(
-                    f"ip:{address_key(ip)}",
-                    self._limits.ip_requests_per_minute,
-                    now_ms=clock.now_ms(),
-                )
-        except (BackendUnavailable, trio.TooSlowError) as exc:
-            log.warning("the per-address limit is not counted: the guard failed (%r)", exc)
-            return None
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """One request counted: admitted or not, and the `RateLimit` headers of its answer."""
+
+    admitted: bool
+    retry_after_s: int  # refused: the Retry-After of the 429
+    headers: list[tuple[bytes, bytes]]
+
+
+async def count_request(
+    services: Services, remote_addr: str | None, headers: Headers
+) -> Counted | None:
+    """Count one API request from `remote_addr` (behind a trusted proxy, its forwarded client)
+    against its address's window; None when it goes on uncounted (limits off, or the guard
+    failed). Called by `IpLimit` and by the listener's lean perform loop
+    (`http/perform_loop.py`), so both count and answer the same way."""
+    limits = services.config.limits
+    if not limits.enabled:
+        return None
+    ip = client_ip(remote_addr, headers, services.config.server.trusted_proxies)
+    try:
+        with trio.fail_after(GUARD_TIMEOUT_S):
+            count = await services.guard.count_request(
+                f"ip:{address_key(ip)}", limits.ip_requests_per_minute, now_ms=clock.now_ms()
+            )
+    except (BackendUnavailable, trio.TooSlowError) as exc:
+        log.warning("the per-address limit is not counted: the guard failed (%r)", exc)
+        return None
+    if not count.admitted:
+        metrics.RATE_LIMITED.labels("requests_per_ip").inc()
+    return Counted(count.admitted, count.reset_s, _headers(limits.ip_requests_per_minute, count))
+
+
+def _scope_headers(scope: HTTPScope) -> Headers:
+    return Headers(
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+    )
 
 
 def _headers(limit: int, count: RequestCount) -> list[tuple[bytes, bytes]]:

@@ -3,10 +3,13 @@
 The process owns the listening socket. For each connection it reads the first request head
 (at most `MAX_HEAD_BYTES`, within `server.header_timeout_s`, else the connection is closed,
 408/431 if a partial head came). A WebSocket upgrade of `GET /api/v1/ws` goes to the lean
-path (`http/ws.py`); every other connection (HTTP/1.1 with keep-alive and bodies, h2c, WebSocket
-upgrades of other paths, anything unparsable) goes to Hypercorn's own connection handler over a
-stream that first replays the bytes already read, so Hypercorn sees the connection exactly as a
-client sent it. A connection past `server.max_connections` gets a 503 and is closed at once.
+path (`http/ws.py`); a plain HTTP/1.1 `POST /api/v1/actions/perform` to the lean perform loop
+(`http/perform_loop.py`), which keeps the connection while perform requests follow on it. Every
+other connection (other routes, HTTP/1.0, chunked bodies, h2c, WebSocket upgrades of other
+paths, anything unparsable), and a lean one from its first other request on, goes to
+Hypercorn's own connection handler over a stream that first replays the bytes already read, so
+Hypercorn sees the connection exactly as a client sent it. A connection past
+`server.max_connections` gets a 503 and is closed at once.
 
 Hypercorn has no public API for serving a connection it did not accept, so this drives its trio
 worker's internals the way `hypercorn.trio.run.worker_serve` does (`TCPServer`, `Lifespan`,
@@ -15,10 +18,12 @@ and tests/http/test_listener.py fails loudly if those internals change.
 
 Shutdown (the trigger set, or the process's drain begun `server.drain_delay_s` ago): stop
 accepting and close the listening socket, close WebSockets (1012 when the process drains, else
-1001) and connections still sending their head, tell Hypercorn's connections to finish (idle
-keep-alive connections close, requests in flight complete), wait at most `server.shutdown_grace_s`.
+1001) and connections waiting for a request head (the first, or the next on a lean perform
+connection), tell Hypercorn's connections to finish (idle keep-alive connections close, requests
+in flight complete), wait at most `server.shutdown_grace_s`.
 A drain then reports `http_drained` and waits for the trigger; the app's lifespan shutdown runs
-last. While the process drains, every response carries `Connection: close` (`CloseWhenDraining`):
+last. While the process drains, every response carries `Connection: close` (`CloseWhenDraining`,
+and the lean perform loop likewise):
 Hypercorn alone would answer one more request on each keep-alive connection as if nothing
 happened, then drop the connection under the client's next request.
 """
@@ -44,7 +49,7 @@ from hypercorn.utils import wrap_app
 
 from scoreboard.config import ServerConfig
 from scoreboard.drain import Drain
-from scoreboard.http import ws
+from scoreboard.http import perform_loop, ws
 from scoreboard.http.services import Services
 
 log = logging.getLogger(__name__)
@@ -185,9 +190,12 @@ def hypercorn_config(services: Services) -> HypercornConfig:
 
 
 class Listener:
-    def __init__(self, app: Any, services: Services, sock: socket.socket) -> None:
+    def __init__(
+        self, app: Any, services: Services, sock: socket.socket, *, lean_perform: bool = True
+    ) -> None:
         self.services = services
         self.sock = sock
+        self.lean_perform = lean_perform
         self.config = hypercorn_config(services)
         self.app: AppWrapper = wrap_app(
             CloseWhenDraining(app, services.observed.drain), self.config.wsgi_max_body_size, "asgi"
@@ -195,7 +203,8 @@ class Listener:
         self.context = WorkerContext(None)
         self.lifespan_state: LifespanState = {}
         self.limit = connection_limit(services.config.server.max_connections)
-        # Cancelled at shutdown: connections still sending their first head, and WebSockets.
+        # Cancelled at shutdown: connections waiting for a request head (the first, or the next
+        # on a lean perform connection), and WebSockets.
         self.unrouted: set[trio.CancelScope] = set()
         self.websockets: set[trio.CancelScope] = set()
 
@@ -278,33 +287,44 @@ class Listener:
             if request is not None:
                 trailing = head[head.index(b"\r\n\r\n") + 4 :]
                 await ws.serve(self.services, conn, peer, request, trailing, self.websockets)
-            else:
-                stream = ReplayStream(head, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
-                # Annotated as an SSL stream; a plain one works (its `.socket` is what it reads).
-                await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+                return
+            if self.lean_perform:
+                rest = await perform_loop.serve(
+                    self.services,
+                    conn,
+                    peer,
+                    head,
+                    lambda received: self.next_head(conn, received),
+                    self.config.keep_alive_max_requests,
+                )
+                if rest is None:
+                    return
+                head = rest  # Hypercorn's from this request on
+            stream = ReplayStream(head, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+            # Annotated as an SSL stream; a plain one works (its `.socket` is what it reads).
+            await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
             self.services.connections.connection_closed()
             conn.close()
 
-    async def read_head(self, conn: socket.socket) -> bytes | None:
-        """The bytes up to the end of the first request head, and whatever came with them;
-        None (and the connection answered if it sent part of a head) if none arrives in time."""
-        received = bytearray()
+    async def read_head(
+        self, conn: socket.socket, timeout_s: float | None = None, received: bytes = b""
+    ) -> bytes | None:
+        """The bytes up to the end of a request head, and whatever came with them, given those
+        of `received`; None (and the connection answered if it sent part of a head) if none
+        arrives within `timeout_s` (default `server.header_timeout_s`)."""
+        if timeout_s is None:
+            timeout_s = self.services.config.server.header_timeout_s
+        buffer = bytearray(received)
         with trio.CancelScope() as scope:
             self.unrouted.add(scope)
             try:
-                with trio.move_on_after(self.services.config.server.header_timeout_s):
-                    while True:
-                        data = await ws.receive_some(conn)
-                        if not data:
-                            return None
-                        searched_from = max(0, len(received) - 3)
-                        received += data
-                        if received.find(b"\r\n\r\n", searched_from) >= 0:
-                            return bytes(received)
-                        if len(received) > MAX_HEAD_BYTES:
+                with trio.move_on_after(timeout_s):
+                    searched_from = 0
+                    while buffer.find(b"\r\n\r\n", searched_from) < 0:
+                        if len(buffer) > MAX_HEAD_BYTES:
                             await ws.refuse(
                                 conn,
                                 431,
@@ -312,13 +332,31 @@ class Listener:
                                 "request head too large",
                             )
                             return None
+                        data = await ws.receive_some(conn)
+                        if not data:
+                            return None
+                        searched_from = max(0, len(buffer) - 3)
+                        buffer += data
+                    return bytes(buffer)
             except ws.PeerGone:
                 return None
             finally:
                 self.unrouted.discard(scope)
-        if received and not scope.cancelled_caught:
+        if buffer and not scope.cancelled_caught:
             await ws.refuse(conn, 408, "Request Timeout", "the request head did not arrive in time")
         return None
+
+    async def next_head(self, conn: socket.socket, received: bytes) -> bytes | None:
+        """The next request head on a keep-alive connection of the lean perform loop, within
+        Hypercorn's `keep_alive_timeout` as its own idle connections; None once the server
+        stops (as Hypercorn closes its idle keep-alive connections then)."""
+        if self.context.terminated.is_set():
+            return None
+        if received.find(b"\r\n\r\n") >= 0:
+            # A pipelined request: give other tasks their turn before serving it.
+            await trio.lowlevel.checkpoint()
+            return received
+        return await self.read_head(conn, self.config.keep_alive_timeout, received)
 
 
 class CloseWhenDraining:
@@ -360,7 +398,10 @@ async def serve_http(
     sock: socket.socket,
     shutdown: trio.Event,
     *,
+    lean_perform: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve on the listening socket `sock` until `shutdown` is set; it is closed then."""
-    await Listener(app, services, sock).serve(shutdown, task_status=task_status)
+    """Serve on the listening socket `sock` until `shutdown` is set; it is closed then. Without
+    `lean_perform`, perform requests go to `app` through Hypercorn too (tests compare both)."""
+    listener = Listener(app, services, sock, lean_perform=lean_perform)
+    await listener.serve(shutdown, task_status=task_status)

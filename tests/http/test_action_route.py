@@ -1,10 +1,12 @@
-"""The lean ASGI perform route answers exactly as the Quart route does.
+"""The lean perform paths answer exactly as the Quart route does.
 
-The server serves `POST /api/v1/actions/perform` through `ActionRoute`, in front of the Quart
-application; here the Quart application alone is served too (on a second port, same services),
-and the same requests go to both: statuses, bodies and headers must agree, byte for byte where
-nothing differs by design (the action ids and the date). Everything that is not that route
-passes through `ActionRoute` to Quart.
+The server serves `POST /api/v1/actions/perform` on the listener's lean loop (plain HTTP/1.1,
+as httpx sends it; `http/perform_loop.py`), else through `ActionRoute` in front of the Quart
+application; here the Quart application alone is served too (on a second port, same services,
+every request through Hypercorn), and the same requests go to both: statuses, bodies and headers
+must agree, byte for byte where nothing differs by design (the action ids and the date).
+Everything that is not that route passes through `ActionRoute` to Quart. The lean loop against
+`ActionRoute`: tests/http/test_perform_loop.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -46,7 +49,11 @@ async def quart_only(
     shutdown = trio.Event()
     with bind_socket(ServerConfig(host="127.0.0.1", port=0)) as listening:
         await nursery.start(
-            serve_http, create_app(server.services), server.services, listening, shutdown
+            partial(serve_http, lean_perform=False),
+            create_app(server.services),
+            server.services,
+            listening,
+            shutdown,
         )
         async with httpx.AsyncClient(base_url=socket_url(listening), timeout=30) as client:
             yield client
