@@ -5,9 +5,11 @@ It owns the connection registry and never waits for a connection: each connectio
 socket's mailbox writes the frame straight into the socket when its kernel buffer has room). A
 leaderboard snapshot is encoded once, JSON and WebSocket framing, and the same frame is offered
 to every mailbox, at most once per tick: the newest snapshot of a tick replaces the older ones.
-A tick is `websocket.min_update_interval_s`, stretched while fan-outs take long: a fan-out may
-take at most `MAX_BROADCAST_SHARE` of the time, so with many sockets every client gets fewer
-updates instead of the process falling behind on everything else. A user's own frames (score
+A tick is `websocket.min_update_interval_s` from the end of a fan-out to the start of the next
+(so no client gets two updates within a tick), stretched while fan-outs take long: a fan-out may
+take at most `MAX_BROADCAST_SHARE` of the time, counted from one start to the next, so with many
+sockets every client gets fewer updates instead of the process falling behind on everything
+else. A user's own frames (score
 updates, action results) go to that user's connections only, and action results also to HTTP
 requests waiting for them (`Prefer: wait=N`). A revoked grant or access token (`TokensRevoked`)
 closes the connections authenticated with it: their writers send `token_revoked` and close 4401.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
@@ -213,17 +214,20 @@ class _Hub:
     def broadcast(self) -> None:
         frame = self.snapshot_frame()
         self.unsent = False
-        began = time.perf_counter()
+        began = trio.current_time()
         if frame is not None:
             for _user_id, mailbox in self.connections.values():
                 mailbox.offer_snapshot(frame)
-        fanout_s = time.perf_counter() - began
+        fanout_s = trio.current_time() - began
         if self.latest is not None:
             metrics.BROADCAST_LATENCY.observe(
                 max(0.0, clock.now_s() - self.latest.updated_at_ms / 1000)
             )
-        interval_s = max(self.tick_s, fanout_s / MAX_BROADCAST_SHARE)
-        self.next_broadcast_at = trio.current_time() + interval_s
+        # From the start of this fan-out to the start of the next. A client that got this one
+        # last waits a whole tick after its end (never two updates within a tick for anyone);
+        # a long fan-out takes at most MAX_BROADCAST_SHARE of the time, its own included.
+        interval_s = max(fanout_s + self.tick_s, fanout_s / MAX_BROADCAST_SHARE)
+        self.next_broadcast_at = began + interval_s
         self.stats.broadcasts += 1
         self.stats.last_fanout_s = fanout_s
         self.stats.interval_s = interval_s

@@ -4,6 +4,7 @@ a client who never reads costs the others nothing."""
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import statistics
 import time
@@ -405,41 +406,82 @@ async def test_a_client_that_never_reads_does_not_delay_the_others() -> None:
 
 
 class SlowMailbox(CountingMailbox):
-    """A mailbox whose offers take real time, as thousands of socket writes do."""
+    """A mailbox whose offers take time on the hub's clock, as thousands of socket writes do;
+    it notes when each snapshot reached it."""
+
+    def __init__(self, clock: trio.testing.MockClock, offer_s: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.offer_s = offer_s
+        self.offered_at: list[float] = []
 
     def offer_snapshot(self, frame: Frame) -> None:
-        time.sleep(0.004)
+        self.clock.jump(self.offer_s)
+        self.offered_at.append(trio.current_time())
         super().offer_snapshot(frame)
+
+
+async def changing_board_under(
+    tick_s: float, mailboxes: list[SlowMailbox], stats: hub.BroadcastStats
+) -> float:
+    """A hub whose board changes every 10 ms for 1 s; the time that took."""
+    send, receive = hub.open_inbox()
+    top = BoardTop(list(board(1)))
+    run = functools.partial(
+        hub.run, receive, board=cast(Board, top), config=config(tick_s), stats=stats
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run)
+        async with send:
+            for n, mailbox in enumerate(mailboxes):
+                await send.send(Register(n, None, mailbox))
+            start = trio.current_time()
+            for change in itertools.count():
+                if trio.current_time() - start >= 1:
+                    break
+                await send.send(LeaderboardChanged(board(100 + change), T0_MS + change))
+                await trio.sleep(0.01)
+            elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+def gaps(mailbox: SlowMailbox) -> list[float]:
+    """Between the snapshots the mailbox got after the one on registration."""
+    times = mailbox.offered_at[1:]
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
 
 
 async def test_the_tick_stretches_while_fan_outs_take_long(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """25 offers of 4 ms each: a 100 ms fan-out, so at most one every 133 ms (three quarters of
-    the time), however often the board changes or however short the configured tick."""
+    """25 offers of 4 ms each: a 100 ms fan-out, so one every 133 ms from start to start (the
+    fan-out three quarters of the time), however often the board changes or however short the
+    configured tick."""
     stats = hub.BroadcastStats()
-    send, receive = hub.open_inbox()
-    top = BoardTop(list(board(1)))
-    run = functools.partial(
-        hub.run, receive, board=cast(Board, top), config=config(0.01), stats=stats
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run)
-        mailboxes = [SlowMailbox() for _ in range(25)]
-        async with send:
-            for n, mailbox in enumerate(mailboxes):
-                await send.send(Register(n, None, mailbox))
-            start = trio.current_time()
-            for n in range(100):  # a change every 10 ms for 1 s
-                await send.send(LeaderboardChanged(board(100 + n), T0_MS + n))
-                await trio.sleep(0.01)
-            elapsed = trio.current_time() - start
-        nursery.cancel_scope.cancel()
+    mailboxes = [SlowMailbox(autojump_clock, 0.004) for _ in range(25)]
+    elapsed = await changing_board_under(0.01, mailboxes, stats)
+    period = 0.1 / hub.MAX_BROADCAST_SHARE
     broadcasts = len(mailboxes[0].snapshots) - 1
-    assert stats.last_fanout_s >= 0.1
-    assert stats.interval_s >= stats.last_fanout_s / hub.MAX_BROADCAST_SHARE
-    assert broadcasts <= elapsed / (0.1 / hub.MAX_BROADCAST_SHARE) + 1
+    assert stats.last_fanout_s == pytest.approx(0.1)
+    assert stats.interval_s == pytest.approx(period)
+    assert elapsed / period - 2 <= broadcasts <= elapsed / period + 1
     assert broadcasts == stats.broadcasts
+    for mailbox in mailboxes:
+        assert min(gaps(mailbox)) == pytest.approx(period)
+
+
+async def test_no_client_gets_two_updates_within_a_tick_however_long_the_fan_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 100 ms fan-out with a 100 ms tick: the next starts a tick after this one ended, so
+    the client written last waits the whole tick too."""
+    stats = hub.BroadcastStats()
+    mailboxes = [SlowMailbox(autojump_clock, 0.004) for _ in range(25)]
+    await changing_board_under(0.1, mailboxes, stats)
+    assert stats.interval_s == pytest.approx(0.2)
+    for mailbox in mailboxes:
+        assert min(gaps(mailbox)) >= 0.1 - 1e-9
 
 
 async def test_the_tick_is_the_configured_one_while_fan_outs_are_quick(
@@ -459,5 +501,5 @@ async def test_the_tick_is_the_configured_one_while_fan_outs_are_quick(
                 await send.send(LeaderboardChanged(board(100 + n), T0_MS + n))
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
-    assert stats.interval_s == 0.1
+    assert stats.interval_s == pytest.approx(0.1)
     assert stats.broadcasts >= 9
