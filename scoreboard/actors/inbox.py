@@ -4,7 +4,7 @@
   bound: batches grow with the load and stay single messages when it is light (the publisher's
   confirms, the scorer's group commit);
 - `receive_until`: the next message or, at a deadline, None: work on a tick besides the inbox
-  (the hub's broadcasts, the keeper's board check, the router's reaping);
+  (the hub's broadcasts, the keeper's board check);
 - `take_waiting`: what is already waiting, without a checkpoint: an actor that handles many
   small messages takes them all at one wake-up (each receive is otherwise a trip through
   trio's run queue, which thousands of connection tasks make long);
