@@ -1,13 +1,14 @@
 """The WebSocket frames the server sends (docs/api.md, section 4), as compact JSON text.
 
 The hub encodes each leaderboard snapshot once, JSON and WebSocket framing both, and hands the
-same `Frame` to every mailbox; the HTTP layer builds its own frames (auth_ok, pong, error,
-accepted action results) with the same helpers so every frame on the wire looks alike.
+same `Frame` to every mailbox (and a user's own frames of one turn, as one `Batch`); the HTTP
+layer builds its own frames (auth_ok, pong, error, accepted action results) with the same
+helpers so every frame on the wire looks alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,20 @@ class Frame:
 
 def outgoing(text: str) -> Frame:
     return Frame(text, bytes(_FRAMER.send(TextMessage(data=text))))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Batch:
+    """Frames for one connection that are ready together (a user's frames from one turn of the
+    hub), and their bytes back to back: one `send` writes them all, each still its own complete
+    message. The hub builds it once for all of the user's connections."""
+
+    frames: tuple[Frame, ...]
+    wire: bytes
+
+
+def batch(frames: Sequence[Frame]) -> Batch:
+    return Batch(tuple(frames), b"".join(frame.wire for frame in frames))
 
 
 def rfc3339_ms(epoch_ms: int) -> str:

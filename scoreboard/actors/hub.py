@@ -11,8 +11,12 @@ take at most `MAX_BROADCAST_SHARE` of the time, counted from one start to the ne
 sockets every client gets fewer updates instead of the process falling behind on everything
 else. A user's own frames (score
 updates, action results) go to that user's connections only, and action results also to HTTP
-requests waiting for them (`Prefer: wait=N`). A revoked grant or access token (`TokensRevoked`)
-closes the connections authenticated with it: their writers send `token_revoked` and close 4401.
+requests waiting for them (`Prefer: wait=N`). The user's frames of one wake-up (the results and
+score updates of a committed batch, handed over with `notify_all`) are delivered together at its
+end, in order and back to back, so each connection gets them with one `send`; any other message
+(a registration, a revocation) first delivers those before it. A revoked grant or access token
+(`TokensRevoked`) closes the connections authenticated with it: their writers send
+`token_revoked` and close 4401.
 
 Connections and requests use the client functions (`register`, `unregister`, `rebind`,
 `waiting_for`); the events actor and the deny-list hand it events with `notify_all` and `notify`.
@@ -39,6 +43,7 @@ from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.frames import (
     Frame,
     action_result_frame,
+    batch,
     leaderboard_frame,
     outgoing,
     score_update_frame,
@@ -198,6 +203,8 @@ class _Hub:
         self.next_broadcast_at = -math.inf
         self.waiters: dict[uuid.UUID, list[trio.MemorySendChannel[ActionFinished]]] = {}
         self.recent: OrderedDict[uuid.UUID, ActionFinished] = OrderedDict()
+        # Each user's own frames of this turn, in order, delivered together at its end.
+        self.personal: dict[int, list[Frame]] = {}
 
     def broadcast_due_at(self) -> float:
         return self.next_broadcast_at if self.unsent else math.inf
@@ -233,6 +240,10 @@ class _Hub:
         self.stats.interval_s = interval_s
 
     def handle(self, msg: HubMsg) -> None:
+        if not isinstance(msg, ScoreChanged | ActionFinished):
+            # Registrations and revocations see every frame before them delivered, as if each
+            # had gone out at once.
+            self.deliver_personal()
         match msg:
             case Register(connection_id, user_id, mailbox, grant_id, jti):
                 self.unregister(connection_id)
@@ -261,7 +272,7 @@ class _Hub:
                 self.unsent = True
             case ScoreChanged():
                 if msg.user_id in self.by_user:
-                    self.offer_personal(msg.user_id, outgoing(score_update_frame(msg)))
+                    self.queue_personal(msg.user_id, outgoing(score_update_frame(msg)))
             case ActionFinished():
                 log.debug(
                     "action %s %s", msg.action_id, msg.outcome.status, extra=_about(msg.action_id)
@@ -270,7 +281,7 @@ class _Hub:
                 for reply in self.waiters.pop(msg.action_id, ()):
                     inboxes.reply(reply, msg)
                 if msg.user_id in self.by_user:
-                    self.offer_personal(msg.user_id, outgoing(action_result_frame(msg)))
+                    self.queue_personal(msg.user_id, outgoing(action_result_frame(msg)))
             case TokensRevoked(grant_ids, jtis):
                 self.close_revoked(frozenset(grant_ids), frozenset(jtis))
             case _:
@@ -301,15 +312,23 @@ class _Hub:
             if not mailboxes:
                 del self.by_user[user_id]
 
-    def offer_personal(self, user_id: int, frame: Frame) -> None:
-        overflowed = [
-            connection_id
-            for connection_id, mailbox in self.by_user.get(user_id, {}).items()
-            if not mailbox.offer_personal(frame)
-        ]
-        # The mailbox closed itself; its writer closes the socket 1013 and unregisters.
-        for connection_id in overflowed:
-            self.unregister(connection_id)
+    def queue_personal(self, user_id: int, frame: Frame) -> None:
+        self.personal.setdefault(user_id, []).append(frame)
+
+    def deliver_personal(self) -> None:
+        """Each user's frames of this turn, back to back in one `Batch` built once for all of
+        that user's connections: one `send` per connection instead of one per frame."""
+        for user_id, frames in self.personal.items():
+            ready = batch(frames)
+            overflowed = [
+                connection_id
+                for connection_id, mailbox in self.by_user.get(user_id, {}).items()
+                if not mailbox.offer_personal_batch(ready)
+            ]
+            # The mailbox closed itself; its writer closes the socket 1013 and unregisters.
+            for connection_id in overflowed:
+                self.unregister(connection_id)
+        self.personal.clear()
 
     def remember(self, result: ActionFinished) -> None:
         self.recent[result.action_id] = result
@@ -353,3 +372,4 @@ async def run(
                 # A broadcast that fell due meanwhile goes first at the next turn.
                 for waiting in inboxes.take_waiting(inbox, HANDLED_PER_WAKEUP):
                     hub.handle(waiting)
+                hub.deliver_personal()

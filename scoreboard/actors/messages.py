@@ -16,7 +16,7 @@ from typing import Protocol
 
 import trio
 
-from scoreboard.actors.frames import Frame
+from scoreboard.actors.frames import Batch, Frame
 from scoreboard.adapters.interfaces import Delivery
 from scoreboard.anticheat.records import DecidedAction
 from scoreboard.records import (
@@ -117,9 +117,9 @@ class Subscriber(Protocol):
     def offer_snapshot(self, frame: Frame) -> None:
         """The newest leaderboard: it replaces an unsent one."""
 
-    def offer_personal(self, frame: Frame) -> bool:
-        """One of the user's own frames, kept in order; False once the client is too far behind
-        (the subscriber has closed itself)."""
+    def offer_personal_batch(self, batch: Batch) -> bool:
+        """The user's own frames that became ready together, kept in order after those offered
+        before; False once the client is too far behind (the subscriber has closed itself)."""
 
     def close(self, reason: str) -> None:
         """No more frames: the connection closes (the hub's reason: `TOKEN_REVOKED`)."""

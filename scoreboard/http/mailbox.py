@@ -5,7 +5,8 @@ The hub offers frames without ever waiting; the connection's writer task takes t
 client can accept more. Leaderboard snapshots are latest-value (a new one replaces the unsent
 one, so a slow client gets the newest board, never a backlog); the user's own frames (action
 results, score updates) are kept in order up to a bound, past which the client is too far behind
-and the mailbox closes itself (the writer then closes the socket 1013).
+and the mailbox closes itself (the writer then closes the socket 1013). The bound counts frames,
+however they arrive: a batch of n frames counts n, exactly as n single offers would.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import deque
 import trio
 
 from scoreboard import metrics
-from scoreboard.actors.frames import Frame
+from scoreboard.actors.frames import Batch, Frame
 
 PERSONAL_FRAMES_LIMIT = 64  # a few own frames a second; 64 unread means the client stopped reading
 OVERFLOW = "overflow"
@@ -55,12 +56,21 @@ class Mailbox:
 
     def offer_personal(self, frame: Frame) -> bool:
         """Queue a frame for this client; False, and the mailbox closes, when it is behind."""
+        return self.queue_personal((frame,))
+
+    def offer_personal_batch(self, batch: Batch) -> bool:
+        """Queue the batch's frames, in order; False, and the mailbox closes, when it is behind."""
+        return self.queue_personal(batch.frames)
+
+    def queue_personal(self, frames: tuple[Frame, ...]) -> bool:
+        """Queue `frames` in order; past the bound (which counts frames) the mailbox closes and
+        keeps none of them, as offering them one by one would end."""
         if self.closed:
             return False
-        if len(self._personal) >= self._personal_limit:
+        if len(self._personal) + len(frames) > self._personal_limit:
             self.close(OVERFLOW)
             return False
-        self._personal.append(frame)
+        self._personal.extend(frames)
         self._wake()
         return True
 

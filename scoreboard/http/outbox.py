@@ -2,12 +2,14 @@
 
 The hub offers a frame to every connection in turn and must never wait for one. Here an offer is
 one non-blocking `send` on the connection's socket: the same pre-built bytes for every client,
-no task switch, no queue. Only when the kernel's send buffer is full does the frame stay behind
+no task switch, no queue. A user's own frames that became ready together (a `Batch`: the results
+and score updates of one turn of the hub) go in one `send` of their frames back to back, each
+still a complete message. Only when the kernel's send buffer is full does a frame stay behind
 (in the latest-value mailbox this class extends), and a writer task is started that sends, in
-order, what remains of a partly written frame (a frame is never interleaved with another), then
-the pending personal frames, then the newest snapshot, and ends once the mailbox is empty: from
-then on offers go straight to the socket again. A socket that takes none of a frame for the
-send timeout is a reader that stays behind (`SlowReader`).
+order, what remains of partly written bytes (a frame is never interleaved with another), then
+the pending personal frames and the newest snapshot, back to back in one buffer, and ends once
+the mailbox is empty: from then on offers go straight to the socket again. A socket that takes
+nothing for the send timeout is a reader that stays behind (`SlowReader`).
 
 Closing the mailbox (a revoked token, a client too far behind on its own frames) starts a task
 that raises `MailboxClosed`, so the connection closes the socket without waiting for its reader.
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from scoreboard import metrics
-from scoreboard.actors.frames import Frame
+from scoreboard.actors.frames import Batch, Frame
 from scoreboard.http.connections import ConnectionCounts
 from scoreboard.http.mailbox import Mailbox
 
@@ -57,7 +59,8 @@ class SocketOutbox(Mailbox):
         self._spawn = spawn
         self._send_timeout_s = send_timeout_s
         self._counts = counts
-        # What remains of a frame the socket took only part of; it goes out before anything else.
+        # What the socket took only part of (the rest of a frame, or of frames the writer joined);
+        # it goes out before anything else.
         self.pending: memoryview | None = None
         # The kernel buffer was full: frames wait in the mailbox and a writer task sends them.
         self.backlogged = False
@@ -65,15 +68,24 @@ class SocketOutbox(Mailbox):
     def offer_snapshot(self, frame: Frame) -> None:
         if self.closed:
             return
-        if self.backlogged or not self._write(frame):
+        if self.backlogged:
             super().offer_snapshot(frame)
+            return
+        sent = self._send_now(frame.wire)
+        if self.closed:
+            return
+        if sent == 0:
+            super().offer_snapshot(frame)
+            return
+        if sent < len(frame.wire):
+            self.pending = memoryview(frame.wire)[sent:]
+        metrics.frames.sent += 1  # sent, or its rest goes out first, or the connection ends
 
     def offer_personal(self, frame: Frame) -> bool:
-        if self.closed:
-            return False
-        if not self.backlogged and self._write(frame):
-            return True
-        return super().offer_personal(frame)
+        return self._offer_personal((frame,), frame.wire)
+
+    def offer_personal_batch(self, batch: Batch) -> bool:
+        return self._offer_personal(batch.frames, batch.wire)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -86,25 +98,45 @@ class SocketOutbox(Mailbox):
         if not self.closed:
             Mailbox.close(self, DETACHED)
 
-    def _write(self, frame: Frame) -> bool:
-        """Send `frame` now; False if the socket took none of it (the caller keeps it)."""
+    def _offer_personal(self, frames: tuple[Frame, ...], wire: bytes) -> bool:
+        """Send `frames` (whose bytes back to back are `wire`) with one `send`; what the socket
+        does not take waits: the rest of a frame it took part of in `pending`, the frames it
+        took none of in the mailbox, where they count against its bound as before."""
+        if self.closed:
+            return False
+        if self.backlogged:
+            return self.queue_personal(frames)
+        sent = self._send_now(wire)
+        if self.closed:
+            return True  # gone: the connection's reader finds out
+        if sent == len(wire):
+            metrics.frames.sent += len(frames)
+            return True
+        whole = 0  # frames the socket took all of
+        taken = 0  # their bytes
+        while taken + len(frames[whole].wire) <= sent:
+            taken += len(frames[whole].wire)
+            whole += 1
+        if sent > taken:
+            self.pending = memoryview(frames[whole].wire)[sent - taken :]
+            whole += 1  # its rest goes out first, or the connection ends
+        metrics.frames.sent += whole
+        return whole == len(frames) or self.queue_personal(frames[whole:])
+
+    def _send_now(self, wire: bytes) -> int:
+        """One non-blocking `send` of `wire`: the bytes the socket took. Less than all of them
+        starts the writer task; a peer that is gone closes the mailbox (`GONE`)."""
         try:
-            sent = self._sock.send(frame.wire)
+            sent = self._sock.send(wire)
         except BlockingIOError:
             sent = 0
         except OSError:
             Mailbox.close(self, GONE)
-            return True
-        if sent == len(frame.wire):
-            metrics.frames.sent += 1
-            return True
-        self.backlogged = True
-        self._spawn(self._write_backlog)
-        if sent:
-            self.pending = memoryview(frame.wire)[sent:]
-            metrics.frames.sent += 1  # its rest goes out first, or the connection ends
-            return True
-        return False
+            return 0
+        if sent < len(wire):
+            self.backlogged = True
+            self._spawn(self._write_backlog)
+        return sent
 
     async def _write_backlog(self) -> None:
         self._counts.backlog_started()
@@ -114,29 +146,32 @@ class SocketOutbox(Mailbox):
                 frames = self.take_frames()
                 if not frames:
                     break
-                for frame in frames:
-                    self.pending = memoryview(frame.wire)
-                    await self.flush(self._send_timeout_s)
-                    metrics.frames.sent += 1
+                # All that waited, back to back: one send while the socket takes it all.
+                wire = frames[0].wire if len(frames) == 1 else b"".join(f.wire for f in frames)
+                self.pending = memoryview(wire)
+                await self.flush(self._send_timeout_s)
+                metrics.frames.sent += len(frames)
         finally:
             self._counts.backlog_ended()
         self.backlogged = False
 
     async def flush(self, timeout_s: float) -> None:
-        """Send what remains of the partly written frame, if any: `SlowReader` if the socket
-        does not take it all within `timeout_s`. Cancelled, it leaves `pending` exact."""
-        if self.pending is None:
-            return
-        with trio.move_on_after(timeout_s):
-            while self.pending is not None:
+        """Send what remains of the partly written bytes, if any (whole frames, or the rest of
+        one): `SlowReader` if the socket takes none of them for `timeout_s`. Cancelled, it
+        leaves `pending` exact."""
+        deadline = trio.current_time() + timeout_s
+        while self.pending is not None:
+            with trio.move_on_at(deadline) as waited:
                 await trio.lowlevel.wait_writable(self._sock)
-                try:
-                    sent = self._sock.send(self.pending)
-                except BlockingIOError:
-                    continue
-                self.pending = self.pending[sent:] if sent < len(self.pending) else None
-            return
-        raise SlowReader
+            if waited.cancelled_caught:
+                raise SlowReader
+            try:
+                sent = self._sock.send(self.pending)
+            except BlockingIOError:
+                continue
+            if sent:
+                deadline = trio.current_time() + timeout_s
+            self.pending = self.pending[sent:] if sent < len(self.pending) else None
 
     async def _report_closed(self) -> None:
         await trio.lowlevel.checkpoint()
