@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from scoreboard.actors import hub
-from scoreboard.actors.frames import Frame, leaderboard_data
+from scoreboard.actors.frames import Batch, Frame, leaderboard_data
 from scoreboard.actors.messages import (
     CancelWait,
     HubMsg,
@@ -316,6 +316,44 @@ async def test_a_burst_of_events_is_handled_at_one_wake_up(running_hub: Hub) -> 
         frames += mailbox.take_frames()
     assert turns <= 3
     assert [decoded(f)["data"]["nonce"] for f in frames] == [e.nonce for e in burst]  # type: ignore[index]
+
+
+class BatchMailbox(Mailbox):
+    """A mailbox that also records the batches of personal frames offered to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def offer_personal_batch(self, batch: Batch) -> bool:
+        self.batches.append([decoded(frame)["data"]["nonce"] for frame in batch.frames])  # type: ignore[index]
+        return super().offer_personal_batch(batch)
+
+
+async def test_a_users_frames_of_one_wake_up_are_offered_as_one_batch(running_hub: Hub) -> None:
+    phone, laptop, other = BatchMailbox(), BatchMailbox(), BatchMailbox()
+    await running_hub.send(Register(1, 7, phone), Register(2, 7, laptop), Register(3, 8, other))
+    events = [finished(7 + n % 2, nonce=f"nonce-{n:04d}") for n in range(6)]
+    await hub.notify_all(running_hub.inbox, events)
+    await trio.testing.wait_all_tasks_blocked()
+    for mailbox in (phone, laptop):
+        assert mailbox.batches == [["nonce-0000", "nonce-0002", "nonce-0004"]]
+    assert other.batches == [["nonce-0001", "nonce-0003", "nonce-0005"]]
+    # The same bytes for every connection of the user: built once.
+    phone_frames, laptop_frames = phone.take_frames(), laptop.take_frames()
+    assert [frame.wire for frame in phone_frames] == [frame.wire for frame in laptop_frames]
+
+
+async def test_a_registration_between_events_delivers_the_frames_before_it_first(
+    running_hub: Hub,
+) -> None:
+    first, second = BatchMailbox(), BatchMailbox()
+    await running_hub.send(Register(1, 7, first))
+    for event in (finished(7, nonce="before"), Register(2, 7, second), finished(7, nonce="after")):
+        running_hub.inbox.send_nowait(event)
+    await trio.testing.wait_all_tasks_blocked()
+    assert first.batches == [["before"], ["after"]]
+    assert second.batches == [["after"]]
 
 
 async def test_notify_all_keeps_the_order_and_waits_for_room_in_a_full_inbox() -> None:

@@ -89,6 +89,13 @@ class RawWebSocket:
             assert not frame.rsv1, "a compressed frame"
             return frame.json()
 
+    def take_buffered(self) -> list[Received]:
+        """The complete frames already received and not yet taken, without reading more."""
+        frames = []
+        while (frame := self._parse()) is not None:
+            frames.append(frame)
+        return frames
+
     def _parse(self) -> Received | None:
         buffer = self.buffer
         if len(buffer) < 2:

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionRejected
 
 from scoreboard.actors import hub
 from scoreboard.config import Config
-from scoreboard.records import LeaderboardChanged, RankedEntry
+from scoreboard.records import LeaderboardChanged, RankedEntry, ScoreChanged
 from scoreboard.server import ServerHandle, run_server
 from tests.http.conftest import Player, new_player
 from tests.http.raw_ws import OP_CLOSE, OP_PING, RawWebSocket, open_raw_websocket
@@ -81,6 +81,18 @@ def snapshot(sequence: int, *, padding: int = 0) -> LeaderboardChanged:
         for rank in range(1, 11)
     )
     return LeaderboardChanged(rows, int(time.time() * 1000))
+
+
+def score_updates(user_id: int, count: int, *, padding: int = 0) -> list[ScoreChanged]:
+    """`count` score updates for the user, the n-th going to score n (its name padded by
+    `padding` bytes, to fill kernel buffers)."""
+    return [ScoreChanged(user_id, f"player-{'x' * padding}", n - 1, n, 1, 0) for n in range(count)]
+
+
+def new_score(frame: dict[str, object]) -> int:
+    assert frame["type"] == "score_update", frame
+    score: int = frame["data"]["new_score"]  # type: ignore[index]
+    return score
 
 
 def leader_score(frame: dict[str, object]) -> int:
@@ -325,6 +337,63 @@ class TestBackloggedSocket(FastTicks):
             await watcher.aclose()
 
 
+async def test_a_users_frames_of_one_batch_arrive_in_one_write_in_order(
+    server: ServerHandle, client: httpx.AsyncClient
+) -> None:
+    assert server.services is not None
+    player = await new_player(client, server)
+    raw = await raw_authenticated(server, player)
+    try:
+        await hub.notify_all(server.services.hub, score_updates(player.user_id, 12))
+        # One recv takes all of them: they were written with one send (loopback delivers a
+        # send this small whole). Snapshots, if the board moved, come in writes of their own.
+        personal: list[int] = []
+        with trio.fail_after(WAIT_S):
+            while not personal:
+                raw.buffer += await raw.sock.recv(65536)
+                personal = [
+                    new_score(frame.json())
+                    for frame in raw.take_buffered()
+                    if frame.json()["type"] != "leaderboard_update"
+                ]
+        assert personal == list(range(12))
+        assert not raw.buffer
+    finally:
+        await raw.aclose()
+
+
+class TestBackloggedPersonalFrames(FastTicks):
+    async def test_a_partial_write_of_a_batch_resumes_exactly_where_it_stopped(
+        self, server: ServerHandle, client: httpx.AsyncClient
+    ) -> None:
+        assert server.services is not None
+        counts = server.services.connections
+        player = await new_player(client, server)
+        stalled = await raw_authenticated(server, player, receive_buffer=4096)
+        try:
+            # More than the client's receive and the server's send buffer hold, in one batch.
+            events = score_updates(player.user_id, 60, padding=1000)
+            await hub.notify_all(server.services.hub, events)
+            await wait_for(lambda: counts.backlogged == 1)
+            more = score_updates(player.user_id, 63)[60:]
+            await hub.notify_all(server.services.hub, more)
+            # Reading now: every frame whole, each once, in order.
+            scores: list[int] = []
+            while len(scores) < 63:
+                frame = await stalled.receive_json()
+                if frame["type"] != "leaderboard_update":
+                    scores.append(new_score(frame))
+            assert scores == list(range(63))
+            await wait_for(lambda: counts.backlogged == 0)
+            await stalled.send_json({"type": "ping", "timestamp": 7})
+            frame = await stalled.receive_json()
+            while frame["type"] == "leaderboard_update":
+                frame = await stalled.receive_json()
+            assert frame == {"type": "pong", "timestamp": 7}
+        finally:
+            await stalled.aclose()
+
+
 class TestSlowReader:
     @pytest.fixture
     def app_config(self, config: Config) -> Config:
@@ -384,6 +453,34 @@ class TestSlowReader:
                 await stalled.receive()
         for raw in (stalled, *readers):
             await raw.aclose()
+
+    async def test_a_reader_that_stops_taking_its_own_frames_is_closed_1013(
+        self, server: ServerHandle, client: httpx.AsyncClient
+    ) -> None:
+        assert server.services is not None
+        services = server.services
+        player = await new_player(client, server)
+        stalled = await raw_authenticated(server, player, receive_buffer=4096)
+        sent = 0
+        with trio.fail_after(WAIT_S * 3):
+            while services.connections.closes[1013] == 0:
+                batch = score_updates(player.user_id, sent + 5, padding=200)[sent:]
+                await hub.notify_all(services.hub, batch)
+                sent += len(batch)
+                await trio.sleep(0.02)
+        # What reaches the client is its own frames whole and in order, with none left out,
+        # up to where it was given up on.
+        scores: list[int] = []
+        with pytest.raises((EOFError, OSError)):  # noqa: PT012
+            while True:
+                frame = await stalled.receive()
+                if frame.opcode == OP_CLOSE:
+                    assert frame.close_code == 1013
+                elif frame.json()["type"] != "leaderboard_update":
+                    scores.append(new_score(frame.json()))
+        assert scores == list(range(len(scores)))
+        assert 0 < len(scores) < sent
+        await stalled.aclose()
 
 
 class TestRevokedWhileBacklogged(FastTicks):
