@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import uuid
 
-from wsproto.connection import CLIENT, Connection
+from wsproto.connection import CLIENT, SERVER, Connection
 from wsproto.events import TextMessage
 
-from scoreboard.actors.frames import action_result_frame, leaderboard_frame, outgoing, rfc3339_ms
+from scoreboard.actors.frames import (
+    action_result_frame,
+    batch,
+    leaderboard_frame,
+    outgoing,
+    rfc3339_ms,
+)
 from scoreboard.records import ActionFinished, Outcome, RankedEntry
 
 
@@ -60,3 +66,20 @@ def test_a_frame_is_built_once_as_the_unmasked_uncompressed_text_frame_every_cli
         (message,) = client.events()
         assert isinstance(message, TextMessage)
         assert (message.data, message.message_finished) == (text, True)
+
+
+def test_a_frame_has_the_bytes_wsproto_would_send() -> None:
+    server = Connection(SERVER)
+    for size in (0, 1, 125, 126, 127, 65_535, 65_536, 70_000):
+        text = "ü" * (size // 2) + "x" * (size % 2)
+        assert outgoing(text).wire == server.send(TextMessage(data=text))
+
+
+def test_a_batch_is_its_frames_back_to_back_each_a_message_of_its_own() -> None:
+    client = Connection(CLIENT)
+    texts = ["first", "é" * 200, "x" * 70_000, "last"]
+    ready = batch([outgoing(text) for text in texts])
+    assert [frame.text for frame in ready.frames] == texts
+    client.receive_data(ready.wire)
+    messages = list(client.events())
+    assert [(m.data, m.message_finished) for m in messages] == [(t, True) for t in texts]  # type: ignore[attr-defined]
