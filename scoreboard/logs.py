@@ -36,17 +36,6 @@ def action_context(action_id: object) -> Iterator[None]:
         current_action_id.reset(token)
 
 
-@contextlib.contextmanager
-def action_scope() -> Iterator[None]:
-    """Within the block, `current_action_id.set` holds until the block ends (the action id an
-    HTTP handler learns midway stays with the lines logged after it, and no further)."""
-    token = current_action_id.set(None)
-    try:
-        yield
-    finally:
-        current_action_id.reset(token)
-
-
 class ActionIdFilter(logging.Filter):
     """Puts the current action id on each record (`record.action_id`), unless the call gave one
     explicitly (`extra={"action_id": ...}`)."""

@@ -27,12 +27,11 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import InternalServerError
 
 from scoreboard import json_codec
 from scoreboard.http.actions import Answer, PerformRequest, perform_action
-from scoreboard.http.requests import MAX_BODY_BYTES, body_too_large
+from scoreboard.http.requests import MAX_BODY_BYTES, RequestHeaders, body_too_large, first_values
 from scoreboard.http.services import Services
 
 log = logging.getLogger(__name__)
@@ -62,8 +61,8 @@ class ActionRoute:
     async def _perform(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        headers = Headers(
-            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+        headers = first_values(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
         )
         client = scope["client"]
         try:
@@ -81,7 +80,7 @@ class ActionRoute:
 
 async def perform(
     services: Services,
-    headers: Headers,
+    headers: RequestHeaders,
     query_string: bytes,
     remote_addr: str | None,
     read_body: Callable[[], Awaitable[bytes]],
@@ -89,7 +88,8 @@ async def perform(
     """The answer to one `POST /api/v1/actions/perform`, whichever server read it: this ASGI
     route or the listener's lean loop (`http/perform_loop.py`). `ClientGone` (from `read_body`)
     passes through; any other failure is the route's 500."""
-    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    # Nearly every request has no query: nothing to parse then.
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True) if query_string else {}
     request = PerformRequest(
         headers=headers,
         token_in_url="access_token" in query,
@@ -109,8 +109,8 @@ async def perform(
         )
 
 
-def _content_length(headers: Headers) -> int | None:
-    value = headers.get("Content-Length")
+def _content_length(headers: RequestHeaders) -> int | None:
+    value = headers.get("content-length")
     try:
         return int(value) if value is not None else None
     except ValueError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import uuid
@@ -12,7 +11,6 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, jsonify, request
-from werkzeug.datastructures import Headers
 
 from scoreboard import logs, metrics
 from scoreboard.actors import hub
@@ -20,6 +18,7 @@ from scoreboard.actors.frames import rfc3339_ms
 from scoreboard.http.edge_audit import audit_refusal
 from scoreboard.http.errors import RequestRejected, insufficient_scope, invalid_request, rejection
 from scoreboard.http.requests import (
+    RequestHeaders,
     audited_headers,
     authenticate,
     bearer_from,
@@ -29,7 +28,15 @@ from scoreboard.http.requests import (
     request_data,
 )
 from scoreboard.http.services import Services, current_services
-from scoreboard.intake import Accepted, Refused, Replayed, Submitter, Unavailable, stored_action
+from scoreboard.intake import (
+    Accepted,
+    Refused,
+    Replayed,
+    Submitted,
+    Submitter,
+    Unavailable,
+    stored_action,
+)
 from scoreboard.records import ActionRecord, Outcome
 
 blueprint = Blueprint("actions", __name__)
@@ -47,7 +54,7 @@ def prefer_wait_s(header: str | None) -> float:
     return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
 
 
-def location(action_id: uuid.UUID) -> str:
+def location(action_id: uuid.UUID | str) -> str:
     return f"/api/v1/actions/{action_id}"
 
 
@@ -76,7 +83,7 @@ class Answer:
 class PerformRequest:
     """What performing an action reads of the HTTP request."""
 
-    headers: Headers
+    headers: RequestHeaders  # read by lowercase name
     token_in_url: bool
     remote_addr: str | None
     content_length: int | None
@@ -84,12 +91,13 @@ class PerformRequest:
 
 
 def accepted_response(
-    action_id: uuid.UUID, status: str = "accepted", *, replayed: bool = False
+    action_id: uuid.UUID | str, status: str = "accepted", *, replayed: bool = False
 ) -> Answer:
+    action_id = str(action_id)
     headers = {"Location": location(action_id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    body = {"success": True, "action_id": str(action_id), "status": status}
+    body = {"success": True, "action_id": action_id, "status": status}
     return Answer(202, body, headers)
 
 
@@ -181,23 +189,28 @@ async def perform_action(svc: Services, request: PerformRequest) -> Answer:
     client's goes to the audit trail."""
     started = time.perf_counter()
     attempt = _Attempt()
-    with logs.action_scope():
-        try:
-            answer = await _perform(svc, request, attempt)
-        except RequestRejected as refused:
-            metrics.ACTIONS_REFUSED.labels(refused.error).inc()
-            headers = request.headers
-            audit_refusal(
-                svc,
-                refused,
-                channel="http",
-                user_id=attempt.user_id,
-                attempted=attempt.body,
-                ip=client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies),
-                user_agent=headers.get("User-Agent", ""),
-                headers=audited_headers(headers),
-            )
-            return Answer.refusal(refused)
+    # The action id `_perform` sets holds for the lines logged after it, up to the end of this
+    # request (the next request on the connection runs in the same task): set and reset here,
+    # without the generator and frames of a context manager on the hot path.
+    scope = logs.current_action_id.set(None)
+    try:
+        answer = await _perform(svc, request, attempt)
+    except RequestRejected as refused:
+        metrics.ACTIONS_REFUSED.labels(refused.error).inc()
+        headers = request.headers
+        audit_refusal(
+            svc,
+            refused,
+            channel="http",
+            user_id=attempt.user_id,
+            attempted=attempt.body,
+            ip=client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies),
+            user_agent=headers.get("user-agent", ""),
+            headers=audited_headers(headers),
+        )
+        return Answer.refusal(refused)
+    finally:
+        logs.current_action_id.reset(scope)
     if answer.status == 202:  # accepted and queued; a waited-for outcome counts its wait too
         metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return answer
@@ -205,49 +218,54 @@ async def perform_action(svc: Services, request: PerformRequest) -> Answer:
 
 async def _perform(svc: Services, request: PerformRequest, attempt: _Attempt) -> Answer:
     headers = request.headers
-    token = bearer_from(headers.get("Authorization", ""), token_in_url=request.token_in_url)
+    token = bearer_from(headers.get("authorization", ""), token_in_url=request.token_in_url)
     claims = authenticate(svc, token, None)
     attempt.user_id = claims.user_id  # a refusal for the scope is the user's, in their trail
     if "write" not in claims.scope:
         raise insufficient_scope("write")
-    body = await read_json(headers.get("Content-Type"), request.content_length, request.read_body)
+    body = await read_json(headers.get("content-type"), request.content_length, request.read_body)
     attempt.body = body
     payload = svc.intake.parse(body)
     if isinstance(payload, Refused):
         raise rejection(payload)
-    wait_s = prefer_wait_s(headers.get("Prefer"))
+    wait_s = prefer_wait_s(headers.get("prefer"))
     submitter = Submitter(
         user_id=claims.user_id,
         ip=client_ip(request.remote_addr, headers, svc.config.server.trusted_proxies),
-        user_agent=headers.get("User-Agent", ""),
+        user_agent=headers.get("user-agent", ""),
         headers=audited_headers(headers),
     )
     action_id = uuid.uuid4()
-    logs.current_action_id.set(str(action_id))
-    async with contextlib.AsyncExitStack() as waiting:
-        # Waiting from before the action is queued: its outcome cannot slip past.
-        awaited = (
-            await waiting.enter_async_context(hub.waiting_for(svc.hub, action_id))
-            if wait_s
-            else None
-        )
-        match await svc.intake.submit(payload, submitter, action_id=action_id):
-            case Replayed() as replayed:
-                return replay_response(replayed)
-            case Refused() | Unavailable() as refused:
-                raise rejection(refused)
-            case Accepted():
-                pass
-        if awaited is None:
-            return accepted_response(action_id)
+    action_id_text = str(action_id)  # the log context and the answer: formatted once
+    logs.current_action_id.set(action_id_text)
+    if not wait_s:
+        submitted = await svc.intake.submit(payload, submitter, action_id=action_id)
+        return _unless_accepted(submitted) or accepted_response(action_id_text)
+    # Waiting from before the action is queued: its outcome cannot slip past.
+    async with hub.waiting_for(svc.hub, action_id) as awaited:
+        submitted = await svc.intake.submit(payload, submitter, action_id=action_id)
+        if (answer := _unless_accepted(submitted)) is not None:
+            return answer
         finished = None
         with trio.move_on_after(wait_s):
             finished = await awaited.wait()
     if finished is None:
-        return accepted_response(action_id)
+        return accepted_response(action_id_text)
     answer = outcome_response(action_id, finished.outcome)
     await svc.intake.remember_first_answer(submitter, payload, answer.status)
     return answer
+
+
+def _unless_accepted(submitted: Submitted) -> Answer | None:
+    """The answer to a submission the intake did not accept as a new action (a replay, or a
+    refusal, raised); None for `Accepted`."""
+    match submitted:
+        case Replayed() as replayed:
+            return replay_response(replayed)
+        case Refused() | Unavailable() as refused:
+            raise rejection(refused)
+        case Accepted():
+            return None
 
 
 @blueprint.get("/api/v1/actions/types")

@@ -33,13 +33,12 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
-from werkzeug.datastructures import Headers
 
 from scoreboard import clock, json_codec, metrics
 from scoreboard.adapters.interfaces import BackendUnavailable, RequestCount
 from scoreboard.addresses import address_key
 from scoreboard.http.errors import rate_limited
-from scoreboard.http.requests import client_ip
+from scoreboard.http.requests import RequestHeaders, client_ip, first_values
 from scoreboard.http.services import Services
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ class Counted:
 
 
 async def count_request(
-    services: Services, remote_addr: str | None, headers: Headers
+    services: Services, remote_addr: str | None, headers: RequestHeaders
 ) -> Counted | None:
     """Count one API request from `remote_addr` (behind a trusted proxy, its forwarded client)
     against its address's window; None when it goes on uncounted (limits off, or the guard
@@ -119,9 +118,9 @@ async def count_request(
     return Counted(count.admitted, count.reset_s, _headers(limits.ip_requests_per_minute, count))
 
 
-def _scope_headers(scope: HTTPScope) -> Headers:
-    return Headers(
-        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+def _scope_headers(scope: HTTPScope) -> dict[str, str]:
+    return first_values(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
     )
 
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from wsgiref.handlers import format_date_time
 
 import trio
-from werkzeug.datastructures import Headers
 
 from scoreboard import clock
 from scoreboard.http import ws
@@ -61,7 +60,7 @@ CONNECTION_CLOSE = (b"connection", b"close")
 class PerformHead:
     """A perform request head this loop serves."""
 
-    headers: Headers
+    headers: dict[str, str]  # each header's first value by lowercase name (`first_values`)
     query: bytes  # after the "?", as Hypercorn's ASGI scope has it
     content_length: int
     close: bool  # the client said `Connection: close`
@@ -79,7 +78,7 @@ def parse_head(received: bytes) -> PerformHead | None:
     request_line = REQUEST_LINE.fullmatch(lines[0])
     if request_line is None:
         return None
-    fields: list[tuple[str, str]] = []
+    headers: dict[str, str] = {}
     content_length: int | None = None
     hosts = 0
     close = expects_continue = False
@@ -102,11 +101,11 @@ def parse_head(received: bytes) -> PerformHead | None:
             expects_continue = True
         elif name in (b"transfer-encoding", b"upgrade"):
             return None
-        fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
     if content_length is None or hosts != 1:
         return None
     query = request_line[1] or b"?"
-    return PerformHead(Headers(fields), query[1:], content_length, close, expects_continue, end + 4)
+    return PerformHead(headers, query[1:], content_length, close, expects_continue, end + 4)
 
 
 async def serve(
