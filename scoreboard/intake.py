@@ -138,12 +138,14 @@ def parse_payload(
     """The strict schema of an action: exactly these fields, and data the catalogue accepts."""
     if not isinstance(body, dict):
         return _invalid("the body must be a JSON object")
-    unknown = sorted(set(body) - ACTION_FIELDS - allowed_extra)
-    if unknown:
-        return _invalid(f"unknown field(s): {', '.join(unknown)}")
-    missing = sorted(ACTION_FIELDS - set(body))
-    if missing:
-        return _invalid(f"missing field(s): {', '.join(missing)}")
+    # Exactly the fields (nearly every body) is neither unknown nor missing: no sets to build.
+    if body.keys() != ACTION_FIELDS:
+        unknown = sorted(set(body) - ACTION_FIELDS - allowed_extra)
+        if unknown:
+            return _invalid(f"unknown field(s): {', '.join(unknown)}")
+        missing = sorted(ACTION_FIELDS - set(body))
+        if missing:
+            return _invalid(f"missing field(s): {', '.join(missing)}")
     nonce = body["nonce"]
     if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
         return _invalid("nonce must be 8 to 64 characters of [A-Za-z0-9_-]")

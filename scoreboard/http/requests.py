@@ -31,6 +31,7 @@ MAX_JSON_DEPTH = 32
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # A JSON string (an unterminated one runs to the end), or a bracket: scanned in one linear pass.
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+JSON_MEDIA_TYPE = "application/json"
 AUDITED_HEADERS = ("user-agent", "origin", "referer", "accept-language", "x-forwarded-for")
 
 RequestHeaders = Headers | Mapping[str, str]
@@ -136,7 +137,10 @@ async def read_json(
     the head before any of the body is read; then 413 if the body itself is over 4 KiB and
     400 unless it is strict JSON (UTF-8, no NaN or Infinity: `scoreboard.json_codec`).
     `read_body` reads the whole body, raising `body_too_large()` once it passes the cap."""
-    if parse_options_header(content_type or "")[0].lower() != "application/json":
+    # Nearly every client sends exactly this: then there are no parameters to parse.
+    if content_type != JSON_MEDIA_TYPE and (
+        parse_options_header(content_type or "")[0].lower() != JSON_MEDIA_TYPE
+    ):
         raise RequestRejected(415, "invalid_request", "the body must be application/json")
     if content_length is not None and content_length > MAX_BODY_BYTES:
         raise body_too_large()
