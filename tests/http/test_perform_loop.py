@@ -231,6 +231,30 @@ async def test_every_kind_of_answer_is_the_same_from_the_lean_loop_and_hypercorn
     assert retry.sub(b"", lean.comparable()) == retry.sub(b"", hypercorn.comparable())
 
 
+async def test_a_repeated_header_is_read_by_its_first_value_on_both_layers(
+    server: ServerHandle, client: httpx.AsyncClient, connect: Opener
+) -> None:
+    """Both routes read headers from a dict of first values (`first_values`), as werkzeug's
+    `Headers.get` did: a repeated header counts by its first line, through either layer; a
+    media type other than exactly `application/json` is still parsed as before."""
+    player = await new_player(client, server)
+    bad_token = {"Authorization": "Bearer not.a.jwt", "Content-Type": "application/json"}
+    cases = [
+        # (headers, a repeated line added after them, status): a malformed body answers 400
+        # once the token and the media type have passed.
+        (json_auth(player), "Content-Type: text/plain", 400),
+        ({**player.auth, "Content-Type": "text/plain"}, "Content-Type: application/json", 415),
+        (json_auth(player), "Authorization: Bearer not.a.jwt", 400),
+        (bad_token, f"Authorization: Bearer {player.token}", 401),
+        ({**player.auth, "Content-Type": "Application/JSON; charset=utf-8"}, "X-A: 1", 400),
+    ]
+    for headers, repeated, status in cases:
+        data = request(b"{", headers).replace(b"\r\n\r\n", f"\r\n{repeated}\r\n\r\n".encode())
+        lean, hypercorn = await both(connect, data)
+        assert lean.status == status, (headers, repeated, lean)
+        assert lean.comparable() == hypercorn.comparable(), (headers, repeated)
+
+
 async def test_heads_the_lean_loop_does_not_take_are_hypercorns(
     server: ServerHandle, client: httpx.AsyncClient, connect: Opener
 ) -> None:
