@@ -27,7 +27,12 @@ message in a queue expiring in order (RabbitMQ expires only at a queue's head). 
 Two robust connections, reconnecting `RECONNECT_INTERVAL_S` after a loss: one for publishing,
 one for consuming, so that a consumer's trouble (a flood of deliveries, a channel closing under
 load) never holds up a publish or its confirm. Publishes share one robust channel in confirm
-mode: many publishes from many trio tasks pipeline on it, each waiting for its own confirm.
+mode: many publishes from many trio tasks pipeline on it, each waiting for its own confirm. They
+go through aiormq's `basic_publish` on the channel's current underlying aiormq channel (aio-pika
+replaces it after a reconnect) without waiting for each to be written out (`wait=False`):
+aio-pika's `Exchange.publish` waits for that, which makes a batch's publishes leave one at a time,
+each a socket write and a few wake-ups of its own before the next may start. This way a batch's
+publishes are all queued to aiormq's writer in one loop turn, and their confirms awaited together.
 Consumers do NOT use robust channels: aio-pika would restore an exclusive consumer by itself
 after a reconnect, and when a hot standby has taken the queue meanwhile that restore fails and
 stalls the whole connection's recovery, and it cannot restore a server-named queue at all. So
@@ -68,7 +73,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 import trio
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from scoreboard import clock
@@ -146,9 +151,7 @@ class RabbitBroker:
         self._publishing = publishing
         self._consuming = consuming
         self._publish_channel = publish_channel
-        self._dead_letter_exchange = self._exchange(config.dead_letter_exchange)
-        self._events_exchange = self._exchange(config.events_exchange)
-        self._retry_exchange = self._exchange(_retry_exchange(config))
+        self._retry_exchange = _retry_exchange(config)
         self._incarnations = itertools.count(1)
         # Asyncio side: consuming channels still open, and their unsettled deliveries.
         self._live_incarnations: set[int] = set()
@@ -166,10 +169,6 @@ class RabbitBroker:
         # Trio side.
         self._dropped_events = 0
         self._requeued_deliveries = 0
-
-    def _exchange(self, name: str) -> AbstractExchange:
-        """A handle to publish to an exchange that `declare_topology` declares."""
-        return aio_pika.Exchange(self._publish_channel, name, passive=True)
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
@@ -299,24 +298,49 @@ class RabbitBroker:
 
     async def _publish_confirmed(
         self,
-        exchange: AbstractExchange,
+        exchange: str,
         message: aio_pika.Message,
         routing_key: str,
         *,
         mandatory: bool = True,
     ) -> None:
-        """Publish and wait for the broker's ack. A nack or a return is `PublishFailed` (the
-        broker did not queue it); anything else, `PublishOutcomeUnknown` (it may have)."""
+        """Publish to `exchange` (one that `declare_topology` declares, or the default one) and
+        wait for the broker's ack. A nack or a return is `PublishFailed` (the broker did not queue
+        it); anything else, `PublishOutcomeUnknown` (it may have). Up to the wait for the confirm
+        nothing here yields to the loop while the connection is up, so publishes started together
+        are queued to the writer together (see the module's docstring)."""
         token = next(self._publish_tokens)
         self._awaiting_confirm[token] = asyncio.get_running_loop().time()
         try:
-            result = await exchange.publish(message, routing_key, mandatory=mandatory)
+            if self._publish_channel.is_closed:
+                # As aio-pika's publish: a channel that is closed (not one being restored) fails.
+                raise aiormq.exceptions.ChannelInvalidStateError("the publishing channel closed")
+            # After a reconnect the robust channel has a new underlying channel: ask each time.
+            channel = await self._publish_channel.get_underlay_channel()
+            # aiormq's abstract channel does not declare `wait`; its only channel class does.
+            assert isinstance(channel, aiormq.Channel)
+            result = await channel.basic_publish(
+                message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=message.properties,
+                mandatory=mandatory,
+                wait=False,
+            )
         except aiormq.exceptions.PublishError as exc:
             raise PublishFailed(f"unroutable: returned by the broker ({routing_key!r})") from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishFailed("the broker refused the message (nack)") from exc
         except TRANSPORT_ERRORS as exc:
             raise PublishOutcomeUnknown(f"the channel failed: {exc!r}") from exc
+        except asyncio.CancelledError as exc:
+            # aiormq rejects the confirms still awaited with the reason its connection closed,
+            # a `CancelledError` when its reader was stopped (the watchdog's reset, a missed
+            # heartbeat): the link was lost, not this task cancelled.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise PublishOutcomeUnknown("the connection closed before the confirm") from exc
         finally:
             del self._awaiting_confirm[token]
         if not isinstance(result, aiormq.spec.Basic.Ack):
@@ -329,7 +353,10 @@ class RabbitBroker:
         return await self._bridge.run(self._publish_actions, list(envelopes), detached=True)
 
     async def _publish_actions(self, envelopes: list[ActionEnvelope]) -> list[Exception | None]:
-        """All on the confirm channel at once, so the batch costs about one confirm round trip."""
+        """All on the confirm channel at once, so the batch costs about one confirm round trip.
+        The publishes start in one loop turn; aiormq's writer queue holds 10 of them, so in a
+        batch larger than that the rest follow about one per loop turn as the writer takes them
+        (still without waiting for each to be written out)."""
         results = await asyncio.gather(
             *(self._publish_action(envelope) for envelope in envelopes), return_exceptions=True
         )
@@ -352,7 +379,7 @@ class RabbitBroker:
         actions queue `queue` that `_queue_of` chose. With `delay_ms`, it waits that long in a
         delay queue first, and the broker then routes it to `queue` as it would have at once."""
         if delay_ms is None:
-            exchange = self._publish_channel.default_exchange
+            exchange = ACTIONS_EXCHANGE
             message = _action_message(body, message_id)
         else:
             exchange = self._retry_exchange
@@ -371,7 +398,7 @@ class RabbitBroker:
     async def _publish_events(self, bodies: list[bytes]) -> None:
         await _all(
             self._publish_confirmed(
-                self._events_exchange,
+                self._config.events_exchange,
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
                 "",
                 mandatory=False,
@@ -717,7 +744,7 @@ class RabbitBroker:
             content_type=properties.content_type,
             headers={"x-failure-reason": reason, "x-failed-at": clock.now_ms()},
         )
-        await self._publish_confirmed(self._dead_letter_exchange, letter, "")
+        await self._publish_confirmed(self._config.dead_letter_exchange, letter, "")
 
     # Events
 
