@@ -29,10 +29,11 @@ one for consuming, so that a consumer's trouble (a flood of deliveries, a channe
 load) never holds up a publish or its confirm. Publishes share one robust channel in confirm
 mode: many publishes from many trio tasks pipeline on it, each waiting for its own confirm. They
 go through aiormq's `basic_publish` on the channel's current underlying aiormq channel (aio-pika
-replaces it after a reconnect) without waiting for each to be written out (`wait=False`):
-aio-pika's `Exchange.publish` waits for that, which makes a batch's publishes leave one at a time,
-each a socket write and a few wake-ups of its own before the next may start. This way a batch's
-publishes are all queued to aiormq's writer in one loop turn, and their confirms awaited together.
+replaces it after a reconnect) without waiting for each to be written out (`wait=False`, but for
+one in `WRITTEN_OUT_EVERY`): aio-pika's `Exchange.publish` waits for every one, which makes a
+batch's publishes leave one at a time, each with a few wake-ups of its own before the next may
+start. This way a batch's publishes are queued to aiormq's writer a few at a time, and their
+confirms awaited together. aiormq still writes each publish to the socket by itself.
 Consumers do NOT use robust channels: aio-pika would restore an exclusive consumer by itself
 after a reconnect, and when a hot standby has taken the queue meanwhile that restore fails and
 stalls the whole connection's recovery, and it cannot restore a server-named queue at all. So
@@ -97,6 +98,13 @@ RETRY_DELAY_HEADER = "retry-delay"  # no "x-": a headers exchange ignores those
 # AMQP delivery modes: kept on disk by a durable queue, or not.
 PERSISTENT = 2
 TRANSIENT = 1
+# Every this many publishes on the channel, one waits until aiormq's writer has written it out,
+# and the channel's lock holds the next ones back until then: no more than this many of ours
+# ever wait in aiormq's writer queue (10 frame groups), so a publish never blocks on a full
+# queue. One that did when the connection closed would wait forever, its confirm never answered
+# (aiormq's close stops the writer but does not wake a blocked put). The wait also passes the
+# socket's backpressure on.
+WRITTEN_OUT_EVERY = 5
 # `scoreboard failed replay|purge --action-id` looks this deep into the failed queue.
 FAILED_SCAN_LIMIT = 100_000
 CONNECT_TIMEOUT_S = 10.0
@@ -165,6 +173,7 @@ class RabbitBroker:
         # When each publish still waiting for its confirm started (loop time), by a token.
         self._awaiting_confirm: dict[int, float] = {}
         self._publish_tokens = itertools.count()
+        self._publishes_queued = itertools.count()
         self._watchdog_resets = 0
         self._workers_queue = f"{config.queue}.workers"
         self._held_shards: list[int] = []
@@ -328,7 +337,8 @@ class RabbitBroker:
                 routing_key=routing_key,
                 properties=properties,
                 mandatory=mandatory,
-                wait=False,
+                # Counted here, with no await before the channel's lock: in the lock's order.
+                wait=next(self._publishes_queued) % WRITTEN_OUT_EVERY == 0,
             )
         except aiormq.exceptions.PublishError as exc:
             raise PublishFailed(f"unroutable: returned by the broker ({routing_key!r})") from exc
@@ -357,9 +367,8 @@ class RabbitBroker:
 
     async def _publish_actions(self, envelopes: list[ActionEnvelope]) -> list[Exception | None]:
         """All on the confirm channel at once, so the batch costs about one confirm round trip.
-        The publishes start in one loop turn; aiormq's writer queue holds 10 of them, so in a
-        batch larger than that the rest follow about one per loop turn as the writer takes them
-        (still without waiting for each to be written out)."""
+        The publishes start in one loop turn and go to aiormq's writer `WRITTEN_OUT_EVERY` at a
+        time."""
         results = await asyncio.gather(
             *(self._publish_action(envelope) for envelope in envelopes), return_exceptions=True
         )
