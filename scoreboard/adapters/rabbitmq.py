@@ -27,7 +27,13 @@ message in a queue expiring in order (RabbitMQ expires only at a queue's head). 
 Two robust connections, reconnecting `RECONNECT_INTERVAL_S` after a loss: one for publishing,
 one for consuming, so that a consumer's trouble (a flood of deliveries, a channel closing under
 load) never holds up a publish or its confirm. Publishes share one robust channel in confirm
-mode: many publishes from many trio tasks pipeline on it, each waiting for its own confirm.
+mode: many publishes from many trio tasks pipeline on it, each waiting for its own confirm. They
+go through aiormq's `basic_publish` on the channel's current underlying aiormq channel (aio-pika
+replaces it after a reconnect) without waiting for each to be written out (`wait=False`, but for
+one in `WRITTEN_OUT_EVERY`): aio-pika's `Exchange.publish` waits for every one, which makes a
+batch's publishes leave one at a time, each with a few wake-ups of its own before the next may
+start. This way a batch's publishes are queued to aiormq's writer a few at a time, and their
+confirms awaited together. aiormq still writes each publish to the socket by itself.
 Consumers do NOT use robust channels: aio-pika would restore an exclusive consumer by itself
 after a reconnect, and when a hot standby has taken the queue meanwhile that restore fails and
 stalls the whole connection's recovery, and it cannot restore a server-named queue at all. So
@@ -55,7 +61,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import itertools
 import logging
 import random
@@ -68,7 +73,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 import trio
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from scoreboard import clock
@@ -90,6 +95,16 @@ log = logging.getLogger(__name__)
 ACTIONS_EXCHANGE = ""
 # The header the retry exchange routes a delayed action by (to the delay queue of its delay).
 RETRY_DELAY_HEADER = "retry-delay"  # no "x-": a headers exchange ignores those
+# AMQP delivery modes: kept on disk by a durable queue, or not.
+PERSISTENT = 2
+TRANSIENT = 1
+# Every this many publishes on the channel, one waits until aiormq's writer has written it out,
+# and the channel's lock holds the next ones back until then: no more than this many of ours
+# ever wait in aiormq's writer queue (10 frame groups), so a publish never blocks on a full
+# queue. One that did when the connection closed would wait forever, its confirm never answered
+# (aiormq's close stops the writer but does not wake a blocked put). The wait also passes the
+# socket's backpressure on.
+WRITTEN_OUT_EVERY = 5
 # `scoreboard failed replay|purge --action-id` looks this deep into the failed queue.
 FAILED_SCAN_LIMIT = 100_000
 CONNECT_TIMEOUT_S = 10.0
@@ -146,9 +161,7 @@ class RabbitBroker:
         self._publishing = publishing
         self._consuming = consuming
         self._publish_channel = publish_channel
-        self._dead_letter_exchange = self._exchange(config.dead_letter_exchange)
-        self._events_exchange = self._exchange(config.events_exchange)
-        self._retry_exchange = self._exchange(_retry_exchange(config))
+        self._retry_exchange = _retry_exchange(config)
         self._incarnations = itertools.count(1)
         # Asyncio side: consuming channels still open, and their unsettled deliveries.
         self._live_incarnations: set[int] = set()
@@ -160,16 +173,13 @@ class RabbitBroker:
         # When each publish still waiting for its confirm started (loop time), by a token.
         self._awaiting_confirm: dict[int, float] = {}
         self._publish_tokens = itertools.count()
+        self._publishes_queued = itertools.count()
         self._watchdog_resets = 0
         self._workers_queue = f"{config.queue}.workers"
         self._held_shards: list[int] = []
         # Trio side.
         self._dropped_events = 0
         self._requeued_deliveries = 0
-
-    def _exchange(self, name: str) -> AbstractExchange:
-        """A handle to publish to an exchange that `declare_topology` declares."""
-        return aio_pika.Exchange(self._publish_channel, name, passive=True)
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
@@ -299,24 +309,51 @@ class RabbitBroker:
 
     async def _publish_confirmed(
         self,
-        exchange: AbstractExchange,
-        message: aio_pika.Message,
+        exchange: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
         routing_key: str,
         *,
         mandatory: bool = True,
     ) -> None:
-        """Publish and wait for the broker's ack. A nack or a return is `PublishFailed` (the
-        broker did not queue it); anything else, `PublishOutcomeUnknown` (it may have)."""
+        """Publish to `exchange` (one that `declare_topology` declares, or the default one) and
+        wait for the broker's ack. A nack or a return is `PublishFailed` (the broker did not queue
+        it); anything else, `PublishOutcomeUnknown` (it may have). Up to the wait for the confirm
+        nothing here yields to the loop while the connection is up, so publishes started together
+        are queued to the writer together (see the module's docstring)."""
         token = next(self._publish_tokens)
         self._awaiting_confirm[token] = asyncio.get_running_loop().time()
         try:
-            result = await exchange.publish(message, routing_key, mandatory=mandatory)
+            if self._publish_channel.is_closed:
+                # As aio-pika's publish: a channel that is closed (not one being restored) fails.
+                raise aiormq.exceptions.ChannelInvalidStateError("the publishing channel closed")
+            # After a reconnect the robust channel has a new underlying channel: ask each time.
+            channel = await self._publish_channel.get_underlay_channel()
+            # aiormq's abstract channel does not declare `wait`; its only channel class does.
+            assert isinstance(channel, aiormq.Channel)
+            result = await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=mandatory,
+                # Counted here, with no await before the channel's lock: in the lock's order.
+                wait=next(self._publishes_queued) % WRITTEN_OUT_EVERY == 0,
+            )
         except aiormq.exceptions.PublishError as exc:
             raise PublishFailed(f"unroutable: returned by the broker ({routing_key!r})") from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishFailed("the broker refused the message (nack)") from exc
         except TRANSPORT_ERRORS as exc:
             raise PublishOutcomeUnknown(f"the channel failed: {exc!r}") from exc
+        except asyncio.CancelledError as exc:
+            # aiormq rejects the confirms still awaited with the reason its connection closed,
+            # a `CancelledError` when its reader was stopped (the watchdog's reset, a missed
+            # heartbeat): the link was lost, not this task cancelled.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise PublishOutcomeUnknown("the connection closed before the confirm") from exc
         finally:
             del self._awaiting_confirm[token]
         if not isinstance(result, aiormq.spec.Basic.Ack):
@@ -329,7 +366,9 @@ class RabbitBroker:
         return await self._bridge.run(self._publish_actions, list(envelopes), detached=True)
 
     async def _publish_actions(self, envelopes: list[ActionEnvelope]) -> list[Exception | None]:
-        """All on the confirm channel at once, so the batch costs about one confirm round trip."""
+        """All on the confirm channel at once, so the batch costs about one confirm round trip.
+        The publishes start in one loop turn and go to aiormq's writer `WRITTEN_OUT_EVERY` at a
+        time."""
         results = await asyncio.gather(
             *(self._publish_action(envelope) for envelope in envelopes), return_exceptions=True
         )
@@ -352,17 +391,16 @@ class RabbitBroker:
         actions queue `queue` that `_queue_of` chose. With `delay_ms`, it waits that long in a
         delay queue first, and the broker then routes it to `queue` as it would have at once."""
         if delay_ms is None:
-            exchange = self._publish_channel.default_exchange
-            message = _action_message(body, message_id)
+            exchange = ACTIONS_EXCHANGE
+            properties = _action_properties(message_id)
         else:
             exchange = self._retry_exchange
-            message = _action_message(
-                body,
+            properties = _action_properties(
                 message_id,
-                expiration=dt.timedelta(milliseconds=delay_ms),
+                expiration_ms=delay_ms,
                 headers={RETRY_DELAY_HEADER: _delay_tag(delay_ms)},
             )
-        await self._publish_confirmed(exchange, message, queue)
+        await self._publish_confirmed(exchange, body, properties, queue)
 
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
         """Transient messages to the fanout, all confirmed together; nobody listening is fine."""
@@ -371,8 +409,9 @@ class RabbitBroker:
     async def _publish_events(self, bodies: list[bytes]) -> None:
         await _all(
             self._publish_confirmed(
-                self._events_exchange,
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                self._config.events_exchange,
+                body,
+                aiormq.spec.Basic.Properties(delivery_mode=TRANSIENT, headers={}),
                 "",
                 mandatory=False,
             )
@@ -710,14 +749,13 @@ class RabbitBroker:
 
     async def _dead_letter(self, message: DeliveredMessage, reason: str) -> None:
         properties = message.header.properties
-        letter = aio_pika.Message(
-            message.body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        letter = aiormq.spec.Basic.Properties(
+            delivery_mode=PERSISTENT,
             message_id=properties.message_id,
             content_type=properties.content_type,
             headers={"x-failure-reason": reason, "x-failed-at": clock.now_ms()},
         )
-        await self._publish_confirmed(self._dead_letter_exchange, letter, "")
+        await self._publish_confirmed(self._config.dead_letter_exchange, message.body, letter, "")
 
     # Events
 
@@ -928,20 +966,20 @@ def _tag(message: DeliveredMessage) -> int:
     return tag
 
 
-def _action_message(
-    body: bytes,
+def _action_properties(
     message_id: str,
     *,
-    expiration: dt.timedelta | None = None,
+    expiration_ms: int | None = None,
     headers: dict[str, Any] | None = None,
-) -> aio_pika.Message:
-    return aio_pika.Message(
-        body,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+) -> aiormq.spec.Basic.Properties:
+    # What `aio_pika.Message(...).properties` gives, without building the Message (a few
+    # percent of the publish path): no headers is an empty table, the expiration is in ms.
+    return aiormq.spec.Basic.Properties(
+        delivery_mode=PERSISTENT,
         message_id=message_id,
         content_type="application/json",
-        expiration=expiration,
-        headers=headers,
+        expiration=None if expiration_ms is None else str(expiration_ms),
+        headers=headers or {},
     )
 
 

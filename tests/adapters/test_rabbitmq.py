@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -462,32 +463,39 @@ async def test_a_batch_of_publishes_is_confirmed_together(broker: RabbitBroker) 
     print(f"\none batch of {len(items)} confirmed publishes: {len(items) / publish_s:,.0f}/s")
 
 
-async def test_a_batch_the_queue_refuses_fails_every_envelope(
-    broker: RabbitBroker, amqp_config: AmqpConfig
-) -> None:
-    policy = f"refuse-{amqp_config.queue}"
+@asynccontextmanager
+async def refusing_publishes(config: AmqpConfig, queue: str) -> AsyncIterator[None]:
+    """While inside, the broker nacks every publish to `queue` (a full queue that rejects)."""
+    policy = f"refuse-{queue}"
     await rabbitmqctl(
-        amqp_config,
+        config,
         "set_policy",
         "--apply-to",
         "queues",
         policy,
-        f"^{re.escape(amqp_config.queue)}$",
+        f"^{re.escape(queue)}$",
         '{"max-length": 0, "overflow": "reject-publish"}',
     )
     try:
         # The broker applies a policy asynchronously; the queue reports it once it has.
         with trio.fail_after(20):
-            while policy not in await rabbitmqctl(amqp_config, "list_queues", "name", "policy"):
+            while policy not in await rabbitmqctl(config, "list_queues", "name", "policy"):
                 await trio.sleep(0.1)
+        yield
+    finally:
+        await rabbitmqctl(config, "clear_policy", policy)
+    with trio.fail_after(20):
+        while policy in await rabbitmqctl(config, "list_queues", "name", "policy"):
+            await trio.sleep(0.1)
+
+
+async def test_a_batch_the_queue_refuses_fails_every_envelope(
+    broker: RabbitBroker, amqp_config: AmqpConfig
+) -> None:
+    async with refusing_publishes(amqp_config, amqp_config.queue):
         outcomes = await broker.publish_actions([envelope() for _ in range(20)])
         assert all(isinstance(outcome, PublishFailed) for outcome in outcomes), outcomes
         assert len(outcomes) == 20
-    finally:
-        await rabbitmqctl(amqp_config, "clear_policy", policy)
-    with trio.fail_after(20):
-        while policy in await rabbitmqctl(amqp_config, "list_queues", "name", "policy"):
-            await trio.sleep(0.1)
     assert await broker.publish_actions([envelope()]) == [None]  # the channel is still usable
 
 
@@ -623,3 +631,29 @@ async def test_two_workers_split_the_shards_and_one_takes_over_from_the_other(
 async def test_the_actions_depth_sums_the_shard_queues(sharded_broker: RabbitBroker) -> None:
     await sharded_broker.publish_actions([envelope(user_id=user) for user in range(1, 21)])
     assert await sharded_broker.queue_depths() == {"actions": 20, "failed": 0}
+
+
+async def test_in_one_batch_each_envelope_gets_its_own_outcome(
+    sharded_broker: RabbitBroker, sharded: AmqpConfig
+) -> None:
+    """One shard queue is gone (its envelopes come back unroutable), another refuses (nack);
+    the envelopes of the other shards, published in the same batch, are confirmed and queued."""
+    broker = sharded_broker
+    gone, refusing = broker.shard_queues()[:2]
+    await rabbitmqctl(sharded, "delete_queue", gone)
+    items = [envelope(user_id=user) for user in range(1, USERS + 1)]
+    shard_of_item = [broker.shard_queues()[shard_of(e.user_id, SHARDS)] for e in items]
+    assert {gone, refusing} < set(shard_of_item)
+    async with refusing_publishes(sharded, refusing):
+        outcomes = await broker.publish_actions(items)
+    assert len(outcomes) == len(items)
+    expected = {gone: "unroutable", refusing: "nack"}
+    for queue, outcome in zip(shard_of_item, outcomes, strict=True):
+        if queue in expected:
+            assert isinstance(outcome, PublishFailed), outcome
+            assert expected[queue] in str(outcome), outcome
+        else:
+            assert outcome is None, outcome
+    confirmed = sum(1 for queue in shard_of_item if queue not in (gone, refusing))
+    await broker.declare_topology()  # the deleted shard again, empty
+    assert (await broker.queue_depths())["actions"] == confirmed

@@ -9,10 +9,16 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import trio
 
-from scoreboard.adapters.interfaces import BackendUnavailable, Delivery, PublishFailed
+from scoreboard.adapters.interfaces import (
+    BackendUnavailable,
+    Delivery,
+    PublishFailed,
+    PublishOutcomeUnknown,
+)
 from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq
 from scoreboard.bridge import Bridge
 from scoreboard.config import AmqpConfig
+from scoreboard.records import ActionEnvelope
 from tests.adapters.test_rabbitmq import PREFETCH, amqp_config, bridge, broker, envelope
 from tests.conftest import AMQP_HOST
 from tests.faultproxy import FaultProxy
@@ -125,3 +131,41 @@ async def test_a_consumer_stops_at_once_while_the_broker_is_away(
                 await trio.sleep(1)  # it waits for the connection to come back
                 nursery.cancel_scope.cancel()
         proxy.restore()
+
+
+IN_FLIGHT = 50
+
+
+@pytest.mark.parametrize("loss", ["cut", "watchdog"])
+async def test_confirms_lost_mid_batch_leave_each_outcome_unknown(
+    bridge: Bridge, amqp_config: AmqpConfig, proxy: FaultProxy, loss: str
+) -> None:
+    """The broker queued a batch, but its confirms never come back: the link is cut, or it stays
+    silent until the watchdog closes it. Every envelope of the batch is `PublishOutcomeUnknown`
+    (it may be queued: it is), and publishing works again on the reopened channel afterwards."""
+    async with (
+        open_rabbitmq(bridge, amqp_config) as direct,
+        open_rabbitmq(bridge, through(proxy, amqp_config)) as broker,
+    ):
+        await direct.declare_topology()
+        assert await broker.publish_actions([envelope()]) == [None]
+        proxy.hold_replies()  # what the app sends gets through; the confirms wait in the proxy
+        outcomes: list[Exception | None] = []
+
+        async def publish(batch: list[ActionEnvelope]) -> None:
+            outcomes.extend(await broker.publish_actions(batch))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish, [envelope() for _ in range(IN_FLIGHT)])
+            with trio.fail_after(10):  # a hang guard: the broker has queued the whole batch
+                while (await direct.queue_depths())["actions"] < 1 + IN_FLIGHT:
+                    await trio.sleep(0.05)
+            if loss == "cut":
+                proxy.cut()
+            # else the watchdog's probe stalls too (its answer is held) and it closes the link.
+        assert len(outcomes) == IN_FLIGHT
+        assert all(isinstance(outcome, PublishOutcomeUnknown) for outcome in outcomes), outcomes
+        if loss == "watchdog":
+            assert broker.statistics().watchdog_resets >= 1
+        proxy.restore()
+        await publish_until_it_works(broker, timeout_s=10)
