@@ -269,6 +269,7 @@ async def measure(arguments: argparse.Namespace) -> None:
             "CPU ms/action",
             "busiest process",
             "loadgen CPU",
+            "loadgen ms/request",
             "machine CPU",
         ],
     )
@@ -336,6 +337,7 @@ async def measure(arguments: argparse.Namespace) -> None:
                     fmt(sum(used.values()) * elapsed * 1000 / max(1, result["accepted"]), 2),
                     f"{max(used.values()):.0%}",
                     f"{result['cpu_s'] / elapsed:.0%}",
+                    fmt(result["cpu_s"] * 1000 / max(1, result["sent"]), 3),
                     f"{machine_busy:.0%}",
                 )
                 if result["worst_dispatch_lag_ms"] > 50:

@@ -7,13 +7,13 @@ thousand requests per second; this one parses only the status line, the headers 
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import trio
 
 from scoreboard.loadtest.websocket import parse_head
@@ -68,7 +68,7 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        return orjson.loads(self.body)
 
 
 class HttpConnection:
@@ -100,6 +100,22 @@ class HttpConnection:
             self._buffer = b""
         return self._stream
 
+    def encode(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> bytes:
+        """The request's bytes, for `send`: callers that send many alike build them once."""
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.origin.host_header}"]
+        lines += [f"User-Agent: {USER_AGENT}"]
+        lines += [f"{name}: {value}" for name, value in headers or []]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
     async def request(
         self,
         method: str,
@@ -108,12 +124,15 @@ class HttpConnection:
         headers: list[tuple[str, str]] | None = None,
         body: bytes | None = None,
     ) -> Response:
-        """Send one request and read its answer. A connection the server closed while idle is
-        reopened once (callers send only requests that are safe to resend: every POST of the
-        load test carries its idempotency nonce)."""
+        return await self.send(self.encode(method, target, headers=headers, body=body), method)
+
+    async def send(self, message: bytes, method: str = "POST") -> Response:
+        """Send one encoded request and read its answer. A connection the server closed while
+        idle is reopened once (callers send only requests that are safe to resend: every POST
+        of the load test carries its idempotency nonce)."""
         reused = self._stream is not None
         try:
-            return await self._exchange(method, target, headers or [], body)
+            return await self._exchange(message, method)
         except ConnectionLost:
             await self.aclose()
             if not reused:
@@ -121,18 +140,10 @@ class HttpConnection:
         except HttpError:
             await self.aclose()
             raise
-        return await self._exchange(method, target, headers or [], body)
+        return await self._exchange(message, method)
 
-    async def _exchange(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
-    ) -> Response:
+    async def _exchange(self, message: bytes, method: str) -> Response:
         stream = await self._connected()
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.origin.host_header}"]
-        lines += [f"User-Agent: {USER_AGENT}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
         try:
             await stream.send_all(message)
             response = await self._read_response(method)
@@ -220,9 +231,7 @@ class HttpConnection:
         extra: list[tuple[str, str]] | None = None,
     ) -> Response:
         headers = [("Content-Type", "application/json"), *_auth(token), *(extra or [])]
-        return await self.request(
-            "POST", target, headers=headers, body=json.dumps(payload).encode()
-        )
+        return await self.request("POST", target, headers=headers, body=orjson.dumps(payload))
 
     async def post_form(self, target: str, form: str) -> Response:
         headers = [("Content-Type", "application/x-www-form-urlencoded")]
