@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 import trio
 
 from scoreboard.loadtest.accounts import Account, SetupError, SignIn
@@ -40,6 +41,7 @@ PROBE_INTERVAL_S = 1.0
 PROBE_ACTIONS = 16
 REFRESH_RETRY_S = 30.0
 RESOLVE_DEADLINE_S = 30.0  # for resending unknown outcomes, and for asking missing ones
+PERFORM_PATH = "/api/v1/actions/perform"
 NOT_SENT_NO_CONNECTION = "not sent (no free connection within --request-timeout)"
 NOT_SENT_OUTBOX_FULL = "not sent (the player socket's outbox was full)"
 RESOLVE_CONCURRENCY = 16
@@ -146,6 +148,7 @@ class LoadTest:
         self.window_end = 0.0
         self.last_processed_at: float | None = None
         self.backlog_at_window_end = 0
+        self._post_heads: dict[str, bytes] = {}
         self.drain_s: float | None = None
         self.drained = True
         self.watchers: list[WatcherProcess] = []
@@ -683,42 +686,55 @@ class LoadTest:
         sent at all (counted apart): a server that answers slower than the rate would otherwise
         stretch the run without bound."""
         http = HttpConnection(self.origin)
-        stale_after_s = self.options.request_timeout_s
+        stale_after_s = timeout_s = self.options.request_timeout_s
         try:
             async with receive:
-                async for action in receive:
-                    if on_schedule and time.monotonic() - action.due > stale_after_s:
-                        self.not_sent += 1
-                        self.ledger.on_transport_error(action, NOT_SENT_NO_CONNECTION)
-                        continue
-                    await self._post(http, action)
+                while True:
+                    # One cancel scope per connection rather than per request (this process
+                    # shares the machine with the server): its deadline runs only while an
+                    # action is in flight. A timeout cancels it for good, so it is made anew.
+                    with trio.CancelScope() as in_flight:
+                        async for action in receive:
+                            if on_schedule and time.monotonic() - action.due > stale_after_s:
+                                self.not_sent += 1
+                                self.ledger.on_transport_error(action, NOT_SENT_NO_CONNECTION)
+                                continue
+                            in_flight.deadline = trio.current_time() + timeout_s
+                            await self._post(http, action)
+                            in_flight.deadline = math.inf
+                        return
+                    self.ledger.on_transport_error(action, "timeout")
         finally:
             await http.aclose()
 
     async def _post(self, http: HttpConnection, action: Action) -> None:
-        account = self.accounts[action.account]
+        token = self.accounts[action.account].access_token
+        if (head := self._post_heads.get(token)) is None:
+            # Built once per token (tokens change only when refreshed): the head without its
+            # blank line, Content-Length follows per action.
+            head = self._post_heads[token] = http.encode(
+                "POST",
+                PERFORM_PATH,
+                headers=[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", f"Bearer {token}"),
+                ],
+            )[:-2]
+        body = orjson.dumps({**action.body, "nonce": action.nonce})
         try:
-            with trio.fail_after(self.options.request_timeout_s):
-                response = await http.post_json(
-                    "/api/v1/actions/perform",
-                    {**action.body, "nonce": action.nonce},
-                    token=account.access_token,
-                )
-        except trio.TooSlowError:
-            self.ledger.on_transport_error(action, "timeout")
-            return
+            response = await http.send(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
         except HttpError:
             self.ledger.on_transport_error(action, "connection")
             return
         try:
-            body = response.json()
+            answer = response.json()
         except ValueError:
-            body = None
+            answer = None
         if action.resent:
             self.resolution[f"resent: answered {response.status}"] += 1
             if response.headers.get("idempotent-replayed", "").lower() == "true":
                 action.replayed = True
-        self.ledger.on_http_answer(action, response.status, body, time.monotonic())
+        self.ledger.on_http_answer(action, response.status, answer, time.monotonic())
 
     # -- after the window
 
