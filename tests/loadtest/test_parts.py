@@ -13,7 +13,7 @@ import trio
 
 from scoreboard.loadtest.fleet import BEHIND_P99_MS, FleetFigures
 from scoreboard.loadtest.histogram import Histogram
-from scoreboard.loadtest.http11 import HttpConnection, Origin
+from scoreboard.loadtest.http11 import HttpConnection, HttpError, Origin
 from scoreboard.loadtest.procstats import ProcessTree, listening_pids, server_roots
 from scoreboard.loadtest.websocket import (
     BINARY,
@@ -214,3 +214,50 @@ def test_the_server_is_found_by_its_listening_port() -> None:
         assert sample.processes >= 1
         assert sample.rss_kib > 0
         assert sample.cpu_s > 0
+
+
+async def test_http_connection_reopens_a_keep_alive_connection_the_server_closed() -> None:
+    """The server closes after each answer, once saying so and once silently: every request
+    is answered, on a new connection each time."""
+    connections: list[int] = []
+    answers = [
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}",
+    ]
+
+    async def serve(stream: trio.SocketStream) -> None:
+        connections.append(len(connections))
+        answer = answers[min(len(connections) - 1, 1)]
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        await stream.send_all(answer)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        http = HttpConnection(Origin("127.0.0.1", port))
+        message = http.encode("POST", "/p", body=b"{}")
+        for _ in range(3):
+            response = await http.send(message)
+            assert (response.status, response.json()) == (202, {})
+        await http.aclose()
+        nursery.cancel_scope.cancel()
+    assert len(connections) == 3
+
+
+async def test_http_connection_refuses_an_answer_that_is_not_http() -> None:
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        http = HttpConnection(Origin("127.0.0.1", port))
+        with pytest.raises(HttpError, match="not an HTTP response"):
+            await http.get("/a")
+        await http.aclose()
+        nursery.cancel_scope.cancel()
