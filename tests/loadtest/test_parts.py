@@ -3,6 +3,7 @@ histogram, the HTTP/1.1 client's bodies, and finding a server's processes in /pr
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import zlib
@@ -10,11 +11,16 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
+from scoreboard.loadtest.accounts import Account
 from scoreboard.loadtest.fleet import BEHIND_P99_MS, FleetFigures
 from scoreboard.loadtest.histogram import Histogram
 from scoreboard.loadtest.http11 import HttpConnection, HttpError, Origin
+from scoreboard.loadtest.ledger import Action
+from scoreboard.loadtest.options import Options, add_arguments
 from scoreboard.loadtest.procstats import ProcessTree, listening_pids, server_roots
+from scoreboard.loadtest.runner import ActionType, LoadTest
 from scoreboard.loadtest.websocket import (
     BINARY,
     CLOSE,
@@ -261,3 +267,45 @@ async def test_http_connection_refuses_an_answer_that_is_not_http() -> None:
             await http.get("/a")
         await http.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_http_sender_times_out_an_unanswered_action_and_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first action is never answered: it is counted as a timeout after --request-timeout,
+    and the next one, on a new connection, is answered (one cancel scope per connection must
+    not stay cancelled)."""
+    answered = b'HTTP/1.1 202 Accepted\r\nContent-Length: 20\r\n\r\n{"action_id": "a-1"}'
+    connections = 0
+
+    async def serve(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        if connections == 1:
+            await trio.sleep_forever()
+        await stream.send_all(answered)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        arguments = ["--url", f"http://127.0.0.1:{port}", "--request-timeout", "5", "--no-chart"]
+        test = LoadTest(Options.from_namespace(parser.parse_args(arguments)))
+        test.accounts = [Account(0, "p0", user_id=1, access_token="t0")]
+        kind = ActionType("complete_task", 10, {"task_id": "string"})
+        unanswered = test._new_action(0, kind, "http", leader=False, measured=True)
+        answered_action = test._new_action(0, kind, "http", leader=False, measured=True)
+        send, receive = trio.open_memory_channel[Action](2)
+        send.send_nowait(unanswered)
+        send.send_nowait(answered_action)
+        send.close()
+        await test._http_sender(receive)
+        nursery.cancel_scope.cancel()
+    assert unanswered.error == "timeout"
+    assert answered_action.action_id == "a-1"
+    assert test.ledger.answers == {"http timeout": 1, "http 202": 1}
