@@ -161,6 +161,10 @@ class HttpConnection:
         sock = await self._connected()
         try:
             await self._send_all(sock, message)
+            if not self._buffer:
+                # The answer cannot be there yet: wait rather than try a recv bound to fail. It
+                # is also the exchange's checkpoint, which the plain socket does not give.
+                await trio.lowlevel.wait_readable(sock)
             response = await self._read_response(method)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
