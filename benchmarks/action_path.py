@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +76,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--source",
         type=Path,
         help="serve from another checkout of the project (e.g. `git archive` of an older commit) "
-        "for before/after figures; it runs as that version's `scoreboard serve` does",
+        "for before/after figures; it runs as that version's `scoreboard serve` does (with "
+        "--processes if it has that setting)",
     )
     return parser.parse_args(argv)
 
@@ -102,12 +104,19 @@ def server_environment(
             "SCOREBOARD_SERVER_PORT": str(port),
         }
     )
-    if source is None:
+    if source is None or has_processes_setting(source):
         env["SCOREBOARD_SERVER_PROCESSES"] = str(processes)
-    else:
+    if source is not None:
         env["PYTHONPATH"] = str(source.resolve())
         env["SCOREBOARD_CONFIG_DIR"] = str(source.resolve() / "config")
     return env
+
+
+def has_processes_setting(source: Path) -> bool:
+    """Whether that checkout's server knows `server.processes`: an older one refuses the setting
+    as unknown, and runs one process."""
+    defaults = tomllib.loads((source / "config" / "default.toml").read_text())
+    return "processes" in defaults.get("server", {})
 
 
 def process_tree(root: int) -> list[int]:
