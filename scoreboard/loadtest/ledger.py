@@ -24,7 +24,6 @@ class Action:
         "body",
         "due",
         "error",
-        "http_status",
         "leader",
         "measured",
         "new_score",
@@ -63,7 +62,6 @@ class Action:
         self.due = due
         self.accepted_at: float | None = None
         self.action_id: str | None = None
-        self.http_status: int | None = None
         self.error: str | None = None  # why the outcome of sending it is unknown or refused
         self.status: str | None = None  # accepted, then completed/rejected/failed
         self.score_delta: int | None = None
@@ -122,7 +120,6 @@ class Ledger:
         return int(at - self.window_start)
 
     def on_http_answer(self, action: Action, status: int, body: Any, at: float) -> None:
-        action.http_status = status
         first_answer = action.measured and not action.resent
         if first_answer:
             self.answers[f"http {status}"] += 1

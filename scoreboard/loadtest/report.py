@@ -55,7 +55,8 @@ def render_table(result: dict[str, Any]) -> str:
             "players",
             f"{players['created']} created, {players['reused']} reused, signed in in "
             f"{players['setup_s']:.1f} s (with {players['priming_actions']} priming actions); "
-            f"their sockets dropped {players['socket_drops']} times",
+            f"their sockets dropped {players['socket_drops']} times and reconnected "
+            f"{players['socket_reconnects']} times",
         ),
         (
             "clients",

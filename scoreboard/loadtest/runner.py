@@ -1052,6 +1052,11 @@ class LoadTest:
             )
         if (behind := fleet.behind_warning()) is not None:
             self.warnings.append(behind)
+        if self.ledger.unmatched_results:
+            self.warnings.append(
+                f"{self.ledger.unmatched_results} action results on the players' sockets matched "
+                "no action this run sent (another client acting as the same players?)"
+            )
         lags = sorted(self.dispatch_lags)
         late_dispatch = sum(1 for lag in lags if lag > 0.010)
         if lags and lags[-1] > 0.05:
@@ -1113,6 +1118,7 @@ class LoadTest:
                 "player_action": self.player_type.name,
                 "sockets": len(self.sockets),
                 "socket_drops": sum(len(s.drops) for s in self.sockets),
+                "socket_reconnects": sum(s.reconnects for s in self.sockets),
                 "socket_connect_retries": sum(s.connect_retries for s in self.sockets),
                 "setup_s": self.setup_s,
                 "priming_actions": self.priming,
@@ -1151,6 +1157,7 @@ class LoadTest:
                 "unavailable": unavailable,
                 "resolution": dict(self.resolution),
                 "outcomes_via": dict(self.ledger.outcomes_via()),
+                "unmatched_results": self.ledger.unmatched_results,
                 "dispatch_lag_ms_max": lags[-1] * 1000 if lags else None,
                 "dispatched_late": late_dispatch,
             },

@@ -96,6 +96,7 @@ async def test_a_short_mixed_run_is_correct_and_produces_every_figure(
     assert actions["processed_per_s"] > 0
     assert actions["drained"]
     assert set(actions["answers"]) == {"http 202", "ws accepted"}
+    assert actions["unmatched_results"] == 0
 
     latency = result["latency_ms"]
     assert_measured(latency["http_accept"])
@@ -115,6 +116,8 @@ async def test_a_short_mixed_run_is_correct_and_produces_every_figure(
     assert clients["dropped"] == {}
     assert clients["on_final_board"] == 8
     assert result["players"]["token_refreshes"] > 0  # 8 s tokens: refreshed, sockets kept
+    assert result["players"]["socket_reconnects"] == result["players"]["socket_drops"] == 0
+    assert re.search(r"dropped 0 times and reconnected 0 times", stdout)
     assert result["updates"]["per_client_per_s_mean"] > 0
     assert result["updates"]["malformed"] == 0
 
