@@ -148,6 +148,11 @@ class Accounts(Protocol):
 
     async def get_user_by_username(self, username: str) -> UserRecord | None: ...
 
+    async def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        """Store `new_hash` as the user's password hash if it is still `old_hash` (compare and
+        set: a password changed meanwhile is kept); True if it was replaced."""
+        ...
+
 
 class SigningKeys(Protocol):
     """The JWT signing keys, as the key ring loads and adds them."""

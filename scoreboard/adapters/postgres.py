@@ -302,6 +302,9 @@ class PostgresStore(Store):
     async def get_user_by_username(self, username: str) -> UserRecord | None:
         return await self._cross(_get_user_by_username, self._pool, username)
 
+    async def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        return await self._cross(_replace_password_hash, self._pool, user_id, old_hash, new_hash)
+
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Every key, retired ones included, oldest first, decrypted."""
         stored = await self._cross(_signing_keys, self._pool)
@@ -919,6 +922,20 @@ async def _get_user_by_username(pool: asyncpg.Pool, username: str) -> UserRecord
         normalized_identity(username),
     )
     return _user_record(row)
+
+
+async def _replace_password_hash(
+    pool: asyncpg.Pool, user_id: int, old_hash: str, new_hash: str
+) -> bool:
+    # One statement: it replaces the hash it was shown or nothing, however it is interrupted.
+    replaced = await pool.fetchval(
+        "UPDATE users SET password_hash = $3, updated_at = now()"
+        " WHERE id = $1 AND password_hash = $2 RETURNING true",
+        user_id,
+        old_hash,
+        new_hash,
+    )
+    return replaced is not None
 
 
 # -- signing keys

@@ -336,6 +336,11 @@ class SQLiteStore(Store):
             functools.partial(_one_user, "username_normalized = ?", normalized_identity(username))
         )
 
+    async def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        return await self._db.write(
+            functools.partial(_replace_password_hash, user_id, old_hash, new_hash)
+        )
+
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Every key, retired ones included, oldest first, decrypted."""
         stored = await self._db.read(_signing_keys)
@@ -1009,6 +1014,16 @@ def _remove_client(
     grant_ids = _active_grants("client_id", client_id, connection)
     _revoke_grants(grant_ids, expires_at_ms, connection)
     return grant_ids
+
+
+def _replace_password_hash(
+    user_id: int, old_hash: str, new_hash: str, connection: sqlite3.Connection
+) -> bool:
+    replaced = connection.execute(
+        "UPDATE users SET password_hash = ?, updated_at_ms = ? WHERE id = ? AND password_hash = ?",
+        (new_hash, clock.now_ms(), user_id, old_hash),
+    )
+    return replaced.rowcount == 1
 
 
 def _disable_user(

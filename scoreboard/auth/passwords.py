@@ -4,7 +4,8 @@ Hashing costs tens of milliseconds of CPU and ~19 MiB of memory on purpose, so i
 threads behind `CapacityLimiter`s: a burst queues up instead of taking every thread (and every
 core) the process has. Sign-in (`verify`) and new passwords (`hash`: registration) have limiters
 of their own, so a flood of registrations never queues in front of a sign-in: it gets one
-thread, and past a bounded queue it is refused (`HashingBusy`) rather than left to pile up. A
+thread, and past a bounded queue it is refused (`HashingBusy`) rather than left to pile up. The
+upgrade of an old hash at sign-in (`needs_rehash`) is a new hash too, and queues with them. A
 sign-in for an unknown username verifies the password against a dummy hash anyway, so the
 response time does not tell whether the username exists.
 """

@@ -9,12 +9,15 @@ HTTP layer answers with 400 `invalid_request`. A taken username or email surface
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 from scoreboard.adapters.interfaces import Accounts
-from scoreboard.auth.passwords import Passwords
+from scoreboard.auth.passwords import HashingBusy, Passwords
 from scoreboard.records import UserRecord
+
+log = logging.getLogger(__name__)
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
 PASSWORD_MIN_CHARS = 10
@@ -76,13 +79,39 @@ async def authenticate_user(
     store: Accounts, passwords: Passwords, username: str, password: str
 ) -> UserRecord | None:
     """The account if the password is right and the account is enabled, else None. Takes the
-    same time whether or not the username exists (and whether or not the account is disabled)."""
+    same time whether or not the username exists (and whether or not the account is disabled).
+    A right password whose stored hash has other parameters than `passwords`' is hashed anew and
+    stored (best effort: see `_upgrade_password_hash`)."""
     # No account is named with NUL, which PostgreSQL's text cannot even be asked about.
     user = None if "\x00" in username else await store.get_user_by_username(username)
     usable_hash = user.password_hash if user is not None and not user.disabled else None
     if not await passwords.verify(usable_hash, password):
         return None
+    assert user is not None, "only a stored hash verifies"
+    if passwords.needs_rehash(user.password_hash):
+        await _upgrade_password_hash(store, passwords, user, password)
     return user
+
+
+async def _upgrade_password_hash(
+    store: Accounts, passwords: Passwords, user: UserRecord, password: str
+) -> None:
+    """Replace a hash made with other parameters than the current ones by a fresh hash of the
+    password just verified, so that raising the cost reaches every account that signs in. Best
+    effort: the sign-in has succeeded whatever happens here. A cancellation stops it cleanly
+    (the replacement is one compare-and-set), and the password is not verified a second time."""
+    try:
+        new_hash = await passwords.hash(password)
+        replaced = await store.replace_password_hash(user.user_id, user.password_hash, new_hash)
+    except HashingBusy:
+        return  # registrations fill the hashing queue: a later sign-in upgrades it
+    except Exception:
+        # Whatever the store (or argon2) answers, the password was right: log it, sign in.
+        log.warning("could not upgrade the password hash of user %d", user.user_id, exc_info=True)
+        return
+    if not replaced:
+        # Another sign-in upgraded it first, or the password changed: what is stored stays.
+        log.debug("the password hash of user %d changed during sign-in; kept", user.user_id)
 
 
 def _validate_username(username: object) -> str:

@@ -141,6 +141,8 @@ async def test_the_store_records_everything_it_did_before_as_the_application_rol
     assert (record.outcome.status, record.outcome.score_delta) == ("completed", 5)
     assert await app_store.find_action_by_nonce(user_id, "poison-1") == record
     assert await app_store.score_discrepancies() == []
+    # A sign-in's upgrade of an old password hash.
+    assert await app_store.replace_password_hash(user_id, "argon2-hash", "argon2-hash-2")
 
 
 async def test_a_failure_settled_later_keeps_both_rows_flagged(

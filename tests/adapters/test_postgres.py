@@ -206,6 +206,25 @@ async def test_a_taken_username_or_email_is_refused(store: PostgresStore) -> Non
         await store.create_user("alicia", "alice@example.test", "hash")
 
 
+async def test_a_password_hash_is_replaced_only_while_it_is_the_one_read(
+    store: PostgresStore,
+) -> None:
+    user_id = await store.create_user("alice", "alice@example.test", "hash-old")
+    other_id = await store.create_user("bob", "bob@example.test", "hash-old")
+
+    assert await store.replace_password_hash(user_id, "hash-old", "hash-new")
+    user = await store.get_user(user_id)
+    assert user is not None
+    assert user.password_hash == "hash-new"
+    other = await store.get_user(other_id)
+    assert other is not None
+    assert other.password_hash == "hash-old"
+    # Changed meanwhile (a second upgrade, a new password): what is stored stays.
+    assert not await store.replace_password_hash(user_id, "hash-old", "hash-newer")
+    assert await store.get_user_by_username("alice") == user
+    assert not await store.replace_password_hash(other_id + 1000, "hash-old", "hash-new")
+
+
 # -- signing keys
 
 

@@ -1,9 +1,9 @@
 """Scaffolding for the pure parts of auth: the few `Store` methods they call, kept in memory.
 
 `MemoryStore` is not a stand-in for PostgreSQL's behaviour in general; it implements exactly the
-contract auth relies on (username and email unique in any case, signing keys inserted with ON
-CONFLICT (kid) DO NOTHING) and yields to the scheduler in each call so that concurrent callers
-interleave.
+contract auth relies on (username and email unique in any case, a password hash replaced only
+if it is still the one read, signing keys inserted with ON CONFLICT (kid) DO NOTHING) and yields
+to the scheduler in each call so that concurrent callers interleave.
 The same tests run against the real store in `test_postgres_store.py`.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Literal
 
 import argon2
 import pytest
@@ -23,6 +24,23 @@ from scoreboard.records import SigningKeyRecord, UserRecord, normalized_identity
 
 # The smallest argon2id cost, so tests that only need *a* hash stay fast.
 FAST_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+class CountingHasher(argon2.PasswordHasher):
+    """Records which argon2 operations ran: that the unknown-user path does real work, that a
+    sign-in verifies once."""
+
+    def __init__(self, time_cost: int = 1) -> None:
+        super().__init__(time_cost=time_cost, memory_cost=8, parallelism=1)
+        self.calls: list[str] = []
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.calls.append("hash")
+        return super().hash(password, salt=salt)
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.calls.append("verify")
+        return super().verify(hash, password)
 
 
 class MemoryStore:
@@ -53,6 +71,14 @@ class MemoryStore:
         return next(
             (u for u in self.users.values() if normalized_identity(u.username) == name), None
         )
+
+    async def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        user = self.users.get(user_id)
+        if user is None or user.password_hash != old_hash:
+            return False
+        self.users[user_id] = dataclasses.replace(user, password_hash=new_hash)
+        return True
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         await trio.lowlevel.checkpoint()

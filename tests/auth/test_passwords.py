@@ -10,23 +10,7 @@ import trio
 import trio.testing
 
 from scoreboard.auth.passwords import DEFAULT_HASHER, HashingBusy, Passwords
-from tests.auth.conftest import FAST_HASHER
-
-
-class CountingHasher(argon2.PasswordHasher):
-    """Records which argon2 operations ran, to see that the unknown-user path does real work."""
-
-    def __init__(self) -> None:
-        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
-        self.calls: list[str] = []
-
-    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
-        self.calls.append("hash")
-        return super().hash(password, salt=salt)
-
-    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-        self.calls.append("verify")
-        return super().verify(hash, password)
+from tests.auth.conftest import FAST_HASHER, CountingHasher
 
 
 async def test_hash_is_argon2id_and_verifies(fast_passwords: Passwords) -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+
+import argon2
 import pytest
 
-from scoreboard.adapters.interfaces import EmailTaken, UsernameTaken
+from scoreboard.adapters.interfaces import BackendUnavailable, EmailTaken, UsernameTaken
 from scoreboard.auth.passwords import Passwords
 from scoreboard.auth.users import (
     RegistrationError,
@@ -10,7 +13,7 @@ from scoreboard.auth.users import (
     register_user,
     validate_registration,
 )
-from tests.auth.conftest import MemoryStore
+from tests.auth.conftest import FAST_HASHER, CountingHasher, MemoryStore
 
 GOOD_PASSWORD = "correct horse"
 
@@ -160,3 +163,89 @@ async def test_disabled_account_cannot_log_in(
     )
     memory_store.disable(user_id)
     assert await authenticate_user(memory_store, fast_passwords, "alice", GOOD_PASSWORD) is None
+
+
+# A stronger hasher than FAST_HASHER (one more pass), still fast: what a raised cost looks like.
+def _stronger() -> CountingHasher:
+    return CountingHasher(time_cost=2)
+
+
+async def _user_with_weak_hash(store: MemoryStore) -> int:
+    return await store.create_user("alice", "a@example.com", FAST_HASHER.hash(GOOD_PASSWORD))
+
+
+async def test_a_sign_in_upgrades_a_hash_made_with_weaker_parameters(
+    memory_store: MemoryStore,
+) -> None:
+    user_id = await _user_with_weak_hash(memory_store)
+    hasher = _stronger()
+    passwords = Passwords(hasher)
+
+    assert await authenticate_user(memory_store, passwords, "alice", GOOD_PASSWORD) is not None
+    upgraded = memory_store.users[user_id].password_hash
+    assert argon2.extract_parameters(upgraded).time_cost == 2
+    assert not passwords.needs_rehash(upgraded)
+    assert hasher.calls == ["verify", "hash"]  # one verify: the new hash reuses its answer
+
+    user = await authenticate_user(memory_store, passwords, "alice", GOOD_PASSWORD)
+    assert user is not None
+    assert user.password_hash == upgraded
+    assert memory_store.users[user_id].password_hash == upgraded
+    assert hasher.calls == ["verify", "hash", "verify"]
+
+
+async def test_a_wrong_password_never_rehashes(memory_store: MemoryStore) -> None:
+    user_id = await _user_with_weak_hash(memory_store)
+    weak = memory_store.users[user_id].password_hash
+    hasher = _stronger()
+    passwords = Passwords(hasher)
+
+    assert await authenticate_user(memory_store, passwords, "alice", "wrong password") is None
+    assert memory_store.users[user_id].password_hash == weak
+    assert hasher.calls == ["verify"]
+
+
+class RefusingStore(MemoryStore):
+    async def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        raise BackendUnavailable("PostgreSQL: connection refused")
+
+
+async def test_a_sign_in_succeeds_when_the_store_refuses_the_upgrade() -> None:
+    store = RefusingStore()
+    user_id = await _user_with_weak_hash(store)
+    weak = store.users[user_id].password_hash
+
+    user = await authenticate_user(store, Passwords(_stronger()), "alice", GOOD_PASSWORD)
+    assert user is not None
+    assert user.user_id == user_id
+    assert store.users[user_id].password_hash == weak
+
+
+async def test_a_sign_in_succeeds_and_skips_the_upgrade_when_hashing_is_busy(
+    memory_store: MemoryStore,
+) -> None:
+    user_id = await _user_with_weak_hash(memory_store)
+    weak = memory_store.users[user_id].password_hash
+    hasher = _stronger()
+    # No room in the new-hash queue at all: every new hash is refused with `HashingBusy`.
+    passwords = Passwords(hasher, max_waiting_new_hashes=0)
+
+    assert await authenticate_user(memory_store, passwords, "alice", GOOD_PASSWORD) is not None
+    assert memory_store.users[user_id].password_hash == weak
+    assert hasher.calls == ["verify"]
+
+
+class ChangedMeanwhileStore(MemoryStore):
+    """The password changes (elsewhere) between the sign-in's read and its upgrade."""
+
+    async def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        self.users[user_id] = dataclasses.replace(self.users[user_id], password_hash="changed")
+        return await super().replace_password_hash(user_id, old_hash, new_hash)
+
+
+async def test_the_upgrade_never_overwrites_a_password_changed_meanwhile() -> None:
+    store = ChangedMeanwhileStore()
+    user_id = await _user_with_weak_hash(store)
+
+    assert await authenticate_user(store, Passwords(_stronger()), "alice", GOOD_PASSWORD)
+    assert store.users[user_id].password_hash == "changed"
