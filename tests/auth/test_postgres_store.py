@@ -16,6 +16,7 @@ from scoreboard.auth.tokens import issue_access_token, verify_access_token
 from scoreboard.auth.users import authenticate_user, register_user
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import Config, DatabaseConfig
+from tests.auth.conftest import CountingHasher
 
 PASSWORD = "correct horse battery"
 
@@ -56,6 +57,19 @@ async def test_duplicates_are_reported_by_field(
     # The domain is lower-cased before the uniqueness check sees it.
     with pytest.raises(EmailTaken):
         await register_user(store, fast_passwords, "carol", "a@EXAMPLE.com", PASSWORD)
+
+
+async def test_a_sign_in_upgrades_a_weaker_hash_in_the_store(
+    store: PostgresStore, fast_passwords: Passwords
+) -> None:
+    user_id = await register_user(store, fast_passwords, "alice", "a@example.com", PASSWORD)
+    stronger = Passwords(CountingHasher(time_cost=2))
+
+    assert await authenticate_user(store, stronger, "alice", PASSWORD) is not None
+    user = await store.get_user(user_id)
+    assert user is not None
+    assert not stronger.needs_rehash(user.password_hash)
+    assert await authenticate_user(store, stronger, "alice", PASSWORD) == user
 
 
 async def test_longest_valid_fields_fit_the_schema(
