@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import argon2
 import pytest
@@ -210,15 +211,21 @@ class RefusingStore(MemoryStore):
         raise BackendUnavailable("PostgreSQL: connection refused")
 
 
-async def test_a_sign_in_succeeds_when_the_store_refuses_the_upgrade() -> None:
+async def test_a_sign_in_succeeds_when_the_store_refuses_the_upgrade(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = RefusingStore()
     user_id = await _user_with_weak_hash(store)
     weak = store.users[user_id].password_hash
 
-    user = await authenticate_user(store, Passwords(_stronger()), "alice", GOOD_PASSWORD)
+    with caplog.at_level(logging.WARNING, logger="scoreboard.auth.users"):
+        user = await authenticate_user(store, Passwords(_stronger()), "alice", GOOD_PASSWORD)
     assert user is not None
     assert user.user_id == user_id
     assert store.users[user_id].password_hash == weak
+    assert [r.getMessage() for r in caplog.records] == [
+        f"could not upgrade the password hash of user {user_id}"
+    ]
 
 
 async def test_a_sign_in_succeeds_and_skips_the_upgrade_when_hashing_is_busy(
