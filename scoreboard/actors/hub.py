@@ -31,7 +31,7 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import assert_never
@@ -194,6 +194,9 @@ class _Hub:
         self.stats = stats
         stats.interval_s = tick_s
         self.connections: dict[int, tuple[int | None, Subscriber]] = {}
+        # Each connection's `offer_snapshot`, bound once at registration: the fan-out calls it
+        # for every socket at every tick, and looks nothing else up.
+        self.snapshot_offers: dict[int, Callable[[Frame], None]] = {}
         self.by_user: dict[int, dict[int, Subscriber]] = {}
         # Each connection's token: (grant_id, jti).
         self.credentials: dict[int, tuple[str | None, str | None]] = {}
@@ -223,8 +226,8 @@ class _Hub:
         self.unsent = False
         began = trio.current_time()
         if frame is not None:
-            for _user_id, mailbox in self.connections.values():
-                mailbox.offer_snapshot(frame)
+            for offer in self.snapshot_offers.values():
+                offer(frame)
         fanout_s = trio.current_time() - began
         if self.latest is not None:
             metrics.BROADCAST_LATENCY.observe(
@@ -289,6 +292,7 @@ class _Hub:
 
     def bind(self, connection_id: int, user_id: int | None, mailbox: Subscriber) -> None:
         self.connections[connection_id] = (user_id, mailbox)
+        self.snapshot_offers[connection_id] = mailbox.offer_snapshot
         if user_id is not None:
             self.by_user.setdefault(user_id, {})[connection_id] = mailbox
 
@@ -305,6 +309,7 @@ class _Hub:
 
     def unregister(self, connection_id: int) -> None:
         self.credentials.pop(connection_id, None)
+        self.snapshot_offers.pop(connection_id, None)
         user_id, _mailbox = self.connections.pop(connection_id, (None, None))
         if user_id is not None:
             mailboxes = self.by_user[user_id]

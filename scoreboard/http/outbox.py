@@ -66,20 +66,30 @@ class SocketOutbox(Mailbox):
         self.backlogged = False
 
     def offer_snapshot(self, frame: Frame) -> None:
-        if self.closed:
+        # The hub calls this for every socket at every tick: the usual case (open, not
+        # backlogged, the socket takes the whole frame) is one `send` and no further calls.
+        if self._close_reason is not None:
             return
         if self.backlogged:
-            super().offer_snapshot(frame)
+            Mailbox.offer_snapshot(self, frame)
             return
-        sent = self._send_now(frame.wire)
-        if self.closed:
+        wire = frame.wire
+        try:
+            sent = self._sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            Mailbox.close(self, GONE)
             return
+        if sent == len(wire):
+            metrics.frames.sent += 1
+            return
+        self._start_backlog()
         if sent == 0:
-            super().offer_snapshot(frame)
+            Mailbox.offer_snapshot(self, frame)
             return
-        if sent < len(frame.wire):
-            self.pending = memoryview(frame.wire)[sent:]
-        metrics.frames.sent += 1  # sent, or its rest goes out first, or the connection ends
+        self.pending = memoryview(wire)[sent:]
+        metrics.frames.sent += 1  # its rest goes out first, or the connection ends
 
     def offer_personal(self, frame: Frame) -> bool:
         return self._offer_personal((frame,), frame.wire)
@@ -134,9 +144,13 @@ class SocketOutbox(Mailbox):
             Mailbox.close(self, GONE)
             return 0
         if sent < len(wire):
-            self.backlogged = True
-            self._spawn(self._write_backlog)
+            self._start_backlog()
         return sent
+
+    def _start_backlog(self) -> None:
+        """The kernel buffer is full: what follows waits for the writer task."""
+        self.backlogged = True
+        self._spawn(self._write_backlog)
 
     async def _write_backlog(self) -> None:
         self._counts.backlog_started()
