@@ -162,6 +162,27 @@ async def test_many_snapshots_in_one_tick_make_one_frame_per_mailbox(
     assert mailboxes[0].snapshots[-1] is mailboxes[1].snapshots[-1] is mailboxes[2].snapshots[-1]
 
 
+async def test_a_rebound_or_re_registered_connection_gets_each_snapshot_once_and_a_gone_none(
+    running_hub: Hub, autojump_clock: trio.testing.MockClock
+) -> None:
+    rebound, re_registered, gone = CountingMailbox(), CountingMailbox(), CountingMailbox()
+    await running_hub.send(
+        Register(1, 7, rebound),
+        Rebind(1, 8),
+        Register(2, 7, CountingMailbox()),
+        Register(2, 7, re_registered),  # the same connection again: the newer mailbox only
+        Register(3, None, gone),
+        Unregister(3),
+    )
+    await running_hub.send(LeaderboardChanged(board(400), T0_MS + 1))
+    assert len(rebound.snapshots) == len(re_registered.snapshots) == 2
+    assert len(gone.snapshots) == 1  # on registration only
+    await trio.sleep(0.1)
+    await running_hub.send(LeaderboardChanged(board(500), T0_MS + 2))
+    assert len(rebound.snapshots) == len(re_registered.snapshots) == 3
+    assert len(gone.snapshots) == 1
+
+
 async def test_a_steady_stream_of_changes_goes_out_at_most_once_a_tick(
     running_hub: Hub, autojump_clock: trio.testing.MockClock
 ) -> None:

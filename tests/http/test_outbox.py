@@ -16,7 +16,7 @@ from typing_extensions import Buffer
 from scoreboard.actors.frames import Frame, batch, outgoing
 from scoreboard.http.connections import ConnectionCounts
 from scoreboard.http.mailbox import OVERFLOW
-from scoreboard.http.outbox import MailboxClosed, SlowReader, SocketOutbox
+from scoreboard.http.outbox import GONE, MailboxClosed, SlowReader, SocketOutbox
 
 SMALL_BUFFER = 4096
 
@@ -138,3 +138,42 @@ async def test_a_batch_to_a_closed_outbox_is_refused(nursery: trio.Nursery) -> N
     pair.outbox.detach()
     assert not pair.outbox.offer_personal_batch(batch(frames("late", 2)))
     assert pair.server.sends == 0
+
+
+async def test_a_snapshot_the_socket_takes_part_of_resumes_exactly_and_the_newest_follows(
+    nursery: trio.Nursery,
+) -> None:
+    pair = open_pair(nursery, small_buffers=True)
+    # A snapshot larger than both kernel buffers: the socket takes part of it.
+    big = outgoing('{"board": "' + "x" * 60_000 + '"}')
+    pair.outbox.offer_snapshot(big)
+    assert pair.outbox.backlogged
+    assert pair.server.sends == 1
+    # While backlogged, snapshots are latest-value: the older one is never sent.
+    older, newest = outgoing('{"board": 2}'), outgoing('{"board": 3}')
+    pair.outbox.offer_snapshot(older)
+    pair.outbox.offer_snapshot(newest)
+    assert pair.server.sends == 1
+    expected = big.wire + newest.wire
+    assert await pair.read(len(expected)) == expected
+    with trio.fail_after(10):
+        while pair.outbox.backlogged:
+            await trio.sleep(0.01)
+    # Back on direct writes: one send per snapshot.
+    sends = pair.server.sends
+    pair.outbox.offer_snapshot(older)
+    assert pair.server.sends == sends + 1
+    assert await pair.read(len(older.wire)) == older.wire
+
+
+async def test_a_snapshot_to_a_gone_peer_closes_the_outbox_and_sends_nothing_more(
+    nursery: trio.Nursery,
+) -> None:
+    pair = open_pair(nursery)
+    pair.client.close()
+    pair.outbox.offer_snapshot(outgoing('{"board": 1}'))
+    assert pair.outbox.close_reason == GONE
+    assert not pair.outbox.backlogged
+    pair.outbox.offer_snapshot(outgoing('{"board": 2}'))
+    assert pair.server.sends == 1
+    assert pair.outbox.take_frames() == []
