@@ -277,9 +277,14 @@ class _Hub:
                 if msg.user_id in self.by_user:
                     self.queue_personal(msg.user_id, outgoing(score_update_frame(msg)))
             case ActionFinished():
-                log.debug(
-                    "action %s %s", msg.action_id, msg.outcome.status, extra=_about(msg.action_id)
-                )
+                # A thousand outcomes a second: the log record's id is built only when it is logged.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "action %s %s",
+                        msg.action_id,
+                        msg.outcome.status,
+                        extra=_about(msg.action_id),
+                    )
                 self.remember(msg)
                 for reply in self.waiters.pop(msg.action_id, ()):
                     inboxes.reply(reply, msg)

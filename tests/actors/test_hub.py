@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import statistics
 import time
 import uuid
@@ -562,3 +563,13 @@ async def test_the_tick_is_the_configured_one_while_fan_outs_are_quick(
         nursery.cancel_scope.cancel()
     assert stats.interval_s == pytest.approx(0.1)
     assert stats.broadcasts >= 9
+
+
+async def test_an_outcome_is_logged_with_its_action_id_at_debug(
+    running_hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="scoreboard.actors.hub")
+    outcome = finished(7)
+    await running_hub.send(outcome)
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("action ")]
+    assert record.__dict__["action_id"] == str(outcome.action_id)
