@@ -33,7 +33,7 @@ from trio_websocket import (
 )
 
 from benchmarks.figures import cpu_seconds, latency_summary
-from scoreboard.loadtest.http11 import HttpConnection, HttpError, Origin
+from scoreboard.loadtest.http11 import HttpConnection, HttpError, Origin, json_post
 
 REQUEST_TIMEOUT_S = 10.0
 SCHEDULE_LEAD_S = 0.1  # the first request is due this long after the job arrives
@@ -69,14 +69,7 @@ async def perform_open_loop(job: dict[str, Any]) -> dict[str, Any]:
     # The generator shares the machine with the server: every request is one pre-built head (per
     # token) and a body, sent on a plain keep-alive connection. A general-purpose client (httpx)
     # spent 0.6 ms of CPU per request, taken from the server it measures.
-    heads = [
-        HttpConnection(origin).encode(
-            "POST",
-            PERFORM_PATH,
-            headers=[("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")],
-        )[:-2]  # the head without its blank line: Content-Length follows per request
-        for token in tokens
-    ]
+    heads = [HttpConnection(origin).json_post_head(PERFORM_PATH, token) for token in tokens]
 
     async def connection(due_requests: trio.MemoryReceiveChannel[tuple[int, float]]) -> None:
         http = HttpConnection(origin, connect_timeout_s=REQUEST_TIMEOUT_S)
@@ -86,12 +79,7 @@ async def perform_open_loop(job: dict[str, Any]) -> dict[str, Any]:
                 # a request is in flight. A timeout cancels it for good, so it is made anew.
                 with trio.CancelScope() as scope:
                     async for index, due in due_requests:
-                        body = action_body(index)
-                        message = b"%sContent-Length: %d\r\n\r\n%s" % (
-                            heads[index % len(heads)],
-                            len(body),
-                            body,
-                        )
+                        message = json_post(heads[index % len(heads)], action_body(index))
                         scope.deadline = trio.current_time() + REQUEST_TIMEOUT_S
                         try:
                             response = await http.send(message)

@@ -31,7 +31,7 @@ from werkzeug.exceptions import InternalServerError
 
 from scoreboard import json_codec
 from scoreboard.http.actions import Answer, PerformRequest, perform_action
-from scoreboard.http.requests import MAX_BODY_BYTES, RequestHeaders, body_too_large, first_values
+from scoreboard.http.requests import MAX_BODY_BYTES, RequestHeaders, body_too_large, scope_headers
 from scoreboard.http.services import Services
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,7 @@ class ActionRoute:
     async def _perform(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        headers = first_values(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
-        )
+        headers = scope_headers(scope["headers"])
         client = scope["client"]
         try:
             answer = await perform(

@@ -30,7 +30,6 @@ from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGISendCallable,
     ASGISendEvent,
-    HTTPScope,
     Scope,
 )
 
@@ -38,7 +37,7 @@ from scoreboard import clock, json_codec, metrics
 from scoreboard.adapters.interfaces import BackendUnavailable, RequestCount
 from scoreboard.addresses import address_key
 from scoreboard.http.errors import rate_limited
-from scoreboard.http.requests import RequestHeaders, client_ip, first_values
+from scoreboard.http.requests import RequestHeaders, client_ip, scope_headers
 from scoreboard.http.services import Services
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class IpLimit:
             return
         client = scope["client"]
         counted = await count_request(
-            self._services, client[0] if client else None, _scope_headers(scope)
+            self._services, client[0] if client else None, scope_headers(scope["headers"])
         )
         if counted is None:
             await self.app(scope, receive, send)
@@ -116,12 +115,6 @@ async def count_request(
     if not count.admitted:
         metrics.RATE_LIMITED.labels("requests_per_ip").inc()
     return Counted(count.admitted, count.reset_s, _headers(limits.ip_requests_per_minute, count))
-
-
-def _scope_headers(scope: HTTPScope) -> dict[str, str]:
-    return first_values(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
-    )
 
 
 def _headers(limit: int, count: RequestCount) -> list[tuple[bytes, bytes]]:

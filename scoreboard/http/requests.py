@@ -50,6 +50,11 @@ def first_values(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
     return values
 
 
+def scope_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """`first_values` of an ASGI scope's raw headers."""
+    return first_values((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)
+
+
 def client_ip(
     remote_addr: str | None, headers: RequestHeaders, trusted_proxies: tuple[str, ...]
 ) -> str:

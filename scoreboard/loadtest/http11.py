@@ -131,6 +131,15 @@ class HttpConnection:
             lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
+    def json_post_head(self, target: str, token: str) -> bytes:
+        """The head of a JSON POST with `token`, without its Content-Length and blank line:
+        built once, then sent with many bodies (`json_post`)."""
+        return self.encode(
+            "POST",
+            target,
+            headers=[("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")],
+        )[:-2]
+
     async def request(
         self,
         method: str,
@@ -262,6 +271,11 @@ class HttpConnection:
     async def post_form(self, target: str, form: str) -> Response:
         headers = [("Content-Type", "application/x-www-form-urlencoded")]
         return await self.request("POST", target, headers=headers, body=form.encode("ascii"))
+
+
+def json_post(head: bytes, body: bytes) -> bytes:
+    """The bytes of one POST: a head from `json_post_head`, then `body`."""
+    return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
 
 
 def _auth(token: str | None) -> list[tuple[str, str]]:

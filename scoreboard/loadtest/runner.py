@@ -20,7 +20,7 @@ import trio
 
 from scoreboard.loadtest.accounts import Account, SetupError, SignIn
 from scoreboard.loadtest.fleet import FleetFigures, WatcherProcess, WorkerFailed, start_watchers
-from scoreboard.loadtest.http11 import HttpConnection, HttpError, HttpPool, Origin
+from scoreboard.loadtest.http11 import HttpConnection, HttpError, HttpPool, Origin, json_post
 from scoreboard.loadtest.ledger import Action, Ledger
 from scoreboard.loadtest.options import Options
 from scoreboard.loadtest.players import WS_PATH, PlayerSocket, SocketRefused
@@ -715,19 +715,11 @@ class LoadTest:
     async def _post(self, http: HttpConnection, action: Action) -> None:
         token = self.accounts[action.account].access_token
         if (head := self._post_heads.get(token)) is None:
-            # Built once per token (tokens change only when refreshed): the head without its
-            # blank line, Content-Length follows per action.
-            head = self._post_heads[token] = http.encode(
-                "POST",
-                PERFORM_PATH,
-                headers=[
-                    ("Content-Type", "application/json"),
-                    ("Authorization", f"Bearer {token}"),
-                ],
-            )[:-2]
+            # Built once per token (tokens change only when refreshed).
+            head = self._post_heads[token] = http.json_post_head(PERFORM_PATH, token)
         body = orjson.dumps({**action.body, "nonce": action.nonce})
         try:
-            response = await http.send(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
+            response = await http.send(json_post(head, body))
         except HttpError:
             self.ledger.on_transport_error(action, "connection")
             return
