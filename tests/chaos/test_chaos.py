@@ -99,21 +99,23 @@ async def register(client: httpx.AsyncClient) -> int:
 
 
 def held_shards(worker: ServerProcess) -> list[int] | None:
-    """The shards the worker said it holds last (None before it said anything)."""
-    latest_start = worker.log().rsplit("scoreboard ready", 1)[-1]
-    found = re.findall(r"holding shards (\S+) of \d+", latest_start)
+    """The shards the worker's latest start said it holds last (None before it said anything);
+    its first balance may be logged before its ready line."""
+    found = re.findall(r"holding shards (\S+) of \d+", worker.log_of_latest_start())
     if not found:
         return None
     return [] if found[-1] == "none" else [int(s) for s in found[-1].split(",")]
 
 
 async def wait_for_split(workers: list[ServerProcess]) -> list[list[int]]:
-    with trio.fail_after(60):  # a hang guard
+    with trio.move_on_after(60):  # a hang guard
         while True:
             held = [held_shards(w) or [] for w in workers]
             if sorted(s for share in held for s in share) == list(range(SHARDS)) and all(held):
                 return held
             await trio.sleep(0.2)
+    balancing = [re.findall(r".*rabbitmq: (?:holding|balancing).*", w.log()) for w in workers]
+    raise AssertionError(f"the workers never split the shards: {balancing}")
 
 
 class Watcher:

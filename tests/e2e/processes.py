@@ -94,6 +94,8 @@ class ServerProcess:
         # How many "scoreboard ready" lines the log held when the latest start began: a start
         # that gave up before it was ready (its backends down) must not count as a later one.
         self._ready_before = 0
+        # Where the latest start's lines begin in the log file.
+        self._log_offset = 0
 
     def _ready_lines(self) -> int:
         return self.log().count("scoreboard ready") if self.log_path.exists() else 0
@@ -102,6 +104,7 @@ class ServerProcess:
         self.starts += 1
         self._ready_before = self._ready_lines()
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "scoreboard", *self._arguments, "serve"],
                 env=self._env,
@@ -120,6 +123,13 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_of_latest_start(self) -> str:
+        """What the latest start has logged so far, from its first line (some of it may come
+        before its ready line)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")
 
     def ops_urls(self) -> list[str]:
         """The operations listeners the process (or its children) logged, in order."""
