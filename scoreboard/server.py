@@ -205,6 +205,7 @@ async def api_supervisor(
                 hub_inbox,
                 board=backends.board,
                 config=config,
+                inbox_sender=hub_handle,
                 stats=services.broadcast,
             ),
             http_spec(services, listening),

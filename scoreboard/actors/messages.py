@@ -167,6 +167,14 @@ class CancelWait:
     action_id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True)
+class BoardRead:
+    """The board's top as the hub read it itself, having started without one (Redis down, or
+    the board not yet rebuilt by a keeper). Taken only while no `LeaderboardChanged` has come."""
+
+    snapshot: LeaderboardChanged
+
+
 HubMsg = (
     Register
     | Unregister
@@ -177,4 +185,5 @@ HubMsg = (
     | ScoreChanged
     | ActionFinished
     | TokensRevoked
+    | BoardRead
 )

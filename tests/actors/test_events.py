@@ -135,7 +135,13 @@ async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: St
     hub_send, hub_receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            functools.partial(hub.run, hub_receive, board=stack.board, config=stack.config)
+            functools.partial(
+                hub.run,
+                hub_receive,
+                board=stack.board,
+                config=stack.config,
+                inbox_sender=hub_send.clone(),
+            )
         )
         await nursery.start(
             functools.partial(
