@@ -1,6 +1,8 @@
 // At most one UI update per 500 ms, whatever the update rate. Callers say
 // "something changed"; the latest state is painted once the interval has passed since the last
-// paint. Nothing queues up: many calls inside one interval are one paint.
+// paint ended. Nothing queues up: many calls inside one interval are one paint. Counted from the
+// end: a paint that took long (a busy phone) would otherwise shorten the gap the reader sees
+// between one update showing and the next.
 
 export function throttle(paint, intervalMs = 500) {
   let lastPaint = -Infinity;
@@ -8,8 +10,8 @@ export function throttle(paint, intervalMs = 500) {
 
   function run() {
     timer = null;
-    lastPaint = performance.now();
     paint();
+    lastPaint = performance.now();
   }
 
   return function schedule() {

@@ -176,8 +176,9 @@ document.addEventListener('DOMContentLoaded', () => {
         .observe(board, {attributeFilter: ['data-renders']});
 });
 """
-# Proposal §9.3: at most one UI update per 500 ms. Timers never fire early; the slack is only
-# for the observer's clock reading.
+# The page paints at most once per 500 ms, counted from the end of a paint (static/throttle.js):
+# each paint's mark comes after its own work, so none is closer than that to the last. Timers
+# never fire early; the slack is only for the browser's coarsened clock.
 MIN_PAINT_INTERVAL_MS = 495
 
 

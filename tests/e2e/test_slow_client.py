@@ -1,4 +1,4 @@
-"""A WebSocket client that never reads must not delay anyone else's updates (design §2)."""
+"""A WebSocket client that never reads must not delay anyone else's updates."""
 
 from __future__ import annotations
 
