@@ -83,15 +83,21 @@ async def rabbitmqctl(config: AmqpConfig, *args: str) -> str:
 class Consumer:
     """`consume_actions` running in a nursery, with its deliveries at hand."""
 
-    def __init__(self, broker: RabbitBroker, nursery: trio.Nursery, capacity: int = PREFETCH):
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        nursery: trio.Nursery,
+        capacity: int = PREFETCH,
+        prefetch: int = PREFETCH,
+    ):
         self.broker = broker
         self.scope = trio.CancelScope()
         send, self.deliveries = trio.open_memory_channel[Delivery](capacity)
-        nursery.start_soon(self._run, send)
+        nursery.start_soon(self._run, send, prefetch)
 
-    async def _run(self, send: trio.MemorySendChannel[Delivery]) -> None:
+    async def _run(self, send: trio.MemorySendChannel[Delivery], prefetch: int) -> None:
         with self.scope, send:
-            await self.broker.consume_actions(send, PREFETCH)
+            await self.broker.consume_actions(send, prefetch)
 
     async def receive(self, timeout_s: float = 10.0) -> Delivery:
         with trio.fail_after(timeout_s):
@@ -657,3 +663,95 @@ async def test_in_one_batch_each_envelope_gets_its_own_outcome(
     confirmed = sum(1 for queue in shard_of_item if queue not in (gone, refusing))
     await broker.declare_topology()  # the deleted shard again, empty
     assert (await broker.queue_depths())["actions"] == confirmed
+
+
+@pytest.fixture
+async def quorum_broker(
+    bridge: Bridge, sharded: AmqpConfig
+) -> AsyncIterator[tuple[RabbitBroker, AmqpConfig]]:
+    quorum = dataclasses.replace(sharded, shards=2, queue_type="quorum")
+    async with open_rabbitmq(bridge, quorum) as opened:
+        await opened.declare_topology()
+        yield opened, quorum
+
+
+async def test_quorum_shard_queues_carry_actions_retries_and_dead_letters(
+    quorum_broker: tuple[RabbitBroker, AmqpConfig],
+) -> None:
+    """`amqp.queue_type = "quorum"` (for a RabbitMQ cluster) on the one real node: the shard
+    queues are quorum queues with a single active consumer and no priorities, each user's
+    actions stay in one shard in order, a retry waits its delay in the delay queue and comes
+    back, a dead letter reaches the failed queue with its reason, and what a stopped consumer
+    left unacknowledged comes back to the next one."""
+    broker, quorum = quorum_broker
+    queues = json.loads(
+        await rabbitmqctl(quorum, "list_queues", "name", "type", "arguments", "--formatter", "json")
+    )
+    by_name = {q["name"]: q for q in queues}
+    for name in broker.shard_queues():
+        assert by_name[name]["type"] == "quorum"
+        arguments = {n: v for n, _t, v in by_name[name]["arguments"]}
+        assert arguments["x-single-active-consumer"] is True
+        assert "x-max-priority" not in arguments
+    assert by_name[quorum.queue]["type"] == "classic"  # the queue of before sharding
+
+    users = range(1, 21)
+    sent = {user: [envelope(user_id=user, attempts=1) for _ in range(3)] for user in users}
+    await broker.publish_actions([e for user in users for e in sent[user]])
+    received: dict[int, list[uuid.UUID]] = defaultdict(list)
+    async with trio.open_nursery() as nursery:
+        consumer = Consumer(broker, nursery)
+        kept: list[Delivery] = []  # the first three: to retry, to dead-letter, left unacked
+        for _ in range(len(users) * 3):
+            delivery = await consumer.receive()
+            decoded = decode_envelope(delivery.body)
+            received[decoded.user_id].append(decoded.action_id)
+            if len(kept) < 3:
+                kept.append(delivery)
+            else:
+                await broker.settle(ack=[delivery])
+        assert received == {user: [e.action_id for e in sent[user]] for user in users}
+        retried, dead, unacked = kept
+        await broker.settle(
+            retry=[(retried, decode_envelope(retried.body))], dead=[(dead, "the store refused it")]
+        )
+        again = await consumer.receive()
+        assert decode_envelope(again.body) == dataclasses.replace(
+            decode_envelope(retried.body), attempts=2
+        )
+        await broker.settle(ack=[again])
+        assert await broker.list_failed(10) == [(dead.body, "the store refused it")]
+        consumer.stop()
+    async with trio.open_nursery() as nursery:
+        successor = Consumer(broker, nursery)
+        redelivered = await successor.receive()
+        assert (redelivered.body, redelivered.redelivered) == (unacked.body, True)
+        await broker.settle(ack=[redelivered])
+        assert await successor.nothing_within(0.5)
+        successor.stop()
+
+
+async def test_a_quorum_shard_gives_what_a_stopped_worker_held_back_at_its_head(
+    quorum_broker: tuple[RabbitBroker, AmqpConfig],
+) -> None:
+    """A user's order across a worker's death rests on where the queue puts what the worker
+    held: on this RabbitMQ a quorum queue puts it back first, as a classic queue does. A
+    RabbitMQ that does otherwise fails here (docs/scaling.md)."""
+    broker, _quorum = quorum_broker
+    sent = [envelope(user_id=1, attempts=n) for n in range(4)]
+    await broker.publish_actions(sent)
+    async with trio.open_nursery() as nursery:
+        # One unacknowledged delivery per queue: the first action is held, the rest wait.
+        worker = Consumer(broker, nursery, prefetch=len(broker.action_queues()))
+        held = await worker.receive()
+        assert decode_envelope(held.body) == sent[0]
+        worker.stop()
+    async with trio.open_nursery() as nursery:
+        successor = Consumer(broker, nursery)
+        order = []
+        for _ in sent:
+            delivery = await successor.receive()
+            order.append((decode_envelope(delivery.body), delivery.redelivered))
+            await broker.settle(ack=[delivery])
+        successor.stop()
+    assert order == [(sent[0], True), *((e, False) for e in sent[1:])]
