@@ -20,6 +20,8 @@ end, in order and back to back, so each connection gets them with one `send`; an
 
 Connections and requests use the client functions (`register`, `unregister`, `rebind`,
 `waiting_for`); the events actor and the deny-list hand it events with `notify_all` and `notify`.
+A hub that starts without the board (Redis down, or no keeper has rebuilt it yet) reads it again
+in the background until it answers or the keeper's next event brings it (`BoardRead`).
 The hub handles every message already waiting at one wake-up (up to `HANDLED_PER_WAKEUP`): with
 thousands of connection tasks in trio's run queue, one message per trip through it left the
 events of a busy second hundreds of milliseconds behind.
@@ -373,13 +375,13 @@ async def _read_top(board: Board, size: int) -> LeaderboardChanged:
 async def _read_board_until_known(
     board: Board,
     size: int,
-    hub: HubHandle,
+    hub_inbox: HubHandle,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Read the board's top, backing off, until it answers, and hand it to the hub; the hub
     cancels this when the keeper's next event comes first."""
-    with hub, trio.CancelScope() as scope:
+    with hub_inbox, trio.CancelScope() as scope:
         task_status.started(scope)
         for try_number, delay in enumerate(BOARD_REREAD.delays(), 2):
             await trio.sleep(delay)
@@ -389,7 +391,7 @@ async def _read_board_until_known(
                 log.debug("hub: the leaderboard is still unavailable (%s)", exc)
                 continue
             log.info("hub: read the leaderboard at try %d", try_number)
-            await hub.send(BoardRead(snapshot))
+            await hub_inbox.send(BoardRead(snapshot))
             return
 
 
