@@ -1,5 +1,6 @@
 """Roles apart: two API processes and a worker; an action sent to one API reaches both APIs'
-WebSocket clients (events travel over the RabbitMQ fanout exchange)."""
+WebSocket clients (events travel over the RabbitMQ fanout exchange). An API that started before
+the board existed sends it once it does, with no event to bring it."""
 
 from __future__ import annotations
 
@@ -85,3 +86,48 @@ async def test_two_api_processes_both_broadcast_every_update(
                 assert response.status_code == 202, response.text
     for process in processes:
         assert await process.terminate() == 0
+
+
+async def test_an_api_that_started_without_the_board_sends_it_once_it_exists_without_an_event(
+    config: Config, tmp_path: Path, processes: list[ServerProcess]
+) -> None:
+    """A fresh deployment: the API comes up before any keeper has built the board in Redis, and
+    the board then appears with no update published that this API hears (the keeper's first one
+    can go out before the API's events queue is bound; here the API's own REST read rebuilds
+    it). A signed-in client gets the board all the same, though nothing else happens."""
+    api = ServerProcess(config, tmp_path, role="api")
+    processes.append(api)
+    api.start()
+    await api.wait_started(60)  # never ready: no worker consumes
+    async with open_backends(config) as backends:
+        keyring = await load_or_create_keyring(backends.store)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+        name = f"f{uuid.uuid4().hex[:12]}"
+        response = await client.post(
+            "/api/v1/users",
+            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+        )
+        assert response.status_code == 201, response.text
+        token, _claims = issue_access_token(
+            keyring,
+            config=config.replace(server={"port": api.port}),
+            user_id=response.json()["user_id"],
+            client_id="scoreboard-web",
+            scope="read write",
+        )
+        ws_url = api.url.replace("http://", "ws://") + "/api/v1/ws"
+        async with open_websocket_url(ws_url, extra_headers=[(b"Origin", api.url.encode())]) as ws:
+            await ws.send_message(json.dumps({"type": "auth", "token": token}))
+            with trio.move_on_after(1):
+                while json.loads(await ws.get_message())["type"] != "leaderboard_update":
+                    pass
+                raise AssertionError("a board before anyone built one")
+            rebuilt = await client.get("/api/v1/leaderboard")
+            assert rebuilt.status_code == 200, rebuilt.text
+            with trio.fail_after(30):  # a hang guard: the hub reads the board again within 5 s
+                while (message := json.loads(await ws.get_message()))[
+                    "type"
+                ] != "leaderboard_update":
+                    pass
+    assert message["data"]["leaderboard"] == rebuilt.json()["leaderboard"] == []
+    assert "hub: read the leaderboard at try" in api.log()
