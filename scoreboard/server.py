@@ -205,7 +205,6 @@ async def api_supervisor(
                 hub_inbox,
                 board=backends.board,
                 config=config,
-                inbox_sender=hub_handle,
                 stats=services.broadcast,
             ),
             http_spec(services, listening),
@@ -218,7 +217,13 @@ async def api_supervisor(
                 config=config,
             ),
             actor_spec(
-                "events", events.run, hub_handle, broker=backends.broker, deny_list=deny_list
+                "events",
+                events.run,
+                hub_handle,
+                broker=backends.broker,
+                deny_list=deny_list,
+                board=backends.board,
+                board_size=config.leaderboard.size,
             ),
             actor_spec(
                 "revocations",

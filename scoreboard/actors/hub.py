@@ -20,8 +20,8 @@ end, in order and back to back, so each connection gets them with one `send`; an
 
 Connections and requests use the client functions (`register`, `unregister`, `rebind`,
 `waiting_for`); the events actor and the deny-list hand it events with `notify_all` and `notify`.
-A hub that starts without the board (Redis down, or no keeper has rebuilt it yet) reads it again
-in the background until it answers or the keeper's next event brings it (`BoardRead`).
+A hub that starts without the board (Redis down, or no keeper has rebuilt it yet) gets it from
+the events actor, which reads the board whenever its subscription starts (again).
 The hub handles every message already waiting at one wake-up (up to `HANDLED_PER_WAKEUP`): with
 thousands of connection tasks in trio's run queue, one message per trip through it left the
 events of a busy second hundreds of milliseconds behind.
@@ -51,7 +51,6 @@ from scoreboard.actors.frames import (
     score_update_frame,
 )
 from scoreboard.actors.messages import (
-    BoardRead,
     CancelWait,
     HubMsg,
     Rebind,
@@ -61,7 +60,6 @@ from scoreboard.actors.messages import (
     WaitForAction,
 )
 from scoreboard.adapters.interfaces import BackendUnavailable, Board
-from scoreboard.backoff import Backoff
 from scoreboard.config import Config
 from scoreboard.records import (
     ActionFinished,
@@ -79,10 +77,7 @@ TOKEN_REVOKED = "token_revoked"  # why the hub closes a subscriber whose token w
 # restarts empty) holds it no longer than this.
 LEAVE_TIMEOUT_S = 2.0
 RECENT_RESULTS = 4096  # outcomes kept so a waiter that arrives after its outcome still gets it
-INITIAL_TOP_TIMEOUT_S = 5.0
-# A hub that started without the board reads it again until it has it: a client that signs in
-# while nothing changes would otherwise get no leaderboard at all.
-BOARD_REREAD = Backoff(minimum=0.5, maximum=5.0)
+BOARD_READ_TIMEOUT_S = 5.0
 # Messages handled at one wake-up: each receive would otherwise wait a whole trip through trio's
 # run queue, long with thousands of connections, and the events of a busy second pile up behind
 # it. Bounded so that a burst does not hold the run queue much longer than a fan-out does: each
@@ -208,8 +203,6 @@ class _Hub:
         # Each connection's token: (grant_id, jti).
         self.credentials: dict[int, tuple[str | None, str | None]] = {}
         self.latest = latest
-        # While the hub has no board: the task that reads it again (`_read_board_until_known`).
-        self.board_reader: trio.CancelScope | None = None
         self.latest_frame: Frame | None = None
         self.unsent = False
         self.next_broadcast_at = -math.inf
@@ -279,15 +272,12 @@ class _Hub:
             case CancelWait(action_id):
                 self.waiters.pop(action_id, None)
             case LeaderboardChanged():
-                self.take_board(msg)
-                if self.board_reader is not None:
-                    self.board_reader.cancel()
-                    self.board_reader = None
-            case BoardRead(snapshot):
-                self.board_reader = None
-                # An event that came while it was being read is newer.
-                if self.latest is None:
-                    self.take_board(snapshot)
+                # The same board again (the events actor's resync after the hub's own first
+                # read, a keeper's repeat) goes to nobody twice.
+                if msg != self.latest:
+                    self.latest = msg
+                    self.latest_frame = None
+                    self.unsent = True
             case ScoreChanged():
                 if msg.user_id in self.by_user:
                     self.queue_personal(msg.user_id, outgoing(score_update_frame(msg)))
@@ -309,11 +299,6 @@ class _Hub:
                 self.close_revoked(frozenset(grant_ids), frozenset(jtis))
             case _:
                 assert_never(msg)
-
-    def take_board(self, snapshot: LeaderboardChanged) -> None:
-        self.latest = snapshot
-        self.latest_frame = None
-        self.unsent = True
 
     def bind(self, connection_id: int, user_id: int | None, mailbox: Subscriber) -> None:
         self.connections[connection_id] = (user_id, mailbox)
@@ -366,33 +351,12 @@ class _Hub:
             self.recent.popitem(last=False)
 
 
-async def _read_top(board: Board, size: int) -> LeaderboardChanged:
-    with trio.fail_after(INITIAL_TOP_TIMEOUT_S):
+async def read_top(board: Board, size: int) -> LeaderboardChanged:
+    """The board's top as a snapshot, as the hub's first one and the events actor's resync
+    (`actors/events.py`) read it."""
+    with trio.fail_after(BOARD_READ_TIMEOUT_S):
         entries, updated_at_ms = await board.top(size)
     return LeaderboardChanged(tuple(entries), updated_at_ms or clock.now_ms())
-
-
-async def _read_board_until_known(
-    board: Board,
-    size: int,
-    hub_inbox: HubHandle,
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Read the board's top, backing off, until it answers, and hand it to the hub; the hub
-    cancels this when the keeper's next event comes first."""
-    with hub_inbox, trio.CancelScope() as scope:
-        task_status.started(scope)
-        for try_number, delay in enumerate(BOARD_REREAD.delays(), 2):
-            await trio.sleep(delay)
-            try:
-                snapshot = await _read_top(board, size)
-            except (BackendUnavailable, trio.TooSlowError) as exc:
-                log.debug("hub: the leaderboard is still unavailable (%s)", exc)
-                continue
-            log.info("hub: read the leaderboard at try %d", try_number)
-            await hub_inbox.send(BoardRead(snapshot))
-            return
 
 
 async def run(
@@ -400,45 +364,29 @@ async def run(
     *,
     board: Board,
     config: Config,
-    inbox_sender: HubHandle,
     stats: BroadcastStats | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`inbox_sender` is the hub's own inbox's sending end, for its board reader: a hub that
-    starts without the board (Redis down, or no keeper has rebuilt it yet) serves the
-    WebSockets all the same and reads the board again in the background until it has it or the
-    keeper's next event brings it."""
-    size = config.leaderboard.size
-    with inbox, inbox_sender:
-        async with trio.open_nursery() as nursery:
-            try:
-                latest: LeaderboardChanged | None = await _read_top(board, size)
-            except (BackendUnavailable, trio.TooSlowError) as exc:
-                log.warning("hub: no initial leaderboard (%s); reading it again until it can", exc)
-                latest = None
-            hub = _Hub(config.websocket.min_update_interval_s, latest, stats or BroadcastStats())
-            if latest is None:
-                hub.board_reader = await nursery.start(
-                    _read_board_until_known, board, size, inbox_sender.clone()
-                )
-            # From here on only the reader's clone (and the clients') keep the inbox open.
-            inbox_sender.close()
-            task_status.started()
-            await _serve(hub, inbox)
-
-
-async def _serve(hub: _Hub, inbox: trio.MemoryReceiveChannel[HubMsg]) -> None:
-    """Until every sender has closed (the board reader's clone included)."""
-    while True:
+    """Without the board (Redis down, or no keeper has rebuilt it yet) the hub starts all the
+    same, and the board comes with the keeper's next event or the events actor's resync."""
+    with inbox:
         try:
-            msg = await inboxes.receive_until(inbox, hub.broadcast_due_at())
-        except trio.EndOfChannel:
-            return
-        if msg is None:
-            hub.broadcast()
-        else:
-            hub.handle(msg)
-            # A broadcast that fell due meanwhile goes first at the next turn.
-            for waiting in inboxes.take_waiting(inbox, HANDLED_PER_WAKEUP):
-                hub.handle(waiting)
-            hub.deliver_personal()
+            latest: LeaderboardChanged | None = await read_top(board, config.leaderboard.size)
+        except (BackendUnavailable, trio.TooSlowError) as exc:
+            log.warning("hub: no initial leaderboard (%s); it comes with the events", exc)
+            latest = None
+        hub = _Hub(config.websocket.min_update_interval_s, latest, stats or BroadcastStats())
+        task_status.started()
+        while True:
+            try:
+                msg = await inboxes.receive_until(inbox, hub.broadcast_due_at())
+            except trio.EndOfChannel:
+                return
+            if msg is None:
+                hub.broadcast()
+            else:
+                hub.handle(msg)
+                # A broadcast that fell due meanwhile goes first at the next turn.
+                for waiting in inboxes.take_waiting(inbox, HANDLED_PER_WAKEUP):
+                    hub.handle(waiting)
+                hub.deliver_personal()

@@ -167,14 +167,6 @@ class CancelWait:
     action_id: uuid.UUID
 
 
-@dataclass(frozen=True, slots=True)
-class BoardRead:
-    """The board's top as the hub read it itself, having started without one (Redis down, or
-    the board not yet rebuilt by a keeper). Taken only while no `LeaderboardChanged` has come."""
-
-    snapshot: LeaderboardChanged
-
-
 HubMsg = (
     Register
     | Unregister
@@ -185,5 +177,4 @@ HubMsg = (
     | ScoreChanged
     | ActionFinished
     | TokensRevoked
-    | BoardRead
 )

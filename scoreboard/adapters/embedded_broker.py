@@ -41,6 +41,7 @@ import trio
 
 from scoreboard import clock
 from scoreboard.adapters.interfaces import (
+    SUBSCRIBED,
     BackendUnavailable,
     Broker,
     Delivery,
@@ -212,13 +213,17 @@ class EmbeddedBroker(Broker):
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
         for subscriber in list(self._subscribers):
             for body in bodies:
-                try:
-                    subscriber.send_nowait(body)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._dropped_events += 1
+                self._offer_event(subscriber, body)
+
+    def _offer_event(self, subscriber: trio.MemorySendChannel[bytes], body: bytes) -> None:
+        try:
+            subscriber.send_nowait(body)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._dropped_events += 1
 
     async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
         self._subscribers.add(events)
+        self._offer_event(events, SUBSCRIBED)
         try:
             await trio.sleep_forever()
         finally:

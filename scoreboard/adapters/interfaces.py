@@ -521,6 +521,12 @@ class Delivery:
     redelivered: bool
 
 
+SUBSCRIBED = b""
+"""What `Broker.consume_events` hands over each time its subscription starts, the first time or
+again after the broker was gone, before any event it receives from then on: events published
+before that moment may never have reached this process. No event is an empty message."""
+
+
 class Broker(Protocol):
     """RabbitMQ: durable action queue, dead letters, and the events fanout."""
 
@@ -566,7 +572,8 @@ class Broker(Protocol):
 
     async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
         """Run until cancelled: an exclusive auto-delete queue bound to the events exchange;
-        each event handed to `events` without blocking (dropped, and counted, when full)."""
+        each event handed to `events` without blocking (dropped, and counted, when full), and
+        `SUBSCRIBED` whenever the subscription (re)starts."""
         ...
 
     async def queue_depths(self) -> dict[str, int]:

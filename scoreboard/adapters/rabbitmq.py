@@ -78,6 +78,7 @@ from aiormq.abc import DeliveredMessage
 
 from scoreboard import clock
 from scoreboard.adapters.interfaces import (
+    SUBSCRIBED,
     Delivery,
     PublishFailed,
     PublishOutcomeUnknown,
@@ -796,6 +797,9 @@ class RabbitBroker:
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(self._config.events_exchange)
             await queue.consume(on_event, no_ack=True)
+            # Behind every event this queue receives, as both cross to trio in order.
+            with contextlib.suppress(trio.RunFinishedError):
+                self._bridge.to_trio_nowait(self._offer_event, events, SUBSCRIBED)
             await _first_of(channel.closed(), stop.wait())
         finally:
             if not channel.is_closed:

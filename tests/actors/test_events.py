@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from scoreboard.actors.revocations import DenyList
 from scoreboard.http.mailbox import Mailbox
 from scoreboard.records import (
     ActionFinished,
+    BoardEntry,
     Event,
     LeaderboardChanged,
     Outcome,
@@ -67,12 +69,21 @@ async def next_event(received: trio.MemoryReceiveChannel[HubMsg]) -> HubMsg:
 async def running_events(stack: Stack) -> AsyncIterator[trio.MemoryReceiveChannel[HubMsg]]:
     send, receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(events.run, send, broker=stack.broker, deny_list=DenyList(send))
-        )
+        await nursery.start(start_events(stack, send))
         await subscribed(stack, receive)
         yield receive
         nursery.cancel_scope.cancel()
+
+
+def start_events(stack: Stack, hub_send: trio.MemorySendChannel[HubMsg]) -> functools.partial[Any]:
+    return functools.partial(
+        events.run,
+        hub_send,
+        broker=stack.broker,
+        deny_list=DenyList(hub_send),
+        board=stack.board,
+        board_size=stack.config.leaderboard.size,
+    )
 
 
 async def test_events_reach_the_hub_decoded_and_garbage_is_dropped(stack: Stack) -> None:
@@ -135,19 +146,9 @@ async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: St
     hub_send, hub_receive = hub.open_inbox()
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            functools.partial(
-                hub.run,
-                hub_receive,
-                board=stack.board,
-                config=stack.config,
-                inbox_sender=hub_send.clone(),
-            )
+            functools.partial(hub.run, hub_receive, board=stack.board, config=stack.config)
         )
-        await nursery.start(
-            functools.partial(
-                events.run, hub_send.clone(), broker=stack.broker, deny_list=DenyList(hub_send)
-            )
-        )
+        await nursery.start(start_events(stack, hub_send.clone()))
         mailbox = Mailbox()
         await hub.register(hub_send, 1, 7, mailbox)
         (first,) = await mailbox.wait_frames()
@@ -157,9 +158,66 @@ async def test_an_outcome_from_the_worker_reaches_the_users_connection(stack: St
             while True:  # until the subscription is up, a published outcome can miss it
                 await stack.broker.publish_events([encode_event(result)])
                 with trio.move_on_after(0.2):
-                    frames = await mailbox.wait_frames()
-                    break
-        frame = json.loads(frames[0].text)
-        assert frame["type"] == "action_result"
-        assert frame["data"]["action_id"] == str(result.action_id)
+                    # The subscription's resync may send the same board again first.
+                    frames = [json.loads(frame.text) for frame in await mailbox.wait_frames()]
+                    if results := [f for f in frames if f["type"] == "action_result"]:
+                        break
+        assert results[0]["data"]["action_id"] == str(result.action_id)
+        nursery.cancel_scope.cancel()
+
+
+def entries(*scores: int) -> list[BoardEntry]:
+    return [
+        BoardEntry(100 + n, f"user{100 + n}", score, 1_764_500_000_000 + n)
+        for n, score in enumerate(scores)
+    ]
+
+
+async def next_board(received: trio.MemoryReceiveChannel[HubMsg]) -> LeaderboardChanged:
+    while not isinstance(msg := await received.receive(), LeaderboardChanged):
+        pass
+    return msg
+
+
+async def test_a_subscription_hands_the_hub_the_board_it_may_have_missed(stack: Stack) -> None:
+    """A change the keeper published before this process subscribed (or while the broker was
+    away) reaches the hub all the same: the board as Redis holds it, with no event."""
+    await stack.board.rebuild(entries(30, 20))
+    send, receive = hub.open_inbox()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(start_events(stack, send))
+        with trio.fail_after(10):
+            board = await next_board(receive)
+        assert [(e.user_id, e.score) for e in board.entries] == [(100, 30), (101, 20)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_board_is_read_again_until_redis_has_it(stack: Stack) -> None:
+    stack.drop_board()
+    send, receive = hub.open_inbox()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(start_events(stack, send))
+        with trio.move_on_after(1):
+            await next_board(receive)
+            raise AssertionError("a board before there was one")
+        await stack.board.rebuild(entries(5))
+        with trio.fail_after(events.RESYNC_BACKOFF.maximum + 5):
+            board = await next_board(receive)
+        assert [(e.user_id, e.score) for e in board.entries] == [(100, 5)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_event_after_the_subscription_makes_the_read_unneeded(stack: Stack) -> None:
+    """The event came through the subscription, so it is at least as new as any read: a read
+    that answered later (here a board that appears afterwards) is not handed over."""
+    stack.drop_board()
+    send, receive = hub.open_inbox()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(start_events(stack, send))
+        await subscribed(stack, receive)  # a leaderboard event came through
+        await stack.board.rebuild(entries(99))
+        with trio.move_on_after(events.RESYNC_BACKOFF.maximum + 1):
+            while True:
+                msg = await receive.receive()
+                assert not isinstance(msg, LeaderboardChanged) or is_probe(msg), msg
         nursery.cancel_scope.cancel()

@@ -22,6 +22,7 @@ from tests.adapters.test_rabbitmq import (
     envelope,
     test_a_batch_of_publishes_is_confirmed_together,
     test_a_full_delivery_channel_sends_deliveries_back,
+    test_a_subscription_says_it_has_started_before_any_event,
     test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable,
     test_a_waiting_retry_holds_up_nothing_published_after_it,
     test_dead_letters_keep_their_reason_and_can_be_replayed,
@@ -36,6 +37,7 @@ from tests.adapters.test_rabbitmq import (
 __all__ = [
     "test_a_batch_of_publishes_is_confirmed_together",
     "test_a_full_delivery_channel_sends_deliveries_back",
+    "test_a_subscription_says_it_has_started_before_any_event",
     "test_a_timeout_in_the_middle_of_publishing_leaves_the_channel_usable",
     "test_a_waiting_retry_holds_up_nothing_published_after_it",
     "test_dead_letters_keep_their_reason_and_can_be_replayed",

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from scoreboard.adapters.interfaces import (
+    SUBSCRIBED,
     BackendUnavailable,
     Delivery,
     PublishFailed,
@@ -116,6 +117,29 @@ async def test_the_watchdog_replaces_a_connection_that_went_silent(
         with trio.fail_after(ANSWER_WITHIN_S):
             await broker.ping()
         print(f"\npublishing again {back_after_s:.2f} s after the connections went silent")
+
+
+async def test_the_events_subscription_says_when_it_has_started_again(
+    bridge: Bridge, amqp_config: AmqpConfig, proxy: FaultProxy
+) -> None:
+    """What the keeper published while the connection was down never reaches this process:
+    `SUBSCRIBED` again tells the events actor to read the board."""
+    async with open_rabbitmq(bridge, through(proxy, amqp_config)) as broker:
+        await broker.declare_topology()
+        send, receive = trio.open_memory_channel[bytes](100)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(broker.consume_events, send)
+            with trio.fail_after(10):
+                assert await receive.receive() == SUBSCRIBED
+            proxy.cut()
+            await trio.sleep(1)
+            proxy.restore()
+            with trio.fail_after(10):
+                assert await receive.receive() == SUBSCRIBED
+            await broker.publish_events([b"after"])
+            with trio.fail_after(5):
+                assert await receive.receive() == b"after"
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_consumer_stops_at_once_while_the_broker_is_away(
