@@ -272,9 +272,9 @@ class _Hub:
             case CancelWait(action_id):
                 self.waiters.pop(action_id, None)
             case LeaderboardChanged():
-                # The same board again (the events actor's resync after the hub's own first
-                # read, a keeper's repeat) goes to nobody twice.
-                if msg != self.latest:
+                # The same top again (the events actor's resync after the hub's own first read,
+                # or two keepers publishing the same top) goes to nobody twice.
+                if self.latest is None or msg.entries != self.latest.entries:
                     self.latest = msg
                     self.latest_frame = None
                     self.unsent = True
