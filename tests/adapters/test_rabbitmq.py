@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import trio
 
-from scoreboard.adapters.interfaces import SUBSCRIBED, Delivery, PublishFailed
+from scoreboard.adapters.interfaces import SUBSCRIBED, Broker, Delivery, PublishFailed
 from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq, shard_of
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import AmqpConfig, ConfigError
@@ -328,16 +328,18 @@ async def test_dead_letters_keep_their_reason_and_can_be_replayed(broker: Rabbit
         consumer.stop()
 
 
-async def test_events_reach_every_subscriber(broker: RabbitBroker) -> None:
-    async def subscribe(events: trio.MemorySendChannel[bytes]) -> None:
-        with events:
-            await broker.consume_events(events)
+async def subscribe(broker: Broker, events: trio.MemorySendChannel[bytes]) -> None:
+    """`consume_events` until cancelled, closing `events` when it ends."""
+    with events:
+        await broker.consume_events(events)
 
+
+async def test_events_reach_every_subscriber(broker: RabbitBroker) -> None:
     async with trio.open_nursery() as nursery:
         inboxes = []
         for _ in range(2):
             send, receive = trio.open_memory_channel[bytes](100)
-            nursery.start_soon(subscribe, send)
+            nursery.start_soon(subscribe, broker, send)
             inboxes.append(receive)
         # Subscribing happens on the asyncio side; probe until both subscriptions are in place.
         with trio.fail_after(10):
@@ -365,13 +367,8 @@ async def test_a_subscription_says_it_has_started_before_any_event(broker: Rabbi
     """`SUBSCRIBED` first: what was published before it may have been missed, what comes after
     it is received."""
     send, receive = trio.open_memory_channel[bytes](100)
-
-    async def subscribe() -> None:
-        with send:
-            await broker.consume_events(send)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(subscribe)
+        nursery.start_soon(subscribe, broker, send)
         with trio.fail_after(10):
             assert await receive.receive() == SUBSCRIBED
         await broker.publish_events([b"one"])
@@ -382,13 +379,8 @@ async def test_a_subscription_says_it_has_started_before_any_event(broker: Rabbi
 
 async def test_events_that_do_not_fit_are_dropped_and_counted(broker: RabbitBroker) -> None:
     send, receive = trio.open_memory_channel[bytes](1)
-
-    async def subscribe() -> None:
-        with send:
-            await broker.consume_events(send)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(subscribe)
+        nursery.start_soon(subscribe, broker, send)
         with trio.fail_after(10):
             while broker.statistics().dropped_events < 5:
                 await broker.publish_events([b"x"] * 5)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from scoreboard.auth.keys import load_or_create_keyring
 from scoreboard.auth.tokens import issue_access_token
@@ -34,17 +35,52 @@ def processes() -> Iterator[list[ServerProcess]]:
         process.stop()
 
 
-async def first_leaderboard_with(url: str, token: str, user_id: int, score: int) -> None:
-    ws_url = url.replace("http://", "ws://") + "/api/v1/ws"
-    async with open_websocket_url(ws_url, extra_headers=[(b"Origin", url.encode())]) as ws:
+async def registered_user(client: httpx.AsyncClient) -> int:
+    name = f"r{uuid.uuid4().hex[:12]}"
+    response = await client.post(
+        "/api/v1/users",
+        json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+    )
+    assert response.status_code == 201, response.text
+    user_id: int = response.json()["user_id"]
+    return user_id
+
+
+async def tokens_for(config: Config, user_id: int, apis: list[ServerProcess]) -> list[str]:
+    """An access token for each API (each is its own issuer, by its port)."""
+    async with open_backends(config) as backends:
+        keyring = await load_or_create_keyring(backends.store)
+    return [
+        issue_access_token(
+            keyring,
+            config=config.replace(server={"port": api.port}),
+            user_id=user_id,
+            client_id="scoreboard-web",
+            scope="read write",
+        )[0]
+        for api in apis
+    ]
+
+
+@asynccontextmanager
+async def signed_in(api: ServerProcess, token: str) -> AsyncIterator[WebSocketConnection]:
+    ws_url = api.url.replace("http://", "ws://") + "/api/v1/ws"
+    async with open_websocket_url(ws_url, extra_headers=[(b"Origin", api.url.encode())]) as ws:
         await ws.send_message(json.dumps({"type": "auth", "token": token}))
-        while True:
-            message = json.loads(await ws.get_message())
-            if message["type"] != "leaderboard_update":
-                continue
-            rows = {row["user_id"]: row["score"] for row in message["data"]["leaderboard"]}
-            if rows.get(user_id) == score:
-                return
+        yield ws
+
+
+async def next_board(ws: WebSocketConnection) -> dict[int, int]:
+    """The next leaderboard update's scores by user."""
+    while (message := json.loads(await ws.get_message()))["type"] != "leaderboard_update":
+        pass
+    return {row["user_id"]: row["score"] for row in message["data"]["leaderboard"]}
+
+
+async def first_leaderboard_with(api: ServerProcess, token: str, user_id: int, score: int) -> None:
+    async with signed_in(api, token) as ws:
+        while (await next_board(ws)).get(user_id) != score:
+            pass
 
 
 async def test_two_api_processes_both_broadcast_every_update(
@@ -58,29 +94,13 @@ async def test_two_api_processes_both_broadcast_every_update(
     for process in processes:
         await process.wait_ready()
 
-    async with open_backends(config) as backends:
-        keyring = await load_or_create_keyring(backends.store)
     async with httpx.AsyncClient(base_url=apis[0].url, timeout=30) as client:
-        name = f"r{uuid.uuid4().hex[:12]}"
-        response = await client.post(
-            "/api/v1/users",
-            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-        )
-        user_id = response.json()["user_id"]
-        tokens = [
-            issue_access_token(
-                keyring,
-                config=config.replace(server={"port": api.port}),
-                user_id=user_id,
-                client_id="scoreboard-web",
-                scope="read write",
-            )[0]
-            for api in apis
-        ]
+        user_id = await registered_user(client)
+        tokens = await tokens_for(config, user_id, apis)
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 for api, token in zip(apis, tokens, strict=True):
-                    nursery.start_soon(first_leaderboard_with, api.url, token, user_id, 10)
+                    nursery.start_soon(first_leaderboard_with, api, token, user_id, 10)
                 await trio.sleep(0.5)
                 response = await client.post(
                     "/api/v1/actions/perform",
@@ -103,39 +123,18 @@ async def test_an_api_that_started_without_the_board_sends_it_once_it_exists_wit
     processes.append(api)
     api.start()
     await api.wait_started(60)  # never ready: no worker consumes
-    async with open_backends(config) as backends:
-        keyring = await load_or_create_keyring(backends.store)
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
-        name = f"f{uuid.uuid4().hex[:12]}"
-        response = await client.post(
-            "/api/v1/users",
-            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-        )
-        assert response.status_code == 201, response.text
-        token, _claims = issue_access_token(
-            keyring,
-            config=config.replace(server={"port": api.port}),
-            user_id=response.json()["user_id"],
-            client_id="scoreboard-web",
-            scope="read write",
-        )
-        ws_url = api.url.replace("http://", "ws://") + "/api/v1/ws"
-        async with open_websocket_url(ws_url, extra_headers=[(b"Origin", api.url.encode())]) as ws:
-            await ws.send_message(json.dumps({"type": "auth", "token": token}))
+        (token,) = await tokens_for(config, await registered_user(client), [api])
+        async with signed_in(api, token) as ws:
             with trio.move_on_after(1):
-                while json.loads(await ws.get_message())["type"] != "leaderboard_update":
-                    pass
+                await next_board(ws)
                 raise AssertionError("a board before anyone built one")
             rebuilt = await client.get("/api/v1/leaderboard")
             assert rebuilt.status_code == 200, rebuilt.text
-            with trio.fail_after(
-                30
-            ):  # a hang guard: the events actor reads the board again within 5 s
-                while (message := json.loads(await ws.get_message()))[
-                    "type"
-                ] != "leaderboard_update":
-                    pass
-    assert message["data"]["leaderboard"] == rebuilt.json()["leaderboard"] == []
+            # A hang guard: the events actor reads the board again within 5 s.
+            with trio.fail_after(30):
+                assert await next_board(ws) == {}
+    assert rebuilt.json()["leaderboard"] == []
     assert "events: subscribed; read the board" in api.log()
 
 
@@ -160,38 +159,16 @@ async def test_a_change_made_while_an_api_was_off_the_broker_reaches_its_clients
             process.start()
         for process in processes:
             await process.wait_ready(60)
-        async with open_backends(config) as backends:
-            keyring = await load_or_create_keyring(backends.store)
         async with httpx.AsyncClient(base_url=direct.url, timeout=30) as client:
-            name = f"o{uuid.uuid4().hex[:12]}"
-            response = await client.post(
-                "/api/v1/users",
-                json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-            )
-            assert response.status_code == 201, response.text
-            user_id = response.json()["user_id"]
-            token_for = {
-                api: issue_access_token(
-                    keyring,
-                    config=config.replace(server={"port": api.port}),
-                    user_id=user_id,
-                    client_id="scoreboard-web",
-                    scope="read write",
-                )[0]
-                for api in (cut_off, direct)
-            }
-            ws_url = cut_off.url.replace("http://", "ws://") + "/api/v1/ws"
-            async with open_websocket_url(
-                ws_url, extra_headers=[(b"Origin", cut_off.url.encode())]
-            ) as ws:
-                await ws.send_message(json.dumps({"type": "auth", "token": token_for[cut_off]}))
-                while json.loads(await ws.get_message())["type"] != "leaderboard_update":
-                    pass
+            user_id = await registered_user(client)
+            cut_off_token, direct_token = await tokens_for(config, user_id, [cut_off, direct])
+            async with signed_in(cut_off, cut_off_token) as ws:
+                await next_board(ws)
                 proxy.cut()
                 response = await client.post(
                     "/api/v1/actions/perform",
                     json=action(),
-                    headers={"Authorization": f"Bearer {token_for[direct]}"},
+                    headers={"Authorization": f"Bearer {direct_token}"},
                 )
                 assert response.status_code == 202, response.text
                 with trio.fail_after(30):  # a hang guard: the worker scores it
@@ -202,11 +179,6 @@ async def test_a_change_made_while_an_api_was_off_the_broker_reaches_its_clients
                         await trio.sleep(0.1)
                 proxy.restore()
                 with trio.fail_after(30):  # a hang guard: A subscribes again within seconds
-                    while True:
-                        message = json.loads(await ws.get_message())
-                        if message["type"] != "leaderboard_update":
-                            continue
-                        rows = {r["user_id"]: r["score"] for r in message["data"]["leaderboard"]}
-                        if rows.get(user_id) == 10:
-                            break
+                    while (await next_board(ws)).get(user_id) != 10:
+                        pass
         nursery.cancel_scope.cancel()
