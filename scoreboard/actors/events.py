@@ -80,7 +80,7 @@ class _Resync:
                 if scope.cancel_called:
                     return
                 self.reading = None
-                log.info("events: subscribed; read the board (after %d tries)", tries)
+                log.info("events: subscribed; read the board (try %d)", tries)
                 await hubs.notify_all(self.hub, [snapshot])
                 return
 

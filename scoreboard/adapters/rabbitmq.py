@@ -797,7 +797,8 @@ class RabbitBroker:
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(self._config.events_exchange)
             await queue.consume(on_event, no_ack=True)
-            # Behind every event this queue receives, as both cross to trio in order.
+            # Ahead of every event this queue delivers: the deliveries' callbacks run only once
+            # this coroutine yields, and everything crosses to trio in order.
             with contextlib.suppress(trio.RunFinishedError):
                 self._bridge.to_trio_nowait(self._offer_event, events, SUBSCRIBED)
             await _first_of(channel.closed(), stop.wait())
