@@ -8,11 +8,11 @@ hub close the sockets. A body that does not decode is dropped with a warning: ev
 notifications, and the next leaderboard snapshot supersedes whatever was lost.
 
 What is lost while the subscription is down (the broker restarting, or the process subscribing
-only after the keeper published) is made up for when it starts: at each `SUBSCRIBED` the actor
-reads the board from Redis, backing off while it does not answer, and hands the hub that top,
-unless a leaderboard event came meanwhile (the subscription was in place before it was
-published, so it is at least as new). On an idle system no later event would ever correct a
-top that changed while the process was not listening.
+only after the keeper published), or dropped for lack of room, is made up for: at each
+`EVENTS_GAP` the actor reads the board from Redis, backing off while it does not answer, and hands
+the hub that top, unless a leaderboard event came meanwhile (it came after the gap, so it is at
+least as new). On an idle system no later event would ever correct a top that changed while the
+process was not listening.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from scoreboard.actors import hub as hubs
 from scoreboard.actors import inbox as inboxes
 from scoreboard.actors.hub import HubHandle
 from scoreboard.actors.revocations import DenyList
-from scoreboard.adapters.interfaces import SUBSCRIBED, BackendUnavailable, Board, Broker
+from scoreboard.adapters.interfaces import EVENTS_GAP, BackendUnavailable, Board, Broker
 from scoreboard.backoff import Backoff
 from scoreboard.records import Event, LeaderboardChanged, TokensRevoked
 from scoreboard.wire import MalformedMessage, decode_events
@@ -38,7 +38,7 @@ EVENTS_BUFFER = 1024  # the broker hands events over without waiting and drops t
 MESSAGES_PER_WAKEUP = EVENTS_BUFFER
 
 
-# The board read again after a (re)subscription, while Redis does not answer.
+# The board read again after a gap in the events, while Redis does not answer.
 RESYNC_BACKOFF = Backoff(minimum=0.5, maximum=5.0)
 
 
@@ -47,7 +47,7 @@ class EventsSubscriptionEnded(RuntimeError):
 
 
 class _Resync:
-    """The board read that makes up for events missed before a (re)subscription."""
+    """The board read that makes up for events missed before an `EVENTS_GAP`."""
 
     def __init__(self, board: Board, size: int, hub: HubHandle, nursery: trio.Nursery) -> None:
         self.board = board
@@ -80,7 +80,7 @@ class _Resync:
                 if scope.cancel_called:
                     return
                 self.reading = None
-                log.info("events: subscribed; read the board (try %d)", tries)
+                log.info("events: read the board after a gap in the events (try %d)", tries)
                 await hubs.notify_all(self.hub, [snapshot])
                 return
 
@@ -113,10 +113,10 @@ async def _forward(
     bodies: list[bytes], hub: HubHandle, deny_list: DenyList, resync: _Resync
 ) -> None:
     """The events of `bodies`, in order, to the hub in one go, and the revocations among them
-    to the deny-list where they come; a (re)subscription starts a resync."""
+    to the deny-list where they come; a gap in the events starts a resync."""
     pending: list[Event] = []
     for raw in bodies:
-        if raw == SUBSCRIBED:
+        if raw == EVENTS_GAP:
             resync.start()
             continue
         try:

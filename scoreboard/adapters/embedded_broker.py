@@ -19,7 +19,8 @@ It shares the store's SQLite file (`sqlite.py`). RabbitMQ's contract, kept:
 - The queue's message TTL: a row waiting longer than `amqp.message_ttl_ms` is dead-lettered as
   `dead-lettered by the broker: expired` when the consumer next reads the queue.
 - Events are a broadcast to every `consume_events` subscriber of this process; an event that
-  does not fit a subscriber's channel is dropped and counted.
+  does not fit a subscriber's channel is dropped and counted, and `EVENTS_GAP` goes ahead of the
+  next one that fits (`event_offers.py`), as it does ahead of the first.
 
 Differences: no priorities (nothing publishes with one); the queue names of `AmqpConfig` are
 not used (the tables are the topology); the consumer also polls (`POLL_INTERVAL_S`), so rows
@@ -40,8 +41,9 @@ from dataclasses import dataclass
 import trio
 
 from scoreboard import clock
+from scoreboard.adapters.event_offers import EventOffers
 from scoreboard.adapters.interfaces import (
-    SUBSCRIBED,
+    EVENTS_GAP,
     BackendUnavailable,
     Broker,
     Delivery,
@@ -82,11 +84,11 @@ class EmbeddedBroker(Broker):
         self._unsettled: dict[int, set[int]] = {}
         self._changed = trio.Event()
         self._subscribers: set[trio.MemorySendChannel[bytes]] = set()
-        self._dropped_events = 0
+        self._event_offers = EventOffers()
         self._requeued_deliveries = 0
 
     def statistics(self) -> BrokerStatistics:
-        return BrokerStatistics(self._dropped_events, self._requeued_deliveries)
+        return BrokerStatistics(self._event_offers.dropped, self._requeued_deliveries)
 
     def _notify(self) -> None:
         """Wake the consumer: there are new rows, or room for more in flight."""
@@ -213,21 +215,16 @@ class EmbeddedBroker(Broker):
     async def publish_events(self, bodies: Sequence[bytes]) -> None:
         for subscriber in list(self._subscribers):
             for body in bodies:
-                self._offer_event(subscriber, body)
-
-    def _offer_event(self, subscriber: trio.MemorySendChannel[bytes], body: bytes) -> None:
-        try:
-            subscriber.send_nowait(body)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._dropped_events += 1
+                self._event_offers.offer(subscriber, body)
 
     async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
         self._subscribers.add(events)
-        self._offer_event(events, SUBSCRIBED)
+        self._event_offers.offer(events, EVENTS_GAP)
         try:
             await trio.sleep_forever()
         finally:
             self._subscribers.discard(events)
+            self._event_offers.forget(events)
 
     # The failed queue
 

@@ -521,10 +521,11 @@ class Delivery:
     redelivered: bool
 
 
-SUBSCRIBED = b""
-"""What `Broker.consume_events` hands over each time its subscription starts, the first time or
-again after the broker was gone, before any event it receives from then on: events published
-before that moment may never have reached this process. No event is an empty message."""
+EVENTS_GAP = b""
+"""What `Broker.consume_events` hands over where events may be missing before it: each time its
+subscription starts (the first time, or again after the broker was gone), ahead of any event it
+receives from then on, and ahead of the first event that fits after some were dropped for lack
+of room. Its reader reads the board again. No event is an empty message."""
 
 
 class Broker(Protocol):
@@ -573,7 +574,7 @@ class Broker(Protocol):
     async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
         """Run until cancelled: an exclusive auto-delete queue bound to the events exchange;
         each event handed to `events` without blocking (dropped, and counted, when full), and
-        `SUBSCRIBED` whenever the subscription (re)starts."""
+        `EVENTS_GAP` where events may be missing before it."""
         ...
 
     async def queue_depths(self) -> dict[str, int]:

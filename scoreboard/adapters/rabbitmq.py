@@ -77,8 +77,9 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from scoreboard import clock
+from scoreboard.adapters.event_offers import EventOffers
 from scoreboard.adapters.interfaces import (
-    SUBSCRIBED,
+    EVENTS_GAP,
     Delivery,
     PublishFailed,
     PublishOutcomeUnknown,
@@ -179,12 +180,12 @@ class RabbitBroker:
         self._workers_queue = f"{config.queue}.workers"
         self._held_shards: list[int] = []
         # Trio side.
-        self._dropped_events = 0
+        self._event_offers = EventOffers()
         self._requeued_deliveries = 0
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
-            self._dropped_events, self._requeued_deliveries, self._watchdog_resets
+            self._event_offers.dropped, self._requeued_deliveries, self._watchdog_resets
         )
 
     def _in_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -761,7 +762,10 @@ class RabbitBroker:
     # Events
 
     async def consume_events(self, events: trio.MemorySendChannel[bytes]) -> None:
-        await self._consume(self._consume_events, events)
+        try:
+            await self._consume(self._consume_events, events)
+        finally:
+            self._event_offers.forget(events)
 
     async def _consume_events(
         self, events: trio.MemorySendChannel[bytes], stop: asyncio.Event
@@ -788,7 +792,7 @@ class RabbitBroker:
 
         async def on_event(message: AbstractIncomingMessage) -> None:
             with contextlib.suppress(trio.RunFinishedError):
-                self._bridge.to_trio_nowait(self._offer_event, events, message.body)
+                self._bridge.to_trio_nowait(self._event_offers.offer, events, message.body)
 
         try:
             if stop.is_set():
@@ -800,19 +804,12 @@ class RabbitBroker:
             # Ahead of every event this queue delivers: the deliveries' callbacks run only once
             # this coroutine yields, and everything crosses to trio in order.
             with contextlib.suppress(trio.RunFinishedError):
-                self._bridge.to_trio_nowait(self._offer_event, events, SUBSCRIBED)
+                self._bridge.to_trio_nowait(self._event_offers.offer, events, EVENTS_GAP)
             await _first_of(channel.closed(), stop.wait())
         finally:
             if not channel.is_closed:
                 with contextlib.suppress(*TRANSPORT_ERRORS):
                     await channel.close()
-
-    def _offer_event(self, events: trio.MemorySendChannel[bytes], body: bytes) -> None:
-        """Trio side: an event that does not fit is dropped; the next snapshot supersedes it."""
-        try:
-            events.send_nowait(body)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._dropped_events += 1
 
     # The failed queue
 

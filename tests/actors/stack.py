@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 import trio
 
-from scoreboard.adapters.interfaces import SUBSCRIBED
+from scoreboard.adapters.interfaces import EVENTS_GAP
 from scoreboard.adapters.postgres import PostgresStore
 from scoreboard.adapters.rabbitmq import RabbitBroker
 from scoreboard.adapters.redis import RedisBoard, board_keys
@@ -98,7 +98,7 @@ async def tap_events(broker: RabbitBroker) -> AsyncIterator[EventTap]:
 
     async def collect() -> None:
         async for raw in receive:
-            if raw == SUBSCRIBED:
+            if raw == EVENTS_GAP:
                 continue
             for event in decode_events(raw):
                 if isinstance(event, LeaderboardChanged) and event.updated_at_ms == PROBE_MS:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import trio
 
-from scoreboard.adapters.interfaces import SUBSCRIBED, Broker, Delivery, PublishFailed
+from scoreboard.adapters.interfaces import EVENTS_GAP, Broker, Delivery, PublishFailed
 from scoreboard.adapters.rabbitmq import RabbitBroker, open_rabbitmq, shard_of
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import AmqpConfig, ConfigError
@@ -364,29 +364,34 @@ async def test_events_reach_every_subscriber(broker: RabbitBroker) -> None:
 
 
 async def test_a_subscription_says_it_has_started_before_any_event(broker: RabbitBroker) -> None:
-    """`SUBSCRIBED` first: what was published before it may have been missed, what comes after
+    """`EVENTS_GAP` first: what was published before it may have been missed, what comes after
     it is received."""
     send, receive = trio.open_memory_channel[bytes](100)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscribe, broker, send)
         with trio.fail_after(10):
-            assert await receive.receive() == SUBSCRIBED
+            assert await receive.receive() == EVENTS_GAP
         await broker.publish_events([b"one"])
         with trio.fail_after(5):
             assert await receive.receive() == b"one"
         nursery.cancel_scope.cancel()
 
 
-async def test_events_that_do_not_fit_are_dropped_and_counted(broker: RabbitBroker) -> None:
-    send, receive = trio.open_memory_channel[bytes](1)
+async def test_events_that_do_not_fit_are_dropped_counted_and_marked(broker: RabbitBroker) -> None:
+    """A dropped event leaves a gap: `EVENTS_GAP` goes ahead of the next event that fits."""
+    send, receive = trio.open_memory_channel[bytes](2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscribe, broker, send)
         with trio.fail_after(10):
+            assert await receive.receive() == EVENTS_GAP  # subscribed: nothing is missed now
+            await broker.publish_events([b"x"] * 7)
             while broker.statistics().dropped_events < 5:
-                await broker.publish_events([b"x"] * 5)
                 await trio.sleep(0.05)
-        # The channel's one place holds what came first; everything after it was dropped.
-        assert await receive.receive() == SUBSCRIBED
+        # The channel's two places hold what came first; the five after it were dropped.
+        assert [receive.receive_nowait(), receive.receive_nowait()] == [b"x", b"x"]
+        await broker.publish_events([b"after"])
+        with trio.fail_after(5):
+            assert [await receive.receive(), await receive.receive()] == [EVENTS_GAP, b"after"]
         nursery.cancel_scope.cancel()
 
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from scoreboard.adapters.interfaces import (
-    SUBSCRIBED,
+    EVENTS_GAP,
     BackendUnavailable,
     Delivery,
     PublishFailed,
@@ -123,19 +123,19 @@ async def test_the_events_subscription_says_when_it_has_started_again(
     bridge: Bridge, amqp_config: AmqpConfig, proxy: FaultProxy
 ) -> None:
     """What the keeper published while the connection was down never reaches this process:
-    `SUBSCRIBED` again tells the events actor to read the board."""
+    `EVENTS_GAP` again tells the events actor to read the board."""
     async with open_rabbitmq(bridge, through(proxy, amqp_config)) as broker:
         await broker.declare_topology()
         send, receive = trio.open_memory_channel[bytes](100)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(broker.consume_events, send)
             with trio.fail_after(10):
-                assert await receive.receive() == SUBSCRIBED
+                assert await receive.receive() == EVENTS_GAP
             proxy.cut()
             await trio.sleep(1)
             proxy.restore()
             with trio.fail_after(10):
-                assert await receive.receive() == SUBSCRIBED
+                assert await receive.receive() == EVENTS_GAP
             await broker.publish_events([b"after"])
             with trio.fail_after(5):
                 assert await receive.receive() == b"after"
