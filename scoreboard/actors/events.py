@@ -76,7 +76,9 @@ class _Resync:
                     log.debug("events: the board is unavailable (%s); reading it again", exc)
                     await trio.sleep(delay)
                     continue
-                # No checkpoint since the read: an event forwarded meanwhile cancelled it.
+                # An event forwarded while the read was in flight cancelled it, though the read
+                # may have returned first. From here into the hub's inbox nothing yields (or, with
+                # the inbox full, a later event cancels the send), so no later event goes in first.
                 if scope.cancel_called:
                     return
                 self.reading = None

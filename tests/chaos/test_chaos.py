@@ -27,15 +27,12 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from scoreboard.auth.keys import load_or_create_keyring
-from scoreboard.auth.tokens import issue_access_token
 from scoreboard.backends import open_backends
 from scoreboard.bridge import Bridge, open_bridge
 from scoreboard.config import Config
 from tests.chaos.private import PrivateRabbit, PrivateRedis
-from tests.e2e.processes import ServerProcess
+from tests.e2e.processes import ServerProcess, access_token, registered_user, signing_keys
 from tests.e2e.test_cli_verify import run_verify
-from tests.http.conftest import PASSWORD
 
 pytestmark = [pytest.mark.chaos, pytest.mark.alone, pytest.mark.timeout(300)]
 
@@ -85,17 +82,6 @@ def chaos_config(config: Config, redis: PrivateRedis, rabbit: PrivateRabbit) -> 
     return config.replace(
         redis={"url": redis.url}, amqp={"url": rabbit.url, "shards": SHARDS}, limits={}
     )
-
-
-async def register(client: httpx.AsyncClient) -> int:
-    name = f"c{random.getrandbits(48):012x}"
-    response = await client.post(
-        "/api/v1/users",
-        json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-    )
-    assert response.status_code == 201, response.text
-    user_id: int = response.json()["user_id"]
-    return user_id
 
 
 def held_shards(worker: ServerProcess) -> list[int] | None:
@@ -196,21 +182,13 @@ async def test_chaos_every_accepted_action_counts_once(
         await process.wait_ready(60)
     split = await wait_for_split(workers)
 
-    async with open_backends(config) as backends:
-        keyring = await load_or_create_keyring(backends.store)
+    keys = await signing_keys(config)
 
     def token(api: ServerProcess, user_id: int) -> str:
-        issued, _claims = issue_access_token(
-            keyring,
-            config=config.replace(server={"port": api.port}),
-            user_id=user_id,
-            client_id="scoreboard-web",
-            scope="read write",
-        )
-        return issued
+        return access_token(keys, config, api, user_id)
 
     async with httpx.AsyncClient(base_url=apis[0].url, timeout=30) as client:
-        users = [await register(client) for _ in range(PLAYERS)]
+        users = [await registered_user(client) for _ in range(PLAYERS)]
     players = [[user, [token(api, user) for api in apis]] for user in users]
     watchers = [Watcher(apis[n % 2].url, token(apis[n % 2], users[n])) for n in range(WATCHERS)]
     events: list[str] = []

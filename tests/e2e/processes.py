@@ -16,7 +16,11 @@ from pathlib import Path
 import httpx
 import trio
 
+from scoreboard.auth.keys import KeyRing, load_or_create_keyring
+from scoreboard.auth.tokens import issue_access_token
+from scoreboard.backends import open_backends
 from scoreboard.config import Config
+from tests.http.conftest import PASSWORD
 
 OPS_LISTENER = re.compile(r"operations endpoints on (http://[0-9.]+:[0-9]+)")
 
@@ -61,6 +65,37 @@ def server_environment(
         }
     )
     return env
+
+
+async def registered_user(client: httpx.AsyncClient) -> int:
+    """A new account, registered through the server `client` talks to; its user id."""
+    name = f"p{uuid.uuid4().hex[:12]}"
+    response = await client.post(
+        "/api/v1/users",
+        json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+    )
+    assert response.status_code == 201, response.text
+    user_id: int = response.json()["user_id"]
+    return user_id
+
+
+async def signing_keys(config: Config) -> KeyRing:
+    """The servers' signing keys, from their store (the processes may hold it: not exclusive)."""
+    async with open_backends(config, exclusive=False) as backends:
+        return await load_or_create_keyring(backends.store)
+
+
+def access_token(keys: KeyRing, config: Config, server: ServerProcess, user_id: int) -> str:
+    """A `read write` access token for `user_id` as `server` issues them (its port names the
+    issuer)."""
+    token, _claims = issue_access_token(
+        keys,
+        config=config.replace(server={"port": server.port}),
+        user_id=user_id,
+        client_id="scoreboard-web",
+        scope="read write",
+    )
+    return token
 
 
 class ServerProcess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,9 @@ import httpx
 import pytest
 import trio
 
-from scoreboard.auth.keys import load_or_create_keyring
-from scoreboard.auth.tokens import issue_access_token
-from scoreboard.backends import open_backends
 from scoreboard.config import Config
-from tests.e2e.processes import ServerProcess
-from tests.http.conftest import PASSWORD, action
+from tests.e2e.processes import ServerProcess, access_token, registered_user, signing_keys
+from tests.http.conftest import action
 from tests.prometheus import sample, samples, total
 
 pytestmark = pytest.mark.timeout(180)
@@ -39,24 +35,9 @@ def processes() -> Iterator[list[ServerProcess]]:
 
 async def new_token(config: Config, server: ServerProcess) -> tuple[int, str]:
     """A new account registered through `server`, and an access token for it."""
-    async with open_backends(config, exclusive=False) as backends:
-        keyring = await load_or_create_keyring(backends.store)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        name = f"o{uuid.uuid4().hex[:12]}"
-        response = await client.post(
-            "/api/v1/users",
-            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-        )
-        assert response.status_code == 201, response.text
-        user_id: int = response.json()["user_id"]
-    token, _claims = issue_access_token(
-        keyring,
-        config=config.replace(server={"port": server.port}),
-        user_id=user_id,
-        client_id="scoreboard-web",
-        scope="read write",
-    )
-    return user_id, token
+        user_id = await registered_user(client)
+    return user_id, access_token(await signing_keys(config), config, server, user_id)
 
 
 async def perform_and_wait(url: str, token: str) -> str:

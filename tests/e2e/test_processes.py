@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,12 +22,9 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from scoreboard.auth.keys import load_or_create_keyring
-from scoreboard.auth.tokens import issue_access_token
-from scoreboard.backends import open_backends
 from scoreboard.config import Config
-from tests.e2e.processes import ServerProcess
-from tests.http.conftest import PASSWORD, action
+from tests.e2e.processes import ServerProcess, access_token, registered_user, signing_keys
+from tests.http.conftest import action
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -117,23 +113,9 @@ async def test_two_api_processes_share_the_port_and_the_parent_keeps_them_runnin
     assert sorted(started) == ["api-0", "api-1", "worker-0"], server.log()
     api_pids = [started["api-0"], started["api-1"]]
 
-    async with open_backends(config) as backends:
-        keyring = await load_or_create_keyring(backends.store)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        name = f"m{uuid.uuid4().hex[:12]}"
-        response = await client.post(
-            "/api/v1/users",
-            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-        )
-        assert response.status_code == 201, response.text
-        user_id = response.json()["user_id"]
-    token, _claims = issue_access_token(
-        keyring,
-        config=config.replace(server={"port": server.port}),
-        user_id=user_id,
-        client_id="scoreboard-web",
-        scope="read write",
-    )
+        user_id = await registered_user(client)
+    token = access_token(await signing_keys(config), config, server, user_id)
 
     # One authenticated WebSocket on each API process, then an action: both see it.
     met: set[int] = set()

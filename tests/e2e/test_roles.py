@@ -6,7 +6,6 @@ sends the change once it is back, with no event to bring either."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,14 +16,11 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from scoreboard.auth.keys import load_or_create_keyring
-from scoreboard.auth.tokens import issue_access_token
-from scoreboard.backends import open_backends
 from scoreboard.config import Config
 from tests.conftest import AMQP_HOST
-from tests.e2e.processes import ServerProcess
+from tests.e2e.processes import ServerProcess, access_token, registered_user, signing_keys
 from tests.faultproxy import FaultProxy
-from tests.http.conftest import PASSWORD, action
+from tests.http.conftest import action
 
 
 @pytest.fixture
@@ -35,31 +31,10 @@ def processes() -> Iterator[list[ServerProcess]]:
         process.stop()
 
 
-async def registered_user(client: httpx.AsyncClient) -> int:
-    name = f"r{uuid.uuid4().hex[:12]}"
-    response = await client.post(
-        "/api/v1/users",
-        json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
-    )
-    assert response.status_code == 201, response.text
-    user_id: int = response.json()["user_id"]
-    return user_id
-
-
 async def tokens_for(config: Config, user_id: int, apis: list[ServerProcess]) -> list[str]:
     """An access token for each API (each is its own issuer, by its port)."""
-    async with open_backends(config) as backends:
-        keyring = await load_or_create_keyring(backends.store)
-    return [
-        issue_access_token(
-            keyring,
-            config=config.replace(server={"port": api.port}),
-            user_id=user_id,
-            client_id="scoreboard-web",
-            scope="read write",
-        )[0]
-        for api in apis
-    ]
+    keys = await signing_keys(config)
+    return [access_token(keys, config, api, user_id) for api in apis]
 
 
 @asynccontextmanager
