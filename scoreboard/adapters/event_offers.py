@@ -12,7 +12,7 @@ import trio
 
 from scoreboard.adapters.interfaces import EVENTS_GAP
 
-Subscriber = trio.MemorySendChannel[bytes]
+EventChannel = trio.MemorySendChannel[bytes]
 
 
 class EventOffers:
@@ -20,9 +20,9 @@ class EventOffers:
 
     def __init__(self) -> None:
         self.dropped = 0
-        self._gapped: set[Subscriber] = set()
+        self._gapped: set[EventChannel] = set()
 
-    def offer(self, subscriber: Subscriber, body: bytes) -> None:
+    def offer(self, subscriber: EventChannel, body: bytes) -> None:
         try:
             if subscriber in self._gapped:
                 subscriber.send_nowait(EVENTS_GAP)
@@ -32,6 +32,6 @@ class EventOffers:
             self.dropped += 1
             self._gapped.add(subscriber)
 
-    def forget(self, subscriber: Subscriber) -> None:
+    def forget(self, subscriber: EventChannel) -> None:
         """The subscription ended."""
         self._gapped.discard(subscriber)
