@@ -161,10 +161,11 @@ async def test_shutdown_while_the_trio_side_is_cancelled_still_stops_the_loop() 
         started.set()
         await asyncio.sleep(60)
 
-    with trio.move_on_after(0.2):
-        async with open_bridge() as bridge:
-            await bridge.run(forever)
-    assert started.is_set()
+    with trio.CancelScope() as trio_side:
+        async with open_bridge() as bridge, trio.open_nursery() as nursery:
+            nursery.start_soon(bridge.run, forever)
+            await trio.to_thread.run_sync(started.wait)
+            trio_side.cancel()
     assert bridge.loop.is_closed()
 
 

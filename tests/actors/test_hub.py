@@ -184,7 +184,9 @@ async def test_a_rebound_or_re_registered_connection_gets_each_snapshot_once_and
     assert len(gone.snapshots) == 1
 
 
-async def test_the_same_top_again_goes_to_nobody_twice(running_hub: Hub) -> None:
+async def test_the_same_top_again_goes_to_nobody_twice(
+    running_hub: Hub, autojump_clock: trio.testing.MockClock
+) -> None:
     mailbox = CountingMailbox()
     await running_hub.send(Register(1, 7, mailbox))
     await running_hub.send(LeaderboardChanged(board(500), T0_MS + 1))

@@ -180,7 +180,9 @@ async def test_an_unconfirmed_batch_fails_after_the_publish_timeout(
         assert await publish(inbox, envelope()) is None
 
 
-async def test_a_requester_that_gave_up_does_not_hold_the_publisher() -> None:
+async def test_a_requester_that_gave_up_does_not_hold_the_publisher(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     outbox = Outbox(gate=trio.Event())
     in_flight = [envelope() for _ in range(publisher.MAX_BATCHES_IN_FLIGHT)]
     waiting, later = envelope(), envelope()
