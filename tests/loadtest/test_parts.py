@@ -21,6 +21,7 @@ from scoreboard.loadtest.ledger import Action
 from scoreboard.loadtest.options import Options, add_arguments
 from scoreboard.loadtest.procstats import ProcessTree, listening_pids, server_roots
 from scoreboard.loadtest.runner import ActionType, LoadTest
+from scoreboard.loadtest.watchers import Snapshot, Worker
 from scoreboard.loadtest.websocket import (
     BINARY,
     CLOSE,
@@ -178,6 +179,54 @@ def test_watchers_that_read_late_are_reported_and_prompt_warning() -> None:
     assert warning is not None
     assert "200 ms (p99)" in warning
     assert "--client-processes" in warning
+
+
+def watching(clients: int, opened: list[socket.socket]) -> Worker:
+    """A watchers' worker whose sockets are open (socket pairs nobody writes to)."""
+    worker = Worker(
+        {
+            "host": "127.0.0.1",
+            "port": 9,
+            "tokens": {},
+            "leaders": [7],
+            "clients": [[number, number] for number in range(clients)],
+            "track_clients": clients,
+        }
+    )
+    for watcher in worker.watchers:
+        watcher.sock, other = socket.socketpair()
+        opened += [watcher.sock, other]
+    worker.snapshots += [Snapshot(0, 0.0, ((7, 10),)), Snapshot(1, 0.0, ((7, 20),))]
+    return worker
+
+
+async def test_the_finish_waits_until_every_open_screen_shows_the_final_board(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The last update may still be on its way when the last outcome is in: a socket that gets
+    it within the screen bound is not missing it; a socket closed meanwhile is not waited for."""
+    opened: list[socket.socket] = []
+    worker = watching(3, opened)
+    first, closing, late = worker.watchers
+    worker._update(first, worker.snapshots[1], 0.0)  # already there
+    worker._update(late, worker.snapshots[0], 0.0)
+    finish = {"final_top": [[7, 20]], "bound_s": 5.0, "actions": [], "pair_budget": 1}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.settle, finish)
+        await trio.sleep(1)
+        worker._drop(closing, "closed without a close frame")
+        await trio.sleep(1)
+        began = trio.current_time()
+        worker._update(late, worker.snapshots[1], 2.0)
+    assert trio.current_time() == began
+    assert worker.result(finish)["on_final_board"] == 2
+
+    stuck = watching(1, opened)
+    began = trio.current_time()
+    await stuck.settle(finish)  # never shown: given up after the bound
+    assert trio.current_time() - began == pytest.approx(5.0)
+    for sock in opened:
+        sock.close()
 
 
 async def test_http_bodies_by_length_and_by_chunks() -> None:
