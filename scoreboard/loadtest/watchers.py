@@ -582,6 +582,14 @@ async def report_progress(worker: Worker) -> None:
         await trio.sleep(PROGRESS_INTERVAL_S)
 
 
+async def report_once_settled(
+    worker: Worker, finish: dict[str, Any], done: trio.CancelScope
+) -> None:
+    await worker.settle(finish)
+    emit(worker.result(finish))
+    done.cancel()
+
+
 async def main() -> None:
     raise_open_files_limit()
     lines = Lines()
@@ -608,9 +616,8 @@ async def main() -> None:
             elif command["cmd"] == "tokens":
                 worker.reauthenticate({int(k): v for k, v in command["tokens"].items()})
             elif command["cmd"] == "finish":
-                await worker.settle(command)
-                emit(worker.result(command))
-                break
+                # Token refreshes still come (and are needed) while the screens settle.
+                nursery.start_soon(report_once_settled, worker, command, nursery.cancel_scope)
         nursery.cancel_scope.cancel()
     for watcher in worker.watchers:
         if watcher.sock is not None:
