@@ -365,7 +365,7 @@ class Worker:
             self.lag_series.add(second, lag_ms)
         watcher.last_update_at = now
         watcher.last_snapshot = snapshot.index
-        if self.final_top is not None and snapshot.top == self.final_top:
+        if snapshot.top == self.final_top:
             self._no_longer_awaited(watcher)
         if watcher.timeline_at is not None and watcher.timeline_snapshot is not None:
             watcher.timeline_at.append(now)
@@ -398,8 +398,7 @@ class Worker:
             self.dropped[reason] += 1
             if time.monotonic() < self.window_end:
                 self.dropped_in_window += 1
-        if self.final_top is not None:
-            self._no_longer_awaited(watcher)
+        self._no_longer_awaited(watcher)
         fd = watcher.sock.fileno()
         self.by_fd.pop(fd, None)
         with contextlib.suppress(OSError, ValueError):
@@ -435,6 +434,8 @@ class Worker:
                 await self.all_on_final.wait()
 
     def _no_longer_awaited(self, watcher: Watcher) -> None:
+        if self.final_top is None:
+            return  # the finish has not come: nothing awaited yet
         self.short_of_final.discard(watcher.number)
         if not self.short_of_final:
             self.all_on_final.set()

@@ -25,12 +25,10 @@ from scoreboard.adapters.redis import RedisBoard, board_keys
 from scoreboard.bridge import Bridge
 from scoreboard.catalogue import Catalogue
 from scoreboard.config import Config
-from scoreboard.records import Event, LeaderboardChanged
+from scoreboard.records import Event
 from scoreboard.server import worker_supervisor
 from scoreboard.supervisor import Supervisor
-from scoreboard.wire import decode_events, encode_event
-
-PROBE_MS = -1  # the updated_at_ms of the probe events that show the tap is subscribed
+from scoreboard.wire import decode_events
 
 
 @dataclass
@@ -90,8 +88,8 @@ class EventTap:
 
 @asynccontextmanager
 async def tap_events(broker: RabbitBroker) -> AsyncIterator[EventTap]:
-    """Subscribe to the events exchange; returns once a probe has come back through it, so no
-    event published afterwards is missed."""
+    """Subscribe to the events exchange; returns once the subscription has started (the broker
+    hands over `EVENTS_GAP`), so no event published afterwards is missed."""
     tap = EventTap()
     send, receive = trio.open_memory_channel[bytes](10_000)
     subscribed = trio.Event()
@@ -99,22 +97,16 @@ async def tap_events(broker: RabbitBroker) -> AsyncIterator[EventTap]:
     async def collect() -> None:
         async for raw in receive:
             if raw == EVENTS_GAP:
+                subscribed.set()
                 continue
-            for event in decode_events(raw):
-                if isinstance(event, LeaderboardChanged) and event.updated_at_ms == PROBE_MS:
-                    subscribed.set()
-                    continue
-                tap.events.append(event)
-                tap.arrived.set()
+            tap.events.extend(decode_events(raw))
+            tap.arrived.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(broker.consume_events, send))
         nursery.start_soon(collect)
         with trio.fail_after(10):
-            while not subscribed.is_set():
-                await broker.publish_events([encode_event(LeaderboardChanged((), PROBE_MS))])
-                with trio.move_on_after(0.1):
-                    await subscribed.wait()
+            await subscribed.wait()
         yield tap
         nursery.cancel_scope.cancel()
 

@@ -28,7 +28,7 @@ from scoreboard.records import (
     TokensRevoked,
 )
 from scoreboard.wire import decode_events, encode_event, encode_events
-from tests.actors.stack import PROBE_MS, Stack
+from tests.actors.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,6 +40,9 @@ def outcome(user_id: int) -> ActionFinished:
         nonce="nonce-00000001",
         outcome=Outcome("completed", 10, 110),
     )
+
+
+PROBE_MS = -1  # the updated_at_ms of the probe events that show the actor is subscribed
 
 
 async def subscribed(stack: Stack, received: trio.MemoryReceiveChannel[HubMsg]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -73,14 +74,16 @@ def through(proxy: FaultProxy, config: AmqpConfig) -> AmqpConfig:
     return dataclasses.replace(config, url=urlunsplit(parts._replace(netloc=netloc)))
 
 
-async def publish_until_it_works(broker: RabbitBroker, timeout_s: float) -> float:
-    """Seconds until a publish is confirmed again."""
+async def publish_until_it_works(
+    publish: Callable[[], Awaitable[object]], timeout_s: float
+) -> float:
+    """Seconds until `publish` is confirmed again."""
     started = trio.current_time()
     with trio.fail_after(timeout_s):
         while True:
             try:
                 with trio.move_on_after(1):
-                    await broker.publish_action(envelope())
+                    await publish()
                     return trio.current_time() - started
             except (BackendUnavailable, PublishFailed):
                 await trio.sleep(0.05)
@@ -99,7 +102,9 @@ async def test_the_connections_are_back_within_a_second_of_the_broker(
         # Each of the two connections tries again every half second while the broker is away.
         assert proxy.refused >= 2 * OUTAGE_S, proxy.refused
         proxy.restore()
-        back_after_s = await publish_until_it_works(broker, timeout_s=10)
+        back_after_s = await publish_until_it_works(
+            lambda: broker.publish_action(envelope()), timeout_s=10
+        )
         print(f"\npublishing again {back_after_s:.2f} s after the broker was back")
 
 
@@ -111,7 +116,9 @@ async def test_the_watchdog_replaces_a_connection_that_went_silent(
         await broker.publish_action(envelope())
         connections_before = proxy.accepted
         proxy.blackhole()  # nothing answers on the open connections, and they do not close
-        back_after_s = await publish_until_it_works(broker, timeout_s=20)
+        back_after_s = await publish_until_it_works(
+            lambda: broker.publish_action(envelope()), timeout_s=20
+        )
         assert broker.statistics().watchdog_resets >= 1
         assert proxy.accepted > connections_before
         with trio.fail_after(ANSWER_WITHIN_S):
@@ -138,13 +145,7 @@ async def test_the_events_subscription_says_when_it_has_started_again(
                 assert await receive.receive() == EVENTS_GAP
             # The publishing channel comes back on its own schedule: a publish may still meet
             # the closed one.
-            with trio.fail_after(10):
-                while True:
-                    try:
-                        await broker.publish_events([b"after"])
-                        break
-                    except (BackendUnavailable, PublishFailed):
-                        await trio.sleep(0.05)
+            await publish_until_it_works(lambda: broker.publish_events([b"after"]), timeout_s=10)
             with trio.fail_after(5):
                 assert await receive.receive() == b"after"
             nursery.cancel_scope.cancel()
@@ -200,4 +201,4 @@ async def test_confirms_lost_mid_batch_leave_each_outcome_unknown(
         if loss == "watchdog":
             assert broker.statistics().watchdog_resets >= 1
         proxy.restore()
-        await publish_until_it_works(broker, timeout_s=10)
+        await publish_until_it_works(lambda: broker.publish_action(envelope()), timeout_s=10)
